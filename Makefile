@@ -1,0 +1,46 @@
+# Every target creates .venv by itself when it is missing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The CPU build pinned for machines without a GPU. A GPU user installs their own torch into
+# .venv first; the check below keeps it.
+TORCH_VERSION ?= 2.13.0
+STAMP := $(VENV)/.expertkit-installed
+DEMO_DIR ?= demo-out
+
+.PHONY: venv test lint types unit integration demo fmt bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "torch==$(TORCH_VERSION)"
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff format --check src tests benchmarks examples
+
+types: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest -m "not integration" -q
+
+integration: $(STAMP)
+	$(BIN)/pytest -m integration -q
+
+# lint + type check + the whole pytest suite (unit and integration).
+test: lint types
+	$(BIN)/pytest -q
+
+fmt: $(STAMP)
+	$(BIN)/ruff format src tests benchmarks examples
+	$(BIN)/ruff check --fix src tests benchmarks examples
+
+demo: $(STAMP)
+	bash scripts/demo.sh $(DEMO_DIR)
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache $(DEMO_DIR)

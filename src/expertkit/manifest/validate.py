@@ -1,0 +1,45 @@
+"""``validate``: every problem in a manifest at once, never an exception for bad input."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from expertkit.errors import ManifestError
+from expertkit.manifest.checks import CheckContext, semantic_problems
+from expertkit.manifest.load import LoadedManifest, manifest_file, parse_manifest, read_manifest_json, structural_problems
+from expertkit.manifest.model import ManifestV2
+from expertkit.manifest.report import Problem, ValidationReport
+
+# Extra checks that need more than the manifest (the base model's modules): given the loaded
+# manifest, return problems and notes. Supplied by expertkit.models so manifest never imports it.
+ExtraCheck = Callable[[LoadedManifest, CheckContext], tuple[list[Problem], list[str]]]
+
+
+def validate_manifest(target: Path, extra_checks: tuple[ExtraCheck, ...] = ()) -> tuple[ValidationReport, ManifestV2 | None]:
+    """Validate a manifest file or expert directory.
+
+    Returns:
+        The report (errors and warnings with JSON paths) and, when the manifest is structurally
+        valid, the typed manifest in the v2.0 shape.
+    """
+    path = manifest_file(target)
+    report = ValidationReport(source=str(path))
+    data, problems = read_manifest_json(path)
+    report.add(problems or structural_problems(data))
+    if not report.ok:
+        return report, None
+    try:
+        manifest, version = parse_manifest(data)
+    except ManifestError as exc:
+        report.add([Problem("$", exc.message)])
+        return report, None
+    ctx = CheckContext(root=path.resolve().parent, source_version=version)
+    report.add(semantic_problems(manifest, ctx))
+    loaded = LoadedManifest(manifest=manifest, path=path.resolve(), source_version=version)
+    for check in extra_checks:
+        problems, notes = check(loaded, ctx)
+        report.add(problems)
+        report.notes.extend(notes)
+    report.problems.sort(key=lambda p: (p.severity != "error", p.path))
+    return report, manifest

@@ -1,0 +1,44 @@
+"""Load a ready base model and its tokenizer with transformers (safetensors only, offline)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from expertkit.errors import ModelLoadError
+from expertkit.models.resolve import ResolvedModel, ensure_offline
+
+DType = Literal["auto", "float32", "bfloat16", "float16"]
+
+
+def load_tokenizer(resolved: ResolvedModel) -> Any:
+    ensure_offline()
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(resolved.path)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot load the tokenizer in {resolved.path}: {exc}", "check the model directory") from exc
+
+
+def load_model(resolved: ResolvedModel, dtype: DType = "float32", device: str = "cpu") -> tuple[Any, Any]:
+    """(model, tokenizer) for a ready model, in eval mode.
+
+    Raises:
+        ModelLoadError: the directory is not ready or cannot be loaded.
+    """
+    if not resolved.ready:
+        raise ModelLoadError(
+            f"base model {resolved.name} is not ready at {resolved.path}",
+            f"run: expert-cli models pull {resolved.name}",
+        )
+    ensure_offline()
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(resolved.path, dtype=torch_dtype, use_safetensors=True)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ModelLoadError(f"cannot load the model in {resolved.path}: {exc}", "check the model directory") from exc
+    model.to(device).eval()
+    return model, load_tokenizer(resolved)

@@ -1,0 +1,50 @@
+"""The manifest check that needs the base model: do the adapters' target modules exist in it?"""
+
+from __future__ import annotations
+
+from expertkit.errors import ExpertkitError
+from expertkit.manifest.checks import CheckContext
+from expertkit.manifest.load import LoadedManifest
+from expertkit.manifest.report import Problem
+from expertkit.manifest.schema_errors import suggest
+from expertkit.models.fingerprint import fingerprint
+from expertkit.models.resolve import resolve_model
+
+
+def check_target_modules(loaded: LoadedManifest, ctx: CheckContext) -> tuple[list[Problem], list[str]]:
+    """Problems for target modules missing from a locally available base model, and notes.
+
+    A base model that is not available locally (or not pulled yet) is skipped with a note: validate
+    never downloads or converts a model.
+    """
+    problems: list[Problem] = []
+    notes: list[str] = []
+    for m, entry in enumerate(loaded.manifest.base_models):
+        try:
+            resolved = resolve_model(entry.name, loaded.root)
+        except ExpertkitError:
+            notes.append(f"base model '{entry.name}' is not available locally; target modules not checked")
+            continue
+        if not resolved.ready:
+            notes.append(
+                f"base model '{entry.name}' is not pulled yet; target modules not checked"
+                f" (run: expert-cli models pull {entry.name})"
+            )
+            continue
+        names = fingerprint(resolved.path).module_names
+        for a, adapter in enumerate(entry.adapters):
+            for t, module in enumerate(adapter.target_modules):
+                if module in names:
+                    continue
+                guess = suggest(module, names)
+                problems.append(
+                    Problem(
+                        f"{ctx.adapter(m, a)}.target_modules[{t}]",
+                        f"module '{module}' does not exist in {entry.name}"
+                        + (f"; did you mean '{guess}'?" if guess else ""),
+                        "one of: " + ", ".join(names),
+                        f"'{module}'",
+                    )
+                )
+        notes.append(f"target modules checked against {entry.name} ({resolved.path})")
+    return problems, notes
