@@ -1,0 +1,49 @@
+"""The ``expert-cli`` application: command groups are registered here; errors become exit codes."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+
+from expertkit.errors import ExpertkitError
+
+app = typer.Typer(
+    name="expert-cli",
+    help="Build, validate and run small specialist LLM experts.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+out_console = Console(highlight=False, soft_wrap=True)
+
+
+def fail(error: ExpertkitError) -> None:
+    """Print a user-facing error (message and hint, no traceback) and exit with its code."""
+    err_console.print(f"[bold red]error:[/] {error.message}", markup=True, highlight=False)
+    if error.hint:
+        err_console.print(f"[dim]hint:[/] {error.hint}")
+    raise typer.Exit(error.exit_code)
+
+
+def _register() -> None:
+    from expertkit.cli import init_cmd, models_cmd, validate_cmd
+
+    app.command("validate")(validate_cmd.validate)
+    app.command("init")(init_cmd.init)
+    app.add_typer(models_cmd.models_app, name="models")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    _register()
+    try:
+        app()
+    except ExpertkitError as error:  # raised outside a command body (should be rare)
+        err_console.print(f"error: {error}")
+        sys.exit(error.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)

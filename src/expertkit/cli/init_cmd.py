@@ -1,0 +1,28 @@
+"""``expert-cli init``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+
+from expertkit.cli.app import fail, out_console
+from expertkit.errors import ExpertkitError
+
+
+def init(
+    name: Path = typer.Argument(..., help="Directory to create; its last part is the expert's name."),
+    task: str = typer.Option("generic", "--task", help="sql, json, cypher, typescript or generic."),
+    base_model: str = typer.Option("SmolLM2-135M-Instruct", "--base-model", help="Base model the expert adapts."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing directory."),
+) -> None:
+    """Scaffold a new expert (manifest, README, LICENSE, sample data, grammar)."""
+    from expertkit.manifest.scaffold import scaffold_expert
+
+    try:
+        directory = scaffold_expert(name, task, base_model=base_model, force=force)
+    except ExpertkitError as error:
+        fail(error)
+        return
+    out_console.print(f"created {escape(str(directory))} ({task}); next: expert-cli validate --expert {escape(str(directory))}")

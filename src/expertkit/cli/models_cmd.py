@@ -1,0 +1,90 @@
+"""``expert-cli models list | pull | info | run``."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from expertkit.cli.app import err_console, fail, out_console
+from expertkit.errors import ExpertkitError
+
+models_app = typer.Typer(help="Base models: list, pull (fetch + convert once), info (fingerprint), run.", no_args_is_help=True)
+
+
+@models_app.command("list")
+def list_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Embedded models and models converted into the cache."""
+    from expertkit.models.info import list_models
+
+    listings = list_models()
+    if as_json:
+        print(json.dumps([{**vars(m), "path": str(m.path)} for m in listings], indent=2))
+        return
+    table = Table("name", "kind", "ready", "path", "description")
+    for m in listings:
+        table.add_row(m.name, m.kind, "yes" if m.ready else "no (pull it)", escape(str(m.path)), m.description)
+    out_console.print(table)
+
+
+@models_app.command("pull")
+def pull(name: str = typer.Argument(..., help="Embedded model name, .gguf path, directory or hub id.")) -> None:
+    """Fetch and convert a base model into the cache (once); later loads take about a second."""
+    from expertkit.models.pull import pull_model
+
+    try:
+        with err_console.status("pulling…") as status:
+            resolved = pull_model(name, report=lambda text: status.update(escape(text)))
+    except ExpertkitError as error:
+        fail(error)
+        return
+    out_console.print(f"{resolved.name} ready at {escape(str(resolved.path))}")
+
+
+@models_app.command("info")
+def info(
+    name: str = typer.Argument(..., help="Model name or path."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Fingerprint (weights hash, template hash, vocabulary, architecture) and target-module names."""
+    from expertkit.models.info import model_info
+
+    try:
+        with err_console.status("resolving and fingerprinting…"):
+            result = model_info(name)
+    except ExpertkitError as error:
+        fail(error)
+        return
+    data = result.to_json()
+    if as_json:
+        print(json.dumps(data, indent=2))
+        return
+    table = Table("field", "value", show_header=False)
+    for key in ("name", "kind", "path", "normalised_name", "architecture", "model_type", "num_parameters",
+                "vocab_size", "weights_sha256", "chat_template_sha256"):
+        table.add_row(key, escape(str(data[key])))
+    table.add_row("adapter targets", ", ".join(m for m in data["linear_modules"] if m != "lm_head"))
+    table.add_row("all modules", ", ".join(data["module_names"]))
+    out_console.print(table)
+
+
+@models_app.command("run")
+def run(
+    name: str = typer.Argument(..., help="Model name or path."),
+    prompt: str = typer.Option(..., "--prompt", "-p", help="One user message."),
+    max_new_tokens: int = typer.Option(48, "--max-new-tokens", min=1, max=4096),
+) -> None:
+    """Answer one prompt with the bare base model (greedy), a smoke test of the model."""
+    from expertkit.models.generate import generate_reply
+    from expertkit.models.load import load_model
+    from expertkit.models.pull import pull_model
+
+    try:
+        with err_console.status(f"loading {escape(name)}…"):
+            model, tokenizer = load_model(pull_model(name))
+    except ExpertkitError as error:
+        fail(error)
+        return
+    out_console.print(generate_reply(model, tokenizer, prompt, max_new_tokens), highlight=False, markup=False)

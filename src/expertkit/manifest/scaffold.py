@@ -1,0 +1,101 @@
+"""``expert-cli init``: scaffold an expert directory that validates clean.
+
+Writes manifest.json (v2.0), README.md, LICENSE, a tiny data/train.jsonl showing the record
+format, and grammar.gbnf where the task has one. Everything is written to a temp directory and
+renamed into place, so a failure leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from expertkit.errors import ScaffoldError
+from expertkit.fsutil import atomic_directory
+from expertkit.grammars import grammar_text
+from expertkit.manifest.model import NAME_PATTERN
+from expertkit.manifest.presets import TASK_PRESETS, TaskPreset
+
+DEFAULT_BASE_MODEL = "SmolLM2-135M-Instruct"
+
+
+def build_manifest(name: str, preset: TaskPreset, base_model: str) -> dict[str, Any]:
+    """The v2.0 manifest a new expert starts with."""
+    return {
+        "schema_version": "2.0",
+        "name": name,
+        "version": "0.1.0",
+        "description": preset.description,
+        "license": "Apache-2.0",
+        "readme": "README.md",
+        "license_file": "LICENSE",
+        "base_models": [{"name": base_model, "prompt_template": "chatml", "adapters": [preset.adapter]}],
+        "soft_prompts": preset.soft_prompts,
+        "capabilities": [name.removeprefix("expert-")],
+        "routing": {"keywords": preset.keywords, "examples": [preset.example[0]], "priority": 0},
+        "training": {
+            "config": {
+                "epochs": 1, "learning_rate": preset.learning_rate, "batch_size": 8, "gradient_accumulation_steps": 2,
+                "max_seq_length": 1024, "packing": True, "scheduler": "cosine", "warmup_ratio": 0.03,
+                "weight_decay": 0.0, "optimizer": {"type": "adamw"}, "bf16": "auto", "seed": 42,
+            },
+            "dataset": {
+                "path": "data/train.jsonl", "format": "jsonl", "field_mapping": {"messages": "messages"},
+                "split": {"eval_size": 0.05, "seed": 0}, "on_error": "fail",
+            },
+            "decoding": preset.decoding,
+        },
+    }
+
+
+def _readme(name: str, task: str, preset: TaskPreset) -> str:
+    return (
+        f"# {name}\n\n{preset.description}\n\n"
+        f"Scaffolded by `expert-cli init {name} --task {task}`.\n\n"
+        "## Files\n\n"
+        "- `manifest.json`: adapters, training settings, decoding contract and routing.\n"
+        "- `data/train.jsonl`: one conversation per line (`{\"messages\": [{\"role\", \"content\"}, ...]}`);"
+        " replace the sample with real data.\n"
+        + ("- `grammar.gbnf`: the GBNF grammar every generated token is constrained by.\n" if preset.grammar else "")
+        + "\n## Check\n\n```\nexpert-cli validate --expert .\n```\n"
+    )
+
+
+def _sample_record(preset: TaskPreset) -> str:
+    question, answer = preset.example
+    messages = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+    return json.dumps({"messages": messages}, ensure_ascii=False) + "\n"
+
+
+def scaffold_expert(directory: Path, task: str, *, base_model: str = DEFAULT_BASE_MODEL, force: bool = False) -> Path:
+    """Create the expert directory; its name (the last path part) becomes the expert's name.
+
+    Raises:
+        ScaffoldError: unknown task, invalid name, or the directory exists without ``force``.
+    """
+    preset = TASK_PRESETS.get(task)
+    if preset is None:
+        raise ScaffoldError(f"unknown task '{task}'", f"choose one of: {', '.join(TASK_PRESETS)}", exit_code=2)
+    name = directory.name
+    if not re.match(NAME_PATTERN, name):
+        raise ScaffoldError(f"'{name}' is not a valid expert name", "use lower case letters, digits, '.', '_' and '-'", exit_code=2)
+    if directory.exists() and not force:
+        raise ScaffoldError(f"{directory} already exists", "choose another name or pass --force to overwrite it")
+    with atomic_directory(directory, replace=True) as tmp:
+        manifest = build_manifest(name, preset, base_model)
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        (tmp / "README.md").write_text(_readme(name, task, preset), encoding="utf-8")
+        year = dt.date.today().year
+        (tmp / "LICENSE").write_text(
+            f"Copyright {year} the authors of {name}.\n\nLicensed under the Apache License, Version 2.0:"
+            " https://www.apache.org/licenses/LICENSE-2.0\n",
+            encoding="utf-8",
+        )
+        (tmp / "data").mkdir()
+        (tmp / "data" / "train.jsonl").write_text(_sample_record(preset), encoding="utf-8")
+        if preset.grammar:
+            (tmp / "grammar.gbnf").write_text(grammar_text(preset.grammar), encoding="utf-8")
+    return directory
