@@ -14,7 +14,7 @@ from pydantic import Field
 from expertkit.manifest.base import Section
 
 AdapterType = Literal["lora", "dora", "ia3", "lokr"]
-DatasetFormat = Literal["jsonl", "huggingface", "csv", "parquet"]
+DatasetFormat = Literal["jsonl", "json", "huggingface", "csv", "parquet"]
 EvalFormat = Literal["spider", "geoquery", "defog", "bfcl", "text2cypher", "jsonl"]
 ModuleName = str
 
