@@ -17,7 +17,7 @@ def write_text_atomic(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
-        os.replace(tmp, path)
+        Path(tmp).replace(path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -37,7 +37,7 @@ def atomic_directory(final: Path, *, replace: bool = False) -> Iterator[Path]:
         yield tmp
         if final.exists() and replace:
             shutil.rmtree(final)
-        os.replace(tmp, final)
+        tmp.replace(final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

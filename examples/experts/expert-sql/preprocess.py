@@ -46,7 +46,9 @@ def create_tables(database: dict[str, Any]) -> str:
         columns[table].append(
             f"  FOREIGN KEY ({_quote(column)}) REFERENCES {_quote(tables[ref_table])}({_quote(ref_column)})"
         )
-    return "\n".join(f"CREATE TABLE {_quote(t)} (\n" + ",\n".join(cols) + "\n);" for t, cols in zip(tables, columns))
+    return "\n".join(
+        f"CREATE TABLE {_quote(t)} (\n" + ",\n".join(cols) + "\n);" for t, cols in zip(tables, columns, strict=True)
+    )
 
 
 def _primary_keys(database: dict[str, Any]) -> set[int]:

@@ -25,4 +25,6 @@ def init(
     except ExpertkitError as error:
         fail(error)
         return
-    out_console.print(f"created {escape(str(directory))} ({task}); next: expert-cli validate --expert {escape(str(directory))}")
+    out_console.print(
+        f"created {escape(str(directory))} ({task}); next: expert-cli validate --expert {escape(str(directory))}"
+    )

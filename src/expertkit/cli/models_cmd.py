@@ -11,7 +11,9 @@ from rich.table import Table
 from expertkit.cli.app import err_console, fail, out_console
 from expertkit.errors import ExpertkitError
 
-models_app = typer.Typer(help="Base models: list, pull (fetch + convert once), info (fingerprint), run.", no_args_is_help=True)
+models_app = typer.Typer(
+    help="Base models: list, pull (fetch + convert once), info (fingerprint), run.", no_args_is_help=True
+)
 
 
 @models_app.command("list")
@@ -30,7 +32,9 @@ def list_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) 
 
 
 @models_app.command("pull")
-def pull(name: str = typer.Argument(..., help="Embedded model name, .gguf path, directory or hub id.")) -> None:
+def pull(
+    name: str = typer.Argument(..., help="Embedded model name, .gguf path, directory or hub id."),
+) -> None:
     """Fetch and convert a base model into the cache (once); later loads take about a second."""
     from expertkit.models.pull import pull_model
 
@@ -62,8 +66,18 @@ def info(
         print(json.dumps(data, indent=2))
         return
     table = Table("field", "value", show_header=False)
-    for key in ("name", "kind", "path", "normalised_name", "architecture", "model_type", "num_parameters",
-                "vocab_size", "weights_sha256", "chat_template_sha256"):
+    for key in (
+        "name",
+        "kind",
+        "path",
+        "normalised_name",
+        "architecture",
+        "model_type",
+        "num_parameters",
+        "vocab_size",
+        "weights_sha256",
+        "chat_template_sha256",
+    ):
         table.add_row(key, escape(str(data[key])))
     table.add_row("adapter targets", ", ".join(m for m in data["linear_modules"] if m != "lm_head"))
     table.add_row("all modules", ", ".join(data["module_names"]))

@@ -26,19 +26,21 @@ def validate(
     manifest: Path | None = typer.Option(None, "--manifest", help="Manifest file."),
     as_json: bool = typer.Option(False, "--json", help="Print a machine-readable report."),
     model_check: bool = typer.Option(
-        True, "--model-check/--no-model-check", help="Check target modules against a locally available base model."
+        True,
+        "--model-check/--no-model-check",
+        help="Check target modules against a locally available base model.",
     ),
 ) -> None:
     """Check a manifest and report every problem at once (exit 0 valid, 1 invalid, 2 usage)."""
     from expertkit.cli.app import fail
-    from expertkit.manifest.validate import validate_manifest
+    from expertkit.manifest.validate import ExtraCheck, validate_manifest
 
     try:
         target = _target(path, expert, manifest)
     except UsageError as error:
         fail(error)
         return
-    extra = ()
+    extra: tuple[ExtraCheck, ...] = ()
     if model_check:
         from expertkit.models.targets import check_target_modules
 

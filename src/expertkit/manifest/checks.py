@@ -53,7 +53,12 @@ def _ia3_problems(adapter: Adapter, path: str) -> list[Problem]:
     ]
     if not adapter.feedforward_modules:
         problems.append(
-            Problem(f"{path}.feedforward_modules", "IA³ needs feedforward_modules", "a subset of target_modules", "nothing")
+            Problem(
+                f"{path}.feedforward_modules",
+                "IA³ needs feedforward_modules",
+                "a subset of target_modules",
+                "nothing",
+            )
         )
     else:
         extra = sorted(set(adapter.feedforward_modules) - set(adapter.target_modules))
@@ -70,22 +75,35 @@ def _ia3_problems(adapter: Adapter, path: str) -> list[Problem]:
 
 
 def _ranked_problems(adapter: Adapter, path: str) -> list[Problem]:
-    kind = adapter.type.upper() if adapter.type != "lokr" else "LoKr"
+    kind = {"lora": "LoRA", "dora": "DoRA", "lokr": "LoKr"}[adapter.type]
     problems = []
     if adapter.r is None and adapter.rank is None:
         problems.append(Problem(f"{path}.r", f"{kind} needs a rank", "an integer r ≥ 1", "nothing"))
     if adapter.r is not None and adapter.rank is not None and adapter.r != adapter.rank:
-        problems.append(Problem(f"{path}.rank", "r and rank disagree; give one of them", f"{adapter.r}", f"{adapter.rank}"))
+        problems.append(
+            Problem(f"{path}.rank", "r and rank disagree; give one of them", f"{adapter.r}", f"{adapter.rank}")
+        )
     if adapter.alpha is None:
         problems.append(Problem(f"{path}.alpha", f"{kind} needs alpha", "a number > 0", "nothing"))
     if adapter.feedforward_modules is not None:
         problems.append(
-            Problem(f"{path}.feedforward_modules", "feedforward_modules is for IA³ only; remove it", "no value", "a list")
+            Problem(
+                f"{path}.feedforward_modules",
+                "feedforward_modules is for IA³ only; remove it",
+                "no value",
+                "a list",
+            )
         )
     rank = adapter.r or adapter.rank
     if adapter.type == "dora" and rank and adapter.alpha and adapter.alpha != 2 * rank:
         problems.append(
-            Problem(f"{path}.alpha", "DoRA usually uses alpha = 2·r", f"{2 * rank}", f"{adapter.alpha:g}", "warning")
+            Problem(
+                f"{path}.alpha",
+                "DoRA usually uses alpha = 2·r",
+                f"{2 * rank}",
+                f"{adapter.alpha:g}",
+                "warning",
+            )
         )
     return problems
 
@@ -155,18 +173,33 @@ def check_training(manifest: ManifestV2, ctx: CheckContext) -> list[Problem]:
     config, dataset, decoding = training.config, training.dataset, training.decoding
     if config and config.warmup_steps is not None and config.warmup_ratio is not None:
         problems.append(
-            Problem("$.training.config.warmup_ratio", "give warmup_steps or warmup_ratio, not both", "one of them", "both")
+            Problem(
+                "$.training.config.warmup_ratio",
+                "give warmup_steps or warmup_ratio, not both",
+                "one of them",
+                "both",
+            )
         )
     if dataset and (dataset.path is None) == (dataset.datasets is None):
         found = "both" if dataset.path else "neither"
         problems.append(Problem("$.training.dataset", "give either path or datasets[]", "exactly one of them", found))
     if decoding and decoding.use_grammar and not (decoding.grammar_file or decoding.grammar_type):
         problems.append(
-            Problem("$.training.decoding.use_grammar", "use_grammar needs grammar_file or grammar_type", "one of them", "neither")
+            Problem(
+                "$.training.decoding.use_grammar",
+                "use_grammar needs grammar_file or grammar_type",
+                "one of them",
+                "neither",
+            )
         )
     if decoding and decoding.grammar_type == "json_schema" and decoding.json_schema is None:
         problems.append(
-            Problem("$.training.decoding.json_schema", "grammar_type json_schema needs json_schema", "an object", "nothing")
+            Problem(
+                "$.training.decoding.json_schema",
+                "grammar_type json_schema needs json_schema",
+                "an object",
+                "nothing",
+            )
         )
     return problems
 
@@ -177,13 +210,23 @@ def check_routing(manifest: ManifestV2, ctx: CheckContext) -> list[Problem]:
         try:
             re.compile(pattern)
         except re.error as exc:
-            problems.append(Problem(f"$.routing.patterns[{i}]", f"invalid regular expression: {exc}", "a Python regex", repr(pattern)))
+            problems.append(
+                Problem(
+                    f"$.routing.patterns[{i}]",
+                    f"invalid regular expression: {exc}",
+                    "a Python regex",
+                    repr(pattern),
+                )
+            )
     return problems
 
 
 def referenced_files(manifest: ManifestV2) -> list[tuple[str, str]]:
     """(JSON path, relative file) for every file the manifest points at."""
-    refs: list[tuple[str, str | None]] = [("$.readme", manifest.readme), ("$.license_file", manifest.license_file)]
+    refs: list[tuple[str, str | None]] = [
+        ("$.readme", manifest.readme),
+        ("$.license_file", manifest.license_file),
+    ]
     training = manifest.training
     if training and training.dataset:
         dataset = training.dataset
@@ -194,7 +237,10 @@ def referenced_files(manifest: ManifestV2) -> list[tuple[str, str]]:
     if training and training.decoding:
         refs.append(("$.training.decoding.grammar_file", training.decoding.grammar_file))
     for i, eval_set in enumerate(manifest.evaluation.sets if manifest.evaluation else []):
-        refs += [(f"$.evaluation.sets[{i}].path", eval_set.path), (f"$.evaluation.sets[{i}].answers", eval_set.answers)]
+        refs += [
+            (f"$.evaluation.sets[{i}].path", eval_set.path),
+            (f"$.evaluation.sets[{i}].answers", eval_set.answers),
+        ]
     return [(path, value) for path, value in refs if value]
 
 
@@ -203,9 +249,7 @@ def check_files(manifest: ManifestV2, ctx: CheckContext) -> list[Problem]:
     for path, relative in referenced_files(manifest):
         resolved = (ctx.root / relative).resolve()
         if not resolved.exists():
-            problems.append(
-                Problem(path, "referenced file does not exist", f"a file at {resolved}", f"'{relative}'")
-            )
+            problems.append(Problem(path, "referenced file does not exist", f"a file at {resolved}", f"'{relative}'"))
     return problems
 
 

@@ -40,6 +40,7 @@ def manifest_file(target: Path) -> Path:
 
 def read_manifest_json(path: Path) -> tuple[Any, list[Problem]]:
     """Parse the file as JSON; any failure becomes a problem at ``$`` instead of an exception."""
+
     def fail(message: str, expected: str = "", found: str = "") -> tuple[Any, list[Problem]]:
         return None, [Problem("$", message, expected, found)]
 
@@ -75,7 +76,8 @@ def _version_problem(data: Any) -> Problem | None:
         guess = "1.0" if "base_model" in data else "2.0"
         return Problem(
             "$.schema_version",
-            f'missing required key \'schema_version\'; this looks like a v{guess} manifest: add "schema_version": "{guess}"',
+            f"missing required key 'schema_version'; this looks like a v{guess} manifest:"
+            f' add "schema_version": "{guess}"',
             "'1.0' or '2.0'",
             "nothing",
         )
@@ -93,9 +95,13 @@ def structural_problems(data: Any) -> list[Problem]:
 def normalise_v1(manifest: ManifestV1) -> ManifestV2:
     """The v2.0 shape of a v1.0 manifest: its base model with its adapters becomes base_models[0]."""
     base = manifest.base_model.model_dump(exclude_unset=True)
-    entry = BaseModelEntry.model_validate({**base, "adapters": [a.model_dump(exclude_unset=True) for a in manifest.adapters]})
+    entry = BaseModelEntry.model_validate(
+        {**base, "adapters": [a.model_dump(exclude_unset=True) for a in manifest.adapters]}
+    )
     common = manifest.model_dump(exclude={"schema_version", "base_model", "adapters"}, exclude_unset=True)
-    return ManifestV2.model_validate({**common, "schema_version": "2.0", "base_models": [entry.model_dump(exclude_unset=True)]})
+    return ManifestV2.model_validate(
+        {**common, "schema_version": "2.0", "base_models": [entry.model_dump(exclude_unset=True)]}
+    )
 
 
 def parse_manifest(data: dict[str, Any]) -> tuple[ManifestV2, str]:
@@ -122,6 +128,8 @@ def load_manifest(target: Path) -> LoadedManifest:
         problems = structural_problems(data)
     if problems:
         listing = "\n".join("  " + p.render() for p in problems)
-        raise ManifestError(f"{path} is not a valid manifest:\n{listing}", f"run: expert-cli validate --manifest {path}")
+        raise ManifestError(
+            f"{path} is not a valid manifest:\n{listing}", f"run: expert-cli validate --manifest {path}"
+        )
     manifest, version = parse_manifest(data)
     return LoadedManifest(manifest=manifest, path=path.resolve(), source_version=version)

@@ -38,13 +38,25 @@ def build_manifest(name: str, preset: TaskPreset, base_model: str) -> dict[str, 
         "routing": {"keywords": preset.keywords, "examples": [preset.example[0]], "priority": 0},
         "training": {
             "config": {
-                "epochs": 1, "learning_rate": preset.learning_rate, "batch_size": 8, "gradient_accumulation_steps": 2,
-                "max_seq_length": 1024, "packing": True, "scheduler": "cosine", "warmup_ratio": 0.03,
-                "weight_decay": 0.0, "optimizer": {"type": "adamw"}, "bf16": "auto", "seed": 42,
+                "epochs": 1,
+                "learning_rate": preset.learning_rate,
+                "batch_size": 8,
+                "gradient_accumulation_steps": 2,
+                "max_seq_length": 1024,
+                "packing": True,
+                "scheduler": "cosine",
+                "warmup_ratio": 0.03,
+                "weight_decay": 0.0,
+                "optimizer": {"type": "adamw"},
+                "bf16": "auto",
+                "seed": 42,
             },
             "dataset": {
-                "path": "data/train.jsonl", "format": "jsonl", "field_mapping": {"messages": "messages"},
-                "split": {"eval_size": 0.05, "seed": 0}, "on_error": "fail",
+                "path": "data/train.jsonl",
+                "format": "jsonl",
+                "field_mapping": {"messages": "messages"},
+                "split": {"eval_size": 0.05, "seed": 0},
+                "on_error": "fail",
             },
             "decoding": preset.decoding,
         },
@@ -57,7 +69,7 @@ def _readme(name: str, task: str, preset: TaskPreset) -> str:
         f"Scaffolded by `expert-cli init {name} --task {task}`.\n\n"
         "## Files\n\n"
         "- `manifest.json`: adapters, training settings, decoding contract and routing.\n"
-        "- `data/train.jsonl`: one conversation per line (`{\"messages\": [{\"role\", \"content\"}, ...]}`);"
+        '- `data/train.jsonl`: one conversation per line (`{"messages": [{"role", "content"}, ...]}`);'
         " replace the sample with real data.\n"
         + ("- `grammar.gbnf`: the GBNF grammar every generated token is constrained by.\n" if preset.grammar else "")
         + "\n## Check\n\n```\nexpert-cli validate --expert .\n```\n"
@@ -81,7 +93,11 @@ def scaffold_expert(directory: Path, task: str, *, base_model: str = DEFAULT_BAS
         raise ScaffoldError(f"unknown task '{task}'", f"choose one of: {', '.join(TASK_PRESETS)}", exit_code=2)
     name = directory.name
     if not re.match(NAME_PATTERN, name):
-        raise ScaffoldError(f"'{name}' is not a valid expert name", "use lower case letters, digits, '.', '_' and '-'", exit_code=2)
+        raise ScaffoldError(
+            f"'{name}' is not a valid expert name",
+            "use lower case letters, digits, '.', '_' and '-'",
+            exit_code=2,
+        )
     if directory.exists() and not force:
         raise ScaffoldError(f"{directory} already exists", "choose another name or pass --force to overwrite it")
     with atomic_directory(directory, replace=True) as tmp:

@@ -40,8 +40,10 @@ def _type_text(types: Any) -> str:
 
 
 def _unknown_keys(error: ValidationError) -> list[Problem]:
-    allowed = sorted(error.schema.get("properties", {}))
-    extras = [k for k in error.instance if k not in allowed and not str(k).startswith("_")]
+    schema: Any = error.schema
+    instance: Any = error.instance
+    allowed = sorted(schema.get("properties", {}))
+    extras = [k for k in instance if k not in allowed and not str(k).startswith("_")]
     problems = []
     for key in sorted(extras, key=str):
         guess = suggest(str(key), allowed)
@@ -98,19 +100,22 @@ def _one_problem(error: ValidationError) -> Problem:
     if kind == "type":
         return Problem(path, "wrong type", _type_text(error.validator_value), found)
     if kind in ("enum", "const"):
-        options = error.validator_value if kind == "enum" else [error.validator_value]
+        options: Any = error.validator_value if kind == "enum" else [error.validator_value]
         expected = " or ".join(repr(o) if isinstance(o, str) else str(o) for o in options)
         guess = suggest(error.instance, [str(o) for o in options]) if isinstance(error.instance, str) else None
         message = "value not allowed" + (f"; did you mean '{guess}'?" if guess else "")
         return Problem(path, message, expected, found)
     if kind == "pattern":
-        return Problem(path, "value does not match the required format", f"a match for /{error.validator_value}/", found)
+        return Problem(
+            path, "value does not match the required format", f"a match for /{error.validator_value}/", found
+        )
     if kind in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
         return Problem(path, "value out of range", _bound(error), found)
     if kind in ("minItems", "maxItems", "minLength", "maxLength"):
         return Problem(path, "wrong size", _bound(error), found)
     if kind == "anyOf":
-        branch_types = [s.get("type", "object") for s in error.validator_value]
+        branches: Any = error.validator_value
+        branch_types = [s.get("type", "object") for s in branches]
         return Problem(path, "wrong type", _type_text(branch_types), found)
     return Problem(path, str(error.message), "", found)
 

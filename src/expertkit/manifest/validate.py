@@ -7,7 +7,13 @@ from pathlib import Path
 
 from expertkit.errors import ManifestError
 from expertkit.manifest.checks import CheckContext, semantic_problems
-from expertkit.manifest.load import LoadedManifest, manifest_file, parse_manifest, read_manifest_json, structural_problems
+from expertkit.manifest.load import (
+    LoadedManifest,
+    manifest_file,
+    parse_manifest,
+    read_manifest_json,
+    structural_problems,
+)
 from expertkit.manifest.model import ManifestV2
 from expertkit.manifest.report import Problem, ValidationReport
 
@@ -16,7 +22,9 @@ from expertkit.manifest.report import Problem, ValidationReport
 ExtraCheck = Callable[[LoadedManifest, CheckContext], tuple[list[Problem], list[str]]]
 
 
-def validate_manifest(target: Path, extra_checks: tuple[ExtraCheck, ...] = ()) -> tuple[ValidationReport, ManifestV2 | None]:
+def validate_manifest(
+    target: Path, extra_checks: tuple[ExtraCheck, ...] = ()
+) -> tuple[ValidationReport, ManifestV2 | None]:
     """Validate a manifest file or expert directory.
 
     Returns:

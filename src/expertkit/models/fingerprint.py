@@ -49,7 +49,9 @@ def sha256_file(path: Path) -> str:
 def weight_files(model_dir: Path) -> list[Path]:
     files = sorted(model_dir.glob("*.safetensors"))
     if not files:
-        raise ModelLoadError(f"no *.safetensors weights in {model_dir}", "expertkit loads safetensors only (no pickles)")
+        raise ModelLoadError(
+            f"no *.safetensors weights in {model_dir}", "expertkit loads safetensors only (no pickles)"
+        )
     return files
 
 

@@ -14,7 +14,10 @@ def generate_reply(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int 
     import torch
 
     encoded = tokenizer.apply_chat_template(
-        [{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+        [{"role": "user", "content": prompt}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
     )
     with torch.inference_mode():
         output = model.generate(

@@ -47,7 +47,11 @@ def list_models() -> list[ModelListing]:
         listings.append(ModelListing(model.name, "embedded", resolved.ready, resolved.path, model.description))
     root = models_dir()
     for directory in sorted(root.iterdir()) if root.is_dir() else []:
-        if directory.name in embedded_dirs or directory.name.startswith(".") or not (directory / READY_MARKER).is_file():
+        if (
+            directory.name in embedded_dirs
+            or directory.name.startswith(".")
+            or not (directory / READY_MARKER).is_file()
+        ):
             continue
         listings.append(ModelListing(directory.name, "gguf", True, directory, "converted from a GGUF file"))
     return listings

@@ -17,7 +17,9 @@ def load_tokenizer(resolved: ResolvedModel) -> Any:
     try:
         return AutoTokenizer.from_pretrained(resolved.path)
     except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"cannot load the tokenizer in {resolved.path}: {exc}", "check the model directory") from exc
+        raise ModelLoadError(
+            f"cannot load the tokenizer in {resolved.path}: {exc}", "check the model directory"
+        ) from exc
 
 
 def load_model(resolved: ResolvedModel, dtype: DType = "float32", device: str = "cpu") -> tuple[Any, Any]:
