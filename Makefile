@@ -8,7 +8,7 @@ TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.expertkit-installed
 DEMO_DIR ?= demo-out
 
-.PHONY: venv test lint types unit integration demo fmt bench clean
+.PHONY: venv test lint types unit integration demo fmt clean
 
 venv: $(STAMP)
 
@@ -19,8 +19,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks examples
-	$(BIN)/ruff format --check src tests benchmarks examples
+	$(BIN)/ruff check src tests examples scripts
+	$(BIN)/ruff format --check src tests examples scripts
 
 types: $(STAMP)
 	$(BIN)/mypy
@@ -36,8 +36,8 @@ test: lint types
 	$(BIN)/pytest -q
 
 fmt: $(STAMP)
-	$(BIN)/ruff format src tests benchmarks examples
-	$(BIN)/ruff check --fix src tests benchmarks examples
+	$(BIN)/ruff format src tests examples scripts
+	$(BIN)/ruff check --fix src tests examples scripts
 
 demo: $(STAMP)
 	bash scripts/demo.sh $(DEMO_DIR)

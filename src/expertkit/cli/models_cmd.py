@@ -65,7 +65,9 @@ def info(
     if as_json:
         print(json.dumps(data, indent=2))
         return
-    table = Table("field", "value", show_header=False)
+    table = Table(show_header=False)
+    table.add_column("field", no_wrap=True)
+    table.add_column("value", overflow="fold")
     for key in (
         "name",
         "kind",

