@@ -29,6 +29,9 @@ def fail(error: ExpertkitError) -> None:
 
 
 def _register() -> None:
+    """Attach the command groups (imported lazily so `--help` stays cheap). Idempotent."""
+    if app.registered_commands:
+        return
     from expertkit.cli import init_cmd, models_cmd, validate_cmd
 
     app.command("validate")(validate_cmd.validate)

@@ -8,6 +8,18 @@ from typing import Any
 ATTN_MLP = ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"]
 
 
+def dora(rank: int) -> dict[str, Any]:
+    """DoRA on attention and MLP projections with alpha = 2·r, as the seeds recommend."""
+    return {
+        "type": "dora",
+        "r": rank,
+        "alpha": 2 * rank,
+        "target_modules": ATTN_MLP,
+        "dropout": 0.05,
+        "scaling": "dora",
+    }
+
+
 @dataclass(frozen=True)
 class TaskPreset:
     """What a new expert for one task starts with."""
@@ -25,14 +37,7 @@ class TaskPreset:
 TASK_PRESETS: dict[str, TaskPreset] = {
     "sql": TaskPreset(
         description="Text-to-SQL: a schema and a question in, one SQLite query out.",
-        adapter={
-            "type": "dora",
-            "r": 12,
-            "alpha": 24,
-            "target_modules": ATTN_MLP,
-            "dropout": 0.05,
-            "scaling": "dora",
-        },
+        adapter=dora(12),
         decoding={
             "temperature": 0.1,
             "top_p": 0.9,
@@ -87,14 +92,7 @@ TASK_PRESETS: dict[str, TaskPreset] = {
     ),
     "typescript": TaskPreset(
         description="TypeScript: a description in, a type-checked TypeScript snippet out.",
-        adapter={
-            "type": "dora",
-            "r": 12,
-            "alpha": 24,
-            "target_modules": ATTN_MLP,
-            "dropout": 0.05,
-            "scaling": "dora",
-        },
+        adapter=dora(12),
         decoding={"temperature": 0.4, "top_p": 0.95, "max_tokens": 512, "validation": "tsc"},
         learning_rate=2e-4,
         soft_prompts=[
@@ -113,14 +111,7 @@ TASK_PRESETS: dict[str, TaskPreset] = {
     ),
     "cypher": TaskPreset(
         description="Text-to-Cypher: a graph schema and a question in, one read-only Cypher query out.",
-        adapter={
-            "type": "dora",
-            "r": 20,
-            "alpha": 40,
-            "target_modules": ATTN_MLP,
-            "dropout": 0.05,
-            "scaling": "dora",
-        },
+        adapter=dora(20),
         decoding={
             "temperature": 0.35,
             "top_p": 0.9,
