@@ -1,8 +1,9 @@
 """Build tiny, randomly initialised causal LMs with a real tokenizer and chat template, offline.
 
 Used by the pytest fixtures in conftest.py. A byte-level BPE tokenizer is trained in memory on a
-small corpus with ChatML special tokens and SmolLM2's chat template, so rendering and masking
-behave as with the embedded model while a model is built and saved in about a second.
+small corpus with ChatML special tokens and SmolLM2's chat template (Qwen3's own template and
+added tag tokens for the Qwen3 variant), so rendering and masking behave as with the real models
+while a model is built and saved in about a second.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ CHATML_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+# Qwen3 has its tag words as added (not special) tokens; the tiny Qwen3 gets the same.
+QWEN3_ADDED_TOKENS = ["<think>", "</think>", "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"]
+QWEN3_TEMPLATE_FILE = Path(__file__).parent / "fixtures" / "templates" / "qwen3.jinja"
 CORPUS = [
     "SELECT count(*) FROM singer WHERE age > 56;",
     "CREATE TABLE head (head_ID INTEGER PRIMARY KEY, name TEXT, age INTEGER);",
@@ -26,7 +30,7 @@ CORPUS = [
 ] * 20
 
 
-def build_tokenizer(directory: Path) -> None:
+def build_tokenizer(directory: Path, architecture: str = "llama") -> None:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -44,7 +48,11 @@ def build_tokenizer(directory: Path) -> None:
         unk_token="<|endoftext|>",
         pad_token="<|im_end|>",
     )
-    fast.chat_template = CHATML_TEMPLATE
+    if architecture == "qwen3":
+        fast.add_tokens(QWEN3_ADDED_TOKENS)
+        fast.chat_template = QWEN3_TEMPLATE_FILE.read_text(encoding="utf-8")
+    else:
+        fast.chat_template = CHATML_TEMPLATE
     fast.save_pretrained(directory)
 
 
@@ -54,7 +62,7 @@ def build_tiny_model(directory: Path, architecture: str = "llama", seed: int = 0
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Qwen3Config
 
     directory.mkdir(parents=True, exist_ok=True)
-    build_tokenizer(directory)
+    build_tokenizer(directory, architecture)
     tokenizer = AutoTokenizer.from_pretrained(directory)
     common = dict(
         vocab_size=len(tokenizer),

@@ -49,3 +49,11 @@ class ModelLoadError(ExpertkitError):
 
 class ScaffoldError(ExpertkitError):
     """``init`` could not scaffold an expert directory."""
+
+
+class DataError(ExpertkitError):
+    """Training data cannot be used: bad records, an empty source, a failed validator."""
+
+
+class TemplateError(ExpertkitError):
+    """A chat template cannot be rendered with exact loss masks (not prefix-stable, or drifted)."""

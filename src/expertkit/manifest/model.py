@@ -12,6 +12,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from expertkit.errors import UsageError
 from expertkit.manifest.base import Section
 from expertkit.manifest.sections import (
     Adapter,
@@ -24,6 +25,7 @@ from expertkit.manifest.sections import (
     SoftPrompt,
     Training,
 )
+from expertkit.naming import normalise_model_name
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
 # Semantic Versioning 2.0.0, the regex the spec itself publishes.
@@ -85,6 +87,24 @@ class ManifestV2(_ManifestCommon):
     def model_names(self) -> list[str]:
         """The names of the base models, in manifest order."""
         return [entry.name for entry in self.base_models]
+
+    def base_model(self, name: str | None = None) -> BaseModelEntry:
+        """The entry for ``name``; with one base model, ``None`` picks it.
+
+        Raises:
+            UsageError: ``name`` is missing with several models, or matches none.
+        """
+        if name is None and len(self.base_models) == 1:
+            return self.base_models[0]
+        available = ", ".join(self.model_names())
+        if name is None:
+            raise UsageError(
+                f"this manifest has {len(self.base_models)} base models", f"pick one with --model: {available}"
+            )
+        for entry in self.base_models:
+            if entry.name == name or normalise_model_name(entry.name) == normalise_model_name(name):
+                return entry
+        raise UsageError(f"base model {name!r} is not in this manifest", f"available: {available}")
 
 
 SCHEMA_VERSIONS = ("1.0", "2.0")

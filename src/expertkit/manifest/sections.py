@@ -161,6 +161,19 @@ class Preprocessing(Section):
     hook: str | None = Field(default=None, description="Python file beside the manifest defining preprocess().")
 
 
+ValidatorName = Literal["supervised_ratio", "span_count", "trained_text", "packed_layout", "label_sanity"]
+
+
+class DataChecks(Section):
+    """The pre-training validators: the supervised-token band and which checks to override."""
+
+    min_supervised_ratio: float = Field(default=0.25, ge=0, le=1)
+    max_supervised_ratio: float = Field(default=0.95, ge=0, le=1)
+    skip: list[ValidatorName] = Field(
+        default_factory=list, description="Validators whose failure is reported but does not abort training."
+    )
+
+
 class DatasetConfig(Section):
     path: str | None = Field(default=None, min_length=1)
     format: DatasetFormat | None = None
@@ -170,6 +183,16 @@ class DatasetConfig(Section):
     augmentation: Augmentation | None = None
     preprocessing: Preprocessing | None = None
     on_error: Literal["fail", "skip"] = "fail"
+    overflow: Literal["drop", "truncate_prompt"] = Field(
+        default="drop",
+        description="Examples longer than max_seq_length: drop them, or cut the prompt from the left.",
+    )
+    special_tokens: list[str] = Field(
+        default_factory=list, description="Control tokens added to the tokenizer, e.g. '<tool_call>'."
+    )
+    checks: DataChecks | None = None
+    seed: int = Field(default=0, ge=0, description="Seed of the weighted mix and its shuffle.")
+    num_proc: int | None = Field(default=None, ge=1, description="Tokenisation processes (default: by size).")
 
 
 class DecodingConfig(Section):

@@ -1,0 +1,65 @@
+"""``expert-cli data prepare | inspect``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from expertkit.cli.app import fail, out_console
+from expertkit.errors import ExpertkitError
+
+data_app = typer.Typer(help="Training data: prepare (cache + lineage sidecar) and inspect.", no_args_is_help=True)
+
+EXPERT = typer.Option(Path(), "--expert", help="Expert directory (holding manifest.json) or manifest file.")
+MODEL = typer.Option(None, "--model", help="Base model of a multi-model manifest.")
+
+
+@data_app.command("prepare")
+def prepare(
+    expert: Path = EXPERT,
+    model: str | None = MODEL,
+    force: bool = typer.Option(False, "--force", help="Rebuild even when the cache matches."),
+    as_json: bool = typer.Option(False, "--json", help="Print the lineage sidecar as JSON."),
+) -> None:
+    """Load, render, pack and validate the data; write the cache and its .meta.json sidecar."""
+    from expertkit.data.expert_data import prepare_expert_data
+    from expertkit.data.summary import summary_view
+
+    try:
+        prepared, _ = prepare_expert_data(expert, model, force=force, progress=not as_json, enforce=False)
+    except ExpertkitError as error:
+        fail(error)
+        return
+    if as_json:
+        print(json.dumps(prepared.meta, indent=2, ensure_ascii=False))
+    else:
+        out_console.print(summary_view(prepared.meta, str(prepared.directory), prepared.cached))
+    if prepared.failed_checks:
+        names = ", ".join(c["name"] for c in prepared.failed_checks)
+        out_console.print(f"[red]validators failed: {names}[/]; training will refuse this data")
+        raise typer.Exit(1)
+
+
+@data_app.command("inspect")
+def inspect(
+    expert: Path = EXPERT,
+    model: str | None = MODEL,
+    count: int = typer.Option(3, "-n", "--count", min=0, help="How many examples to show."),
+) -> None:
+    """Show examples with trained tokens highlighted, masking ratio, lengths, packing and validators."""
+    from expertkit.data.expert_data import prepare_expert_data
+    from expertkit.data.summary import example_view, summary_view
+
+    try:
+        prepared, tokenizer = prepare_expert_data(expert, model, progress=True, enforce=False)
+    except ExpertkitError as error:
+        fail(error)
+        return
+    examples = prepared.load("examples")
+    for index in range(min(count, len(examples))):
+        out_console.print(example_view(examples[index], tokenizer))
+    out_console.print(summary_view(prepared.meta, str(prepared.directory), prepared.cached))
+    if prepared.failed_checks:
+        raise typer.Exit(1)

@@ -1,0 +1,48 @@
+"""Prepare the data of an expert directory: manifest → base model's tokenizer → prepared data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from expertkit.data.prepare import PreparedData, data_job, prepare_data
+from expertkit.errors import DataError
+from expertkit.manifest.load import load_manifest
+from expertkit.models.load import load_tokenizer
+from expertkit.models.resolve import resolve_model
+
+
+def expert_tokenizer(target: Path, model: str | None = None) -> tuple[Any, Any]:
+    """(loaded manifest, tokenizer of the chosen base model); the model must be available locally."""
+    loaded = load_manifest(target)
+    entry = loaded.manifest.base_model(model)
+    resolved = resolve_model(entry.name, loaded.root)
+    if not resolved.ready:
+        from expertkit.errors import ModelNotFoundError
+
+        raise ModelNotFoundError(
+            f"base model {entry.name} is not prepared locally", f"run: expert-cli models pull {entry.name}"
+        )
+    return loaded, load_tokenizer(resolved)
+
+
+def prepare_expert_data(
+    target: Path, model: str | None = None, *, force: bool = False, progress: bool = False, enforce: bool = True
+) -> tuple[PreparedData, Any]:
+    """Prepared data of the expert at ``target`` and the tokenizer it was rendered with.
+
+    Raises:
+        DataError: bad records under ``on_error: fail``, or (with ``enforce``) a failed validator.
+    """
+    loaded, tokenizer = expert_tokenizer(target, model)
+    job = data_job(loaded, tokenizer)
+    prepared = prepare_data(job, force=force, progress=progress)
+    if enforce and prepared.failed_checks:
+        listing = "\n  ".join(
+            f"{check['name']}: {failure}" for check in prepared.failed_checks for failure in check["failures"]
+        )
+        raise DataError(
+            f"{len(prepared.failed_checks)} data validators failed; training would be wasted:\n  {listing}",
+            "fix the data, or list the validator in training.dataset.checks.skip to override it",
+        )
+    return prepared, tokenizer

@@ -1,0 +1,149 @@
+"""Read training records from local files, one format per loader in a small registry.
+
+Every loader streams: it yields one :class:`RawRecord` at a time, with where it came from (file
+and line for JSONL and CSV, record or row index otherwise), so a bad record can be named exactly
+and a file larger than memory is never read whole (JSON arrays excepted: a JSON array has to be
+parsed whole; use JSONL for large data). Nothing here touches the network: Hugging Face datasets
+are read with ``load_from_disk`` or from a local directory with the hub switched off.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from expertkit.errors import DataError
+
+
+@dataclass(frozen=True)
+class RawRecord:
+    """One source record, or the reason it could not be read."""
+
+    source: str
+    index: int
+    unit: str  # "line", "record" or "row": what ``index`` counts (1-based)
+    data: dict[str, Any] | None = None
+    error: str | None = None
+
+    @property
+    def location(self) -> str:
+        return f"{self.source}:{self.index}" if self.unit == "line" else f"{self.source} {self.unit} {self.index}"
+
+
+Loader = Callable[[Path, str], Iterator[RawRecord]]
+LOADERS: dict[str, Loader] = {}
+SUFFIX_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+def loader(name: str) -> Callable[[Loader], Loader]:
+    def register(function: Loader) -> Loader:
+        LOADERS[name] = function
+        return function
+
+    return register
+
+
+def infer_format(path: Path) -> str:
+    if path.is_dir():
+        return "huggingface"
+    fmt = SUFFIX_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise DataError(
+            f"{path}: cannot tell the format from the suffix {path.suffix!r}",
+            f"set `format` to one of {', '.join(sorted(LOADERS))}",
+        )
+    return fmt
+
+
+def read_records(path: Path, fmt: str | None, display: str) -> Iterator[RawRecord]:
+    """Stream the records of one source file or directory."""
+    if not path.exists():
+        raise DataError(f"{display}: no such file or directory", "fix the dataset `path` in the manifest")
+    return LOADERS[fmt or infer_format(path)](path, display)
+
+
+def _object_or_error(value: Any, display: str, index: int, unit: str) -> RawRecord:
+    if isinstance(value, dict):
+        return RawRecord(display, index, unit, data=value)
+    return RawRecord(display, index, unit, error=f"expected a JSON object, found {type(value).__name__}")
+
+
+@loader("jsonl")
+def _jsonl(path: Path, display: str) -> Iterator[RawRecord]:
+    with path.open(encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield RawRecord(display, number, "line", error=f"invalid JSON: {exc.msg} (column {exc.colno})")
+                continue
+            yield _object_or_error(value, display, number, "line")
+
+
+@loader("json")
+def _json(path: Path, display: str) -> Iterator[RawRecord]:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(
+            f"{display}:{exc.lineno}: invalid JSON: {exc.msg} (column {exc.colno})", "fix the file or use JSONL"
+        ) from exc
+    if isinstance(value, dict) and isinstance(value.get("data"), list):
+        value = value["data"]
+    if not isinstance(value, list):
+        raise DataError(f"{display}: expected a JSON array of records", "use a list of objects, or JSONL")
+    for number, item in enumerate(value, start=1):
+        yield _object_or_error(item, display, number, "record")
+
+
+@loader("csv")
+def _csv(path: Path, display: str) -> Iterator[RawRecord]:
+    with path.open(encoding="utf-8", errors="replace", newline="") as handle:
+        reader = csv.DictReader(handle)
+        width = len(reader.fieldnames or [])
+        start = 2  # line 1 is the header
+        for row in reader:
+            if None in row or any(value is None for value in row.values()):
+                error = f"expected {width} columns, found a different number"
+                yield RawRecord(display, start, "line", error=error)
+            else:
+                yield RawRecord(display, start, "line", data=dict(row))
+            start = reader.line_num + 1
+
+
+@loader("parquet")
+def _parquet(path: Path, display: str) -> Iterator[RawRecord]:
+    import pyarrow.parquet as pq
+
+    number = 0
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+        for row in batch.to_pylist():
+            number += 1
+            yield RawRecord(display, number, "row", data=row)
+
+
+@loader("huggingface")
+def _huggingface(path: Path, display: str) -> Iterator[RawRecord]:
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    import datasets
+
+    try:
+        if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
+            dataset = datasets.load_from_disk(str(path))
+        else:
+            dataset = datasets.load_dataset(str(path))
+    except (OSError, ValueError, FileNotFoundError) as exc:
+        raise DataError(f"{display}: cannot read the local dataset: {exc}", "save it with save_to_disk") from exc
+    if isinstance(dataset, datasets.DatasetDict):
+        if "train" not in dataset:
+            raise DataError(f"{display}: dataset has splits {list(dataset)} but no 'train'", "save the train split")
+        dataset = dataset["train"]
+    for number, row in enumerate(dataset, start=1):
+        yield RawRecord(display, number, "row", data=dict(row))
