@@ -40,6 +40,21 @@ class BadRecord:
         return f"{self.location}: {self.reason}"
 
 
+def bad_record_listing(bad: list[BadRecord], limit_per_reason: int = 3) -> str:
+    """One line per bad record, except that a reason shared by many records is said once with all
+    of their locations (a wrong field_mapping otherwise prints the same sentence 5,000 times)."""
+    by_reason: dict[str, list[str]] = {}
+    for record in bad:
+        by_reason.setdefault(record.reason, []).append(record.location)
+    lines = []
+    for reason, locations in by_reason.items():
+        if len(locations) <= limit_per_reason:
+            lines.extend(f"{location}: {reason}" for location in locations)
+        else:
+            lines.append(f"{reason} ({len(locations)} records): {', '.join(locations)}")
+    return "\n  ".join(lines)
+
+
 @dataclass
 class CollectReport:
     records: dict[str, int] = field(default_factory=dict)

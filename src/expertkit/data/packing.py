@@ -26,7 +26,9 @@ and the attention each token may use (block-diagonal *and* causal; ``x`` = atten
 No library builds this mask from our rows: transformers derives it itself from ``position_ids``
 that restart at 0 (``masking_utils.find_packed_sequence_indices``, used by SDPA, eager and
 flash-attention varlen) when ``attention_mask`` is ``None``, which is why :func:`collate_packed`
-pads with a fresh position run instead of an attention mask. :func:`block_diagonal_mask` builds
+pads with a fresh position run instead of an attention mask. The detection is skipped when the
+model builds a KV cache, so the forward pass must get ``use_cache=False`` (training does; an
+``eval()`` model does not by default, which silently lets packed examples attend to each other). :func:`block_diagonal_mask` builds
 the explicit 4-D mask for code that wants one. Because every example's first label is ``-100``,
 the last token of one example is never trained to predict the first token of the next.
 
@@ -181,10 +183,14 @@ def collate_packed(rows: Sequence[dict[str, Any]], pad_token_id: int) -> dict[st
     }
 
 
-def block_diagonal_mask(seq_lens: Sequence[int]) -> Any:
-    """Boolean ``[1, 1, T, T]`` mask: causal within each example, nothing across examples."""
+def block_diagonal_mask(seq_lens: Sequence[int], dtype: Any = None) -> Any:
+    """Additive ``[1, 1, T, T]`` mask (0 = attend, dtype minimum = blocked): causal within each
+    example, nothing across examples. Additive, not boolean: eager attention adds the mask."""
     import torch
 
+    dtype = dtype or torch.float32
     segment = torch.repeat_interleave(torch.arange(len(seq_lens)), torch.tensor(list(seq_lens)))
     causal = torch.ones(len(segment), len(segment), dtype=torch.bool).tril()
-    return (causal & (segment[:, None] == segment[None, :]))[None, None]
+    allowed = causal & (segment[:, None] == segment[None, :])
+    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+    return mask[None, None]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from expertkit.data.collect import CollectReport, SourcePlan, collect, source_plans
+from expertkit.data.collect import CollectReport, SourcePlan, bad_record_listing, collect, source_plans
 from expertkit.data.lineage import (
     META_FILE,
     cache_key,
@@ -135,7 +135,7 @@ def _collect(job: DataJob, work: Path, progress: bool) -> tuple[Path, CollectRep
         report = collect(job.plans, job.preprocessing, job.hook, job.root, output, lambda: bar.advance(task))
     if report.bad and job.config.on_error == "fail":
         raise DataError(
-            f"{len(report.bad)} bad records; nothing was prepared:\n  " + "\n  ".join(map(str, report.bad)),
+            f"{len(report.bad)} bad records; nothing was prepared:\n  " + bad_record_listing(report.bad),
             "fix these records, or set training.dataset.on_error to 'skip' to drop them",
         )
     for plan in job.plans:
