@@ -28,9 +28,10 @@ that restart at 0 (``masking_utils.find_packed_sequence_indices``, used by SDPA,
 flash-attention varlen) when ``attention_mask`` is ``None``, which is why :func:`collate_packed`
 pads with a fresh position run instead of an attention mask. The detection is skipped when the
 model builds a KV cache, so the forward pass must get ``use_cache=False`` (training does; an
-``eval()`` model does not by default, which silently lets packed examples attend to each other). :func:`block_diagonal_mask` builds
-the explicit 4-D mask for code that wants one. Because every example's first label is ``-100``,
-the last token of one example is never trained to predict the first token of the next.
+``eval()`` model does not by default, which silently lets packed examples attend to each other).
+:func:`block_diagonal_mask` builds the explicit 4-D mask for code that wants one. Because every
+example's first label is ``-100``, the last token of one example is never trained to predict the
+first token of the next.
 
 Best-fit decreasing: examples sorted by length, longest first, each into the open row whose free
 space is the smallest that still fits it (a Fenwick tree over free-space values finds that row in

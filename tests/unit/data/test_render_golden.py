@@ -114,7 +114,7 @@ def test_control_tokens_and_weights(tiny_llama_dir):
     with pytest.raises(DataError, match="not one"):
         resolve_token_weights(tokenizer, LossWeighting(token_weights={"<tool_call>": 2.0}))
     assert add_control_tokens(tokenizer, ["<tool_call>", "</tool_call>"]) == 2
-    default, weights = resolve_token_weights(tokenizer, LossWeighting(token_weights={"<tool_call>": 2.0}))
+    _, weights = resolve_token_weights(tokenizer, LossWeighting(token_weights={"<tool_call>": 2.0}))
     assert weights == {tokenizer.convert_tokens_to_ids("<tool_call>"): 2.0}
     example = ConversationRenderer(tokenizer, LossWeighting(token_weights={"<tool_call>": 2.0})).render(
         to_conversation(MULTI_TURN_TOOL, None)
