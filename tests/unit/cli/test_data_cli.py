@@ -1,0 +1,58 @@
+"""``expert-cli data prepare | inspect``: summary, highlighted examples, exit codes, no traceback."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from expertkit.cli.app import _register, app
+from unit.data.helpers import qa_record, write_expert, write_jsonl
+
+_register()
+runner = CliRunner()
+DATASET = {"path": "data.jsonl", "split": {"eval_size": 2}, "checks": {"min_supervised_ratio": 0.05}}
+
+
+def invoke(*args: str):
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+def test_prepare_prints_summary_and_writes_sidecar(tmp_path, tiny_llama_dir, expertkit_home):
+    expert = write_expert(tmp_path / "e", tiny_llama_dir, DATASET)
+    write_jsonl(expert / "data.jsonl", [qa_record(n) for n in range(12)])
+    result = invoke("data", "prepare", "--expert", str(expert))
+    assert result.exit_code == 0, result.output
+    for text in ("sources and mix", "records read", "packing", "supervised_ratio", "pass"):
+        assert text in result.output
+    sidecars = list((expertkit_home / "cache" / "data").glob("*/dataset.meta.json"))
+    assert len(sidecars) == 1
+    assert json.loads(sidecars[0].read_text())["steps"]["records_read"] == 12
+    again = invoke("data", "prepare", "--expert", str(expert), "--json")
+    assert json.loads(again.output)["key"] == sidecars[0].parent.name
+
+
+def test_prepare_with_bad_lines_exits_1_naming_each(tmp_path, tiny_llama_dir):
+    expert = write_expert(tmp_path / "e", tiny_llama_dir, DATASET)
+    write_jsonl(expert / "data.jsonl", [qa_record(1), "{oops", qa_record(2), {"x": 1}, qa_record(3)])
+    result = invoke("data", "prepare", "--expert", str(expert))
+    assert result.exit_code == 1
+    assert "data.jsonl:2: invalid JSON" in result.output
+    assert "data.jsonl:4: no field_mapping and no known fields" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_inspect_shows_examples_and_fails_on_failed_validator(tmp_path, tiny_llama_dir):
+    expert = write_expert(tmp_path / "e", tiny_llama_dir, {**DATASET, "checks": {"min_supervised_ratio": 0.9}})
+    write_jsonl(expert / "data.jsonl", [qa_record(n) for n in range(6)])
+    result = invoke("data", "inspect", "--expert", str(expert), "-n", "2")
+    assert result.exit_code == 1
+    assert "data.jsonl:1 ·" in result.output and "data.jsonl:2 ·" in result.output
+    assert "data.jsonl:3 ·" not in result.output
+    assert "FAIL" in result.output and "example length" in result.output
+
+
+def test_missing_manifest_is_a_clean_error(tmp_path):
+    result = invoke("data", "prepare", "--expert", str(tmp_path))
+    assert result.exit_code == 1
+    assert "error:" in result.output and "Traceback" not in result.output
