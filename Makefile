@@ -19,8 +19,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests examples scripts
-	$(BIN)/ruff format --check src tests examples scripts
+	$(BIN)/ruff check src tests examples scripts benchmarks
+	$(BIN)/ruff format --check src tests examples scripts benchmarks
 
 types: $(STAMP)
 	$(BIN)/mypy
@@ -36,8 +36,8 @@ test: lint types
 	$(BIN)/pytest -q
 
 fmt: $(STAMP)
-	$(BIN)/ruff format src tests examples scripts
-	$(BIN)/ruff check --fix src tests examples scripts
+	$(BIN)/ruff format src tests examples scripts benchmarks
+	$(BIN)/ruff check --fix src tests examples scripts benchmarks
 
 demo: $(STAMP)
 	bash scripts/demo.sh $(DEMO_DIR)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on the embedded model, end to end as far as expertkit goes today:
 # pull the embedded base model, scaffold and validate an expert, show the model's fingerprint
-# and a short generation, and validate the shipped SQL example against the real model.
+# and a short generation, validate the shipped SQL example against the real model, and prepare
+# and inspect its training data.
 set -euo pipefail
 out="${1:-demo-out}"
 cli=".venv/bin/expert-cli"
@@ -34,5 +35,11 @@ step "6. the base model's fingerprint and adapter targets"
 
 step "7. a short generation from the cached model"
 time "$cli" models run SmolLM2-135M-Instruct --prompt "Write one sentence about SQL databases." --max-new-tokens 40
+
+step "8. the SQL expert's training data: Spider through its hook, masks, packing, validators (cached after the first run)"
+time "$cli" data prepare --expert examples/experts/expert-sql
+
+step "9. what will be trained: two examples with trained tokens highlighted"
+"$cli" data inspect --expert examples/experts/expert-sql -n 2
 
 step "done: training, packaging, chat and serving come with the next issues"

@@ -46,7 +46,7 @@ def bad_record_listing(bad: list[BadRecord], limit_per_reason: int = 3) -> str:
     by_reason: dict[str, list[str]] = {}
     for record in bad:
         by_reason.setdefault(record.reason, []).append(record.location)
-    lines = []
+    lines: list[str] = []
     for reason, locations in by_reason.items():
         if len(locations) <= limit_per_reason:
             lines.extend(f"{location}: {reason}" for location in locations)

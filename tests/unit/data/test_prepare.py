@@ -100,7 +100,7 @@ def test_empty_source_is_an_error(tmp_path, tiny_llama_dir):
     expert = write_expert(tmp_path / "e", tiny_llama_dir, dataset)
     write_jsonl(expert / "a.jsonl", [qa_record(n) for n in range(20)])
     (expert / "b.jsonl").write_text("", encoding="utf-8")
-    with pytest.raises(DataError, match="'b.jsonl' has no usable examples"):
+    with pytest.raises(DataError, match=r"'b\.jsonl' has no usable examples"):
         prepare_expert_data(expert)
 
 
@@ -150,7 +150,7 @@ def test_hook_failure_is_a_bad_record_with_location(tmp_path, tiny_llama_dir):
     expert = write_expert(tmp_path / "e", tiny_llama_dir, _dataset(preprocessing={"hook": "hook.py"}))
     (expert / "hook.py").write_text(hook, encoding="utf-8")
     write_jsonl(expert / "data.jsonl", [{"n": n} for n in (1, 0, 2)])
-    with pytest.raises(DataError, match="data.jsonl:2: preprocessing hook hook.py failed: division by zero"):
+    with pytest.raises(DataError, match=r"data\.jsonl:2: preprocessing hook hook\.py failed: division by zero"):
         prepare_expert_data(expert)
 
 
@@ -175,7 +175,7 @@ def test_second_prepare_hits_the_cache_without_tokenising(tmp_path, tiny_llama_d
 def test_failed_validator_blocks_unless_skipped(tmp_path, tiny_llama_dir):
     expert = write_expert(tmp_path / "e", tiny_llama_dir, _dataset(checks={"min_supervised_ratio": 0.9}))
     write_jsonl(expert / "data.jsonl", [qa_record(n) for n in range(20)])
-    with pytest.raises(DataError, match="supervised_ratio: .* outside the band"):
+    with pytest.raises(DataError, match=r"supervised_ratio: .* outside the band"):
         prepare_expert_data(expert)
     expert = write_expert(tmp_path / "e2", tiny_llama_dir,
                           _dataset(checks={"min_supervised_ratio": 0.9, "skip": ["supervised_ratio"]}))  # fmt: skip
