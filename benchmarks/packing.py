@@ -73,7 +73,8 @@ def main() -> None:
         fitting = [x for x in ids if len(x) <= capacity]
         efficiency, rows, seconds = expertkit_efficiency([len(x) for x in fitting], capacity)
         result[f"efficiency_{capacity}"] = round(efficiency, 4)
-        table.add_row("expertkit BFD", str(capacity), str(len(fitting)), str(rows), f"{efficiency:.2%}", f"{seconds:.3f}")
+        cells = (str(capacity), str(len(fitting)), str(rows), f"{efficiency:.2%}", f"{seconds:.3f}")
+        table.add_row("expertkit BFD", *cells)
     fitting = [x for x in ids if len(x) <= 1024]
     efficiency, rows, seconds = trl_efficiency(fitting, 1024)
     table.add_row("TRL pack_dataset bfd", "1024", str(len(fitting)), str(rows), f"{efficiency:.2%}", f"{seconds:.3f}")
