@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from expertkit.errors import DataError
+from expertkit.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -36,16 +37,8 @@ class RawRecord:
 
 
 Loader = Callable[[Path, str], Iterator[RawRecord]]
-LOADERS: dict[str, Loader] = {}
+LOADERS: Registry[Loader] = Registry()
 SUFFIX_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
-
-
-def loader(name: str) -> Callable[[Loader], Loader]:
-    def register(function: Loader) -> Loader:
-        LOADERS[name] = function
-        return function
-
-    return register
 
 
 def infer_format(path: Path) -> str:
@@ -73,7 +66,7 @@ def _object_or_error(value: Any, display: str, index: int, unit: str) -> RawReco
     return RawRecord(display, index, unit, error=f"expected a JSON object, found {type(value).__name__}")
 
 
-@loader("jsonl")
+@LOADERS.register("jsonl")
 def _jsonl(path: Path, display: str) -> Iterator[RawRecord]:
     with path.open(encoding="utf-8", errors="replace") as handle:
         for number, line in enumerate(handle, start=1):
@@ -87,7 +80,7 @@ def _jsonl(path: Path, display: str) -> Iterator[RawRecord]:
             yield _object_or_error(value, display, number, "line")
 
 
-@loader("json")
+@LOADERS.register("json")
 def _json(path: Path, display: str) -> Iterator[RawRecord]:
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
@@ -103,7 +96,7 @@ def _json(path: Path, display: str) -> Iterator[RawRecord]:
         yield _object_or_error(item, display, number, "record")
 
 
-@loader("csv")
+@LOADERS.register("csv")
 def _csv(path: Path, display: str) -> Iterator[RawRecord]:
     with path.open(encoding="utf-8", errors="replace", newline="") as handle:
         reader = csv.DictReader(handle)
@@ -118,7 +111,7 @@ def _csv(path: Path, display: str) -> Iterator[RawRecord]:
             start = reader.line_num + 1
 
 
-@loader("parquet")
+@LOADERS.register("parquet")
 def _parquet(path: Path, display: str) -> Iterator[RawRecord]:
     import pyarrow.parquet as pq
 
@@ -129,7 +122,7 @@ def _parquet(path: Path, display: str) -> Iterator[RawRecord]:
             yield RawRecord(display, number, "row", data=row)
 
 
-@loader("huggingface")
+@LOADERS.register("huggingface")
 def _huggingface(path: Path, display: str) -> Iterator[RawRecord]:
     os.environ["HF_DATASETS_OFFLINE"] = "1"
     import datasets

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from expertkit.errors import TemplateError
+from expertkit.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -41,15 +42,7 @@ class Renderer(Protocol):
 
 
 Segmenter = Callable[[Renderer, Sequence[dict[str, str]], Sequence[bool]], list[Segment]]
-SEGMENTERS: dict[str, Segmenter] = {}
-
-
-def segmenter(name: str) -> Callable[[Segmenter], Segmenter]:
-    def register(function: Segmenter) -> Segmenter:
-        SEGMENTERS[name] = function
-        return function
-
-    return register
+SEGMENTERS: Registry[Segmenter] = Registry()
 
 
 def template_renderer(tokenizer: Any) -> Renderer:
@@ -79,7 +72,7 @@ def _require_prefix(prefix: str, text: str, message: int, what: str) -> None:
     )
 
 
-@segmenter("prefix")
+@SEGMENTERS.register("prefix")
 def prefix_segments(render: Renderer, messages: Sequence[dict[str, str]], trained: Sequence[bool]) -> list[Segment]:
     segments: list[Segment] = []
     previous = ""
@@ -127,7 +120,7 @@ def _qwen3_assistant_body(content: str, index: int, last_query: int, last: bool)
     return content
 
 
-@segmenter("qwen3")
+@SEGMENTERS.register("qwen3")
 def qwen3_segments(render: Renderer, messages: Sequence[dict[str, str]], trained: Sequence[bool]) -> list[Segment]:
     last_query = _qwen3_last_query(messages)
     count = len(messages)

@@ -23,6 +23,7 @@ from typing import Any
 from expertkit.data.conversation import TRAINED_ROLES
 from expertkit.data.render import IGNORE_INDEX, supervised_spans
 from expertkit.manifest.sections import DataChecks
+from expertkit.registry import Registry
 
 MAX_LISTED = 5
 MIN_QUOTED_CHARS = 16
@@ -58,15 +59,7 @@ class CheckResult:
 
 
 Validator = Callable[[CheckInput], CheckResult]
-VALIDATORS: dict[str, Validator] = {}
-
-
-def validator(name: str) -> Callable[[Validator], Validator]:
-    def register(function: Validator) -> Validator:
-        VALIDATORS[name] = function
-        return function
-
-    return register
+VALIDATORS: Registry[Validator] = Registry()
 
 
 def _result(name: str, failures: list[str], detail: str) -> CheckResult:
@@ -76,7 +69,7 @@ def _result(name: str, failures: list[str], detail: str) -> CheckResult:
     return CheckResult(name, not failures, detail, listed)
 
 
-@validator("supervised_ratio")
+@VALIDATORS.register("supervised_ratio")
 def supervised_ratio(data: CheckInput) -> CheckResult:
     total = sum(len(e["labels"]) for e in data.examples)
     trained = sum(sum(label != IGNORE_INDEX for label in e["labels"]) for e in data.examples)
@@ -88,7 +81,7 @@ def supervised_ratio(data: CheckInput) -> CheckResult:
     return _result("supervised_ratio", failures, f"{trained}/{total} tokens trained ({ratio:.1%})")
 
 
-@validator("span_count")
+@VALIDATORS.register("span_count")
 def span_count(data: CheckInput) -> CheckResult:
     failures = []
     for example in data.examples:
@@ -105,7 +98,7 @@ def _forbidden_ids(data: CheckInput) -> set[int]:
     return special - allowed
 
 
-@validator("trained_text")
+@VALIDATORS.register("trained_text")
 def trained_text(data: CheckInput) -> CheckResult:
     forbidden = _forbidden_ids(data)
     failures = []
@@ -132,7 +125,7 @@ def trained_text(data: CheckInput) -> CheckResult:
     return _result("trained_text", failures, f"{len(forbidden)} special tokens never trained")
 
 
-@validator("packed_layout")
+@VALIDATORS.register("packed_layout")
 def packed_layout(data: CheckInput) -> CheckResult:
     failures = []
     for number, row in enumerate(data.rows, start=1):
@@ -152,7 +145,7 @@ def packed_layout(data: CheckInput) -> CheckResult:
     return _result("packed_layout", failures, f"{len(data.rows)} rows checked")
 
 
-@validator("label_sanity")
+@VALIDATORS.register("label_sanity")
 def label_sanity(data: CheckInput) -> CheckResult:
     vocab = len(data.tokenizer)
     labels = {label for e in data.examples for label in e["labels"] if label != IGNORE_INDEX}
