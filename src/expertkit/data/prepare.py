@@ -97,6 +97,12 @@ def data_job(loaded: LoadedManifest, tokenizer: Any) -> DataJob:
     if training is None or training.dataset is None:
         raise DataError(f"{loaded.path}: no training.dataset section", "add training.dataset to the manifest")
     config = training.dataset
+    if config.augmentation and config.augmentation.model_dump(exclude_none=True):
+        raise DataError(
+            f"{loaded.path}: training.dataset.augmentation is accepted by the schema but not applied by the "
+            "data pipeline; refusing rather than silently training without it",
+            "remove training.dataset.augmentation (do augmentation in a preprocessing hook)",
+        )
     add_control_tokens(tokenizer, config.special_tokens)
     hook_name = (config.preprocessing or Preprocessing()).hook
     hook = load_hook(loaded.root / hook_name) if hook_name else None
@@ -162,17 +168,21 @@ def _render(job: DataJob, conversations: Path, work: Path, total: int) -> tuple[
     return rendered, renderer
 
 
-def _pack(examples: Any, indices: list[int], capacity: int, packing: bool) -> tuple[list[dict[str, Any]], PackingStats]:
-    lengths = examples["length"]
-    chosen = [lengths[i] for i in indices]
+def _pack(
+    examples: list[dict[str, Any]], indices: list[int], capacity: int, packing: bool
+) -> tuple[list[dict[str, Any]], PackingStats]:
+    chosen = [examples[i]["length"] for i in indices]
     groups = best_fit_decreasing(chosen, capacity) if packing else [[i] for i in range(len(indices))]
-    groups = [[indices[i] for i in group] for group in groups]
-    columns = examples.select_columns(["input_ids", "labels", "weights"])
-    needed = sorted(set(indices))
-    lookup = dict(zip(needed, columns.select(needed), strict=True))
-    rows = pack_rows(lookup, groups) if groups else []
+    rows = pack_rows(examples, [[indices[i] for i in group] for group in groups])
     stats = PackingStats(len(rows), len(indices), sum(chosen), capacity, len(indices) * capacity)
     return rows, stats
+
+
+def _as_records(examples: Any) -> list[dict[str, Any]]:
+    """The kept examples as Python dicts, converted column-wise in one pass (Arrow row access is slow)."""
+    columns = examples.to_dict()
+    names = list(columns)
+    return [dict(zip(names, values, strict=True)) for values in zip(*columns.values(), strict=True)]
 
 
 @dataclass(frozen=True)
@@ -199,22 +209,23 @@ def _build(job: DataJob, work: Path, progress: bool) -> dict[str, Any]:
     if len(examples) < 2:
         raise DataError(f"only {len(examples)} usable examples after filtering ({dict(statuses)})", "add data")
     split = job.config.split or SplitConfig()
-    train_idx, eval_idx = hash_split(examples["hash"], split.eval_size, split.seed)
-    sources = examples["source"]
+    records = _as_records(examples)
+    train_idx, eval_idx = hash_split([r["hash"] for r in records], split.eval_size, split.seed)
+    sources = [r["source"] for r in records]
     groups = {p.name: [i for i in train_idx if sources[i] == p.name] for p in job.plans}
     mixed, counts = weighted_mix(groups, {p.name: p.weight for p in job.plans}, job.config.seed)
     packing = job.training.packing is not False
-    train_rows, train_pack = _pack(examples, mixed, job.rules.max_seq_length, packing)
-    eval_rows, eval_pack = _pack(examples, eval_idx, job.rules.max_seq_length, packing)
+    train_rows, train_pack = _pack(records, mixed, job.rules.max_seq_length, packing)
+    eval_rows, eval_pack = _pack(records, eval_idx, job.rules.max_seq_length, packing)
     allowed = frozenset(job.tokenizer.convert_tokens_to_ids(job.config.special_tokens))
     settings = job.config.checks or DataChecks()
-    checks = run_validators(CheckInput(examples, train_rows + eval_rows, job.tokenizer, settings, allowed))
+    checks = run_validators(CheckInput(records, train_rows + eval_rows, job.tokenizer, settings, allowed))
     for name, rows in (("train", train_rows), ("eval", eval_rows)):
         datasets.Dataset.from_list(rows).save_to_disk(str(work / name))
     examples.save_to_disk(str(work / "examples"))
-    trained = [sum(x != IGNORE_INDEX for x in labels) for labels in examples["labels"]]
+    trained = [sum(x != IGNORE_INDEX for x in r["labels"]) for r in records]
     outcome = _Outcome(
-        report, statuses, examples["length"], trained, (train_idx, eval_idx), mixed, counts,
+        report, statuses, [r["length"] for r in records], trained, (train_idx, eval_idx), mixed, counts,
         (train_pack, eval_pack), checks, renderer.segmenter,
     )  # fmt: skip
     shutil.rmtree(work / ".hf-cache", ignore_errors=True)

@@ -182,3 +182,10 @@ def test_failed_validator_blocks_unless_skipped(tmp_path, tiny_llama_dir):
     write_jsonl(expert / "data.jsonl", [qa_record(n) for n in range(20)])
     prepared, _ = prepare_expert_data(expert)
     assert [c["overridden"] for c in prepared.meta["validators"] if c["name"] == "supervised_ratio"] == [True]
+
+
+def test_augmentation_is_refused_not_silently_ignored(tmp_path, tiny_llama_dir):
+    expert = write_expert(tmp_path / "e", tiny_llama_dir, _dataset(augmentation={"table_aliases": True}))
+    write_jsonl(expert / "data.jsonl", [qa_record(n) for n in range(5)])
+    with pytest.raises(DataError, match="augmentation is accepted by the schema but not applied"):
+        prepare_expert_data(expert)
