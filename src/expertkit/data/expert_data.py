@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from expertkit.data.prepare import PreparedData, data_job, prepare_data
-from expertkit.errors import DataError
+from expertkit.errors import DataError, ModelNotFoundError
 from expertkit.manifest.load import load_manifest
 from expertkit.models.load import load_tokenizer
 from expertkit.models.resolve import resolve_model
@@ -18,8 +18,6 @@ def expert_tokenizer(target: Path, model: str | None = None) -> tuple[Any, Any]:
     entry = loaded.manifest.base_model(model)
     resolved = resolve_model(entry.name, loaded.root)
     if not resolved.ready:
-        from expertkit.errors import ModelNotFoundError
-
         raise ModelNotFoundError(
             f"base model {entry.name} is not prepared locally", f"run: expert-cli models pull {entry.name}"
         )

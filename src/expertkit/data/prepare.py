@@ -153,7 +153,10 @@ def _collect(job: DataJob, work: Path, progress: bool) -> tuple[Path, CollectRep
 def _render(job: DataJob, conversations: Path, work: Path, total: int) -> tuple[Any, ConversationRenderer]:
     import datasets
 
-    datasets.disable_progress_bars() if total < PARALLEL_THRESHOLD else datasets.enable_progress_bars()
+    if total < PARALLEL_THRESHOLD:
+        datasets.disable_progress_bars()  # a bar per tiny map is noise
+    else:
+        datasets.enable_progress_bars()
     renderer = ConversationRenderer(job.tokenizer, job.training.loss_weighting)
     raw = datasets.load_dataset("json", data_files=str(conversations), split="train", cache_dir=str(work / ".hf-cache"))
     processes = job.config.num_proc or (min(4, os.cpu_count() or 1) if total >= PARALLEL_THRESHOLD else None)

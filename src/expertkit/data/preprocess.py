@@ -11,7 +11,7 @@ import hashlib
 import importlib.util
 import re
 import unicodedata
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
@@ -117,7 +117,3 @@ class NearDedupIndex:
         self.lsh.insert(str(self.count), minhash)
         self.count += 1
         return False
-
-
-def unique(conversations: Iterable[Conversation], dedup: ExactDedup | NearDedupIndex) -> Iterator[Conversation]:
-    return (c for c in conversations if not dedup.is_duplicate(c))
