@@ -32,12 +32,13 @@ def _register() -> None:
     """Attach the command groups (imported lazily so `--help` stays cheap). Idempotent."""
     if app.registered_commands:
         return
-    from expertkit.cli import data_cmd, init_cmd, models_cmd, validate_cmd
+    from expertkit.cli import data_cmd, init_cmd, models_cmd, train_cmd, validate_cmd
 
     app.command("validate")(validate_cmd.validate)
     app.command("init")(init_cmd.init)
     app.add_typer(models_cmd.models_app, name="models")
     app.add_typer(data_cmd.data_app, name="data")
+    app.command("train")(train_cmd.train)
 
 
 def main() -> None:

@@ -83,6 +83,15 @@ class LossWeighting(Section):
     )
 
 
+class Selection(Section):
+    """Best-checkpoint guards (MyPT's GOLD system)."""
+
+    max_eval_train_ratio: float = Field(
+        default=1.5, gt=1, description="A checkpoint whose eval/train loss ratio exceeds this is overfit."
+    )
+    patience: int = Field(default=3, ge=1, description="Stop after this many consecutive eval-loss rises.")
+
+
 class TrainingConfig(Section):
     epochs: float | None = Field(default=None, gt=0)
     max_steps: int | None = Field(default=None, ge=1)
@@ -111,6 +120,13 @@ class TrainingConfig(Section):
     save_steps: int | None = Field(default=None, ge=1)
     logging_steps: int | None = Field(default=None, ge=1)
     seed: int | None = Field(default=None, ge=0)
+    full_finetune: bool | None = Field(
+        default=None, description="Train every weight of the base model instead of an adapter (small models)."
+    )
+    selection: Selection | None = None
+    report_to: list[Literal["tensorboard"]] | None = Field(
+        default=None, description="Extra loggers through the Trainer's report_to (TensorBoard needs tensorboard)."
+    )
 
 
 class FieldMapping(Section):

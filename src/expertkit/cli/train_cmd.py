@@ -1,0 +1,77 @@
+"""``expert-cli train`` and ``expert-cli estimate``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from expertkit.cli.app import err_console, fail, out_console
+from expertkit.errors import ExpertkitError
+
+MANIFEST = typer.Option(Path("manifest.json"), "--manifest", help="Manifest file or expert directory.")
+MODEL = typer.Option(None, "--model", help="Base model of a multi-model manifest (one model: picked for you).")
+
+
+def _print_start(job: Any, trainer: Any) -> None:
+    plan = job.plan
+    what = "full fine-tune" if plan.full_finetune else f"{job.entry.adapters[0].type} adapter"
+    err_console.print(
+        f"[bold]{escape(job.loaded.manifest.name)}[/] on {escape(job.entry.name)}: {what}, "
+        f"{job.trainable.trainable:,} trainable of {job.trainable.total:,} parameters "
+        f"({job.trainable.trainable_share:.2%})"
+    )
+    err_console.print(f"  {plan.precision.reason}; {escape(trainer.optimizer_description)}")
+    err_console.print(
+        f"  {job.total_steps} steps, eval + checkpoint every {job.eval_steps}; weights → {escape(str(job.weights_dir))}"
+    )
+    if job.resume_from is not None:
+        err_console.print(f"  resuming from {escape(job.resume_from.name)}")
+
+
+def summary_table(meta: dict[str, Any], weights_dir: Path) -> Table:
+    m, s = meta["metrics"], meta["selection"]
+    table = Table(title="training summary", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    rows = [
+        ("steps / epochs", f"{m['steps']} / {m['epochs']}"),
+        ("final train loss", f"{m['final_train_loss']:.4f}" if m["final_train_loss"] is not None else "-"),
+        ("best eval loss", f"{m['best_eval_loss']:.4f} (step {s['best_step']})" if m["best_eval_loss"] else "-"),
+        ("chosen checkpoint", f"{s['checkpoint']}: {s['reason']}"),
+        ("tokens seen, tokens/s", f"{m['tokens_seen']:,}, {m['tokens_per_s']:.1f}" if m["tokens_seen"] else "-"),
+        ("wall time", f"{m['wall_time_s']:.1f} s"),
+        ("peak memory (RSS)", f"{m['cpu_peak_rss_mib']:.0f} MiB"),
+        ("weights", str(weights_dir)),
+    ]
+    for what, value in rows:
+        table.add_row(what, escape(value))
+    return table
+
+
+def train(
+    manifest: Path = MANIFEST,
+    model: str | None = MODEL,
+    resume: bool = typer.Option(False, "--resume", help="Continue from the newest complete checkpoint."),
+    max_steps: int | None = typer.Option(None, "--max-steps", min=1, help="Stop after N optimizer steps."),
+    as_json: bool = typer.Option(False, "--json", help="Print training_meta.json instead of the table."),
+) -> None:
+    """Train the expert's adapter from its manifest; weights go to weights/<model>/ beside it."""
+    from expertkit.train.run import TrainRequest, train_expert
+
+    request = TrainRequest(manifest, model, resume, max_steps, progress=not as_json)
+    try:
+        result = train_expert(request, on_start=None if as_json else _print_start)
+    except ExpertkitError as error:
+        fail(error)
+        return
+    if as_json:
+        print(json.dumps(result.meta, indent=2, ensure_ascii=False))
+        return
+    out_console.print(summary_table(result.meta, result.weights_dir))
+    if result.curve is not None:
+        out_console.print(f"loss curve: {escape(str(result.curve))}")

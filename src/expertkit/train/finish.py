@@ -1,0 +1,87 @@
+"""After the loop: publish the best checkpoint's weights, write the meta and the loss curve."""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+from expertkit.models.fingerprint import fingerprint
+from expertkit.train.checkpoints import clear_staging
+from expertkit.train.outputs import CURVE_FILE, chat_template_sha256, library_versions, plot_loss_curve, write_meta
+
+if TYPE_CHECKING:
+    from expertkit.train.run import TrainJob, TrainResult
+
+
+def peak_memory() -> dict[str, Any]:
+    """Peak resident memory of this process (CPU) and CUDA's max allocated, in MiB."""
+    import torch
+
+    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    rss = rss_kib / 1024 if sys.platform != "darwin" else rss_kib / 2**20
+    peak = {"cpu_peak_rss_mib": round(rss, 1)}
+    if torch.cuda.is_available():
+        peak["cuda_max_allocated_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return peak
+
+
+def final_metrics(job: TrainJob, trainer: Any) -> dict[str, Any]:
+    history = trainer.state.log_history
+    train_logs = [e for e in history if "loss" in e]
+    best = job.selector.best
+    return {
+        "steps": trainer.state.global_step,
+        "epochs": round(trainer.state.epoch or 0.0, 4),
+        "final_train_loss": train_logs[-1]["loss"] if train_logs else None,
+        "final_eval_loss": trainer.last_eval_loss,
+        "best_eval_loss": best.eval_loss if best else None,
+        "tokens_seen": train_logs[-1].get("tokens_seen") if train_logs else None,
+        "tokens_per_s": train_logs[-1].get("tokens_per_s") if train_logs else None,
+        "wall_time_s": round(time.time() - job.run_info["started"], 2),
+        **peak_memory(),
+    }
+
+
+def base_model_record(job: TrainJob) -> dict[str, Any]:
+    fp = fingerprint(job.resolved.path)
+    return {
+        "name": job.entry.name,
+        "path": str(job.resolved.path),
+        "weights_sha256": fp.weights_sha256,
+        "architecture": fp.architecture,
+        "vocab_size": fp.vocab_size,
+        "num_parameters": fp.num_parameters,
+    }
+
+
+def finish_run(job: TrainJob, trainer: Any) -> TrainResult:
+    from expertkit.train.run import TrainResult, chosen_checkpoint, publish_weights, selection_summary
+
+    if not trainer.args.should_save:  # non-zero ranks under accelerate launch
+        return TrainResult(job.weights_dir, {}, None)
+    clear_staging(job.checkpoints)
+    chosen = chosen_checkpoint(job.checkpoints, job.selector)
+    publish_weights(chosen, job.weights_dir)
+    selection = selection_summary(job.selector)
+    selection["checkpoint"] = chosen.name
+    meta = {
+        "expert": {"name": job.loaded.manifest.name, "version": job.loaded.manifest.version},
+        "manifest": job.loaded.manifest.model_dump(mode="json", exclude_none=True),
+        "base_model": base_model_record(job),
+        "chat_template_sha256": chat_template_sha256(job.tokenizer),
+        "data": {"lineage_hash": job.prepared.meta["key"], "cache": str(job.prepared.directory)},
+        "plan": job.plan.to_json(),
+        "optimizer": trainer.optimizer_description,
+        "parameters": {"trainable": job.trainable.trainable, "total": job.trainable.total},
+        "new_token_ids": job.trainable.new_token_ids,
+        "resumed_from": job.resume_from.name if job.resume_from else None,
+        "selection": selection,
+        "metrics": final_metrics(job, trainer),
+        "libraries": library_versions(),
+    }
+    write_meta(job.weights_dir, meta)
+    title = f"{job.loaded.manifest.name} on {job.entry.name}"
+    curve = plot_loss_curve(trainer.state.log_history, selection["best_step"], job.weights_dir / CURVE_FILE, title)
+    return TrainResult(job.weights_dir, meta, curve)

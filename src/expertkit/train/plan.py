@@ -1,0 +1,154 @@
+"""The resolved training plan: manifest values, CLI overrides and defaults, decided once.
+
+Everything the loop needs is on :class:`TrainPlan`; nothing downstream reads the manifest's
+optional fields again, so a default lives in exactly one place (here) and ``training_meta.json``
+records the values actually used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from expertkit.errors import UsageError
+from expertkit.manifest.model import BaseModelEntry
+from expertkit.manifest.sections import OptimizerConfig, Selection, TrainingConfig
+
+DEFAULT_LR_ADAPTER = 2e-4
+DEFAULT_LR_FULL = 2e-5
+DEFAULT_BATCH_SIZE = 8
+DEFAULT_SEED = 42
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Compute dtype of the frozen weights and whether autocast runs; trainable params stay fp32."""
+
+    bf16: bool
+    device: str
+    reason: str
+
+    @property
+    def frozen_dtype(self) -> str:
+        return "bfloat16" if self.bf16 else "float32"
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    epochs: float
+    max_steps: int | None
+    learning_rate: float
+    batch_size: int
+    gradient_accumulation_steps: int
+    scheduler: str
+    warmup_steps: int | None
+    warmup_ratio: float
+    weight_decay: float
+    max_grad_norm: float
+    optimizer: OptimizerConfig
+    neftune_alpha: float | None
+    gradient_checkpointing: bool
+    full_finetune: bool
+    quantization: str
+    precision: Precision
+    eval_steps: int | None
+    logging_steps: int
+    seed: int
+    selection: Selection
+    report_to: list[str] = field(default_factory=list)
+    dataloader_num_workers: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["optimizer"] = self.optimizer.model_dump(mode="json", exclude_none=True)
+        data["selection"] = self.selection.model_dump(mode="json")
+        return data
+
+
+def cpu_supports_bf16() -> bool:
+    """True when the CPU has native bf16 dot products (AVX512-BF16 or AMX), read from /proc/cpuinfo."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8")
+    except OSError:
+        return False
+    return any(flag in flags for flag in ("avx512_bf16", "amx_bf16"))
+
+
+def resolve_precision(requested: bool | str | None, device: str) -> Precision:
+    """bf16 when asked (``true``), or by default/``auto`` when the device runs it natively."""
+    import torch
+
+    if device == "cuda":
+        native = torch.cuda.is_bf16_supported()
+        where = "this GPU"
+    else:
+        native = cpu_supports_bf16()
+        where = "this CPU (avx512_bf16/amx_bf16)"
+    if requested is False:
+        return Precision(False, device, "bf16: false in the manifest")
+    if requested is True and not native:
+        raise UsageError(
+            f"training.config.bf16 is true but {where} has no native bf16 support",
+            'set "bf16": "auto" or false',
+        )
+    if native:
+        return Precision(True, device, f"bf16 autocast: supported natively by {where}")
+    return Precision(False, device, f"fp32: {where} has no native bf16")
+
+
+def training_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_plan(config: TrainingConfig | None, entry: BaseModelEntry, max_steps: int | None = None) -> TrainPlan:
+    """Resolve the manifest's training config (plus a ``--max-steps`` override) into a plan."""
+    c = config or TrainingConfig()
+    optimizer = (
+        c.optimizer if isinstance(c.optimizer, OptimizerConfig) else OptimizerConfig(type=c.optimizer or "adamw")
+    )
+    full = bool(c.full_finetune)
+    quantization = c.quantization or entry.quantization or "none"
+    if full and quantization != "none":
+        raise UsageError(
+            "training.config.full_finetune cannot train a quantized base model",
+            "drop quantization, or train an adapter (QLoRA) instead",
+        )
+    device = training_device()
+    if quantization != "none" and device != "cuda":
+        raise UsageError(
+            f"quantization {quantization!r} (QLoRA via bitsandbytes) needs a CUDA GPU; this machine has none",
+            'set "quantization": "none" to train in bf16/fp32 on CPU',
+        )
+    if optimizer.type == "paged_adamw_8bit" and device != "cuda":
+        raise UsageError(
+            "optimizer paged_adamw_8bit (bitsandbytes) needs a CUDA GPU; this machine has none",
+            'use "optimizer": "adamw" (or "muon") on CPU',
+        )
+    steps = max_steps or c.max_steps
+    return TrainPlan(
+        epochs=c.epochs or 1.0,
+        max_steps=steps,
+        learning_rate=c.learning_rate or (DEFAULT_LR_FULL if full else DEFAULT_LR_ADAPTER),
+        batch_size=c.batch_size or DEFAULT_BATCH_SIZE,
+        gradient_accumulation_steps=c.gradient_accumulation_steps or 1,
+        scheduler=c.scheduler or "cosine",
+        warmup_steps=c.warmup_steps,
+        warmup_ratio=c.warmup_ratio if c.warmup_ratio is not None else 0.03,
+        weight_decay=c.weight_decay or 0.0,
+        max_grad_norm=c.max_grad_norm or 1.0,
+        optimizer=optimizer,
+        neftune_alpha=c.neftune_alpha or None,
+        gradient_checkpointing=bool(c.gradient_checkpointing),
+        full_finetune=full,
+        quantization=quantization,
+        precision=resolve_precision(c.bf16 if c.bf16 is not None else "auto", device),
+        eval_steps=c.eval_steps,
+        logging_steps=c.logging_steps or 10,
+        seed=c.seed if c.seed is not None else DEFAULT_SEED,
+        selection=c.selection or Selection(),
+        report_to=list(c.report_to or []),
+        dataloader_num_workers=c.dataloader_num_workers or 0,
+    )

@@ -1,0 +1,295 @@
+"""``train_expert``: one expert, one base model, from manifest to ``weights/<model>/``.
+
+validate → plan → prepared data → model + adapter → ExpertTrainer (eval, guarded checkpoints,
+resume) → best checkpoint copied to ``weights/<model>/adapter`` (+ ``soft_prompts/``) →
+``training_meta.json`` and ``loss_curve.png``.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from expertkit.data.expert_data import prepare_expert_data
+from expertkit.errors import ExpertkitError, ManifestError, UsageError
+from expertkit.fsutil import atomic_directory
+from expertkit.manifest.load import LoadedManifest, load_manifest
+from expertkit.manifest.model import BaseModelEntry
+from expertkit.manifest.validate import validate_manifest
+from expertkit.models.resolve import ResolvedModel, resolve_model
+from expertkit.models.targets import check_target_modules
+from expertkit.naming import normalise_model_name
+from expertkit.train.adapters import adapter_to_train
+from expertkit.train.checkpoints import clear_staging, newest_checkpoint, read_ledger
+from expertkit.train.plan import TrainPlan, resolve_plan
+from expertkit.train.selection import BestCheckpointSelector
+from expertkit.train.soft_prompts import SOFT_PROMPT_DIR
+from expertkit.train.trainer import ADAPTER_SUBDIR, FULL_SUBDIR
+
+CHECKPOINT_DIR = "checkpoints"
+EVAL_BUDGET = 0.2
+PUBLISHED_SUFFIXES = (".safetensors", ".json", ".txt", ".jinja")
+
+
+class TrainingInterruptedError(ExpertkitError):
+    exit_code = 130
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    target: Path
+    model: str | None = None
+    resume: bool = False
+    max_steps: int | None = None
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    weights_dir: Path
+    meta: dict[str, Any]
+    curve: Path | None
+
+
+def weights_dir_for(loaded: LoadedManifest, entry: BaseModelEntry) -> Path:
+    """``weights/<normalised-model>/`` beside the manifest: one directory per base model."""
+    return loaded.root / "weights" / normalise_model_name(entry.name)
+
+
+def checked_manifest(target: Path) -> LoadedManifest:
+    """The manifest, refused (with every problem listed) when ``validate`` would fail."""
+    report, _ = validate_manifest(target, (check_target_modules,))
+    if not report.ok:
+        listing = "\n".join("  " + p.render() for p in report.errors)
+        raise ManifestError(f"{report.source} is not valid:\n{listing}", f"run: expert-cli validate {target}")
+    return load_manifest(target)
+
+
+def resolved_base(loaded: LoadedManifest, entry: BaseModelEntry) -> ResolvedModel:
+    resolved = resolve_model(entry.name, loaded.root)
+    if not resolved.ready:
+        raise UsageError(f"base model {entry.name} is not prepared", f"run: expert-cli models pull {entry.name}")
+    return resolved
+
+
+def resume_point(checkpoints: Path, resume: bool, data_hash: str) -> tuple[Path | None, dict[str, Any] | None]:
+    """The newest complete checkpoint and its ledger when resuming; a fresh run clears old ones."""
+    clear_staging(checkpoints)
+    if not resume:
+        shutil.rmtree(checkpoints, ignore_errors=True)
+        return None, None
+    newest = newest_checkpoint(checkpoints)
+    if newest is None:
+        raise UsageError(f"--resume: no complete checkpoint in {checkpoints}", "start a fresh run without --resume")
+    ledger = read_ledger(newest)
+    if ledger.get("data_hash") != data_hash:
+        raise UsageError(
+            f"--resume: {newest.name} was trained on data {ledger.get('data_hash')}, the data is now {data_hash}",
+            "resuming on different data would mix two runs; start a fresh run without --resume",
+        )
+    return newest, ledger
+
+
+def default_eval_steps(plan: TrainPlan, packing: dict[str, Any], world_size: int) -> tuple[int, int]:
+    """(total optimizer steps, eval interval).
+
+    Without ``eval_steps`` in the manifest: between 2 and 10 evaluations, as many as keep eval
+    under :data:`EVAL_BUDGET` of the run (a forward pass costs about a third of a training step
+    per token), so a short run on a large eval split does not spend its time evaluating.
+    """
+    rows_per_step = plan.batch_size * plan.gradient_accumulation_steps * world_size
+    train_rows = max(packing["train"]["rows"], 1)
+    total = plan.max_steps or max(1, math.ceil(plan.epochs * math.ceil(train_rows / rows_per_step)))
+    if plan.eval_steps:
+        return total, plan.eval_steps
+    tokens_per_step = packing["train"]["real_tokens"] / train_rows * rows_per_step
+    eval_tokens = max(packing["eval"]["real_tokens"], 1)
+    evaluations = min(10, max(2, int(EVAL_BUDGET * 3 * total * tokens_per_step / eval_tokens)))
+    return total, max(1, math.ceil(total / evaluations))
+
+
+def publish_weights(best_checkpoint: Path, weights_dir: Path) -> None:
+    """Copy the chosen checkpoint's adapter (or full model) and soft prompts into ``weights_dir``."""
+    for name in (ADAPTER_SUBDIR, FULL_SUBDIR, SOFT_PROMPT_DIR):
+        source = best_checkpoint / name
+        if not source.is_dir():
+            continue
+        with atomic_directory(weights_dir / name, replace=True) as staged:
+            for file in source.iterdir():
+                if file.suffix in PUBLISHED_SUFFIXES:  # not PEFT's boilerplate model card
+                    shutil.copy2(file, staged / file.name)
+
+
+def selection_summary(selector: BestCheckpointSelector) -> dict[str, Any]:
+    best = selector.best
+    return {
+        "best_step": best.step if best else None,
+        "reason": best.reason if best else "no evaluation passed the guards",
+        "stopped_early": selector.should_stop,
+        "guards": selector.guards.model_dump(mode="json"),
+        "history": selector.to_json(),
+    }
+
+
+def chosen_checkpoint(checkpoints: Path, selector: BestCheckpointSelector) -> Path:
+    best = selector.best
+    candidates = sorted(checkpoints.glob(f"checkpoint-{best.step}-*")) if best else []
+    if candidates:
+        return candidates[-1]
+    newest = newest_checkpoint(checkpoints)
+    if newest is None:
+        raise UsageError(f"no checkpoint was written in {checkpoints}", "train for at least one step")
+    return newest
+
+
+def training_arguments(plan: TrainPlan, checkpoints: Path, total_steps: int, eval_steps: int) -> Any:
+    from transformers import TrainingArguments
+
+    warmup = plan.warmup_steps if plan.warmup_steps is not None else math.ceil(plan.warmup_ratio * total_steps)
+    return TrainingArguments(
+        output_dir=str(checkpoints),
+        per_device_train_batch_size=plan.batch_size,
+        per_device_eval_batch_size=plan.batch_size,
+        gradient_accumulation_steps=plan.gradient_accumulation_steps,
+        learning_rate=plan.learning_rate,
+        max_grad_norm=plan.max_grad_norm,
+        num_train_epochs=plan.epochs,
+        max_steps=plan.max_steps or -1,
+        lr_scheduler_type=plan.scheduler,
+        warmup_steps=warmup,
+        logging_steps=min(plan.logging_steps, eval_steps),
+        eval_strategy="steps",
+        eval_steps=eval_steps,
+        save_strategy="steps",
+        save_steps=eval_steps,
+        bf16=plan.precision.bf16,
+        use_cpu=plan.precision.device == "cpu",
+        seed=plan.seed,
+        data_seed=plan.seed,
+        report_to=plan.report_to or "none",
+        remove_unused_columns=False,
+        dataloader_num_workers=plan.dataloader_num_workers,
+        disable_tqdm=True,
+        ddp_find_unused_parameters=False,
+    )
+
+
+@dataclass
+class TrainJob:
+    """Everything resolved before the loop starts."""
+
+    loaded: LoadedManifest
+    entry: BaseModelEntry
+    resolved: ResolvedModel
+    plan: TrainPlan
+    prepared: Any
+    tokenizer: Any
+    trainable: Any
+    weights_dir: Path
+    resume_from: Path | None
+    selector: BestCheckpointSelector
+    run_info: dict[str, Any]
+    total_steps: int
+    eval_steps: int
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.weights_dir / CHECKPOINT_DIR
+
+
+def prepare_job(request: TrainRequest) -> TrainJob:
+    from accelerate import PartialState
+
+    from expertkit.train.build import build_trainable
+
+    loaded = checked_manifest(request.target)
+    entry = loaded.manifest.base_model(request.model)
+    training = loaded.manifest.training
+    plan = resolve_plan(training.config if training else None, entry, request.max_steps)
+    adapter = None if plan.full_finetune else adapter_to_train(entry.adapters)
+    resolved = resolved_base(loaded, entry)
+    prepared, tokenizer = prepare_expert_data(request.target, request.model, progress=request.progress)
+    data_hash = prepared.meta["key"]
+    weights_dir = weights_dir_for(loaded, entry)
+    resume_from, ledger = resume_point(weights_dir / CHECKPOINT_DIR, request.resume, data_hash)
+    selector = BestCheckpointSelector(plan.selection)
+    if ledger is not None:
+        selector = BestCheckpointSelector.from_json(plan.selection, ledger.get("selection", []))
+    trainable = build_trainable(resolved, tokenizer, adapter, list(loaded.manifest.soft_prompts), plan)
+    total, eval_steps = default_eval_steps(plan, prepared.meta["packing"], PartialState().num_processes)
+    run_info = {"started": time.time(), "data_hash": data_hash, "tokens_before": (ledger or {}).get("tokens_seen", 0)}
+    return TrainJob(
+        loaded,
+        entry,
+        resolved,
+        plan,
+        prepared,
+        tokenizer,
+        trainable,
+        weights_dir,
+        resume_from,
+        selector,
+        run_info,
+        total,
+        eval_steps,
+    )
+
+
+def build_trainer(job: TrainJob, interrupt: Any, progress: bool) -> Any:
+    """The ExpertTrainer for a resolved job."""
+    from transformers import PrinterCallback
+
+    from expertkit.train.callbacks import FinalStepCallback, RichProgressCallback
+    from expertkit.train.collator import PackedCollator
+    from expertkit.train.optimizers import build_optimizer
+    from expertkit.train.soft_prompts import total_virtual_tokens
+    from expertkit.train.trainer import ExpertTrainer
+
+    built = build_optimizer(job.trainable.objective, job.plan, job.plan.precision.device)
+    pad_id = job.tokenizer.pad_token_id if job.tokenizer.pad_token_id is not None else job.tokenizer.eos_token_id
+    trainer = ExpertTrainer(
+        model=job.trainable.objective,
+        args=training_arguments(job.plan, job.checkpoints, job.total_steps, job.eval_steps),
+        train_dataset=job.prepared.load("train"),
+        eval_dataset=job.prepared.load("eval"),
+        data_collator=PackedCollator(pad_id, total_virtual_tokens(job.loaded.manifest.soft_prompts)),
+        optimizers=(built.optimizer, None),
+        selector=job.selector,
+        run_info=job.run_info,
+        optimizer_description=built.description,
+    )
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(FinalStepCallback())
+    trainer.add_callback(interrupt)
+    if progress:
+        trainer.add_callback(RichProgressCallback())
+    return trainer
+
+
+def train_expert(request: TrainRequest, on_start: Any = None) -> TrainResult:
+    """Train the expert at ``request.target``; ``on_start(job, trainer)`` is called before the loop.
+
+    Raises:
+        ManifestError, UsageError, DataError: before any training step.
+        TrainingInterrupted: Ctrl-C; a checkpoint was saved, ``--resume`` continues.
+    """
+    from expertkit.train.callbacks import InterruptCallback
+    from expertkit.train.finish import finish_run
+
+    job = prepare_job(request)
+    interrupt = InterruptCallback()
+    trainer = build_trainer(job, interrupt, request.progress)
+    if on_start is not None:
+        on_start(job, trainer)
+    trainer.train(resume_from_checkpoint=str(job.resume_from) if job.resume_from else None)
+    if interrupt.requested:
+        raise TrainingInterruptedError(
+            f"training stopped by Ctrl-C at step {trainer.state.global_step}; a checkpoint was saved in "
+            f"{job.checkpoints}",
+            "continue with: expert-cli train --resume",
+        )
+    return finish_run(job, trainer)
