@@ -39,6 +39,7 @@ def _register() -> None:
     app.add_typer(models_cmd.models_app, name="models")
     app.add_typer(data_cmd.data_app, name="data")
     app.command("train")(train_cmd.train)
+    app.command("estimate")(train_cmd.estimate)
 
 
 def main() -> None:

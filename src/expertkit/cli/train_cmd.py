@@ -75,3 +75,43 @@ def train(
     out_console.print(summary_table(result.meta, result.weights_dir))
     if result.curve is not None:
         out_console.print(f"loss curve: {escape(str(result.curve))}")
+
+
+def estimate(
+    manifest: Path = MANIFEST,
+    model: str | None = MODEL,
+    batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Rows per step (default: manifest)."),
+    max_seq_length: int | None = typer.Option(None, "--max-seq-length", min=16, help="Row length (default: manifest)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Expected peak training memory, and how far it was from the last real run's measured peak."""
+    from expertkit.train.estimate import estimate_expert
+
+    try:
+        report = estimate_expert(manifest, model, batch_size, max_seq_length)
+    except ExpertkitError as error:
+        fail(error)
+        return
+    if as_json:
+        print(json.dumps(report.to_json(), indent=2))
+        return
+    est = report.estimate
+    table = Table(title=f"peak memory estimate ({report.device}, batch {report.batch_size} × {report.seq_length})")
+    table.add_column("component")
+    table.add_column("MiB", justify="right")
+    for name, mib in est.components.items():
+        table.add_row(name, f"{mib:,.0f}")
+    table.add_row("[bold]total[/]", f"[bold]{est.total:,.0f}[/]")
+    out_console.print(table)
+    state = "on" if est.gradient_checkpointing else "off"
+    out_console.print(
+        f"activations: {est.activations_without_checkpointing:,.0f} MiB without gradient checkpointing, "
+        f"{est.activations_with_checkpointing:,.0f} MiB with it (now {state})"
+    )
+    if report.measured_mib is not None and report.error is not None:
+        out_console.print(
+            f"last run measured {report.measured_mib:,.0f} MiB peak: estimate off by {report.error:+.1%} "
+            f"({escape(str(report.measured_source))})"
+        )
+    else:
+        out_console.print("no finished run with these settings to compare against (train first)")

@@ -74,7 +74,14 @@ def build_trainable(
     prompts: list[SoftPrompt],
     plan: TrainPlan,
 ) -> TrainableModel:
-    """The objective module around the base model with its adapter (``None``: full fine-tune)."""
+    """The objective module around the base model with its adapter (``None``: full fine-tune).
+
+    Seeded first: adapter initialisation (LoRA's A, IA³'s vectors, random soft prompts) draws from
+    the global RNG, so the same seed gives the same initial adapter and the same loss curve.
+    """
+    from transformers import set_seed
+
+    set_seed(plan.seed)
     base = _load_base(resolved, plan)
     new_ids = _new_token_ids(base, tokenizer)
     base.config.use_cache = False

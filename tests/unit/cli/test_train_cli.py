@@ -1,0 +1,108 @@
+"""``expert-cli train`` / ``estimate``: files written, multi-model directories, clear errors, exit codes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from expertkit.cli.app import _register, app
+from expertkit.naming import normalise_model_name
+from unit.train.helpers import write_tiny_expert
+
+_register()
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+def test_train_writes_adapter_meta_ledger_and_curve(tmp_path: Path, tiny_llama_dir: Path) -> None:
+    expert = write_tiny_expert(tmp_path / "e", [tiny_llama_dir], config={"eval_steps": 3})
+    result = invoke("train", "--manifest", str(expert / "manifest.json"))
+    assert result.exit_code == 0, result.output
+    assert "training summary" in result.output and "chosen checkpoint" in result.output
+    weights = expert / "weights" / normalise_model_name(str(tiny_llama_dir))
+    assert sorted(p.name for p in (weights / "adapter").iterdir()) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]
+    assert (weights / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    meta = json.loads((weights / "training_meta.json").read_text())
+    for key in ("manifest", "base_model", "chat_template_sha256", "data", "libraries", "metrics", "selection", "plan"):
+        assert meta[key], key
+    assert len(meta["base_model"]["weights_sha256"]) == 64 and meta["libraries"]["peft"]
+    assert meta["selection"]["checkpoint"].startswith(f"checkpoint-{meta['selection']['best_step']}-")
+    ledgers = sorted(weights.glob("checkpoints/checkpoint-*/.ledger.json"))
+    assert ledgers
+    ledger = json.loads(ledgers[-1].read_text())
+    assert {"step", "train_loss", "eval_loss", "tokens_seen", "learning_rate", "wall_time_s", "data_hash"} <= set(
+        ledger
+    )
+    assert ledger["data_hash"] == meta["data"]["lineage_hash"] and ledger["tokens_seen"] > 0
+
+
+def test_multi_model_manifest_needs_model_and_trains_separate_directories(
+    tmp_path: Path, tiny_llama_dir: Path, tiny_qwen3_dir: Path
+) -> None:
+    expert = write_tiny_expert(tmp_path / "e", [tiny_llama_dir, tiny_qwen3_dir])
+    manifest = str(expert / "manifest.json")
+    result = invoke("train", "--manifest", manifest)
+    assert result.exit_code == 2
+    assert "pick one with --model" in result.output and str(tiny_qwen3_dir) in result.output
+    assert "Traceback" not in result.output
+    for model_dir in (tiny_llama_dir, tiny_qwen3_dir):
+        assert invoke("train", "--manifest", manifest, "--model", str(model_dir)).exit_code == 0
+    dirs = sorted(p.name for p in (expert / "weights").iterdir())
+    assert dirs == sorted(normalise_model_name(str(m)) for m in (tiny_llama_dir, tiny_qwen3_dir))
+    metas = [json.loads(p.read_text()) for p in (expert / "weights").glob("*/training_meta.json")]
+    assert {m["base_model"]["architecture"] for m in metas} == {"LlamaForCausalLM", "Qwen3ForCausalLM"}
+
+
+def test_device_bound_options_fail_before_training(tmp_path: Path, tiny_llama_dir: Path) -> None:
+    for config, text in [
+        ({"optimizer": "paged_adamw_8bit"}, "paged_adamw_8bit (bitsandbytes) needs a CUDA GPU"),
+        ({"quantization": "int4"}, "needs a CUDA GPU"),
+    ]:
+        expert = write_tiny_expert(tmp_path / next(iter(config)), [tiny_llama_dir], config=config)
+        result = invoke("train", "--manifest", str(expert))
+        assert result.exit_code == 2, result.output
+        assert text in result.output and "Traceback" not in result.output
+        assert not (expert / "weights").exists()
+
+
+def test_invalid_manifest_and_resume_without_checkpoint(tmp_path: Path, tiny_llama_dir: Path) -> None:
+    bad = write_tiny_expert(tmp_path / "bad", [tiny_llama_dir], adapter={"type": "lora", "target_modules": ["nope"]})
+    result = invoke("train", "--manifest", str(bad))
+    assert result.exit_code == 1 and "nope" in result.output
+    expert = write_tiny_expert(tmp_path / "e", [tiny_llama_dir])
+    result = invoke("train", "--manifest", str(expert), "--resume")
+    assert result.exit_code == 2 and "no complete checkpoint" in result.output
+
+
+def test_muon_and_full_finetune_train(tmp_path: Path, tiny_llama_dir: Path) -> None:
+    muon = write_tiny_expert(tmp_path / "muon", [tiny_llama_dir], config={"optimizer": "muon"})
+    result = invoke("train", "--manifest", str(muon), "--json")
+    assert result.exit_code == 0, result.output
+    described = json.loads(result.stdout)["optimizer"]
+    assert described.startswith("Muon on ") and "% of trainable parameters" in described
+    full = write_tiny_expert(tmp_path / "full", [tiny_llama_dir], config={"full_finetune": True})
+    result = invoke("train", "--manifest", str(full), "--json")
+    assert result.exit_code == 0, result.output
+    meta = json.loads(result.stdout)
+    assert meta["parameters"]["trainable"] == meta["parameters"]["total"]
+    assert (full / "weights" / normalise_model_name(str(tiny_llama_dir)) / "model" / "model.safetensors").is_file()
+
+
+def test_estimate_compares_with_the_last_run(tmp_path: Path, tiny_llama_dir: Path) -> None:
+    expert = write_tiny_expert(tmp_path / "e", [tiny_llama_dir])
+    before = json.loads(invoke("estimate", "--manifest", str(expert), "--json").stdout)
+    assert before["measured_peak_mib"] is None and before["total_mib"] > 0
+    assert before["activations_mib"]["with_checkpointing"] < before["activations_mib"]["without_checkpointing"]
+    assert invoke("train", "--manifest", str(expert)).exit_code == 0
+    after = invoke("estimate", "--manifest", str(expert))
+    assert after.exit_code == 0 and "estimate off by" in after.output
+    other = json.loads(invoke("estimate", "--manifest", str(expert), "--batch-size", "7", "--json").stdout)
+    assert other["measured_peak_mib"] is None, "a run with other settings is not a comparison"
