@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import tempfile
 import time
@@ -128,7 +129,7 @@ def train_trl(conversations: list[dict[str, Any]], steps: int, output: Path) -> 
         max_length=SETTINGS["max_seq_length"],
         per_device_train_batch_size=SETTINGS["batch_size"],
         learning_rate=SETTINGS["learning_rate"],
-        warmup_ratio=SETTINGS["warmup_ratio"],
+        warmup_steps=math.ceil(SETTINGS["warmup_ratio"] * steps),  # what expertkit derives from the ratio
         lr_scheduler_type="linear",
         max_steps=steps,
         seed=SETTINGS["seed"],

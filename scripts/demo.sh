@@ -42,4 +42,11 @@ time "$cli" data prepare --expert examples/experts/expert-sql
 step "9. what will be trained: two examples with trained tokens highlighted"
 "$cli" data inspect --expert examples/experts/expert-sql -n 2
 
-step "done: training, packaging, chat and serving come with the next issues"
+step "10. train the SQL expert's DoRA adapter for 4 steps (bf16 on this CPU); weights, ledger, meta, loss curve"
+time "$cli" train --manifest examples/experts/expert-sql --max-steps 4
+ls examples/experts/expert-sql/weights/smollm2-135m-instruct
+
+step "11. expected peak memory against the run just measured"
+"$cli" estimate --manifest examples/experts/expert-sql
+
+step "done: packaging, chat and serving come with the next issues"

@@ -7,6 +7,7 @@ prompts, new token rows, or all weights for full fine-tuning) stay in fp32.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,8 +51,7 @@ def _load_base(resolved: ResolvedModel, plan: TrainPlan) -> Any:
         kwargs["device_map"] = {"": 0}
     frozen_low_precision = plan.precision.bf16 and not plan.full_finetune
     kwargs["dtype"] = torch.bfloat16 if frozen_low_precision else torch.float32
-    if plan.precision.device == "cuda":
-        kwargs["attn_implementation"] = "sdpa"
+    kwargs["attn_implementation"] = plan.attention  # both isolate packed rows by their position ids
     model = AutoModelForCausalLM.from_pretrained(resolved.path, **kwargs)
     if plan.quantization == "none":
         model.to(plan.precision.device)
@@ -97,8 +97,11 @@ def build_trainable(
     else:
         from peft import get_peft_model
 
-        # PEFT upcasts adapter weights to fp32 (autocast_adapter_dtype) over a bf16 base.
-        model = get_peft_model(base, peft_config(adapter, new_ids))
+        # PEFT upcasts adapter weights to fp32 (autocast_adapter_dtype) over a bf16 base. It also reads a
+        # property transformers 5 deprecated; the warning is PEFT's, not the user's, so it is not shown.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            model = get_peft_model(base, peft_config(adapter, new_ids))
     soft = None
     if prompts:
         soft = build_soft_prompts(prompts, base.get_input_embeddings(), tokenizer, plan.seed)

@@ -7,6 +7,7 @@ records the values actually used.
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,11 @@ class TrainPlan:
     seed: int
     selection: Selection
     report_to: list[str] = field(default_factory=list)
+    attention: str = "sdpa"
     dataloader_num_workers: int = 0
+    dataloader_pin_memory: bool = False
+    dataloader_prefetch_factor: int | None = None
+    dataloader_persistent_workers: bool = False
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -127,6 +132,8 @@ def resolve_plan(config: TrainingConfig | None, entry: BaseModelEntry, max_steps
             "optimizer paged_adamw_8bit (bitsandbytes) needs a CUDA GPU; this machine has none",
             'use "optimizer": "adamw" (or "muon") on CPU',
         )
+    if "tensorboard" in (c.report_to or []) and importlib.util.find_spec("tensorboard") is None:
+        raise UsageError('report_to ["tensorboard"] needs the tensorboard package', "pip install tensorboard")
     steps = max_steps or c.max_steps
     return TrainPlan(
         epochs=c.epochs or 1.0,
@@ -150,5 +157,9 @@ def resolve_plan(config: TrainingConfig | None, entry: BaseModelEntry, max_steps
         seed=c.seed if c.seed is not None else DEFAULT_SEED,
         selection=c.selection or Selection(),
         report_to=list(c.report_to or []),
+        attention="eager" if c.use_sdpa is False else "sdpa",
         dataloader_num_workers=c.dataloader_num_workers or 0,
+        dataloader_pin_memory=bool(c.dataloader_pin_memory) and device == "cuda",
+        dataloader_prefetch_factor=c.dataloader_prefetch_factor if c.dataloader_num_workers else None,
+        dataloader_persistent_workers=bool(c.dataloader_persistent_workers) and bool(c.dataloader_num_workers),
     )

@@ -76,11 +76,16 @@ def resolved_base(loaded: LoadedManifest, entry: BaseModelEntry) -> ResolvedMode
     return resolved
 
 
-def resume_point(checkpoints: Path, resume: bool, data_hash: str) -> tuple[Path | None, dict[str, Any] | None]:
-    """The newest complete checkpoint and its ledger when resuming; a fresh run clears old ones."""
-    clear_staging(checkpoints)
+def resume_point(
+    checkpoints: Path, resume: bool, data_hash: str, clear: bool = True
+) -> tuple[Path | None, dict[str, Any] | None]:
+    """The newest complete checkpoint and its ledger when resuming; a fresh run clears old ones
+    (``clear``: only the main process touches the directory)."""
+    if clear:
+        clear_staging(checkpoints)
     if not resume:
-        shutil.rmtree(checkpoints, ignore_errors=True)
+        if clear:
+            shutil.rmtree(checkpoints, ignore_errors=True)
         return None, None
     newest = newest_checkpoint(checkpoints)
     if newest is None:
@@ -173,6 +178,9 @@ def training_arguments(plan: TrainPlan, checkpoints: Path, total_steps: int, eva
         report_to=plan.report_to or "none",
         remove_unused_columns=False,
         dataloader_num_workers=plan.dataloader_num_workers,
+        dataloader_pin_memory=plan.dataloader_pin_memory,
+        dataloader_prefetch_factor=plan.dataloader_prefetch_factor,
+        dataloader_persistent_workers=plan.dataloader_persistent_workers,
         disable_tqdm=True,
         ddp_find_unused_parameters=False,
     )
@@ -212,15 +220,20 @@ def prepare_job(request: TrainRequest) -> TrainJob:
     plan = resolve_plan(training.config if training else None, entry, request.max_steps)
     adapter = None if plan.full_finetune else adapter_to_train(entry.adapters)
     resolved = resolved_base(loaded, entry)
-    prepared, tokenizer = prepare_expert_data(request.target, request.model, progress=request.progress)
+    state = PartialState()
+    with state.main_process_first():  # under accelerate launch, rank 0 builds the data cache, others read it
+        prepared, tokenizer = prepare_expert_data(request.target, request.model, progress=request.progress)
     data_hash = prepared.meta["key"]
     weights_dir = weights_dir_for(loaded, entry)
-    resume_from, ledger = resume_point(weights_dir / CHECKPOINT_DIR, request.resume, data_hash)
+    with state.main_process_first():
+        resume_from, ledger = resume_point(
+            weights_dir / CHECKPOINT_DIR, request.resume, data_hash, clear=state.is_main_process
+        )
     selector = BestCheckpointSelector(plan.selection)
     if ledger is not None:
         selector = BestCheckpointSelector.from_json(plan.selection, ledger.get("selection", []))
     trainable = build_trainable(resolved, tokenizer, adapter, list(loaded.manifest.soft_prompts), plan)
-    total, eval_steps = default_eval_steps(plan, prepared.meta["packing"], PartialState().num_processes)
+    total, eval_steps = default_eval_steps(plan, prepared.meta["packing"], state.num_processes)
     run_info = {"started": time.time(), "data_hash": data_hash, "tokens_before": (ledger or {}).get("tokens_seen", 0)}
     return TrainJob(
         loaded,

@@ -105,3 +105,17 @@ def test_dropping_position_ids_on_packed_rows_is_detected(tiny_llama_dir: Path) 
     decoder = objective.model.get_decoder()
     with pytest.raises(PackingIsolationError, match="position_ids"):
         decoder(input_ids=torch.tensor([[5, 6, 7]]))
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_packed_rows_are_isolated_under_each_attention(tiny_llama_dir: Path, attention: str) -> None:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32, attn_implementation=attention)
+    objective = SupervisedCausalLM(model).eval()
+    batch = packed_batch(4, rows=1)
+    half = batch["input_ids"].shape[1] // 2
+    with torch.no_grad():
+        packed = objective(**batch)
+        parts = [objective(**{k: v[:, s] for k, v in batch.items()}) for s in (slice(0, half), slice(half, None))]
+    torch.testing.assert_close(packed["ce"], parts[0]["ce"] + parts[1]["ce"], rtol=1e-5, atol=1e-5)
