@@ -34,7 +34,7 @@ def test_a_few_steps_on_the_embedded_model(tmp_path: Path, embedded_model) -> No
         "base_models": [
             {
                 "name": "SmolLM2-135M-Instruct",
-                "adapters": [{"type": "lora", "r": 8, "target_modules": ["q_proj", "v_proj"]}],
+                "adapters": [{"type": "lora", "r": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"]}],
             }
         ],
         "training": {

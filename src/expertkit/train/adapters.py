@@ -7,6 +7,7 @@ decorated function; nothing else branches on the adapter type.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -98,3 +99,15 @@ def adapter_to_train(adapters: list[Adapter]) -> Adapter:
 def peft_config(adapter: Adapter, new_token_ids: list[int] | None = None) -> Any:
     """The PEFT config for ``adapter``. Raises UsageError for an unsupported combination."""
     return ADAPTERS[adapter.type](adapter, new_token_ids)
+
+
+def attach_adapter(model: Any, adapter: Adapter, new_token_ids: list[int] | None = None) -> Any:
+    """``get_peft_model`` with the adapter's config; adapter weights are fp32 over a bf16 base.
+
+    PEFT reads a property transformers 5 deprecated; that warning is PEFT's, not the user's.
+    """
+    from peft import get_peft_model
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, peft_config(adapter, new_token_ids))

@@ -7,7 +7,6 @@ prompts, new token rows, or all weights for full fine-tuning) stay in fp32.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +15,7 @@ import torch
 from expertkit.errors import UsageError
 from expertkit.manifest.sections import Adapter, SoftPrompt
 from expertkit.models.resolve import ResolvedModel
-from expertkit.train.adapters import peft_config
+from expertkit.train.adapters import attach_adapter
 from expertkit.train.objective import SupervisedCausalLM
 from expertkit.train.plan import TrainPlan
 from expertkit.train.soft_prompts import build_soft_prompts
@@ -95,13 +94,7 @@ def build_trainable(
         model = base.float() if plan.precision.bf16 else base
         model.requires_grad_(True)
     else:
-        from peft import get_peft_model
-
-        # PEFT upcasts adapter weights to fp32 (autocast_adapter_dtype) over a bf16 base. It also reads a
-        # property transformers 5 deprecated; the warning is PEFT's, not the user's, so it is not shown.
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-            model = get_peft_model(base, peft_config(adapter, new_ids))
+        model = attach_adapter(base, adapter, new_ids)
     soft = None
     if prompts:
         soft = build_soft_prompts(prompts, base.get_input_embeddings(), tokenizer, plan.seed)

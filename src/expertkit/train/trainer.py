@@ -63,6 +63,7 @@ class ExpertTrainer(Trainer):
 
     # -- evaluation -------------------------------------------------------------------------
     def evaluate(self, eval_dataset: Any = None, ignore_keys: Any = None, metric_key_prefix: str = "eval") -> Any:
+        started = time.time()
         loader = self.get_eval_dataloader(eval_dataset)
         model = self.model
         was_training = model.training
@@ -76,6 +77,7 @@ class ExpertTrainer(Trainer):
                 totals += torch.stack([sums["ce"].double(), sums["tokens"].double()])
         totals = self.accelerator.reduce(totals, reduction="sum")
         model.train(was_training)
+        self.run_info["eval_seconds"] = self.run_info.get("eval_seconds", 0.0) + time.time() - started
         eval_loss = (totals[0] / totals[1].clamp(min=1)).item()
         metrics = {f"{metric_key_prefix}_loss": eval_loss, f"{metric_key_prefix}_tokens": int(totals[1].item())}
         self.last_eval_loss = eval_loss
@@ -98,7 +100,8 @@ class ExpertTrainer(Trainer):
             self.last_train_loss = logs["loss"]
             seen = torch.tensor(self.tokens_seen, device=self.args.device)
             this_run = int(self.accelerator.reduce(seen, reduction="sum").item())
-            elapsed = max(time.time() - self.run_info["started"], 1e-9)
+            # Training throughput: evaluation time is not training time.
+            elapsed = max(time.time() - self.run_info["started"] - self.run_info.get("eval_seconds", 0.0), 1e-9)
             total = this_run + self.run_info.get("tokens_before", 0)
             logs = {**logs, "tokens_seen": total, "tokens_per_s": round(this_run / elapsed, 2)}
         super().log(logs, start_time)
