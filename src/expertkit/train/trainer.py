@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from transformers import Trainer
 
+from expertkit.errors import ModelLoadError
 from expertkit.train.checkpoints import STAGING_DIR, publish_checkpoint, rotate_checkpoints
 from expertkit.train.objective import causal_lm_of
 from expertkit.train.selection import BestCheckpointSelector
@@ -137,7 +138,14 @@ class ExpertTrainer(Trainer):
             state = {}
             for file in sorted((source / FULL_SUBDIR).glob("*.safetensors")):
                 state.update(load_file(str(file)))
-            causal_lm.load_state_dict(state, strict=False)
+            result = causal_lm.load_state_dict(state, strict=False)
+            missing = [k for k in result.missing_keys if not k.startswith("lm_head.")]  # tied to the embeddings
+            if missing or result.unexpected_keys:
+                raise ModelLoadError(
+                    f"{source / FULL_SUBDIR} does not match the model (missing {missing[:3]}, "
+                    f"unexpected {result.unexpected_keys[:3]})",
+                    "start a fresh run without --resume",
+                )
         if objective.prompts:
             loaded = load_soft_prompts(objective.prompts, source / SOFT_PROMPT_DIR)
             with torch.no_grad():
