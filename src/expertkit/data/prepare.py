@@ -26,7 +26,7 @@ from expertkit.data.lineage import (
 )
 from expertkit.data.packing import PackingStats, best_fit_decreasing, pack_rows
 from expertkit.data.preprocess import Hook, load_hook
-from expertkit.data.render import IGNORE_INDEX, ConversationRenderer, add_control_tokens
+from expertkit.data.render import IGNORE_INDEX, ConversationRenderer
 from expertkit.data.split import hash_split, weighted_mix
 from expertkit.data.stats import length_histogram, token_stats
 from expertkit.data.tokenise import LengthRules, render_batch
@@ -35,6 +35,7 @@ from expertkit.errors import DataError
 from expertkit.fsutil import atomic_directory, write_text_atomic
 from expertkit.manifest.load import LoadedManifest
 from expertkit.manifest.sections import DataChecks, DatasetConfig, Preprocessing, SplitConfig, TrainingConfig
+from expertkit.models.tokens import add_control_tokens
 
 DEFAULT_MAX_SEQ_LENGTH = 1024
 PARALLEL_THRESHOLD = 2000

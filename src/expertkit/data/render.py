@@ -38,13 +38,6 @@ class RenderedExample:
         return sum(label != IGNORE_INDEX for label in self.labels)
 
 
-def add_control_tokens(tokenizer: Any, tokens: list[str]) -> int:
-    """Add the manifest's control tokens as special tokens; how many were new."""
-    if not tokens:
-        return 0
-    return int(tokenizer.add_special_tokens({"additional_special_tokens": tokens}, replace_extra_special_tokens=False))
-
-
 def resolve_token_weights(tokenizer: Any, weighting: LossWeighting | None) -> tuple[float, dict[int, float]]:
     """(default weight, {token id: weight}); every weighted text must be exactly one token."""
     if weighting is None:

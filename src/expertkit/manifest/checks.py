@@ -29,6 +29,7 @@ class CheckContext:
 
     root: Path
     source_version: str = "2.0"
+    packaged: bool = False  # a manifest inside a package: only the files a package ships must exist
 
     def base_model(self, m: int) -> str:
         return "$.base_model" if self.source_version == "1.0" else f"$.base_models[{m}]"
@@ -244,9 +245,15 @@ def referenced_files(manifest: ManifestV2) -> list[tuple[str, str]]:
     return [(path, value) for path, value in refs if value]
 
 
+# The files a package carries (README.md, LICENSE, grammar.gbnf); data and eval sets stay behind.
+SHIPPED_FILE_PATHS = ("$.readme", "$.license_file", "$.training.decoding.grammar_file")
+
+
 def check_files(manifest: ManifestV2, ctx: CheckContext) -> list[Problem]:
     problems = []
     for path, relative in referenced_files(manifest):
+        if ctx.packaged and path not in SHIPPED_FILE_PATHS:
+            continue
         resolved = (ctx.root / relative).resolve()
         if not resolved.exists():
             problems.append(Problem(path, "referenced file does not exist", f"a file at {resolved}", f"'{relative}'"))

@@ -23,9 +23,9 @@ ExtraCheck = Callable[[LoadedManifest, CheckContext], tuple[list[Problem], list[
 
 
 def validate_manifest(
-    target: Path, extra_checks: tuple[ExtraCheck, ...] = ()
+    target: Path, extra_checks: tuple[ExtraCheck, ...] = (), *, packaged: bool = False
 ) -> tuple[ValidationReport, ManifestV2 | None]:
-    """Validate a manifest file or expert directory.
+    """Validate a manifest file or expert directory (``packaged``: one unpacked from a package).
 
     Returns:
         The report (errors and warnings with JSON paths) and, when the manifest is structurally
@@ -42,7 +42,7 @@ def validate_manifest(
     except ManifestError as exc:
         report.add([Problem("$", exc.message)])
         return report, None
-    ctx = CheckContext(root=path.resolve().parent, source_version=version)
+    ctx = CheckContext(root=path.resolve().parent, source_version=version, packaged=packaged)
     report.add(semantic_problems(manifest, ctx))
     loaded = LoadedManifest(manifest=manifest, path=path.resolve(), source_version=version)
     for check in extra_checks:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from expertkit.errors import ExpertkitError
+from pathlib import Path
+
+from expertkit.errors import ExpertkitError, ManifestError
 from expertkit.manifest.checks import CheckContext
-from expertkit.manifest.load import LoadedManifest
+from expertkit.manifest.load import LoadedManifest, load_manifest
 from expertkit.manifest.report import Problem
 from expertkit.manifest.schema_errors import suggest
+from expertkit.manifest.validate import validate_manifest
 from expertkit.models.fingerprint import fingerprint
 from expertkit.models.resolve import resolve_model
 
@@ -48,3 +51,12 @@ def check_target_modules(loaded: LoadedManifest, ctx: CheckContext) -> tuple[lis
                 )
         notes.append(f"target modules checked against {entry.name} ({resolved.path})")
     return problems, notes
+
+
+def load_checked_manifest(target: Path) -> LoadedManifest:
+    """The manifest, refused (with every problem listed) when ``expert-cli validate`` would fail."""
+    report, _ = validate_manifest(target, (check_target_modules,))
+    if not report.ok:
+        listing = "\n".join("  " + p.render() for p in report.errors)
+        raise ManifestError(f"{report.source} is not valid:\n{listing}", f"run: expert-cli validate {target}")
+    return load_manifest(target)

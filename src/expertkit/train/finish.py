@@ -8,6 +8,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from expertkit.models.fingerprint import fingerprint
+from expertkit.models.template_probe import probe_record
+from expertkit.models.tokens import special_tokens_record
 from expertkit.train.checkpoints import clear_staging
 from expertkit.train.outputs import CURVE_FILE, chat_template_sha256, library_versions, plot_loss_curve, write_meta
 
@@ -71,6 +73,8 @@ def finish_run(job: TrainJob, trainer: Any) -> TrainResult:
         "manifest": job.loaded.manifest.model_dump(mode="json", exclude_none=True),
         "base_model": base_model_record(job),
         "chat_template_sha256": chat_template_sha256(job.tokenizer),
+        "template_probe": probe_record(job.tokenizer),
+        "special_tokens": special_tokens_record(job.tokenizer),
         "data": {"lineage_hash": job.prepared.meta["key"], "cache": str(job.prepared.directory)},
         "plan": job.plan.to_json(),
         "optimizer": trainer.optimizer_description,

@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from expertkit.fsutil import write_text_atomic
+from expertkit.layout import TRAINING_META
 
-META_FILE = "training_meta.json"
+META_FILE = TRAINING_META
 CURVE_FILE = "loss_curve.png"
 LIBRARIES = ("expertkit", "torch", "transformers", "peft", "accelerate", "datasets", "safetensors", "trl")
 

@@ -15,20 +15,18 @@ from pathlib import Path
 from typing import Any
 
 from expertkit.data.expert_data import prepare_expert_data
-from expertkit.errors import ExpertkitError, ManifestError, UsageError
+from expertkit.errors import ExpertkitError, UsageError
 from expertkit.fsutil import atomic_directory
-from expertkit.manifest.load import LoadedManifest, load_manifest
+from expertkit.layout import ADAPTER_SUBDIR, FULL_SUBDIR, SOFT_PROMPT_DIR, WEIGHTS_DIR
+from expertkit.manifest.load import LoadedManifest
 from expertkit.manifest.model import BaseModelEntry
-from expertkit.manifest.validate import validate_manifest
 from expertkit.models.resolve import ResolvedModel, resolve_model
-from expertkit.models.targets import check_target_modules
+from expertkit.models.targets import load_checked_manifest
 from expertkit.naming import normalise_model_name
 from expertkit.train.adapters import adapter_to_train
 from expertkit.train.checkpoints import clear_staging, newest_checkpoint, read_ledger
 from expertkit.train.plan import TrainPlan, resolve_plan
 from expertkit.train.selection import BestCheckpointSelector
-from expertkit.train.soft_prompts import SOFT_PROMPT_DIR
-from expertkit.train.trainer import ADAPTER_SUBDIR, FULL_SUBDIR
 
 CHECKPOINT_DIR = "checkpoints"
 EVAL_BUDGET = 0.2
@@ -57,16 +55,7 @@ class TrainResult:
 
 def weights_dir_for(loaded: LoadedManifest, entry: BaseModelEntry) -> Path:
     """``weights/<normalised-model>/`` beside the manifest: one directory per base model."""
-    return loaded.root / "weights" / normalise_model_name(entry.name)
-
-
-def checked_manifest(target: Path) -> LoadedManifest:
-    """The manifest, refused (with every problem listed) when ``validate`` would fail."""
-    report, _ = validate_manifest(target, (check_target_modules,))
-    if not report.ok:
-        listing = "\n".join("  " + p.render() for p in report.errors)
-        raise ManifestError(f"{report.source} is not valid:\n{listing}", f"run: expert-cli validate {target}")
-    return load_manifest(target)
+    return loaded.root / WEIGHTS_DIR / normalise_model_name(entry.name)
 
 
 def resolved_base(loaded: LoadedManifest, entry: BaseModelEntry) -> ResolvedModel:
@@ -214,7 +203,7 @@ def prepare_job(request: TrainRequest) -> TrainJob:
 
     from expertkit.train.build import build_trainable
 
-    loaded = checked_manifest(request.target)
+    loaded = load_checked_manifest(request.target)
     entry = loaded.manifest.base_model(request.model)
     training = loaded.manifest.training
     plan = resolve_plan(training.config if training else None, entry, request.max_steps)

@@ -23,7 +23,6 @@ from typing import Any
 from expertkit.errors import ModelLoadError
 from expertkit.manifest.sections import SoftPrompt
 
-SOFT_PROMPT_DIR = "soft_prompts"
 TENSOR_NAME = "prompt_embeddings"
 
 

@@ -25,13 +25,12 @@ import torch
 from transformers import Trainer
 
 from expertkit.errors import ModelLoadError
+from expertkit.layout import ADAPTER_SUBDIR, ADAPTER_WEIGHTS, FULL_SUBDIR, SOFT_PROMPT_DIR
 from expertkit.train.checkpoints import STAGING_DIR, publish_checkpoint, rotate_checkpoints
 from expertkit.train.objective import causal_lm_of
 from expertkit.train.selection import BestCheckpointSelector
-from expertkit.train.soft_prompts import SOFT_PROMPT_DIR, load_soft_prompts, save_soft_prompts
+from expertkit.train.soft_prompts import load_soft_prompts, save_soft_prompts
 
-ADAPTER_SUBDIR = "adapter"
-FULL_SUBDIR = "model"
 KEEP_LAST_CHECKPOINTS = 2
 
 
@@ -131,7 +130,7 @@ class ExpertTrainer(Trainer):
         if hasattr(objective.model, "peft_config"):
             from peft import set_peft_model_state_dict
 
-            weights = load_file(str(source / ADAPTER_SUBDIR / "adapter_model.safetensors"))
+            weights = load_file(str(source / ADAPTER_SUBDIR / ADAPTER_WEIGHTS))
             set_peft_model_state_dict(objective.model, weights)
         else:
             causal_lm = causal_lm_of(objective.model)

@@ -106,9 +106,10 @@ def test_non_prefix_stable_template_fails_loudly(tiny_llama_dir):
 
 
 def test_control_tokens_and_weights(tiny_llama_dir):
-    from expertkit.data.render import add_control_tokens, resolve_token_weights
+    from expertkit.data.render import resolve_token_weights
     from expertkit.errors import DataError
     from expertkit.manifest.sections import LossWeighting
+    from expertkit.models.tokens import add_control_tokens
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
     with pytest.raises(DataError, match="not one"):

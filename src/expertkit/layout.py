@@ -1,0 +1,16 @@
+"""File and directory names shared by training (which writes them) and packaging (which reads them).
+
+An expert directory holds ``manifest.json`` and, per base model, ``weights/<normalised-model>/``
+with the trained ``adapter/`` (or ``model/`` for a full fine-tune), ``soft_prompts/`` and
+``training_meta.json``.
+"""
+
+from __future__ import annotations
+
+WEIGHTS_DIR = "weights"
+ADAPTER_SUBDIR = "adapter"
+FULL_SUBDIR = "model"
+SOFT_PROMPT_DIR = "soft_prompts"
+TRAINING_META = "training_meta.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"

@@ -1,0 +1,1 @@
+"""``.expert`` packages: build, checksum, sign, verify, install into the local store."""

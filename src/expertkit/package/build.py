@@ -1,0 +1,178 @@
+"""``package_expert``: an expert directory → ``<name>-<model>.v<version>.expert`` + ``.sha256``.
+
+validate → pick the trained model → gather and check files (no pickles, adapter matches the
+manifest) → check the weights were trained on this base model and template → lock → a
+deterministic archive → its checksum.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from expertkit.layout import ADAPTER_CONFIG, WEIGHTS_DIR
+from expertkit.manifest.load import LoadedManifest
+from expertkit.models.fingerprint import Fingerprint, fingerprint, sha256_file, text_sha256
+from expertkit.models.load import load_tokenizer
+from expertkit.models.resolve import resolve_model
+from expertkit.models.targets import load_checked_manifest
+from expertkit.models.template_probe import first_difference, probe_record
+from expertkit.models.tokens import add_control_tokens, special_tokens_record
+from expertkit.naming import normalise_model_name
+from expertkit.package.archive import PackageError, write_archive
+from expertkit.package.checksum import write_checksum
+from expertkit.package.contents import (
+    GRAMMAR,
+    LICENSE,
+    README,
+    ExpertWeights,
+    adapter_files,
+    select_weights,
+    side_files,
+    soft_prompt_files,
+)
+from expertkit.package.lock import LOCK_FILE, LockInputs, build_lock, lock_bytes
+
+MANIFEST_MEMBER = "manifest.json"
+PACKAGE_SUFFIX = ".expert"
+
+
+@dataclass(frozen=True)
+class PackageRequest:
+    target: Path
+    weights: Path | None = None
+    model: str | None = None
+    output: Path | None = None
+
+
+@dataclass(frozen=True)
+class PackageResult:
+    path: Path
+    checksum_path: Path
+    sha256: str
+    files: dict[str, str]
+    lock: dict[str, Any]
+
+
+def package_name(name: str, model: str, version: str) -> str:
+    """``<name>-<normalised-model>.v<version>.expert``, e.g. ``expert-json-qwen3-0-6b.v0.0.2.expert``."""
+    return f"{name}-{normalise_model_name(model)}.v{version}{PACKAGE_SUFFIX}"
+
+
+def resolved_manifest(loaded: LoadedManifest, weights: ExpertWeights, shipped: set[str]) -> dict[str, Any]:
+    """The manifest as shipped: v2.0 shape, the packaged base model only, file names as in the package."""
+    data = loaded.manifest.model_dump(mode="json", exclude_none=True)
+    entry = weights.entry.model_dump(mode="json", exclude_none=True)
+    local = loaded.root / weights.entry.name
+    if not Path(weights.entry.name).is_absolute() and local.is_dir():
+        entry["name"] = str(local.resolve())  # a relative model path would not resolve from the store
+    data["base_models"] = [entry]
+    for key, member in (("readme", README), ("license_file", LICENSE)):
+        data.pop(key, None)
+        if member in shipped:
+            data[key] = member
+    decoding = data.get("training", {}).get("decoding")
+    if decoding is not None and decoding.get("grammar_file"):
+        decoding["grammar_file"] = GRAMMAR
+    return data
+
+
+def _tokenizer_for(loaded: LoadedManifest, model_path: Path) -> Any:
+    from expertkit.models.resolve import ResolvedModel
+
+    tokenizer = load_tokenizer(ResolvedModel(str(model_path), "local", model_path))
+    dataset = loaded.manifest.training.dataset if loaded.manifest.training else None
+    add_control_tokens(tokenizer, dataset.special_tokens if dataset else [])
+    return tokenizer
+
+
+def check_trained_on(meta: dict[str, Any] | None, fp: Fingerprint, tokenizer: Any, probe: dict[str, Any]) -> None:
+    """Refuse weights whose training_meta.json names another base model or chat template."""
+    if meta is None:
+        return
+    trained_base = meta.get("base_model", {}).get("weights_sha256")
+    if trained_base and trained_base != fp.weights_sha256:
+        raise PackageError(
+            f"the adapter was trained on base weights {trained_base[:12]}…, "
+            f"this base model is {fp.weights_sha256[:12]}…",
+            "package on the machine/model it was trained with, or re-train",
+        )
+    trained_template = meta.get("chat_template_sha256")
+    difference = first_difference(meta["template_probe"], probe) if "template_probe" in meta else None
+    if difference or (trained_template and trained_template != text_sha256(tokenizer.chat_template)):
+        detail = difference.describe() if difference else "the template text differs"
+        raise PackageError(
+            f"the chat template changed since training: {detail}", "re-train, or restore the training template"
+        )
+
+
+def _training_record(meta: dict[str, Any] | None) -> dict[str, Any] | None:
+    if meta is None:
+        return None
+    keys = ("libraries", "selection", "metrics", "plan", "chat_template_sha256")
+    record = {key: meta[key] for key in keys if key in meta}
+    record["data_lineage_hash"] = meta.get("data", {}).get("lineage_hash")
+    record.get("selection", {}).pop("history", None)
+    return record
+
+
+def _digest(source: Path | bytes) -> str:
+    return hashlib.sha256(source).hexdigest() if isinstance(source, bytes) else sha256_file(source)
+
+
+def gather_members(loaded: LoadedManifest, weights: ExpertWeights) -> dict[str, Path | bytes]:
+    members: dict[str, Path | bytes] = {**side_files(loaded), **adapter_files(weights)}
+    members.update(soft_prompt_files(loaded, weights))
+    manifest = resolved_manifest(loaded, weights, set(members))
+    members[MANIFEST_MEMBER] = (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    return members
+
+
+def make_lock(loaded: LoadedManifest, weights: ExpertWeights, members: dict[str, Path | bytes]) -> dict[str, Any]:
+    resolved = resolve_model(weights.entry.name, loaded.root)
+    if not resolved.ready:
+        raise PackageError(f"base model {weights.entry.name} is not prepared", "run: expert-cli models pull NAME")
+    fp = fingerprint(resolved.path)
+    tokenizer = _tokenizer_for(loaded, resolved.path)
+    probe = probe_record(tokenizer)
+    meta = weights.meta()
+    check_trained_on(meta, fp, tokenizer, probe)
+    adapter_config = json.loads((weights.adapter_dir / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    adapter = weights.entry.adapters[0].model_dump(mode="json", exclude_none=True)
+    inputs = LockInputs(
+        expert={"name": loaded.manifest.name, "version": loaded.manifest.version},
+        base_name=weights.entry.name,
+        fingerprint=fp,
+        chat_template=tokenizer.chat_template,
+        probe=meta["template_probe"] if meta and "template_probe" in meta else probe,
+        special_tokens=special_tokens_record(tokenizer),
+        adapter={**adapter, "peft_type": adapter_config.get("peft_type")},
+        files={name: _digest(source) for name, source in members.items()},
+        training=_training_record(meta),
+        packaged_with={"expertkit": importlib.metadata.version("expertkit")},
+    )
+    return build_lock(inputs)
+
+
+def package_expert(request: PackageRequest) -> PackageResult:
+    """Build the package and its checksum file.
+
+    Raises:
+        ManifestError: the manifest fails ``validate``.
+        PackageError: no or ambiguous weights, pickles, an adapter unlike the manifest, weights
+            trained on another base model or template.
+    """
+    loaded = load_checked_manifest(request.target)
+    weights = select_weights(loaded, request.weights or loaded.root / WEIGHTS_DIR, request.model)
+    members = gather_members(loaded, weights)
+    lock = make_lock(loaded, weights, members)
+    members[LOCK_FILE] = lock_bytes(lock)
+    output = request.output or Path.cwd()
+    path = output / package_name(loaded.manifest.name, weights.entry.name, loaded.manifest.version)
+    write_archive(path, members)
+    checksum, digest = write_checksum(path)
+    return PackageResult(path, checksum, digest, lock["files"], lock)
