@@ -32,7 +32,7 @@ def _register() -> None:
     """Attach the command groups (imported lazily so `--help` stays cheap). Idempotent."""
     if app.registered_commands:
         return
-    from expertkit.cli import data_cmd, init_cmd, models_cmd, train_cmd, validate_cmd
+    from expertkit.cli import data_cmd, init_cmd, models_cmd, package_cmd, store_cmd, train_cmd, validate_cmd
 
     app.command("validate")(validate_cmd.validate)
     app.command("init")(init_cmd.init)
@@ -40,6 +40,13 @@ def _register() -> None:
     app.add_typer(data_cmd.data_app, name="data")
     app.command("train")(train_cmd.train)
     app.command("estimate")(train_cmd.estimate)
+    app.command("package")(package_cmd.package)
+    app.command("keygen")(package_cmd.keygen)
+    app.command("sign")(package_cmd.sign)
+    app.command("verify")(package_cmd.verify)
+    app.command("install")(store_cmd.install)
+    app.command("list")(store_cmd.list_experts)
+    app.command("remove")(store_cmd.remove)
 
 
 def main() -> None:

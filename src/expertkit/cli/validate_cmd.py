@@ -21,7 +21,7 @@ def _target(path: Path | None, expert: Path | None, manifest: Path | None) -> Pa
 
 
 def validate(
-    path: Path | None = typer.Argument(None, help="Expert directory or manifest file."),
+    path: Path | None = typer.Argument(None, help="Expert directory, manifest file or .expert package."),
     expert: Path | None = typer.Option(None, "--expert", help="Expert directory (holding manifest.json)."),
     manifest: Path | None = typer.Option(None, "--manifest", help="Manifest file."),
     as_json: bool = typer.Option(False, "--json", help="Print a machine-readable report."),
@@ -45,7 +45,12 @@ def validate(
         from expertkit.models.targets import check_target_modules
 
         extra = (check_target_modules,)
-    report, _ = validate_manifest(target, extra)
+    if target.suffix == ".expert" and target.is_file():
+        from expertkit.package.validate import validate_package
+
+        report = validate_package(target, extra)
+    else:
+        report, _ = validate_manifest(target, extra)
     if as_json:
         print(json.dumps(report.to_json(), indent=2, ensure_ascii=False))
     else:

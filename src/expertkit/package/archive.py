@@ -190,15 +190,19 @@ def scan_archive(
     return ArchiveScan(members, contents)
 
 
-def extract_archive(path: Path, destination: Path, expected: dict[str, Member]) -> None:
+def extract_archive(
+    path: Path, destination: Path, expected: dict[str, Member], only: frozenset[str] | None = None
+) -> None:
     """Extract into the empty directory ``destination``, re-checking every digest of the scan.
 
     Call only with the result of :func:`scan_archive` on the same file; a member that differs
-    from it (the file changed in between) stops extraction.
+    from it (the file changed in between) stops extraction. ``only``: extract just these names.
     """
     try:
         with _open(path) as tar:
             for info in _checked_members(tar, DEFAULT_LIMITS):
+                if only is not None and info.name not in only:
+                    continue
                 target = destination.joinpath(*PurePosixPath(info.name).parts)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 digest = hashlib.sha256()

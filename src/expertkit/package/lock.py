@@ -118,7 +118,7 @@ def check_template(lock: dict[str, Any], tokenizer: Any, where: str, allow_drift
     """
     current_sha = text_sha256(getattr(tokenizer, "chat_template", None))
     locked_sha = lock["chat_template"].get("sha256")
-    difference = first_difference(lock["probe"], probe_record(tokenizer))
+    difference = first_difference(lock["probe"], probe_record(tokenizer)) if lock.get("probe") else None
     if difference is None and current_sha == locked_sha:
         return None
     detail = (
@@ -133,3 +133,12 @@ def check_template(lock: dict[str, Any], tokenizer: Any, where: str, allow_drift
         message,
         "serve with the template the expert was trained with, or pass --allow-template-drift to accept the change",
     )
+
+
+def lock_from_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """The checkable part of a lock, from an unpackaged expert's ``training_meta.json``."""
+    return {
+        "base_model": meta.get("base_model", {}),
+        "chat_template": {"sha256": meta.get("chat_template_sha256")},
+        "probe": meta.get("template_probe"),
+    }

@@ -1,0 +1,103 @@
+"""``expert-cli package | keygen | sign | verify``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+
+from expertkit.cli.app import err_console, fail, out_console
+from expertkit.errors import ExpertkitError
+
+
+def package(
+    manifest: Path = typer.Option(Path("manifest.json"), "--manifest", help="Manifest file or expert directory."),
+    weights: Path | None = typer.Option(None, "--weights", help="Weights directory (default: weights/ beside it)."),
+    model: str | None = typer.Option(None, "--model", help="Base model to package (one trained model: picked)."),
+    output: Path | None = typer.Option(None, "--output", help="Directory to write the package to (default: .)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Build <name>-<model>.v<version>.expert (deterministic tar.gz with expert.lock.json) and its .sha256."""
+    from expertkit.package.build import PackageRequest, package_expert
+
+    try:
+        with err_console.status("packaging…"):
+            result = package_expert(PackageRequest(manifest, weights, model, output))
+    except ExpertkitError as error:
+        fail(error)
+        return
+    if as_json:
+        files = {"package": str(result.path), "sha256": result.sha256, "checksum": str(result.checksum_path)}
+        print(json.dumps({**files, "files": result.files}, indent=2))
+        return
+    out_console.print(f"wrote {escape(str(result.path))} ({result.path.stat().st_size:,} bytes)")
+    out_console.print(f"  sha256 {result.sha256} → {escape(result.checksum_path.name)}")
+    for name in sorted(result.files):
+        out_console.print(f"  {escape(name)}")
+
+
+def keygen(
+    out: Path = typer.Option(..., "--out", help="Directory for expert.key (private, 0600) and expert.pub."),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing keys."),
+) -> None:
+    """Create an Ed25519 signing key pair."""
+    from expertkit.package.signing import keygen as make_keys
+
+    try:
+        key, pub, key_id = make_keys(out, force)
+    except ExpertkitError as error:
+        fail(error)
+        return
+    out_console.print(
+        f"private key {escape(str(key))} (keep it secret)\npublic key  {escape(str(pub))}\nkey id      {key_id}"
+    )
+
+
+def sign(
+    package_path: Path = typer.Argument(..., metavar="PACKAGE", help="The .expert file."),
+    key: Path = typer.Option(..., "--key", help="Private key (expert.key from keygen)."),
+) -> None:
+    """Sign a package's file digests; writes PACKAGE.sig and never changes the package."""
+    from expertkit.package.verify import sign_package
+
+    try:
+        path, key_id = sign_package(package_path, key)
+    except ExpertkitError as error:
+        fail(error)
+        return
+    out_console.print(f"signed {escape(package_path.name)} with {key_id} → {escape(str(path))}")
+
+
+def verify(
+    package_path: Path = typer.Argument(..., metavar="PACKAGE", help="The .expert file."),
+    key: Path | None = typer.Option(None, "--key", help="The signer's public key (expert.pub)."),
+    trusted_keys: Path | None = typer.Option(None, "--trusted-keys", help="Directory of trusted *.pub keys."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Check the checksum, every file digest, the lock and the signature; exit 1 on any problem."""
+    from expertkit.package.signing import load_public_key
+    from expertkit.package.signing import trusted_keys as load_trusted
+    from expertkit.package.verify import inspect_package
+
+    try:
+        keys = [load_public_key(key)] if key else load_trusted(trusted_keys) if trusted_keys else None
+        report = inspect_package(package_path, keys, require_signature=keys is not None)
+    except ExpertkitError as error:
+        fail(error)
+        return
+    if as_json:
+        print(json.dumps(report.to_json(), indent=2))
+        raise typer.Exit(0 if report.ok else 1)
+    for problem in report.problems:
+        out_console.print(f"[red]✗[/] {escape(problem)}")
+    for warning in report.warnings:
+        out_console.print(f"[yellow]![/] {escape(warning)}")
+    if not report.ok:
+        err_console.print(f"[bold red]error:[/] {escape(package_path.name)} failed verification")
+        raise typer.Exit(1)
+    signer = (
+        f"signed by {report.signer} ({escape(report.trusted_source or '')})" if report.trusted else "integrity only"
+    )
+    out_console.print(f"[green]✓[/] {escape(package_path.name)}: {len(report.scan.members)} files intact, {signer}")

@@ -1,0 +1,64 @@
+"""``expert-cli install | list | remove``: the local expert store under $EXPERTKIT_HOME."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from expertkit.cli.app import fail, out_console
+from expertkit.errors import ExpertkitError
+
+
+def install(
+    package_path: Path = typer.Argument(..., metavar="PACKAGE", help="The .expert file."),
+    require_signature: bool = typer.Option(
+        False, "--require-signature", help="Refuse a package without a signature from a trusted key."
+    ),
+    trusted_keys: Path | None = typer.Option(
+        None, "--trusted-keys", help="Directory of trusted *.pub keys (default: $EXPERTKIT_HOME/trusted-keys)."
+    ),
+    force: bool = typer.Option(False, "--force", help="Replace a different build of the same version."),
+) -> None:
+    """Verify a package and install it into $EXPERTKIT_HOME/experts/<name>/<version>/."""
+    from expertkit.package.store import install_package
+
+    try:
+        record, written = install_package(package_path, require_signature, trusted_keys, force)
+    except ExpertkitError as error:
+        fail(error)
+        return
+    signer = f", signed by {record.signer}{' (trusted)' if record.trusted else ''}" if record.signer else ", unsigned"
+    verb = "installed" if written else "already installed"
+    out_console.print(f"{verb} {record.name}@{record.version}{signer} → {escape(record.path)}")
+
+
+def list_experts(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Installed experts: name, version, base model, adapter type, signer, install date."""
+    from expertkit.package.store import list_installed
+
+    records = list_installed()
+    if as_json:
+        print(json.dumps([r.to_json() for r in records], indent=2))
+        return
+    table = Table("name", "version", "base model", "adapter", "signer", "installed")
+    for r in records:
+        signer = f"{r.signer}{' ✓' if r.trusted else ''}" if r.signer else "-"
+        table.add_row(escape(r.name), r.version, escape(r.base_model), r.adapter_type, signer, r.installed_at)
+    out_console.print(table if records else "no experts installed (expert-cli install PACKAGE)")
+
+
+def remove(reference: str = typer.Argument(..., metavar="NAME[@VERSION]", help="Expert to remove.")) -> None:
+    """Remove one installed version, or every version of an expert."""
+    from expertkit.package.store import remove_installed
+
+    try:
+        removed = remove_installed(reference)
+    except ExpertkitError as error:
+        fail(error)
+        return
+    for record in removed:
+        out_console.print(f"removed {record.name}@{record.version}")

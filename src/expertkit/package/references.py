@@ -1,0 +1,102 @@
+"""Experts by reference: ``name``, ``name@version``, a directory, or a ``.expert`` file.
+
+A package file is verified and extracted once into ``$EXPERTKIT_HOME/cache/packages/<sha256>/``
+(atomically). A directory is either an unpacked package (it has ``expert.lock.json``) or an
+expert's source directory (``manifest.json`` + ``weights/<model>/adapter``), whose lock is
+assembled from ``training_meta.json`` by the loader.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from expertkit.fsutil import atomic_directory
+from expertkit.home import expertkit_home
+from expertkit.layout import ADAPTER_SUBDIR, SOFT_PROMPT_DIR, TRAINING_META, WEIGHTS_DIR
+from expertkit.manifest.load import LoadedManifest, load_manifest
+from expertkit.naming import normalise_model_name
+from expertkit.package.archive import PackageError, extract_archive
+from expertkit.package.build import PACKAGE_SUFFIX
+from expertkit.package.lock import LOCK_FILE, parse_lock
+from expertkit.package.signing import PublicKey
+from expertkit.package.store import find_installed
+from expertkit.package.verify import verify_package
+
+
+@dataclass(frozen=True)
+class ExpertFiles:
+    """An expert on disk, ready to load: its manifest, lock (if packaged) and adapter files."""
+
+    root: Path
+    loaded: LoadedManifest
+    lock: dict[str, Any] | None
+    source: str
+
+    @property
+    def packaged(self) -> bool:
+        return self.lock is not None
+
+    @property
+    def model_dir(self) -> Path:
+        entry = self.loaded.manifest.base_models[0]
+        return self.root / WEIGHTS_DIR / normalise_model_name(entry.name)
+
+    @property
+    def adapter_dir(self) -> Path:
+        return self.model_dir / ADAPTER_SUBDIR
+
+    @property
+    def soft_prompt_dir(self) -> Path:
+        return self.root / SOFT_PROMPT_DIR if self.packaged else self.model_dir / SOFT_PROMPT_DIR
+
+    def training_meta(self) -> dict[str, Any] | None:
+        path = self.model_dir / TRAINING_META
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def packages_cache() -> Path:
+    return expertkit_home() / "cache" / "packages"
+
+
+def unpack_package(package: Path, keys: list[PublicKey] | None = None, require_signature: bool = False) -> Path:
+    """Verify ``package`` and extract it once into the cache; the cached directory."""
+    report = verify_package(package, keys, require_signature)
+    target = packages_cache() / report.archive_sha256[:32]
+    if not (target / LOCK_FILE).is_file():
+        with atomic_directory(target, replace=True) as staged:
+            extract_archive(package, staged, report.scan.members)
+    return target
+
+
+def _from_directory(directory: Path, source: str) -> ExpertFiles:
+    if not (directory / "manifest.json").is_file():
+        raise PackageError(f"{directory} has no manifest.json", "give an expert directory, package or installed name")
+    loaded = load_manifest(directory)
+    lock_path = directory / LOCK_FILE
+    lock = parse_lock(lock_path.read_bytes(), str(directory)) if lock_path.is_file() else None
+    if lock is None and len(loaded.manifest.base_models) != 1:
+        raise PackageError(f"{directory}: the manifest lists several base models", "package the expert for one model")
+    return ExpertFiles(directory.resolve(), loaded, lock, source)
+
+
+def resolve_expert(reference: str, keys: list[PublicKey] | None = None, require_signature: bool = False) -> ExpertFiles:
+    """Find the expert ``reference`` names: an existing path first, then the store."""
+    path = Path(reference).expanduser()
+    if path.is_file() and path.name.endswith(PACKAGE_SUFFIX):
+        return _from_directory(unpack_package(path, keys, require_signature), str(path))
+    if path.is_dir():
+        if require_signature:
+            raise PackageError(f"{path} is a directory; signatures cover packages", "install or load the .expert file")
+        return _from_directory(path, str(path))
+    if path.suffix == PACKAGE_SUFFIX or "/" in reference:
+        raise PackageError(f"{reference}: no such file or directory", "give an existing path or an installed name")
+    record = find_installed(reference)
+    if require_signature and not record.trusted:
+        raise PackageError(
+            f"{record.name}@{record.version} was installed without a trusted signature",
+            "re-install it with: expert-cli install PACKAGE --require-signature",
+        )
+    return _from_directory(Path(record.path), f"{record.name}@{record.version}")
