@@ -49,4 +49,33 @@ ls examples/experts/expert-sql/weights/smollm2-135m-instruct
 step "11. expected peak memory against the run just measured"
 "$cli" estimate --manifest examples/experts/expert-sql
 
-step "done: packaging, chat and serving come with the next issues"
+step "12. package it: deterministic .expert (manifest, adapter, grammar, expert.lock.json) + .sha256"
+"$cli" package --manifest examples/experts/expert-sql --output "$out/dist"
+pkg="$(ls "$out"/dist/expert-sql-smollm2-135m-instruct.v*.expert)"
+(cd "$out/dist" && sha256sum -c "$(basename "$pkg").sha256")
+
+step "13. sign it with a fresh Ed25519 key, verify, validate the package"
+"$cli" keygen --out "$out/keys" --force
+"$cli" sign "$pkg" --key "$out/keys/expert.key"
+"$cli" verify "$pkg" --key "$out/keys/expert.pub"
+"$cli" validate "$pkg"
+
+step "14. install it into the local store (signature required), list it"
+"$cli" install "$pkg" --require-signature --trusted-keys "$out/keys" --force
+"$cli" list
+
+step "15. a tampered copy is refused and named (exit code 1 expected)"
+bad="$out/dist/tampered.expert"
+.venv/bin/python - "$pkg" "$bad" <<'PY'
+import sys, tarfile
+from pathlib import Path
+from expertkit.package.archive import write_archive
+with tarfile.open(sys.argv[1], "r:gz") as tar:
+    files = {i.name: tar.extractfile(i).read() for i in tar.getmembers()}
+files["grammar.gbnf"] += b"\n# tampered\n"
+write_archive(Path(sys.argv[2]), files)
+PY
+cp "$pkg.sig" "$bad.sig"
+if "$cli" verify "$bad" --key "$out/keys/expert.pub"; then echo "a tampered package verified: that is a bug" >&2; exit 1; fi
+
+step "done: chat and serving come with the next issues"
