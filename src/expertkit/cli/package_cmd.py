@@ -82,8 +82,8 @@ def verify(
     from expertkit.package.verify import inspect_package
 
     try:
-        keys = [load_public_key(key)] if key else load_trusted(trusted_keys) if trusted_keys else None
-        report = inspect_package(package_path, keys, require_signature=keys is not None)
+        keys = ([load_public_key(key)] if key else []) + (load_trusted(trusted_keys) if trusted_keys else [])
+        report = inspect_package(package_path, keys or None, require_signature=bool(keys))
     except ExpertkitError as error:
         fail(error)
         return

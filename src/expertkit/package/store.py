@@ -77,7 +77,8 @@ def install_package(
     """
     report = verify_package(package, _keys(require_signature, trusted_keys_dir), require_signature)
     manifest = packaged_manifest(report.scan.contents.get(MANIFEST_MEMBER), package.name)
-    assert report.lock is not None  # verify_package fails without a lock
+    if report.lock is None:  # verify_package already refuses this; kept explicit for the type checker
+        raise PackageError(f"{package.name} has no readable expert.lock.json", "re-package the expert")
     configs = {n: report.scan.contents[n] for n in report.scan.contents if n.endswith("adapter_config.json")}
     problems = lock_problems(manifest, report.lock, configs)
     if problems:
