@@ -1,0 +1,53 @@
+"""Decoding settings in three levels: CLI flags (or request fields) > the expert's manifest
+``training.decoding`` > built-in defaults. Every resolved value remembers where it came from, so
+``--verbose`` and the server's debug log can show it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
+
+from expertkit.manifest.sections import DecodingConfig
+
+Source = Literal["cli", "manifest", "default"]
+
+
+@dataclass(frozen=True)
+class DecodingSettings:
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_tokens: int = 256
+    stop_sequences: tuple[str, ...] = ()
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    sources: dict[str, Source] = field(default_factory=dict, compare=False)
+
+    def to_json(self) -> dict[str, Any]:
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "sources"}
+        values["stop_sequences"] = list(self.stop_sequences)
+        return {name: {"value": value, "source": self.sources.get(name, "default")} for name, value in values.items()}
+
+
+SETTING_NAMES = tuple(f.name for f in fields(DecodingSettings) if f.name != "sources")
+DEFAULTS = DecodingSettings()
+# manifest field → setting name, where they differ
+_MANIFEST_NAMES = {"stop_sequences": "stop_sequences"}
+
+
+def resolve_settings(overrides: dict[str, Any] | None, manifest: DecodingConfig | None) -> DecodingSettings:
+    """Resolve each setting: an override that is not ``None``, else the manifest's, else the default."""
+    overrides = overrides or {}
+    values: dict[str, Any] = {}
+    sources: dict[str, Source] = {}
+    for name in SETTING_NAMES:
+        from_manifest = getattr(manifest, _MANIFEST_NAMES.get(name, name), None) if manifest else None
+        if overrides.get(name) is not None:
+            values[name], sources[name] = overrides[name], "cli"
+        elif from_manifest is not None:
+            values[name], sources[name] = from_manifest, "manifest"
+        else:
+            values[name], sources[name] = getattr(DEFAULTS, name), "default"
+    values["stop_sequences"] = tuple(values["stop_sequences"])
+    return DecodingSettings(**values, sources=sources)
