@@ -35,7 +35,9 @@ class Linear:
     """``x @ W.T (+ b)``, with W pre-packed for oneDNN on CPU when that works (about 2× on GEMV)."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
-        self.weight, self.bias, self.packed = weight.detach().contiguous(), bias, None
+        # A private copy: the engine restores the model's weights after reading a merged adapter.
+        self.weight, self.packed = weight.detach().clone().contiguous(), None
+        self.bias = bias.detach().clone() if bias is not None else None
         if weight.device.type == "cpu" and torch.backends.mkldnn.is_available():
             try:
                 packed = torch.ops.mkldnn._reorder_linear_weight(self.weight, 1)
@@ -43,7 +45,7 @@ class Linear:
                 expected = nnf.linear(probe, self.weight)
                 got = torch.ops.mkldnn._linear_pointwise(probe, packed, None, "none", [], "")
                 if torch.allclose(got.float(), expected.float(), rtol=2e-2, atol=2e-2):
-                    self.packed = packed
+                    self.packed, self.weight = packed, torch.empty(0)  # the packed copy is all we need
             except (RuntimeError, AttributeError):
                 self.packed = None
 
@@ -76,17 +78,17 @@ def _layer(block: Any) -> Layer:
     attn, mlp = block.self_attn, block.mlp
     q_norm, k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
     return Layer(
-        norm1=block.input_layernorm.weight.detach(),
+        norm1=block.input_layernorm.weight.detach().clone(),
         qkv=Linear(
             torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]).detach(),
             _bias(attn.q_proj, attn.k_proj, attn.v_proj),
         ),
         out=Linear(attn.o_proj.weight, attn.o_proj.bias),
-        norm2=block.post_attention_layernorm.weight.detach(),
+        norm2=block.post_attention_layernorm.weight.detach().clone(),
         gate_up=Linear(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).detach()),
         down=Linear(mlp.down_proj.weight),
-        q_norm=q_norm.weight.detach() if q_norm is not None else None,
-        k_norm=k_norm.weight.detach() if k_norm is not None else None,
+        q_norm=q_norm.weight.detach().clone() if q_norm is not None else None,
+        k_norm=k_norm.weight.detach().clone() if k_norm is not None else None,
     )
 
 
@@ -107,8 +109,8 @@ class LeanDecoder:
     def __init__(self, model: Any) -> None:
         config, inner = model.config, model.model
         self.layers = [_layer(block) for block in inner.layers]
-        self.embed = inner.embed_tokens.weight.detach()
-        self.norm = inner.norm.weight.detach()
+        self.embed = inner.embed_tokens.weight.detach().clone()
+        self.norm = inner.norm.weight.detach().clone()
         self.head = Linear(model.get_output_embeddings().weight)
         self.eps = float(config.rms_norm_eps)
         self.heads = int(config.num_attention_heads)

@@ -1,0 +1,186 @@
+"""One base model, any number of experts as named PEFT adapters, one active at a time.
+
+Activating an expert merges its adapter into the weights the decoder reads (fast decoding), then
+puts the model's own weights back exactly as they were (a snapshot of every adapted layer is
+restored), so switching experts or returning to the base model leaves no rounding residue, even
+in bf16. Each expert is checked against its lock before its adapter is attached.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from expertkit.errors import UsageError
+from expertkit.models.fingerprint import fingerprint
+from expertkit.models.load import load_model
+from expertkit.models.resolve import ResolvedModel, resolve_model
+from expertkit.models.tokens import add_control_tokens
+from expertkit.package.lock import check_base_model, check_template, lock_from_meta
+from expertkit.package.references import ExpertFiles, resolve_expert
+from expertkit.runtime.generate import Decoder, GenerationRequest, GenerationResult, end_token_ids, generate
+from expertkit.runtime.hf_decoder import HFDecoder
+from expertkit.runtime.lean import LeanDecoder, lean_supported
+from expertkit.runtime.options import LoadOptions
+from expertkit.runtime.settings import resolve_settings
+
+
+@dataclass
+class Expert:
+    files: ExpertFiles
+    soft_prompt: torch.Tensor | None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.files.loaded.manifest.name
+
+
+def _lock_of(files: ExpertFiles, notes: list[str]) -> dict[str, Any] | None:
+    if files.lock is not None:
+        return files.lock
+    meta = files.training_meta()
+    if meta is None:
+        notes.append(f"{files.root}: no expert.lock.json or training_meta.json; base model and template unchecked")
+        return None
+    return lock_from_meta(meta)
+
+
+def _soft_prompt(files: ExpertFiles) -> torch.Tensor | None:
+    from safetensors.torch import load_file
+
+    from expertkit.errors import ModelLoadError
+
+    parts = []
+    for prompt in files.loaded.manifest.soft_prompts:
+        path = files.soft_prompt_dir / f"{prompt.name}.safetensors"
+        if not path.is_file():
+            raise ModelLoadError(f"soft prompt {prompt.name!r} is configured but {path} is missing")
+        parts.append(load_file(str(path))["prompt_embeddings"])
+    return torch.cat(parts) if parts else None
+
+
+class Engine:
+    """The base model (loaded once), its tokenizer, the attached experts and the active decoder."""
+
+    def __init__(self, base: ResolvedModel, options: LoadOptions) -> None:
+        self.base, self.options = base, options
+        self.model, self.tokenizer = load_model(base, options.dtype, options.device)
+        self.fingerprint = fingerprint(base.path)
+        self.experts: dict[str, Expert] = {}
+        self.active: str | None = None
+        self._decoder: Decoder | None = None
+
+    @classmethod
+    def for_experts(cls, references: list[str], options: LoadOptions | None = None) -> Engine:
+        """Load the base model the first expert names (or ``options.base``) and attach every expert."""
+        options = options or LoadOptions()
+        files = [resolve_expert(r, options.keys, options.require_signature) for r in references]
+        if not files and options.base is None:
+            raise UsageError("no expert and no base model given", "name at least one expert")
+        first = files[0] if files else None
+        name = options.base or (first.loaded.manifest.base_models[0].name if first else "")
+        engine = cls(resolve_model(name, first.loaded.root if first else None), options)
+        for item in files:
+            engine.attach(item)
+        return engine
+
+    def attach(self, files: ExpertFiles) -> Expert:
+        """Check ``files`` against its lock, add its control tokens, load its adapter under its name."""
+        notes: list[str] = []
+        lock = _lock_of(files, notes)
+        if lock is not None:
+            check_base_model(lock, self.fingerprint, str(files.root))
+        dataset = files.loaded.manifest.training.dataset if files.loaded.manifest.training else None
+        add_control_tokens(self.tokenizer, dataset.special_tokens if dataset else [])
+        if lock is not None and (
+            drift := check_template(lock, self.tokenizer, str(files.root), self.options.allow_template_drift)
+        ):
+            notes.append(drift)
+        if len(self.tokenizer) > self.model.get_input_embeddings().num_embeddings:
+            self.model.resize_token_embeddings(len(self.tokenizer))
+        expert = Expert(files, _soft_prompt(files), notes)
+        self._load_adapter(expert)
+        self.experts[expert.name] = expert
+        self._decoder = None
+        return expert
+
+    def _load_adapter(self, expert: Expert) -> None:
+        from peft import PeftModel
+
+        with warnings.catch_warnings():  # PEFT reads a property transformers 5 deprecated
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            if isinstance(self.model, PeftModel):
+                self.model.load_adapter(str(expert.files.adapter_dir), adapter_name=expert.name)
+            else:
+                self.model = PeftModel.from_pretrained(
+                    self.model, str(expert.files.adapter_dir), adapter_name=expert.name
+                )
+        self.model.eval()
+
+    def _adapted_layers(self) -> list[Any]:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        return [m for m in self.model.modules() if isinstance(m, BaseTunerLayer)]
+
+    def _merged_decoder(self, name: str) -> Decoder:
+        """Merge ``name`` into the weights, copy them into a lean decoder, restore the weights exactly."""
+        layers = self._adapted_layers()
+        snapshot = [layer.get_base_layer().weight.detach().clone() for layer in layers]
+        self.model.set_adapter(name)
+        self.model.merge_adapter([name])
+        try:
+            return LeanDecoder(self.model.get_base_model())
+        finally:
+            self.model.unmerge_adapter()
+            with torch.no_grad():
+                for layer, weight in zip(layers, snapshot, strict=True):
+                    layer.get_base_layer().weight.copy_(weight)
+
+    def activate(self, name: str | None) -> Decoder:
+        """The decoder for expert ``name`` (``None``: the base model alone); rebuilt only on a switch."""
+        if name is not None and name not in self.experts:
+            raise UsageError(f"expert {name!r} is not loaded", f"loaded: {', '.join(self.experts) or 'none'}")
+        if self._decoder is not None and self.active == name:
+            return self._decoder
+        model = self.model.get_base_model() if self.experts else self.model
+        if lean_supported(model.config):
+            self._decoder = self._merged_decoder(name) if name else LeanDecoder(model)
+        else:
+            self._decoder = self._hf_decoder(name)
+        self.active = name
+        return self._decoder
+
+    def _hf_decoder(self, name: str | None) -> Decoder:
+        if not self.experts:
+            return HFDecoder(self.model)
+        if name is None:
+            self.model.base_model.disable_adapter_layers()
+        else:
+            self.model.base_model.enable_adapter_layers()
+            self.model.set_adapter(name)
+        return HFDecoder(self.model)
+
+    def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
+        """The conversation rendered with the chat template (generation prompt on), as training did."""
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return [int(i) for i in self.tokenizer(text, add_special_tokens=False)["input_ids"]]
+
+    def generate(
+        self, name: str | None, messages: list[dict[str, str]], overrides: dict[str, Any] | None = None, **extra: Any
+    ) -> GenerationResult:
+        """One completion by expert ``name`` (or the base model), decoding settings resolved in three levels."""
+        expert = self.experts.get(name) if name else None
+        training = expert.files.loaded.manifest.training if expert else None
+        settings = resolve_settings(overrides, training.decoding if training else None)
+        request = GenerationRequest(
+            self.prompt_ids(messages),
+            settings,
+            end_token_ids(self.tokenizer, getattr(self.model, "generation_config", None)),
+            prefix=expert.soft_prompt if expert else None,
+            **extra,
+        )
+        return generate(self.activate(name), self.tokenizer, request)

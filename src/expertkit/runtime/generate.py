@@ -1,0 +1,103 @@
+"""The decode loop: prefill, then one token at a time with sampling, stop sequences, end-of-turn
+tokens and ``max_tokens``; optional grammar masking and streaming of text as it is decided."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import torch
+
+from expertkit.runtime.sampling import Sampler
+from expertkit.runtime.settings import DecodingSettings
+from expertkit.runtime.stops import StopMatcher
+
+FinishReason = Literal["stop", "eos", "length", "grammar"]
+
+
+class Decoder(Protocol):
+    def new_cache(self, capacity: int) -> Any: ...
+    def forward(self, cache: Any, ids: torch.Tensor, prefix: torch.Tensor | None = None) -> torch.Tensor: ...
+
+
+class TokenMask(Protocol):
+    """A grammar's view of decoding: which tokens may come next, and accepting the chosen one."""
+
+    def mask(self, logits: torch.Tensor) -> torch.Tensor: ...
+    def accept(self, token: int) -> None: ...
+    def finished(self) -> bool: ...
+
+
+@dataclass
+class GenerationResult:
+    text: str
+    finish_reason: FinishReason
+    token_ids: list[int]
+    prompt_tokens: int
+    first_token_s: float
+    total_s: float
+
+    @property
+    def completion_tokens(self) -> int:
+        """Generated tokens, the end-of-turn token included (it was sampled and costs a step)."""
+        return len(self.token_ids) + (self.finish_reason == "eos")
+
+    @property
+    def stopped(self) -> bool:
+        """Ended by a stop condition (stop string, end-of-turn token, finished grammar), not by length."""
+        return self.finish_reason != "length"
+
+
+def end_token_ids(tokenizer: Any, model_config: Any = None) -> set[int]:
+    """End-of-turn ids: the tokenizer's EOS and the generation config's (may be several)."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    configured = getattr(model_config, "eos_token_id", None)
+    ids |= set(configured) if isinstance(configured, list) else {configured} if configured is not None else set()
+    return {int(i) for i in ids if i is not None}
+
+
+@dataclass
+class GenerationRequest:
+    prompt_ids: list[int]
+    settings: DecodingSettings
+    end_ids: set[int]
+    prefix: torch.Tensor | None = None
+    grammar: TokenMask | None = None
+    on_text: Callable[[str], None] | None = None
+
+
+def generate(decoder: Decoder, tokenizer: Any, request: GenerationRequest) -> GenerationResult:
+    """Decode one completion. The KV cache is created here and dropped at the end."""
+    settings, started = request.settings, time.perf_counter()
+    virtual = 0 if request.prefix is None else int(request.prefix.shape[0])
+    cache = decoder.new_cache(virtual + len(request.prompt_ids) + settings.max_tokens)
+    sampler, stops = Sampler(settings), StopMatcher(tokenizer, settings.stop_sequences)
+    seen = torch.tensor(request.prompt_ids, dtype=torch.long)
+    logits = decoder.forward(cache, seen, request.prefix)
+    first_token_s, text = 0.0, ""
+    reason: FinishReason = "length"
+    for step in range(settings.max_tokens):
+        if request.grammar is not None:
+            logits = request.grammar.mask(logits)
+        token = sampler.choose(logits, seen if settings.repetition_penalty != 1.0 else None)
+        first_token_s = first_token_s or time.perf_counter() - started
+        if token in request.end_ids:
+            reason = "eos"
+            break
+        if request.grammar is not None:
+            request.grammar.accept(token)
+        result = stops.push(token)
+        text = result.text
+        if request.on_text is not None and (delta := stops.stream_delta(result)):
+            request.on_text(delta)
+        if result.stopped or (request.grammar is not None and request.grammar.finished()):
+            reason = "stop" if result.stopped else "grammar"
+            break
+        seen = torch.cat([seen, torch.tensor([token])])
+        if step + 1 < settings.max_tokens:
+            logits = decoder.forward(cache, torch.tensor([token]))
+    return GenerationResult(
+        text, reason, stops.ids, len(request.prompt_ids), first_token_s, time.perf_counter() - started
+    )

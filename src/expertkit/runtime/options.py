@@ -1,0 +1,18 @@
+"""How experts are loaded: dtype, device, template drift, another base directory, trusted keys."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from expertkit.models.load import DType
+from expertkit.package.signing import PublicKey
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    dtype: DType = "float32"
+    device: str = "cpu"
+    allow_template_drift: bool = False
+    base: str | None = None  # another directory holding the same base model (checked by the lock)
+    keys: list[PublicKey] | None = None
+    require_signature: bool = False

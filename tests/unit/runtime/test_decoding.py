@@ -1,0 +1,106 @@
+"""Decoding: settings precedence, sampling, stop sequences across tokens, the lean decoder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from expertkit.manifest.sections import DecodingConfig
+from expertkit.runtime.generate import GenerationRequest, generate
+from expertkit.runtime.hf_decoder import HFDecoder
+from expertkit.runtime.lean import LeanDecoder, lean_supported
+from expertkit.runtime.sampling import Sampler
+from expertkit.runtime.settings import resolve_settings
+from expertkit.runtime.stops import StopMatcher
+
+
+def test_settings_resolve_cli_over_manifest_over_default() -> None:
+    manifest = DecodingConfig(temperature=0.1, top_p=0.9, stop_sequences=[";"], max_tokens=64)
+    settings = resolve_settings({"temperature": 0.7, "top_p": None, "seed": 3}, manifest)
+    assert (settings.temperature, settings.top_p, settings.top_k, settings.max_tokens) == (0.7, 0.9, 0, 64)
+    assert settings.stop_sequences == (";",) and settings.seed == 3
+    shown = settings.to_json()
+    assert shown["temperature"] == {"value": 0.7, "source": "cli"}
+    assert shown["top_p"] == {"value": 0.9, "source": "manifest"}
+    assert shown["top_k"] == {"value": 0, "source": "default"}
+    assert shown["stop_sequences"] == {"value": [";"], "source": "manifest"}
+    assert resolve_settings(None, None).temperature == 0.0
+
+
+def test_sampling_is_greedy_at_zero_and_reproducible_with_a_seed() -> None:
+    logits = torch.randn(500, generator=torch.Generator().manual_seed(0))
+    assert Sampler(resolve_settings({"temperature": 0.0}, None)).choose(logits) == int(logits.argmax())
+    hot = {"temperature": 1.5, "top_p": 0.95, "top_k": 50, "seed": 7}
+    first = [Sampler(resolve_settings(hot, None)).choose(logits) for _ in range(3)]
+    sampler = Sampler(resolve_settings(hot, None))
+    assert len({sampler.choose(logits) for _ in range(40)}) > 1  # it does sample
+    assert first == [first[0]] * 3  # same seed, same first draw
+    top1 = Sampler(resolve_settings({"temperature": 1.0, "top_k": 1, "seed": 1}, None))
+    assert all(top1.choose(logits) == int(logits.argmax()) for _ in range(10))
+    nucleus = Sampler(resolve_settings({"temperature": 1.0, "top_p": 1e-6, "seed": 1}, None))
+    assert all(nucleus.choose(logits) == int(logits.argmax()) for _ in range(10))
+
+
+def test_repetition_penalty_lowers_seen_tokens() -> None:
+    logits = torch.tensor([2.0, -2.0, 1.0])
+    sampler = Sampler(resolve_settings({"repetition_penalty": 2.0}, None))
+    assert sampler.penalise(logits, torch.tensor([0, 1])).tolist() == [1.0, -4.0, 1.0]
+
+
+def test_stop_string_split_across_two_tokens_stops_and_is_not_returned(tiny_llama_dir: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    text = "SELECT name FROM singer;\n\nExplanation: done"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    pieces = [tokenizer.decode(ids[: i + 1]) for i in range(len(ids))]
+    stop = "r;\n\nEx"  # starts inside one token and ends inside a later one
+    assert not any(stop in tokenizer.decode([i]) for i in ids)
+    matcher, streamed = StopMatcher(tokenizer, (stop,)), []
+    for token in ids:
+        result = matcher.push(token)
+        streamed.append(matcher.stream_delta(result))
+        if result.stopped:
+            break
+    assert result.stopped and result.stop == stop
+    assert result.text == "SELECT name FROM singe" and "".join(streamed) == result.text
+    assert len(matcher.ids) < len(ids) and pieces  # stopped before the end
+
+
+@pytest.mark.parametrize("architecture", ["llama", "qwen3"])
+def test_lean_decoder_matches_transformers(architecture: str, tiny_llama_dir: Path, tiny_qwen3_dir: Path) -> None:
+    directory = tiny_llama_dir if architecture == "llama" else tiny_qwen3_dir
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
+    assert lean_supported(model.config)
+    ids = torch.tensor([5, 17, 42, 99, 3, 250, 7])
+    lean, reference = LeanDecoder(model), HFDecoder(model)
+    lean_cache, ref_cache = lean.new_cache(32), reference.new_cache(32)
+    torch.testing.assert_close(lean.forward(lean_cache, ids), reference.forward(ref_cache, ids), atol=1e-4, rtol=1e-4)
+    for token in (11, 12, 13, 200):
+        step = torch.tensor([token])
+        torch.testing.assert_close(
+            lean.forward(lean_cache, step), reference.forward(ref_cache, step), atol=1e-4, rtol=1e-4
+        )
+    with torch.no_grad():
+        full = model(input_ids=torch.cat([ids, torch.tensor([11, 12, 13, 200])])[None]).logits[0, -1]
+    assert lean_cache.length == 11
+    torch.testing.assert_close(
+        lean.forward(lean.new_cache(32), torch.cat([ids, torch.tensor([11, 12, 13, 200])])), full, atol=1e-4, rtol=1e-4
+    )
+
+
+def test_generate_finish_reasons_and_fresh_cache(tiny_llama_dir: Path) -> None:
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    decoder = LeanDecoder(model)
+    prompt = tokenizer("What is 2 plus 2?", add_special_tokens=False)["input_ids"]
+    settings = resolve_settings({"max_tokens": 12}, None)
+    first = generate(decoder, tokenizer, GenerationRequest(prompt, settings, set()))
+    again = generate(decoder, tokenizer, GenerationRequest(prompt, settings, set()))
+    assert first.finish_reason == "length" and not first.stopped and first.completion_tokens == 12
+    assert again.token_ids == first.token_ids  # nothing carried over between generations
+    k = next((i for i, t in enumerate(first.token_ids) if t != first.token_ids[0]), 0)
+    ended = generate(decoder, tokenizer, GenerationRequest(prompt, settings, {first.token_ids[k]}))
+    assert ended.finish_reason == "eos" and ended.token_ids == first.token_ids[:k] and ended.stopped
+    assert ended.completion_tokens == k + 1
