@@ -116,6 +116,8 @@ def check_template(lock: dict[str, Any], tokenizer: Any, where: str, allow_drift
         LockMismatchError: they differ and drift is not allowed; the message shows the first
             differing probe token.
     """
+    if lock.get("chat_template") is None:  # an unpackaged expert whose meta recorded no template
+        return None
     current_sha = text_sha256(getattr(tokenizer, "chat_template", None))
     locked_sha = lock["chat_template"].get("sha256")
     difference = first_difference(lock["probe"], probe_record(tokenizer)) if lock.get("probe") else None
@@ -139,6 +141,6 @@ def lock_from_meta(meta: dict[str, Any]) -> dict[str, Any]:
     """The checkable part of a lock, from an unpackaged expert's ``training_meta.json``."""
     return {
         "base_model": meta.get("base_model", {}),
-        "chat_template": {"sha256": meta.get("chat_template_sha256")},
+        "chat_template": {"sha256": meta["chat_template_sha256"]} if "chat_template_sha256" in meta else None,
         "probe": meta.get("template_probe"),
     }
