@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 # The CPU build pinned for machines without a GPU. A GPU user installs their own torch into
 # .venv first; the check below keeps it.
 TORCH_VERSION ?= 2.13.0
+XGRAMMAR_VERSION ?= 0.2.8
 STAMP := $(VENV)/.expertkit-installed
 DEMO_DIR ?= demo-out
 
@@ -16,6 +17,9 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "torch==$(TORCH_VERSION)"
 	$(BIN)/pip install -q -e ".[dev]"
+	# xgrammar (grammar-constrained decoding) without its triton dependency, which is CUDA-only and
+	# multi-GB: its CPU path needs only apache-tvm-ffi.
+	$(BIN)/pip install -q --no-deps "xgrammar==$(XGRAMMAR_VERSION)" "apache-tvm-ffi>=0.1.11,<0.2"
 	touch $(STAMP)
 
 lint: $(STAMP)

@@ -1,0 +1,117 @@
+"""Grammar-constrained decoding: which grammar an expert asks for, compiled once, as a token mask.
+
+Backends are chosen by name from :data:`GRAMMAR_BACKENDS` (``xgrammar`` today; llguidance can
+register beside it). A compiled grammar is cached per (tokenizer, grammar) so a server compiles
+each expert's grammar once; every generation gets its own matcher.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import torch
+
+from expertkit.errors import ExpertkitError
+from expertkit.grammars import grammar_text
+from expertkit.manifest.sections import DecodingConfig
+from expertkit.registry import Registry
+
+GrammarKind = Literal["gbnf", "json", "json_schema"]
+
+
+class GrammarError(ExpertkitError):
+    """A grammar cannot be read or compiled."""
+
+
+@dataclass(frozen=True)
+class GrammarSpec:
+    """What to constrain decoding with: GBNF text, any JSON, or a JSON Schema."""
+
+    kind: GrammarKind
+    text: str = ""
+    source: str = ""  # where it came from, for error messages
+
+    @property
+    def key(self) -> str:
+        return hashlib.sha256(f"{self.kind}\0{self.text}".encode()).hexdigest()
+
+
+def _shipped(name: str) -> GrammarSpec:
+    return GrammarSpec("gbnf", grammar_text(name), f"expertkit grammar '{name}'")
+
+
+def grammar_for(decoding: DecodingConfig | None, root: Path) -> GrammarSpec | None:
+    """The grammar an expert's manifest asks for (``use_grammar``), or ``None``.
+
+    ``grammar_file`` (GBNF, relative to the expert) wins over ``grammar_type``; ``sql-<dialect>``
+    and ``cypher`` use the grammars shipped with expertkit.
+    """
+    if decoding is None or not decoding.use_grammar:
+        return None
+    if decoding.grammar_file:
+        path = root / decoding.grammar_file
+        try:
+            return GrammarSpec("gbnf", path.read_text(encoding="utf-8"), str(path))
+        except OSError as exc:
+            raise GrammarError(f"cannot read grammar file {path}: {exc.strerror}", "fix grammar_file") from exc
+    kind = decoding.grammar_type or ""
+    if kind == "json":
+        return GrammarSpec("json", source="any JSON")
+    if kind == "json_schema":
+        return GrammarSpec("json_schema", json.dumps(decoding.json_schema or {}, sort_keys=True), "json_schema")
+    if kind == "sql" or kind.startswith("sql-"):
+        return _shipped("sql")
+    if kind == "cypher":
+        return _shipped("cypher")
+    raise GrammarError(f"grammar_type {kind!r} needs a grammar_file", "add training.decoding.grammar_file")
+
+
+class CompiledGrammar(Protocol):
+    def matcher(self) -> TokenMaskImpl: ...
+    def accepts(self, text: str) -> bool: ...
+
+
+class TokenMaskImpl(Protocol):
+    def mask(self, logits: torch.Tensor) -> torch.Tensor: ...
+    def accept(self, token: int) -> None: ...
+    def finished(self) -> bool: ...
+
+
+class GrammarBackend(Protocol):
+    def compile(self, tokenizer: Any, vocab_size: int, spec: GrammarSpec) -> CompiledGrammar: ...
+
+
+GRAMMAR_BACKENDS: Registry[type] = Registry()
+_LINE = re.compile(r"line (\d+), column (\d+): (.*)", re.S)
+
+
+def _compile_error(spec: GrammarSpec, exc: Exception) -> GrammarError:
+    text = str(exc)
+    match = _LINE.search(text)
+    if match:
+        line, column, why = match.groups()
+        lines = spec.text.splitlines()
+        shown = lines[int(line) - 1].strip() if 0 < int(line) <= len(lines) else ""
+        message = f"{spec.source}: line {line}, column {column}: {why.strip()}" + (f"\n  {shown}" if shown else "")
+    else:
+        message = f"{spec.source}: {text.strip().splitlines()[-1] if text.strip() else type(exc).__name__}"
+    return GrammarError(message, "fix the grammar (llama.cpp GBNF syntax)")
+
+
+_BACKENDS: dict[str, GrammarBackend] = {}
+
+
+def backend(name: str = "xgrammar") -> GrammarBackend:
+    """The named backend, created once per process (it owns the compile cache)."""
+    import expertkit.runtime.grammar_xgrammar  # noqa: F401  (registers the built-in backend)
+
+    if name not in GRAMMAR_BACKENDS:
+        raise GrammarError(f"unknown grammar backend {name!r}", f"available: {', '.join(GRAMMAR_BACKENDS)}")
+    if name not in _BACKENDS:
+        _BACKENDS[name] = GRAMMAR_BACKENDS[name]()
+    return _BACKENDS[name]

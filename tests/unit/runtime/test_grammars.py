@@ -1,0 +1,142 @@
+"""The shipped grammars accept the gold answers of the shared data; grammars constrain decoding."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from conftest import SHARED_DATA
+from expertkit.grammars import grammar_text
+from expertkit.manifest.sections import DecodingConfig
+from expertkit.runtime.generate import GenerationRequest, generate
+from expertkit.runtime.grammar import GrammarError, GrammarSpec, backend, grammar_for
+from expertkit.runtime.lean import LeanDecoder
+from expertkit.runtime.settings import resolve_settings
+
+REPO = Path(__file__).resolve().parents[3]
+# Gold rows of text2cypher that are not Cypher at all (SQL inside Cypher, GROUP BY, a pattern as a
+# function argument): the grammar rejects them on purpose. Everything else must be accepted.
+NOT_CYPHER = ("SELECT ", "GROUP BY", "relationships(p-")
+
+
+@pytest.fixture(scope="module")
+def compile_with(tiny_llama_dir: Path):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    return lambda spec: backend().compile(tokenizer, len(tokenizer), spec)
+
+
+def spider_and_geoquery() -> list[str]:
+    sql = SHARED_DATA / "sql"
+    queries = [r["query"] for r in json.loads((sql / "spider/train_spider.min.json").read_text())]
+    queries += [r["query"] for r in json.loads((sql / "spider/dev.json").read_text())]
+    for record in json.loads((sql / "geoquery/geography.json").read_text()):
+        for sentence in record["sentences"]:
+            query = record["sql"][0]
+            for variable, value in sentence["variables"].items():
+                query = query.replace(variable, value)
+            queries.append(query)
+    return queries
+
+
+def text2cypher() -> list[str]:
+    csv.field_size_limit(1 << 30)
+    rows = []
+    for name in ("text2cypher_gpt4turbo.csv", "text2cypher_claudeopus.csv"):
+        with (SHARED_DATA / "cypher/text2cypher" / name).open(encoding="utf-8") as handle:
+            rows += [r["cypher"] for r in csv.DictReader(handle) if r["syntax_error"].lower() in ("false", "")]
+    return rows
+
+
+def bfcl_calls() -> list[str]:
+    path = REPO / "examples/experts/expert-json/preprocess.py"
+    spec = importlib.util.spec_from_file_location("bfcl_hook", path)
+    hook = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hook)
+    answers = hook._answers((SHARED_DATA / "json/bfcl/possible_answer").resolve())
+    calls = []
+    for truth in answers.values():
+        made = [hook.canonical_call(item) for item in truth]
+        calls.append(json.dumps(made[0] if len(made) == 1 else made, ensure_ascii=False))
+    return calls
+
+
+def test_sql_grammar_accepts_every_spider_and_geoquery_gold_query(compile_with) -> None:
+    grammar = compile_with(GrammarSpec("gbnf", grammar_text("sql"), "sql"))
+    queries = spider_and_geoquery()
+    assert len(queries) == 8034 + 877
+    assert [q for q in queries if not grammar.accepts(q)] == []
+    assert not grammar.accepts("DROP TABLE singer;") and not grammar.accepts("SELECT (name FROM singer")
+
+
+def test_cypher_grammar_accepts_the_text2cypher_gold_queries(compile_with) -> None:
+    grammar = compile_with(GrammarSpec("gbnf", grammar_text("cypher"), "cypher"))
+    queries = text2cypher()
+    rejected = [q for q in queries if not grammar.accepts(q)]
+    assert len(queries) > 14_000
+    assert [q for q in rejected if not any(marker in q for marker in NOT_CYPHER)] == []
+    assert len(rejected) < 20
+    assert not grammar.accepts("MATCH (n) DETACH DELETE n") and not grammar.accepts("CREATE (n:Person)")
+
+
+def test_json_grammars_accept_every_bfcl_gold_call(compile_with) -> None:
+    calls = bfcl_calls()
+    assert len(calls) == 1150
+    for text in (grammar_text("json"), (REPO / "examples/experts/expert-json/grammar.gbnf").read_text()):
+        grammar = compile_with(GrammarSpec("gbnf", text, "json"))
+        assert [c for c in calls if not grammar.accepts(c)] == []
+
+
+def test_example_grammars_are_the_shipped_ones() -> None:
+    assert (REPO / "examples/experts/expert-sql/grammar.gbnf").read_text() == grammar_text("sql")
+    assert (REPO / "examples/experts/expert-neo4j/grammar.gbnf").read_text() == grammar_text("cypher")
+
+
+def test_an_invalid_grammar_file_names_the_line(tmp_path: Path, compile_with) -> None:
+    path = tmp_path / "grammar.gbnf"
+    path.write_text('root ::= item ";"\nitem ::= "a" | undefined-rule\n')
+    spec = grammar_for(DecodingConfig(use_grammar=True, grammar_file="grammar.gbnf"), tmp_path)
+    with pytest.raises(GrammarError, match=r"grammar.gbnf: line 2, column \d+: .*undefined-rule"):
+        compile_with(spec)
+    with pytest.raises(GrammarError, match="cannot read grammar file"):
+        grammar_for(DecodingConfig(use_grammar=True, grammar_file="missing.gbnf"), tmp_path)
+
+
+def test_grammar_choice_from_the_manifest(tmp_path: Path) -> None:
+    assert grammar_for(None, tmp_path) is None
+    assert grammar_for(DecodingConfig(use_grammar=False, grammar_type="json"), tmp_path) is None
+    assert grammar_for(DecodingConfig(use_grammar=True, grammar_type="json"), tmp_path).kind == "json"
+    assert grammar_for(DecodingConfig(use_grammar=True, grammar_type="sql-postgres"), tmp_path).text == grammar_text(
+        "sql"
+    )
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    spec = grammar_for(DecodingConfig(use_grammar=True, grammar_type="json_schema", json_schema=schema), tmp_path)
+    assert spec.kind == "json_schema" and json.loads(spec.text) == schema
+
+
+def test_grammar_forces_valid_json_from_a_random_model(tiny_llama_dir: Path, compile_with) -> None:
+    """100 seeds of a random model sampling at temperature 1: every output parses and fits the schema."""
+    import jsonschema
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    decoder = LeanDecoder(model)
+    schema = {
+        "type": "object",
+        "properties": {"name": {"type": "string", "pattern": "^[a-z0-9 ]{0,8}$"}, "ok": {"type": "boolean"}},
+        "required": ["name", "ok"],
+        "additionalProperties": False,
+    }
+    compiled = compile_with(GrammarSpec("json_schema", json.dumps(schema), "schema"))
+    prompt = tokenizer("Give me JSON:", add_special_tokens=False)["input_ids"]
+    end = {tokenizer.eos_token_id}
+    for seed in range(100):
+        settings = resolve_settings({"temperature": 1.0, "seed": seed, "max_tokens": 128}, None)
+        result = generate(decoder, tokenizer, GenerationRequest(prompt, settings, end, grammar=compiled.matcher()))
+        assert result.finish_reason == "eos", (seed, result.text)
+        jsonschema.validate(json.loads(result.text), schema)
