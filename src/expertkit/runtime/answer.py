@@ -1,0 +1,85 @@
+"""An expert's answer under its full decoding contract: settings, grammar, stop sequences,
+validation, and resampling with another seed when the manifest allows retries."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from expertkit.runtime.engine import Engine
+from expertkit.runtime.generate import GenerationResult
+from expertkit.runtime.grammar import CompiledGrammar, backend, grammar_for
+from expertkit.runtime.settings import DecodingSettings, resolve_settings
+from expertkit.runtime.validation import Validation, ValidationContext, validate_output
+
+
+@dataclass
+class Answer:
+    text: str
+    expert: str | None
+    result: GenerationResult
+    validation: Validation
+    settings: DecodingSettings
+    attempts: int = 1
+    routing: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        usage = {
+            "prompt_tokens": self.result.prompt_tokens,
+            "completion_tokens": self.result.completion_tokens,
+            "total_tokens": self.result.prompt_tokens + self.result.completion_tokens,
+        }
+        body = {
+            "text": self.text,
+            "expert": self.expert,
+            "finish_reason": self.result.finish_reason,
+            "valid": self.validation.valid,
+            "validation_error": self.validation.error,
+            "usage": usage,
+            "decoding": self.settings.to_json(),
+            "attempts": self.attempts,
+            "timing": {"first_token_s": round(self.result.first_token_s, 4), "total_s": round(self.result.total_s, 4)},
+        }
+        if self.routing is not None:
+            body["routing"] = self.routing
+        return body
+
+
+@dataclass
+class AskOptions:
+    overrides: dict[str, Any] | None = None
+    use_grammar: bool = True
+    on_text: Callable[[str], None] | None = None
+    on_retry: Callable[[int, Validation], None] | None = None
+
+
+def expert_grammar(engine: Engine, name: str | None) -> CompiledGrammar | None:
+    if name is None:
+        return None
+    spec = grammar_for(engine.decoding_of(name), engine.experts[name].files.root)
+    return backend().compile(engine.tokenizer, engine.vocab_size, spec) if spec else None
+
+
+def ask(engine: Engine, name: str | None, messages: list[dict[str, str]], options: AskOptions | None = None) -> Answer:
+    """Generate, validate, and resample up to ``retries`` times (a new seed each time) while invalid."""
+    options = options or AskOptions()
+    decoding = engine.decoding_of(name)
+    settings = resolve_settings(options.overrides, decoding)
+    grammar = expert_grammar(engine, name) if options.use_grammar else None
+    context = ValidationContext(decoding, engine.tokenizer, engine.vocab_size)
+    prompt = engine.prompt_ids(messages)
+    base_seed = settings.seed if settings.seed is not None else random.randrange(2**31)
+    attempts = 1 + (decoding.retries or 0)
+    for attempt in range(attempts):
+        seeded = replace(settings, seed=base_seed + attempt, sources=settings.sources)
+        matcher = grammar.matcher() if grammar else None
+        result = engine.run(name, prompt, seeded, grammar=matcher, on_text=options.on_text if attempt == 0 else None)
+        validation = validate_output(result.text, result.stopped, context)
+        if validation.valid is not False or attempt + 1 == attempts:
+            break
+        if options.on_retry is not None:
+            options.on_retry(attempt + 1, validation)
+    final = settings if settings.seed is not None else seeded
+    return Answer(result.text, name, result, validation, final, attempt + 1)

@@ -1,0 +1,105 @@
+"""Which expert answers a prompt: explicit rules first, then similarity to each expert's examples.
+
+1. Patterns (``routing.patterns``, regular expressions): an expert whose pattern matches wins;
+   among several, the one with more matches, then the higher ``priority``.
+2. Similarity: the prompt's sentence embedding against each expert's ``routing.examples``; an
+   expert's score is its best example's cosine similarity plus a small bonus per matched keyword
+   (``routing.keywords``, whole words, any case). The best score must reach the expert's
+   ``routing.threshold`` (else :data:`DEFAULT_THRESHOLD`), otherwise the base model answers alone.
+3. Without an embedder (or examples), keywords alone decide: most matches, then priority.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from expertkit.manifest.sections import Routing
+from expertkit.models.embedder import Embedder
+
+DEFAULT_THRESHOLD = 0.35
+KEYWORD_BONUS, MAX_KEYWORD_BONUS = 0.04, 0.12
+
+
+@dataclass
+class RouteScore:
+    patterns: list[str] = field(default_factory=list)
+    keywords: list[str] = field(default_factory=list)
+    similarity: float | None = None
+    score: float = 0.0
+
+
+@dataclass
+class RoutingDecision:
+    expert: str | None
+    reason: str
+    scores: dict[str, RouteScore]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "expert": self.expert,
+            "reason": self.reason,
+            "scores": {
+                name: {
+                    "score": round(s.score, 4),
+                    "similarity": None if s.similarity is None else round(s.similarity, 4),
+                    "patterns": s.patterns,
+                    "keywords": s.keywords,
+                }
+                for name, s in self.scores.items()
+            },
+        }
+
+
+class Router:
+    def __init__(self, experts: dict[str, Routing], embed: Embedder | None = None) -> None:
+        self.experts, self.embed = experts, embed
+        self._patterns = {name: [re.compile(p) for p in r.patterns] for name, r in experts.items()}
+        self._keywords = {
+            name: [(k, re.compile(rf"(?<!\w){re.escape(k)}(?!\w)", re.IGNORECASE)) for k in r.keywords]
+            for name, r in experts.items()
+        }
+        self._examples: dict[str, Any] = {}
+        if embed is not None:
+            self._examples = {name: embed(list(r.examples)) for name, r in experts.items() if r.examples}
+
+    def _rule_scores(self, prompt: str) -> dict[str, RouteScore]:
+        return {
+            name: RouteScore(
+                patterns=[p.pattern for p in self._patterns[name] if p.search(prompt)],
+                keywords=[k for k, rx in self._keywords[name] if rx.search(prompt)],
+            )
+            for name in self.experts
+        }
+
+    def _priority(self, name: str) -> int:
+        return self.experts[name].priority
+
+    def route(self, prompt: str) -> RoutingDecision:
+        scores = self._rule_scores(prompt)
+        by_pattern = [n for n, s in scores.items() if s.patterns]
+        if by_pattern:
+            best = max(by_pattern, key=lambda n: (len(scores[n].patterns), self._priority(n)))
+            return RoutingDecision(best, f"pattern {scores[best].patterns[0]!r}", scores)
+        if self._examples and self.embed is not None:
+            return self._by_similarity(prompt, scores)
+        by_keyword = [n for n, s in scores.items() if s.keywords]
+        if by_keyword:
+            best = max(by_keyword, key=lambda n: (len(scores[n].keywords), self._priority(n)))
+            return RoutingDecision(best, f"keywords {scores[best].keywords}", scores)
+        return RoutingDecision(None, "no rule matched and no examples to compare with: base model", scores)
+
+    def _by_similarity(self, prompt: str, scores: dict[str, RouteScore]) -> RoutingDecision:
+        query = self.embed([prompt])[0] if self.embed is not None else None
+        for name, score in scores.items():
+            examples = self._examples.get(name)
+            similarity = float((examples @ query).max()) if examples is not None else 0.0
+            score.similarity = similarity
+            score.score = similarity + min(KEYWORD_BONUS * len(score.keywords), MAX_KEYWORD_BONUS)
+        best = max(scores, key=lambda n: (scores[n].score, self._priority(n)))
+        configured = self.experts[best].threshold
+        threshold = configured if configured is not None else DEFAULT_THRESHOLD
+        if scores[best].score < threshold:
+            return RoutingDecision(None, f"best score {scores[best].score:.3f} < threshold {threshold}", scores)
+        return RoutingDecision(best, f"similarity {scores[best].score:.3f} ≥ {threshold}", scores)
