@@ -32,7 +32,16 @@ def _register() -> None:
     """Attach the command groups (imported lazily so `--help` stays cheap). Idempotent."""
     if app.registered_commands:
         return
-    from expertkit.cli import data_cmd, init_cmd, models_cmd, package_cmd, store_cmd, train_cmd, validate_cmd
+    from expertkit.cli import (
+        chat_cmd,
+        data_cmd,
+        init_cmd,
+        models_cmd,
+        package_cmd,
+        store_cmd,
+        train_cmd,
+        validate_cmd,
+    )
 
     app.command("validate")(validate_cmd.validate)
     app.command("init")(init_cmd.init)
@@ -47,6 +56,7 @@ def _register() -> None:
     app.command("install")(store_cmd.install)
     app.command("list")(store_cmd.list_experts)
     app.command("remove")(store_cmd.remove)
+    app.command("chat")(chat_cmd.chat)
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ class TaskPreset:
     adapter: dict[str, Any]
     decoding: dict[str, Any]
     learning_rate: float
-    grammar: str | None = None  # name of a shipped grammar, copied to grammar.gbnf
+    grammar: str | None = None  # the shipped grammar grammar_type selects; its GBNF is copied to grammar.gbnf
     soft_prompts: list[dict[str, Any]] = field(default_factory=list)
     example: tuple[str, str] = ("Say hello.", "Hello!")
     keywords: list[str] = field(default_factory=list)
@@ -45,7 +45,7 @@ TASK_PRESETS: dict[str, TaskPreset] = {
             "max_tokens": 256,
             "stop_sequences": [";", "\n\n"],
             "use_grammar": True,
-            "grammar_file": "grammar.gbnf",
+            "grammar_type": "sql-sqlite",
             "validation": "parser-strict",
         },
         learning_rate=2e-4,
@@ -70,7 +70,7 @@ TASK_PRESETS: dict[str, TaskPreset] = {
             "top_k": 50,
             "max_tokens": 256,
             "use_grammar": True,
-            "grammar_file": "grammar.gbnf",
+            "grammar_type": "json",
             "validation": "json",
         },
         learning_rate=1e-3,
@@ -119,7 +119,7 @@ TASK_PRESETS: dict[str, TaskPreset] = {
             "max_tokens": 256,
             "stop_sequences": ["\n\n"],
             "use_grammar": True,
-            "grammar_file": "grammar.gbnf",
+            "grammar_type": "cypher",
             "validation": "cypher",
         },
         learning_rate=2e-4,

@@ -71,7 +71,12 @@ def _readme(name: str, task: str, preset: TaskPreset) -> str:
         "- `manifest.json`: adapters, training settings, decoding contract and routing.\n"
         '- `data/train.jsonl`: one conversation per line (`{"messages": [{"role", "content"}, ...]}`);'
         " replace the sample with real data.\n"
-        + ("- `grammar.gbnf`: the GBNF grammar every generated token is constrained by.\n" if preset.grammar else "")
+        + (
+            "- `grammar.gbnf`: the grammar `grammar_type` constrains every generated token by, in llama.cpp's GBNF for"
+            " use outside expertkit (point `grammar_file` at your own grammar to replace it).\n"
+            if preset.grammar
+            else ""
+        )
         + "\n## Check\n\n```\nexpert-cli validate --expert .\n```\n"
     )
 

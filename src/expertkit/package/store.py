@@ -138,9 +138,10 @@ def split_reference(reference: str) -> tuple[str, str | None]:
 
 
 def find_installed(reference: str) -> InstalledExpert:
-    """The installed expert for ``name`` (newest version) or ``name@version``."""
+    """The installed expert for ``name`` (newest version) or ``name@version``; ``sql`` also finds
+    ``expert-sql``."""
     name, version = split_reference(reference)
-    records = list_installed(name)
+    records = list_installed(name) or list_installed(f"expert-{name}")  # `sql` finds expert-sql
     if version is not None:
         records = [r for r in records if r.version == version]
     if not records:

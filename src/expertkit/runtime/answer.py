@@ -10,7 +10,7 @@ from typing import Any
 
 from expertkit.runtime.engine import Engine
 from expertkit.runtime.generate import GenerationResult
-from expertkit.runtime.grammar import CompiledGrammar, backend, grammar_for
+from expertkit.runtime.grammar import CompiledGrammar, compile_grammar, grammar_for
 from expertkit.runtime.settings import DecodingSettings, resolve_settings
 from expertkit.runtime.validation import Validation, ValidationContext, validate_output
 
@@ -59,7 +59,7 @@ def expert_grammar(engine: Engine, name: str | None) -> CompiledGrammar | None:
     if name is None:
         return None
     spec = grammar_for(engine.decoding_of(name), engine.experts[name].files.root)
-    return backend().compile(engine.tokenizer, engine.vocab_size, spec) if spec else None
+    return compile_grammar(engine.tokenizer, engine.vocab_size, spec) if spec else None
 
 
 def ask(engine: Engine, name: str | None, messages: list[dict[str, str]], options: AskOptions | None = None) -> Answer:

@@ -21,7 +21,15 @@ from expertkit.grammars import grammar_text
 from expertkit.manifest.sections import DecodingConfig
 from expertkit.registry import Registry
 
-GrammarKind = Literal["gbnf", "json", "json_schema"]
+GrammarKind = Literal["gbnf", "lark", "json", "json_schema"]
+# Which backend compiles each kind: XGrammar for GBNF and JSON (microsecond masks for JSON),
+# llguidance for Lark (the shipped SQL and Cypher grammars; see grammar_llguidance).
+DEFAULT_BACKEND: dict[str, str] = {
+    "gbnf": "xgrammar",
+    "lark": "llguidance",
+    "json": "xgrammar",
+    "json_schema": "xgrammar",
+}
 
 
 class GrammarError(ExpertkitError):
@@ -42,7 +50,8 @@ class GrammarSpec:
 
 
 def _shipped(name: str) -> GrammarSpec:
-    return GrammarSpec("gbnf", grammar_text(name), f"expertkit grammar '{name}'")
+    """A grammar shipped with expertkit, in its fast Lark form."""
+    return GrammarSpec("lark", grammar_text(name, "lark"), f"expertkit grammar '{name}'")
 
 
 def grammar_for(decoding: DecodingConfig | None, root: Path) -> GrammarSpec | None:
@@ -55,20 +64,21 @@ def grammar_for(decoding: DecodingConfig | None, root: Path) -> GrammarSpec | No
         return None
     if decoding.grammar_file:
         path = root / decoding.grammar_file
+        kind: GrammarKind = "lark" if path.suffix == ".lark" else "gbnf"
         try:
-            return GrammarSpec("gbnf", path.read_text(encoding="utf-8"), str(path))
+            return GrammarSpec(kind, path.read_text(encoding="utf-8"), str(path))
         except OSError as exc:
             raise GrammarError(f"cannot read grammar file {path}: {exc.strerror}", "fix grammar_file") from exc
-    kind = decoding.grammar_type or ""
-    if kind == "json":
+    grammar_type = decoding.grammar_type or ""
+    if grammar_type == "json":
         return GrammarSpec("json", source="any JSON")
-    if kind == "json_schema":
+    if grammar_type == "json_schema":
         return GrammarSpec("json_schema", json.dumps(decoding.json_schema or {}, sort_keys=True), "json_schema")
-    if kind == "sql" or kind.startswith("sql-"):
+    if grammar_type == "sql" or grammar_type.startswith("sql-"):
         return _shipped("sql")
-    if kind == "cypher":
+    if grammar_type == "cypher":
         return _shipped("cypher")
-    raise GrammarError(f"grammar_type {kind!r} needs a grammar_file", "add training.decoding.grammar_file")
+    raise GrammarError(f"grammar_type {grammar_type!r} needs a grammar_file", "add training.decoding.grammar_file")
 
 
 class CompiledGrammar(Protocol):
@@ -108,10 +118,17 @@ _BACKENDS: dict[str, GrammarBackend] = {}
 
 def backend(name: str = "xgrammar") -> GrammarBackend:
     """The named backend, created once per process (it owns the compile cache)."""
-    import expertkit.runtime.grammar_xgrammar  # noqa: F401  (registers the built-in backend)
+    # Importing the modules registers the built-in backends.
+    import expertkit.runtime.grammar_llguidance
+    import expertkit.runtime.grammar_xgrammar  # noqa: F401
 
     if name not in GRAMMAR_BACKENDS:
         raise GrammarError(f"unknown grammar backend {name!r}", f"available: {', '.join(GRAMMAR_BACKENDS)}")
     if name not in _BACKENDS:
         _BACKENDS[name] = GRAMMAR_BACKENDS[name]()
     return _BACKENDS[name]
+
+
+def compile_grammar(tokenizer: Any, vocab_size: int, spec: GrammarSpec) -> CompiledGrammar:
+    """Compile ``spec`` with the backend for its kind (cached per tokenizer and grammar)."""
+    return backend(DEFAULT_BACKEND[spec.kind]).compile(tokenizer, vocab_size, spec)

@@ -115,11 +115,12 @@ def json_schema_value(text: str, ctx: ValidationContext) -> Validation:
 
 @VALIDATORS.register("cypher")
 def cypher_syntax(text: str, ctx: ValidationContext) -> Validation:
-    from expertkit.runtime.grammar import GrammarSpec, backend
+    from expertkit.runtime.grammar import GrammarSpec, compile_grammar
 
     if ctx.tokenizer is None:
         return Validation(None, "validator unavailable: the Cypher check needs the tokenizer")
-    grammar = backend().compile(ctx.tokenizer, ctx.vocab_size, GrammarSpec("gbnf", grammar_text("cypher"), "cypher"))
+    spec = GrammarSpec("lark", grammar_text("cypher", "lark"), "cypher")
+    grammar = compile_grammar(ctx.tokenizer, ctx.vocab_size, spec)
     return Validation(True) if grammar.accepts(text) else Validation(False, "not a read-only Cypher query")
 
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from expertkit.errors import UsageError
 from expertkit.manifest.model import BaseModelEntry
 from expertkit.manifest.sections import OptimizerConfig, Selection, TrainingConfig
+from expertkit.models.hardware import cpu_supports_bf16
 
 DEFAULT_LR_ADAPTER = 2e-4
 DEFAULT_LR_FULL = 2e-5
@@ -69,15 +69,6 @@ class TrainPlan:
         data["optimizer"] = self.optimizer.model_dump(mode="json", exclude_none=True)
         data["selection"] = self.selection.model_dump(mode="json")
         return data
-
-
-def cpu_supports_bf16() -> bool:
-    """True when the CPU has native bf16 dot products (AVX512-BF16 or AMX), read from /proc/cpuinfo."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8")
-    except OSError:
-        return False
-    return any(flag in flags for flag in ("avx512_bf16", "amx_bf16"))
 
 
 def resolve_precision(requested: bool | str | None, device: str) -> Precision:

@@ -15,7 +15,7 @@ from conftest import SHARED_DATA
 from expertkit.grammars import grammar_text
 from expertkit.manifest.sections import DecodingConfig
 from expertkit.runtime.generate import GenerationRequest, generate
-from expertkit.runtime.grammar import GrammarError, GrammarSpec, backend, grammar_for
+from expertkit.runtime.grammar import GrammarError, GrammarSpec, compile_grammar, grammar_for
 from expertkit.runtime.lean import LeanDecoder
 from expertkit.runtime.settings import resolve_settings
 
@@ -28,7 +28,7 @@ NOT_CYPHER = ("SELECT ", "GROUP BY", "relationships(p-")
 @pytest.fixture(scope="module")
 def compile_with(tiny_llama_dir: Path):
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
-    return lambda spec: backend().compile(tokenizer, len(tokenizer), spec)
+    return lambda spec: compile_grammar(tokenizer, len(tokenizer), spec)
 
 
 def spider_and_geoquery() -> list[str]:
@@ -66,22 +66,32 @@ def bfcl_calls() -> list[str]:
     return calls
 
 
-def test_sql_grammar_accepts_every_spider_and_geoquery_gold_query(compile_with) -> None:
-    grammar = compile_with(GrammarSpec("gbnf", grammar_text("sql"), "sql"))
+# The Lark forms are checked on every 4th gold query here (a matcher per query costs ~2 ms);
+# scripts/check_grammars.py checks every query of every set.
+LARK_SAMPLE = 4
+
+
+def test_sql_grammars_accept_every_spider_and_geoquery_gold_query(compile_with) -> None:
     queries = spider_and_geoquery()
     assert len(queries) == 8034 + 877
-    assert [q for q in queries if not grammar.accepts(q)] == []
-    assert not grammar.accepts("DROP TABLE singer;") and not grammar.accepts("SELECT (name FROM singer")
+    gbnf = compile_with(GrammarSpec("gbnf", grammar_text("sql"), "sql.gbnf"))
+    lark = compile_with(GrammarSpec("lark", grammar_text("sql", "lark"), "sql.lark"))
+    assert [q for q in queries if not gbnf.accepts(q)] == []
+    assert [q for q in queries[::LARK_SAMPLE] if not lark.accepts(q)] == []
+    for grammar in (gbnf, lark):
+        assert not grammar.accepts("DROP TABLE singer;") and not grammar.accepts("SELECT (name FROM singer")
 
 
-def test_cypher_grammar_accepts_the_text2cypher_gold_queries(compile_with) -> None:
-    grammar = compile_with(GrammarSpec("gbnf", grammar_text("cypher"), "cypher"))
+def test_cypher_grammars_accept_the_text2cypher_gold_queries(compile_with) -> None:
     queries = text2cypher()
-    rejected = [q for q in queries if not grammar.accepts(q)]
     assert len(queries) > 14_000
-    assert [q for q in rejected if not any(marker in q for marker in NOT_CYPHER)] == []
-    assert len(rejected) < 20
-    assert not grammar.accepts("MATCH (n) DETACH DELETE n") and not grammar.accepts("CREATE (n:Person)")
+    gbnf = compile_with(GrammarSpec("gbnf", grammar_text("cypher"), "cypher.gbnf"))
+    lark = compile_with(GrammarSpec("lark", grammar_text("cypher", "lark"), "cypher.lark"))
+    for grammar, sample in ((gbnf, queries), (lark, queries[::LARK_SAMPLE])):
+        rejected = [q for q in sample if not grammar.accepts(q)]
+        assert [q for q in rejected if not any(marker in q for marker in NOT_CYPHER)] == []
+        assert len(rejected) < 20
+        assert not grammar.accepts("MATCH (n) DETACH DELETE n") and not grammar.accepts("CREATE (n:Person)")
 
 
 def test_json_grammars_accept_every_bfcl_gold_call(compile_with) -> None:
@@ -103,6 +113,10 @@ def test_an_invalid_grammar_file_names_the_line(tmp_path: Path, compile_with) ->
     spec = grammar_for(DecodingConfig(use_grammar=True, grammar_file="grammar.gbnf"), tmp_path)
     with pytest.raises(GrammarError, match=r"grammar.gbnf: line 2, column \d+: .*undefined-rule"):
         compile_with(spec)
+    (tmp_path / "bad.lark").write_text('start: "a" missing_rule\n')
+    lark = grammar_for(DecodingConfig(use_grammar=True, grammar_file="bad.lark"), tmp_path)
+    with pytest.raises(GrammarError, match=r"bad.lark: at 1\(\d+\): unknown name: \"missing_rule\""):
+        compile_with(lark)
     with pytest.raises(GrammarError, match="cannot read grammar file"):
         grammar_for(DecodingConfig(use_grammar=True, grammar_file="missing.gbnf"), tmp_path)
 
@@ -111,9 +125,10 @@ def test_grammar_choice_from_the_manifest(tmp_path: Path) -> None:
     assert grammar_for(None, tmp_path) is None
     assert grammar_for(DecodingConfig(use_grammar=False, grammar_type="json"), tmp_path) is None
     assert grammar_for(DecodingConfig(use_grammar=True, grammar_type="json"), tmp_path).kind == "json"
-    assert grammar_for(DecodingConfig(use_grammar=True, grammar_type="sql-postgres"), tmp_path).text == grammar_text(
-        "sql"
-    )
+    sql = grammar_for(DecodingConfig(use_grammar=True, grammar_type="sql-postgres"), tmp_path)
+    assert (sql.kind, sql.text) == ("lark", grammar_text("sql", "lark"))
+    (tmp_path / "mine.lark").write_text('start: "yes" | "no"\n')
+    assert grammar_for(DecodingConfig(use_grammar=True, grammar_file="mine.lark"), tmp_path).kind == "lark"
     schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
     spec = grammar_for(DecodingConfig(use_grammar=True, grammar_type="json_schema", json_schema=schema), tmp_path)
     assert spec.kind == "json_schema" and json.loads(spec.text) == schema

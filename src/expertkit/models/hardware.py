@@ -1,0 +1,23 @@
+"""What the machine can run natively (used by training and the runtime to pick a dtype)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def cpu_supports_bf16() -> bool:
+    """True when the CPU has native bf16 dot products (AVX512-BF16 or AMX), read from /proc/cpuinfo."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8")
+    except OSError:
+        return False
+    return any(flag in flags for flag in ("avx512_bf16", "amx_bf16"))
+
+
+def best_dtype(device: str = "cpu") -> str:
+    """``bfloat16`` where the device runs it natively, else ``float32``."""
+    if device == "cuda":
+        import torch
+
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return "bfloat16" if cpu_supports_bf16() else "float32"

@@ -1,0 +1,53 @@
+"""Open a chat session from command-line choices: experts, decoding overrides, trust, dtype."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from expertkit.errors import UsageError
+from expertkit.models.hardware import best_dtype
+from expertkit.package.signing import default_trusted_keys_dir, trusted_keys
+from expertkit.runtime.engine import Engine
+from expertkit.runtime.options import LoadOptions
+from expertkit.runtime.session import ChatSession, build_router
+
+DTYPES = ("auto", "bfloat16", "float32")
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    experts: list[str]
+    overrides: dict[str, Any] = field(default_factory=dict)
+    use_grammar: bool = True
+    allow_template_drift: bool = False
+    require_signature: bool = False
+    trusted_keys: Path | None = None
+    base: str | None = None
+    dtype: str = "auto"
+    router_embedder: str = "minilm"
+
+
+def open_session(request: ChatRequest) -> tuple[ChatSession, list[str]]:
+    """Load the base model and experts (checked against their locks); a router when there are several."""
+    if request.dtype not in DTYPES:
+        raise UsageError(f"--dtype {request.dtype!r}", f"choose one of: {', '.join(DTYPES)}")
+    if not request.experts and request.base is None:
+        raise UsageError("no expert given", "pass --experts NAME[,NAME...] (or --base MODEL for the base model alone)")
+    keys = None
+    if request.require_signature or request.trusted_keys is not None:
+        keys = trusted_keys(request.trusted_keys or default_trusted_keys_dir())
+    dtype = best_dtype() if request.dtype == "auto" else request.dtype
+    options = LoadOptions(
+        dtype=dtype,  # type: ignore[arg-type]
+        allow_template_drift=request.allow_template_drift,
+        base=request.base,
+        keys=keys,
+        require_signature=request.require_signature,
+    )
+    engine = Engine.for_experts(request.experts, options)
+    notes = [note for expert in engine.experts.values() for note in expert.warnings]
+    router = build_router(engine, request.router_embedder, notes) if len(engine.experts) > 1 else None
+    session = ChatSession(engine, router, overrides=dict(request.overrides), use_grammar=request.use_grammar)
+    return session, notes

@@ -1,0 +1,91 @@
+"""The llguidance backend: Lark grammars (and GBNF, converted) through a lexer + Earley parser.
+
+The shipped SQL and Cypher grammars are written for it (``grammars/*.lark``): keywords are
+case-insensitive lexemes and whitespace is ignored between lexemes, so a token mask costs about
+0.2 ms on this CPU where the equivalent GBNF took XGrammar tens of milliseconds per token (its
+precomputed masks do not help when identifiers, keywords and whitespace overlap at every step).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from expertkit.runtime.grammar import GRAMMAR_BACKENDS, GrammarError, GrammarSpec
+
+
+class LLGuidanceMask:
+    def __init__(self, tokenizer: Any, grammar: str, vocab_size: int) -> None:
+        import llguidance
+
+        self.matcher = llguidance.LLMatcher(tokenizer, grammar, log_level=0)
+        words = (vocab_size + 31) // 32
+        self.bitmask = torch.zeros((1, words), dtype=torch.int32)
+        self.vocab_size = vocab_size
+
+    def mask(self, logits: torch.Tensor) -> torch.Tensor:
+        from llguidance.torch import apply_token_bitmask_inplace, fill_next_token_bitmask
+
+        fill_next_token_bitmask(self.matcher, self.bitmask, 0)
+        masked = logits[None].clone()
+        apply_token_bitmask_inplace(masked, self.bitmask)
+        return masked[0]
+
+    def accept(self, token: int) -> None:
+        if not self.matcher.consume_token(token):
+            raise GrammarError(f"token {token} was sampled outside the grammar: {self.matcher.get_error()}")
+
+    def finished(self) -> bool:
+        return bool(self.matcher.is_stopped())
+
+
+class LLGuidanceCompiled:
+    def __init__(self, tokenizer: Any, grammar: str, vocab_size: int, hf_tokenizer: Any) -> None:
+        self.tokenizer, self.grammar, self.vocab_size, self.hf_tokenizer = tokenizer, grammar, vocab_size, hf_tokenizer
+
+    def matcher(self) -> LLGuidanceMask:
+        return LLGuidanceMask(self.tokenizer, self.grammar, self.vocab_size)
+
+    def accepts(self, text: str) -> bool:
+        import llguidance
+
+        matcher = llguidance.LLMatcher(self.tokenizer, self.grammar, log_level=0)
+        ids = self.hf_tokenizer(text, add_special_tokens=False)["input_ids"]
+        return bool(matcher.consume_tokens(ids)) and bool(matcher.is_accepting())
+
+
+@GRAMMAR_BACKENDS.register("llguidance")
+class LLGuidanceBackend:
+    def __init__(self) -> None:
+        self._tokenizers: dict[int, Any] = {}
+        self._compiled: dict[tuple[int, str], LLGuidanceCompiled] = {}
+
+    def _tokenizer(self, tokenizer: Any, vocab_size: int) -> Any:
+        try:
+            import llguidance.hf
+        except ImportError as exc:
+            raise GrammarError("llguidance is not installed", "run: make venv") from exc
+        if id(tokenizer) not in self._tokenizers:
+            self._tokenizers[id(tokenizer)] = llguidance.hf.from_tokenizer(tokenizer, n_vocab=vocab_size)
+        return self._tokenizers[id(tokenizer)]
+
+    def compile(self, tokenizer: Any, vocab_size: int, spec: GrammarSpec) -> LLGuidanceCompiled:
+        key = (id(tokenizer), spec.key)
+        if key in self._compiled:
+            return self._compiled[key]
+        import llguidance
+
+        formats = {"lark": "lark", "gbnf": "gbnf", "json": "json_schema", "json_schema": "json_schema"}
+        text = spec.text if spec.kind != "json" else "{}"
+        try:
+            grammar = llguidance.grammar_from(formats[spec.kind], text)
+        except ValueError as exc:
+            raise GrammarError(f"{spec.source}: {exc}", "fix the grammar") from exc
+        ll_tokenizer = self._tokenizer(tokenizer, vocab_size)
+        is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, ll_tokenizer)
+        if is_error:  # messages read "at LINE(COLUMN): what", with the line quoted
+            detail = messages[0].strip() if messages else "invalid grammar"
+            raise GrammarError(f"{spec.source}: {detail}", "fix the grammar (Lark syntax as llguidance reads it)")
+        self._compiled[key] = LLGuidanceCompiled(ll_tokenizer, grammar, vocab_size, tokenizer)
+        return self._compiled[key]
