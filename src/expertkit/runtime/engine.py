@@ -79,7 +79,11 @@ class Engine:
     def for_experts(cls, references: list[str], options: LoadOptions | None = None) -> Engine:
         """Load the base model the first expert names (or ``options.base``) and attach every expert."""
         options = options or LoadOptions()
-        files = [resolve_expert(r, options.keys, options.require_signature) for r in references]
+        return cls.for_files([resolve_expert(r, options.keys, options.require_signature) for r in references], options)
+
+    @classmethod
+    def for_files(cls, files: list[ExpertFiles], options: LoadOptions) -> Engine:
+        """:meth:`for_experts` with the experts already resolved."""
         if not files and options.base is None:
             raise UsageError("no expert and no base model given", "name at least one expert")
         first = files[0] if files else None

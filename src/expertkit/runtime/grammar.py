@@ -97,6 +97,19 @@ class GrammarBackend(Protocol):
 
 
 GRAMMAR_BACKENDS: Registry[type] = Registry()
+
+
+def tokenizer_key(tokenizer: Any, vocab_size: int) -> str:
+    """What a compiled grammar depends on in a tokenizer: its source, size and added tokens.
+
+    Equal tokenizers loaded twice share compiled grammars (a grammar can be compiled in a
+    background thread from its own tokenizer copy while the model loads).
+    """
+    added = sorted((str(k), int(v)) for k, v in tokenizer.get_added_vocab().items())
+    ident = f"{getattr(tokenizer, 'name_or_path', '')}\0{len(tokenizer)}\0{vocab_size}\0{added}"
+    return hashlib.sha256(ident.encode()).hexdigest()
+
+
 _LINE = re.compile(r"line (\d+), column (\d+): (.*)", re.S)
 
 
@@ -132,3 +145,15 @@ def backend(name: str = "xgrammar") -> GrammarBackend:
 def compile_grammar(tokenizer: Any, vocab_size: int, spec: GrammarSpec) -> CompiledGrammar:
     """Compile ``spec`` with the backend for its kind (cached per tokenizer and grammar)."""
     return backend(DEFAULT_BACKEND[spec.kind]).compile(tokenizer, vocab_size, spec)
+
+
+_BIT_SHIFTS = torch.arange(32, dtype=torch.int32)
+
+
+def apply_bitmask(logits: torch.Tensor, bitmask: torch.Tensor) -> torch.Tensor:
+    """``logits`` with every token whose bit is 0 in ``bitmask`` (int32 words, 32 tokens each, the
+    layout XGrammar and llguidance share) set to -inf. Plain tensor ops: no compile step, ~0.1 ms."""
+    allowed = ((bitmask.reshape(-1, 1) >> _BIT_SHIFTS) & 1).reshape(-1)[: logits.shape[-1]].bool()
+    if allowed.shape[0] < logits.shape[-1]:  # model rows beyond the tokenizer: never allowed
+        allowed = torch.cat([allowed, allowed.new_zeros(logits.shape[-1] - allowed.shape[0])])
+    return logits.masked_fill(~allowed, float("-inf"))

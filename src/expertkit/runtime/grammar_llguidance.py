@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from expertkit.runtime.grammar import GRAMMAR_BACKENDS, GrammarError, GrammarSpec
+from expertkit.runtime.grammar import GRAMMAR_BACKENDS, GrammarError, GrammarSpec, apply_bitmask, tokenizer_key
 
 
 class LLGuidanceMask:
@@ -25,12 +25,11 @@ class LLGuidanceMask:
         self.vocab_size = vocab_size
 
     def mask(self, logits: torch.Tensor) -> torch.Tensor:
-        from llguidance.torch import apply_token_bitmask_inplace, fill_next_token_bitmask
-
-        fill_next_token_bitmask(self.matcher, self.bitmask, 0)
-        masked = logits[None].clone()
-        apply_token_bitmask_inplace(masked, self.bitmask)
-        return masked[0]
+        # What llguidance.torch.fill_next_token_bitmask does, without importing that module: it
+        # decorates a function with torch.compile at import, which costs ~0.7 s of start-up.
+        row = self.bitmask[0]
+        self.matcher.unsafe_compute_mask_ptr(row.data_ptr(), row.numel() * row.element_size())
+        return apply_bitmask(logits, row)
 
     def accept(self, token: int) -> None:
         if not self.matcher.consume_token(token):
@@ -58,20 +57,21 @@ class LLGuidanceCompiled:
 @GRAMMAR_BACKENDS.register("llguidance")
 class LLGuidanceBackend:
     def __init__(self) -> None:
-        self._tokenizers: dict[int, Any] = {}
-        self._compiled: dict[tuple[int, str], LLGuidanceCompiled] = {}
+        self._tokenizers: dict[str, Any] = {}
+        self._compiled: dict[tuple[str, str], LLGuidanceCompiled] = {}
 
     def _tokenizer(self, tokenizer: Any, vocab_size: int) -> Any:
         try:
             import llguidance.hf
         except ImportError as exc:
             raise GrammarError("llguidance is not installed", "run: make venv") from exc
-        if id(tokenizer) not in self._tokenizers:
-            self._tokenizers[id(tokenizer)] = llguidance.hf.from_tokenizer(tokenizer, n_vocab=vocab_size)
-        return self._tokenizers[id(tokenizer)]
+        key = tokenizer_key(tokenizer, vocab_size)
+        if key not in self._tokenizers:
+            self._tokenizers[key] = llguidance.hf.from_tokenizer(tokenizer, n_vocab=vocab_size)
+        return self._tokenizers[key]
 
     def compile(self, tokenizer: Any, vocab_size: int, spec: GrammarSpec) -> LLGuidanceCompiled:
-        key = (id(tokenizer), spec.key)
+        key = (tokenizer_key(tokenizer, vocab_size), spec.key)
         if key in self._compiled:
             return self._compiled[key]
         import llguidance

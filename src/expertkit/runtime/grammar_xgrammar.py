@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from expertkit.runtime.grammar import GRAMMAR_BACKENDS, GrammarError, GrammarSpec, _compile_error
+from expertkit.runtime.grammar import GRAMMAR_BACKENDS, GrammarError, GrammarSpec, _compile_error, tokenizer_key
 
 
 class XGrammarMask:
@@ -57,22 +57,22 @@ class XGrammarBackend:
     """Compiles per tokenizer; XGrammar's compiler caches grammars it has seen."""
 
     def __init__(self) -> None:
-        self._compilers: dict[int, Any] = {}
-        self._compiled: dict[tuple[int, str], XGrammarCompiled] = {}
+        self._compilers: dict[str, Any] = {}
+        self._compiled: dict[tuple[str, str], XGrammarCompiled] = {}
 
     def _compiler(self, tokenizer: Any, vocab_size: int) -> Any:
         try:
             import xgrammar as xgr
         except ImportError as exc:
             raise GrammarError("xgrammar is not installed", "run: make venv (it installs xgrammar)") from exc
-        key = id(tokenizer)
+        key = tokenizer_key(tokenizer, vocab_size)
         if key not in self._compilers:
             info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size)
             self._compilers[key] = xgr.GrammarCompiler(info, max_threads=1)
         return self._compilers[key]
 
     def compile(self, tokenizer: Any, vocab_size: int, spec: GrammarSpec) -> XGrammarCompiled:
-        key = (id(tokenizer), spec.key)
+        key = (tokenizer_key(tokenizer, vocab_size), spec.key)
         if key in self._compiled:
             return self._compiled[key]
         compiler = self._compiler(tokenizer, vocab_size)
