@@ -185,9 +185,8 @@ def _turn(session: Any, line: str, verbose: bool, explain: bool) -> None:
         if answer.validation.valid is False
         else answer.validation.error
     )
-    err_console.print(
-        f"[dim][{escape(answer.expert or 'base')} · {answer.result.finish_reason} · {escape(str(status))}][/]"
-    )
+    summary = f"[{answer.expert or 'base'} · {answer.result.finish_reason} · {status}]"
+    err_console.print(f"[dim]{escape(summary)}[/]")
     if verbose:
         _show_params(answer.to_json()["decoding"])
     if explain:

@@ -1,0 +1,121 @@
+"""``expert-cli chat``: one-shot JSON, stdin, errors, and an interactive session in a pseudo-terminal."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pexpect
+import pytest
+from typer.testing import CliRunner
+
+from expertkit.cli.app import _register, app
+
+_register()
+
+
+def with_decoding(expert_dir: Path, **decoding) -> Path:
+    manifest = json.loads((expert_dir / "manifest.json").read_text())
+    manifest["training"]["decoding"] = decoding
+    (expert_dir / "manifest.json").write_text(json.dumps(manifest))
+    return expert_dir
+
+
+def invoke(*args: str, stdin: str | None = None):
+    return CliRunner().invoke(app, list(args), input=stdin, catch_exceptions=False)
+
+
+def test_one_shot_json_with_cli_overrides(expert_dir: Path) -> None:
+    expert = with_decoding(expert_dir, temperature=0.7, max_tokens=6, stop_sequences=["zzz"])
+    result = invoke(
+        "chat",
+        "--experts",
+        str(expert),
+        "-p",
+        "What is 2 plus 2?",
+        "--json",
+        "--seed",
+        "3",
+        "--max-tokens",
+        "4",
+        "--dtype",
+        "float32",
+    )
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(body) >= {"text", "expert", "finish_reason", "valid", "validation_error", "usage", "decoding"}
+    assert body["expert"] == "expert-tiny" and body["usage"]["completion_tokens"] <= 4
+    assert body["decoding"]["max_tokens"] == {"value": 4, "source": "cli"}
+    assert body["decoding"]["temperature"] == {"value": 0.7, "source": "manifest"}
+    assert body["decoding"]["top_p"] == {"value": 1.0, "source": "default"}
+    again = invoke(
+        "chat",
+        "--experts",
+        str(expert),
+        "-p",
+        "What is 2 plus 2?",
+        "--json",
+        "--seed",
+        "3",
+        "--max-tokens",
+        "4",
+        "--dtype",
+        "float32",
+    )
+    assert json.loads(again.stdout.strip().splitlines()[-1])["text"] == body["text"]  # seeded: reproducible
+
+
+def test_prompt_from_stdin_and_verbose_sources(expert_dir: Path) -> None:
+    result = invoke(
+        "chat", "-e", str(expert_dir), "--max-tokens", "3", "--verbose", "--dtype", "float32", stdin="hello\n"
+    )
+    assert result.exit_code == 0, result.output
+    assert "decoding" in result.stderr and "cli" in result.stderr and "default" in result.stderr
+
+
+def test_chat_errors_are_clean(tmp_path: Path, expert_dir: Path) -> None:
+    result = invoke("chat", "-e", "no-such-expert", "-p", "hi")
+    assert result.exit_code == 1 and "no installed expert 'no-such-expert'" in result.stderr
+    assert "Traceback" not in result.output
+    assert invoke("chat", "-p", "hi").exit_code == 2
+    result = invoke("chat", "-e", str(expert_dir), "-p", "hi", "--dtype", "int3")
+    assert result.exit_code == 2 and "--dtype" in result.stderr
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="pseudo-terminal test")
+def test_interactive_session_in_a_pseudo_terminal(expert_dir: Path) -> None:
+    expert = with_decoding(expert_dir, temperature=0.0, max_tokens=5)
+    env = {**os.environ, "COLUMNS": "200", "TERM": "dumb"}
+    cli = str(Path(sys.executable).with_name("expert-cli"))
+    child = pexpect.spawn(
+        cli, ["chat", "-e", str(expert), "--dtype", "float32"], env=env, encoding="utf-8", timeout=120
+    )
+    try:
+        child.expect("Ctrl-D quits")
+        child.expect_exact("> ")
+        child.sendline("What is 3 plus 3?")
+        child.expect(r"\[expert-tiny · (length|eos|stop)")
+        child.expect_exact("> ")
+        child.sendline("/params")
+        child.expect("max_tokens")
+        child.expect("manifest")
+        child.expect_exact("> ")
+        child.sendline("/expert base")
+        child.expect("answering with base")
+        child.expect_exact("> ")
+        child.sendline("And 4 plus 4?")
+        child.expect(r"\[base · ")
+        child.expect_exact("> ")
+        child.sendline("/expert nope")
+        child.expect("no expert 'nope' loaded")
+        child.expect_exact("> ")
+        child.sendline("/reset")
+        child.expect("history cleared")
+        child.expect_exact("> ")
+        child.sendeof()
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert child.exitstatus == 0
