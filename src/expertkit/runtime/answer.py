@@ -75,7 +75,9 @@ def ask(engine: Engine, name: str | None, messages: list[dict[str, str]], option
     for attempt in range(attempts):
         seeded = replace(settings, seed=base_seed + attempt, sources=settings.sources)
         matcher = grammar.matcher() if grammar else None
-        result = engine.run(name, prompt, seeded, grammar=matcher, on_text=options.on_text if attempt == 0 else None)
+        gate = grammar.accepts if grammar else None
+        on_text = options.on_text if attempt == 0 else None
+        result = engine.run(name, prompt, seeded, grammar=matcher, on_text=on_text, stop_gate=gate)
         validation = validate_output(result.text, result.stopped, context)
         if validation.valid is not False or attempt + 1 == attempts:
             break

@@ -66,6 +66,9 @@ class GenerationRequest:
     prefix: torch.Tensor | None = None
     grammar: TokenMask | None = None
     on_text: Callable[[str], None] | None = None
+    # With a grammar, a stop string only ends generation where the text before it is complete
+    # (accepted by the grammar): a ';' inside a SQL string literal is not the end of the query.
+    stop_gate: Callable[[str], bool] | None = None
 
 
 def generate(decoder: Decoder, tokenizer: Any, request: GenerationRequest) -> GenerationResult:
@@ -89,6 +92,8 @@ def generate(decoder: Decoder, tokenizer: Any, request: GenerationRequest) -> Ge
         if request.grammar is not None:
             request.grammar.accept(token)
         result = stops.push(token)
+        while result.stopped and request.stop_gate is not None and not request.stop_gate(result.text):
+            result = stops.decline(result)
         text = result.text
         if request.on_text is not None and (delta := stops.stream_delta(result)):
             request.on_text(delta)

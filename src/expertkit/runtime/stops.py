@@ -25,18 +25,27 @@ class StopMatcher:
         self.stops = tuple(s for s in stops if s)
         self.ids: list[int] = []
         self.emitted = 0
+        self.search_from = 0  # occurrences before this were declined (inside a grammar literal)
 
     def full_text(self) -> str:
         return str(self.tokenizer.decode(self.ids, skip_special_tokens=True))
 
     def push(self, token_id: int) -> StopResult:
         self.ids.append(token_id)
+        return self.check()
+
+    def check(self) -> StopResult:
         text = self.full_text()
-        hits = [(text.find(s), s) for s in self.stops if s in text]
+        hits = [(at, s) for s in self.stops if (at := text.find(s, self.search_from)) >= 0]
         if hits:
             at, stop = min(hits)
             return StopResult(text[:at], True, stop)
         return StopResult(text, False)
+
+    def decline(self, result: StopResult) -> StopResult:
+        """Ignore the stop string just found (e.g. a ';' inside a SQL string) and look further on."""
+        self.search_from = len(result.text) + 1
+        return self.check()
 
     def stream_delta(self, result: StopResult) -> str:
         """New text safe to show now: excludes a tail that may be the start of a stop string."""

@@ -104,3 +104,18 @@ def test_generate_finish_reasons_and_fresh_cache(tiny_llama_dir: Path) -> None:
     ended = generate(decoder, tokenizer, GenerationRequest(prompt, settings, {first.token_ids[k]}))
     assert ended.finish_reason == "eos" and ended.token_ids == first.token_ids[:k] and ended.stopped
     assert ended.completion_tokens == k + 1
+
+
+def test_a_declined_stop_string_is_skipped_and_the_next_one_counts(tiny_llama_dir: Path) -> None:
+    """With a grammar gate, the ';' inside a string literal is declined and the final ';' stops."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    ids = tokenizer("SELECT 'a;b' FROM t; tail", add_special_tokens=False)["input_ids"]
+    matcher = StopMatcher(tokenizer, (";",))
+    gate = lambda text: text.count("'") % 2 == 0  # noqa: E731  (complete: quotes balanced)
+    for token in ids:
+        result = matcher.push(token)
+        while result.stopped and not gate(result.text):
+            result = matcher.decline(result)
+        if result.stopped:
+            break
+    assert result.stopped and result.text == "SELECT 'a;b' FROM t"
