@@ -78,4 +78,9 @@ PY
 cp "$pkg.sig" "$bad.sig"
 if "$cli" verify "$bad" --key "$out/keys/expert.pub"; then echo "a tampered package verified: that is a bug" >&2; exit 1; fi
 
-step "done: chat and serving come with the next issues"
+step "16. ask the installed expert: grammar-constrained, stop sequences, strict SQL validation (--verbose: where each setting came from)"
+time "$cli" chat --experts expert-sql --verbose --json --prompt "CREATE TABLE singer (singer_id INTEGER PRIMARY KEY, name TEXT, country TEXT, age INTEGER);
+
+Question: How many singers are from France?"
+
+step "done: serving comes with the next issue"
