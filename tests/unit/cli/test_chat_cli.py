@@ -29,20 +29,9 @@ def invoke(*args: str, stdin: str | None = None):
 
 def test_one_shot_json_with_cli_overrides(expert_dir: Path) -> None:
     expert = with_decoding(expert_dir, temperature=0.7, max_tokens=6, stop_sequences=["zzz"])
-    result = invoke(
-        "chat",
-        "--experts",
-        str(expert),
-        "-p",
-        "What is 2 plus 2?",
-        "--json",
-        "--seed",
-        "3",
-        "--max-tokens",
-        "4",
-        "--dtype",
-        "float32",
-    )
+    args = ("chat", "--experts", str(expert), "-p", "What is 2 plus 2?", "--json", "--seed", "3")
+    args += ("--max-tokens", "4", "--dtype", "float32")
+    result = invoke(*args)
     assert result.exit_code == 0, result.output
     body = json.loads(result.stdout.strip().splitlines()[-1])
     assert set(body) >= {"text", "expert", "finish_reason", "valid", "validation_error", "usage", "decoding"}
@@ -50,20 +39,7 @@ def test_one_shot_json_with_cli_overrides(expert_dir: Path) -> None:
     assert body["decoding"]["max_tokens"] == {"value": 4, "source": "cli"}
     assert body["decoding"]["temperature"] == {"value": 0.7, "source": "manifest"}
     assert body["decoding"]["top_p"] == {"value": 1.0, "source": "default"}
-    again = invoke(
-        "chat",
-        "--experts",
-        str(expert),
-        "-p",
-        "What is 2 plus 2?",
-        "--json",
-        "--seed",
-        "3",
-        "--max-tokens",
-        "4",
-        "--dtype",
-        "float32",
-    )
+    again = invoke(*args)
     assert json.loads(again.stdout.strip().splitlines()[-1])["text"] == body["text"]  # seeded: reproducible
 
 
