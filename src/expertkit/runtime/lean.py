@@ -126,7 +126,8 @@ class LeanDecoder:
     def new_cache(self, capacity: int) -> KVCache:
         """A fresh cache for one generation of at most ``capacity`` positions."""
         shape = (len(self.layers), self.kv_heads, min(capacity, self.max_positions), self.head_dim)
-        return KVCache(torch.zeros(shape, dtype=self.dtype), torch.zeros(shape, dtype=self.dtype))
+        # fp32: single-query attention reads the whole cache every step; no per-step up-cast.
+        return KVCache(torch.zeros(shape, dtype=torch.float32), torch.zeros(shape, dtype=torch.float32))
 
     def _rope_table(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self._cos.shape[0] < length:
@@ -137,7 +138,7 @@ class LeanDecoder:
         return self._cos, self._sin
 
     def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        return weight * nnf.rms_norm(x.float(), (x.shape[-1],), None, self.eps).to(self.dtype)
+        return nnf.rms_norm(x, (x.shape[-1],), weight, self.eps)
 
     def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         half = self.head_dim // 2
@@ -148,11 +149,13 @@ class LeanDecoder:
         keys, values = cache.keys[index, :, :end], cache.values[index, :, :end]
         tokens = q.shape[2]
         if tokens > 1:  # prefill from an empty cache: causal over the prompt
-            out = nnf.scaled_dot_product_attention(q, keys[None], values[None], is_causal=True, enable_gqa=True)
-            return out.transpose(1, 2).reshape(1, tokens, self.heads * self.head_dim)
-        grouped = q.view(self.kv_heads, self.heads // self.kv_heads, self.head_dim)
-        scores = torch.matmul(grouped.float(), keys.transpose(-1, -2).float()) * self.scale
-        out = torch.matmul(torch.softmax(scores, dim=-1), values.float()).to(self.dtype)
+            out = nnf.scaled_dot_product_attention(
+                q.float(), keys[None], values[None], is_causal=True, enable_gqa=True, scale=self.scale
+            )
+            return out.to(self.dtype).transpose(1, 2).reshape(1, tokens, self.heads * self.head_dim)
+        grouped = q.view(self.kv_heads, self.heads // self.kv_heads, self.head_dim).float()
+        scores = torch.matmul(grouped, keys.transpose(-1, -2)) * self.scale
+        out = torch.matmul(torch.softmax(scores, dim=-1), values).to(self.dtype)
         return out.reshape(1, 1, self.heads * self.head_dim)
 
     def _block(self, layer: Layer, index: int, x: torch.Tensor, cache: KVCache, cos: Any, sin: Any) -> torch.Tensor:
