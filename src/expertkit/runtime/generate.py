@@ -26,8 +26,20 @@ class TokenMask(Protocol):
     """A grammar's view of decoding: which tokens may come next, and accepting the chosen one."""
 
     def mask(self, logits: torch.Tensor) -> torch.Tensor: ...
+    def allows(self, token: int) -> bool: ...
     def accept(self, token: int) -> None: ...
     def finished(self) -> bool: ...
+
+
+def constrained_choice(sampler: Sampler, logits: torch.Tensor, seen: torch.Tensor | None, grammar: TokenMask) -> int:
+    """The next token under a grammar. Greedy decoding first tries the unconstrained choice and
+    computes the full mask only when the grammar rejects it: the argmax of the masked logits is the
+    same token either way, and most steps of a good model need no mask at all."""
+    if sampler.settings.temperature == 0:
+        token = sampler.choose(logits, seen)
+        if grammar.allows(token):
+            return token
+    return sampler.choose(grammar.mask(logits), seen)
 
 
 @dataclass
@@ -82,9 +94,11 @@ def generate(decoder: Decoder, tokenizer: Any, request: GenerationRequest) -> Ge
     first_token_s, text = 0.0, ""
     reason: FinishReason = "length"
     for step in range(settings.max_tokens):
+        history = seen if settings.repetition_penalty != 1.0 else None
         if request.grammar is not None:
-            logits = request.grammar.mask(logits)
-        token = sampler.choose(logits, seen if settings.repetition_penalty != 1.0 else None)
+            token = constrained_choice(sampler, logits, history, request.grammar)
+        else:
+            token = sampler.choose(logits, history)
         first_token_s = first_token_s or time.perf_counter() - started
         if token in request.end_ids:
             reason = "eos"

@@ -31,6 +31,9 @@ class LLGuidanceMask:
         self.matcher.unsafe_compute_mask_ptr(row.data_ptr(), row.numel() * row.element_size())
         return apply_bitmask(logits, row)
 
+    def allows(self, token: int) -> bool:
+        return bool(self.matcher.validate_tokens([token]) == 1)
+
     def accept(self, token: int) -> None:
         if not self.matcher.consume_token(token):
             raise GrammarError(f"token {token} was sampled outside the grammar: {self.matcher.get_error()}")

@@ -29,6 +29,12 @@ class XGrammarMask:
         self._xgr.apply_token_bitmask_inplace(masked, self.bitmask)
         return masked[0]
 
+    def allows(self, token: int) -> bool:
+        if self.matcher.is_terminated() or not self.matcher.accept_token(token):
+            return False
+        self.matcher.rollback(1)
+        return True
+
     def accept(self, token: int) -> None:
         if not self.matcher.accept_token(token):
             raise GrammarError(f"token {token} was sampled outside the grammar", "report this as a bug")

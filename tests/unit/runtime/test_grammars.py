@@ -155,3 +155,45 @@ def test_grammar_forces_valid_json_from_a_random_model(tiny_llama_dir: Path, com
         result = generate(decoder, tokenizer, GenerationRequest(prompt, settings, end, grammar=compiled.matcher()))
         assert result.finish_reason == "eos", (seed, result.text)
         jsonschema.validate(json.loads(result.text), schema)
+
+
+class AlwaysMask:
+    """A grammar view that never takes the greedy shortcut (the full mask every step)."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    def mask(self, logits):
+        return self.inner.mask(logits)
+
+    def allows(self, token: int) -> bool:
+        return False
+
+    def accept(self, token: int) -> None:
+        self.inner.accept(token)
+
+    def finished(self) -> bool:
+        return self.inner.finished()
+
+
+@pytest.mark.parametrize("kind", ["json", "lark"])
+def test_greedy_shortcut_gives_the_same_tokens_as_masking_every_step(
+    tiny_llama_dir: Path, compile_with, kind: str
+) -> None:
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    decoder = LeanDecoder(model)
+    spec = (
+        GrammarSpec("json", source="json")
+        if kind == "json"
+        else GrammarSpec("lark", grammar_text("sql", "lark"), "sql")
+    )
+    compiled = compile_with(spec)
+    prompt = tokenizer("Answer:", add_special_tokens=False)["input_ids"]
+    settings = resolve_settings({"temperature": 0.0, "max_tokens": 40, "repetition_penalty": 1.3}, None)
+    end = {tokenizer.eos_token_id}
+    fast = generate(decoder, tokenizer, GenerationRequest(prompt, settings, end, grammar=compiled.matcher()))
+    slow = generate(
+        decoder, tokenizer, GenerationRequest(prompt, settings, end, grammar=AlwaysMask(compiled.matcher()))
+    )
+    assert fast.token_ids == slow.token_ids and fast.finish_reason == slow.finish_reason
