@@ -38,6 +38,7 @@ def _register() -> None:
         init_cmd,
         models_cmd,
         package_cmd,
+        serve_cmd,
         store_cmd,
         train_cmd,
         validate_cmd,
@@ -57,6 +58,7 @@ def _register() -> None:
     app.command("list")(store_cmd.list_experts)
     app.command("remove")(store_cmd.remove)
     app.command("chat")(chat_cmd.chat)
+    app.command("serve")(serve_cmd.serve)
 
 
 def main() -> None:

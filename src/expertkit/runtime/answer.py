@@ -8,9 +8,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from expertkit.manifest.sections import DecodingConfig
 from expertkit.runtime.engine import Engine
 from expertkit.runtime.generate import GenerationResult
-from expertkit.runtime.grammar import CompiledGrammar, compile_grammar, grammar_for
+from expertkit.runtime.grammar import CompiledGrammar, GrammarSpec, compile_grammar, grammar_for
 from expertkit.runtime.settings import DecodingSettings, resolve_settings
 from expertkit.runtime.validation import Validation, ValidationContext, validate_output
 
@@ -53,6 +54,11 @@ class AskOptions:
     use_grammar: bool = True
     on_text: Callable[[str], None] | None = None
     on_retry: Callable[[int, Validation], None] | None = None
+    should_stop: Callable[[], bool] | None = None
+    grammar: GrammarSpec | None = None  # replaces the expert's grammar (an API response_format)
+    validation: DecodingConfig | None = None  # replaces the expert's validator settings
+    raw_prompt: str | None = None  # a completion prompt used as is, without the chat template
+    use_validation: bool = True
 
 
 def expert_grammar(engine: Engine, name: str | None) -> CompiledGrammar | None:
@@ -62,14 +68,27 @@ def expert_grammar(engine: Engine, name: str | None) -> CompiledGrammar | None:
     return compile_grammar(engine.tokenizer, engine.vocab_size, spec) if spec else None
 
 
+def _grammar(engine: Engine, name: str | None, options: AskOptions) -> CompiledGrammar | None:
+    if options.grammar is not None:
+        return compile_grammar(engine.tokenizer, engine.vocab_size, options.grammar)
+    return expert_grammar(engine, name) if options.use_grammar else None
+
+
+def _prompt(engine: Engine, messages: list[dict[str, str]], options: AskOptions) -> list[int]:
+    if options.raw_prompt is not None:
+        return [int(i) for i in engine.tokenizer(options.raw_prompt, add_special_tokens=False)["input_ids"]]
+    return engine.prompt_ids(messages)
+
+
 def ask(engine: Engine, name: str | None, messages: list[dict[str, str]], options: AskOptions | None = None) -> Answer:
     """Generate, validate, and resample up to ``retries`` times (a new seed each time) while invalid."""
     options = options or AskOptions()
     decoding = engine.decoding_of(name)
     settings = resolve_settings(options.overrides, decoding)
-    grammar = expert_grammar(engine, name) if options.use_grammar else None
-    context = ValidationContext(decoding, engine.tokenizer, engine.vocab_size)
-    prompt = engine.prompt_ids(messages)
+    grammar = _grammar(engine, name, options)
+    checks = options.validation or (decoding if options.use_validation else DecodingConfig())
+    context = ValidationContext(checks, engine.tokenizer, engine.vocab_size)
+    prompt = _prompt(engine, messages, options)
     base_seed = settings.seed if settings.seed is not None else random.randrange(2**31)
     attempts = 1 + (decoding.retries or 0)
     for attempt in range(attempts):
@@ -77,7 +96,9 @@ def ask(engine: Engine, name: str | None, messages: list[dict[str, str]], option
         matcher = grammar.matcher() if grammar else None
         gate = grammar.accepts if grammar else None
         on_text = options.on_text if attempt == 0 else None
-        result = engine.run(name, prompt, seeded, grammar=matcher, on_text=on_text, stop_gate=gate)
+        result = engine.run(
+            name, prompt, seeded, grammar=matcher, on_text=on_text, stop_gate=gate, should_stop=options.should_stop
+        )
         validation = validate_output(result.text, result.stopped, context)
         if validation.valid is not False or attempt + 1 == attempts:
             break

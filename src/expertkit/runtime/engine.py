@@ -198,5 +198,11 @@ class Engine:
         return self.run(name, self.prompt_ids(messages), settings, **extra)
 
     @property
+    def context_length(self) -> int:
+        """The most positions one sequence may use (prompt + completion)."""
+        config = self.model.config
+        return int(getattr(config, "max_position_embeddings", None) or 2048)
+
+    @property
     def vocab_size(self) -> int:
         return int(self.model.get_input_embeddings().num_embeddings)

@@ -81,6 +81,12 @@ class GenerationRequest:
     # With a grammar, a stop string only ends generation where the text before it is complete
     # (accepted by the grammar): a ';' inside a SQL string literal is not the end of the query.
     stop_gate: Callable[[str], bool] | None = None
+    # Checked before every step: a server sets it when the client has gone or the deadline passed.
+    should_stop: Callable[[], bool] | None = None
+
+
+class GenerationCancelledError(Exception):
+    """``should_stop`` said to stop: the client disconnected or the request timed out."""
 
 
 def generate(decoder: Decoder, tokenizer: Any, request: GenerationRequest) -> GenerationResult:
@@ -94,6 +100,8 @@ def generate(decoder: Decoder, tokenizer: Any, request: GenerationRequest) -> Ge
     first_token_s, text = 0.0, ""
     reason: FinishReason = "length"
     for step in range(settings.max_tokens):
+        if request.should_stop is not None and request.should_stop():
+            raise GenerationCancelledError(f"cancelled after {step} tokens")
         history = seen if settings.repetition_penalty != 1.0 else None
         if request.grammar is not None:
             token = constrained_choice(sampler, logits, history, request.grammar)

@@ -1,0 +1,58 @@
+"""``expert-cli serve``: the OpenAI-compatible server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+
+from expertkit.cli.app import err_console, fail
+from expertkit.errors import ExpertkitError
+
+
+def serve(
+    experts: str = typer.Option("", "--experts", "-e", help="Comma-separated experts: names, name@version, paths."),
+    all_installed: bool = typer.Option(False, "--all-installed", help="Serve every installed expert version."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (non-loopback needs an API key)."),
+    port: int = typer.Option(8000, "--port", min=1, max=65535),
+    api_key_file: Path | None = typer.Option(None, "--api-key-file", help="File holding the bearer API key."),
+    require_signature: bool = typer.Option(False, "--require-signature", help="Only experts with a trusted signature."),
+    trusted_keys: Path | None = typer.Option(None, "--trusted-keys", help="Directory of trusted *.pub keys."),
+    base: str | None = typer.Option(None, "--base", help="Base model (default: the one the experts name)."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto, bfloat16 or float32."),
+    max_queue: int = typer.Option(32, "--max-queue", min=1, help="Queued generations before answering 429."),
+    timeout: float = typer.Option(120.0, "--timeout", min=1, help="Seconds a request may take (queue + generation)."),
+    router_embedder: str = typer.Option("minilm", "--router-embedder", help="minilm, base or none (model 'auto')."),
+    allow_template_drift: bool = typer.Option(False, "--allow-template-drift", help="Load despite template drift."),
+) -> None:
+    """Serve experts over one base model with OpenAI's API (/v1/chat/completions, /v1/completions, /v1/models)."""
+    from expertkit.serve.server import ServeRequest, build_server_app, run_app
+
+    request = ServeRequest(
+        experts=[e.strip() for e in experts.split(",") if e.strip()],
+        all_installed=all_installed,
+        host=host,
+        port=port,
+        api_key_file=api_key_file,
+        require_signature=require_signature,
+        trusted_keys=trusted_keys,
+        base=base,
+        dtype=dtype,
+        max_queue=max_queue,
+        timeout_s=timeout,
+        router_embedder=router_embedder,
+        allow_template_drift=allow_template_drift,
+    )
+
+    notes: list[str] = []
+    try:
+        with err_console.status("loading the base model and experts…"):
+            app, _ = build_server_app(request, notes)
+    except ExpertkitError as error:
+        fail(error)
+        return
+    for note in notes:
+        err_console.print(f"[yellow]note:[/] {escape(note)}")
+    err_console.print(f"serving on http://{escape(host)}:{port}/v1 (Ctrl-C or SIGTERM to stop)")
+    run_app(app, request)

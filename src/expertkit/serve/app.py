@@ -1,0 +1,283 @@
+"""The FastAPI application: OpenAI routes, health, metrics, authentication and request limits.
+
+Routes are thin: they validate, resolve the model, submit one job to the generation thread and
+shape the result (``completions``). Everything a client can get wrong is a 4xx with an OpenAI
+error object; nothing returns a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from expertkit.package.store import read_record
+from expertkit.runtime.engine import Engine
+from expertkit.runtime.generate import GenerationCancelledError
+from expertkit.runtime.routing import Router
+from expertkit.serve import completions as comp
+from expertkit.serve.errors import APIError, install_error_handlers
+from expertkit.serve.metrics import ServerMetrics
+from expertkit.serve.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
+from expertkit.serve.worker import GenerationWorker, Job
+
+OPEN_PATHS = ("/health",)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    base_id: str
+    api_key: str | None = None
+    max_queue: int = 32
+    timeout_s: float = 120.0
+    max_body_bytes: int = 1 << 20
+    default_max_tokens: int = 256
+
+
+@dataclass
+class ServerState:
+    engine: Engine
+    router: Router | None
+    config: ServerConfig
+    worker: GenerationWorker
+    metrics: ServerMetrics
+    started: int
+
+
+def create_app(engine: Engine, router: Router | None, config: ServerConfig) -> FastAPI:
+    metrics = ServerMetrics()
+    worker = GenerationWorker(config.max_queue, on_depth=metrics.queue_depth.set)
+    state = ServerState(engine, router, config, worker, metrics, int(time.time()))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        worker.close()  # graceful shutdown: refuse new work, cancel the queue, finish the running job
+
+    app = FastAPI(title="expertkit", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app.state.expertkit = state
+    install_error_handlers(app, metrics.error)
+    _install_middleware(app, state)
+    _install_routes(app, state)
+    return app
+
+
+def _install_middleware(app: FastAPI, state: ServerState) -> None:
+    @app.middleware("http")
+    async def guard(request: Request, call_next: Any) -> Response:
+        started = time.perf_counter()
+        response = await _guarded(request, call_next, state)
+        endpoint = request.url.path
+        state.metrics.requests.labels(endpoint=endpoint, status=str(response.status_code)).inc()
+        state.metrics.latency.labels(endpoint=endpoint).observe(time.perf_counter() - started)
+        return response
+
+
+async def _guarded(request: Request, call_next: Any, state: ServerState) -> Response:
+    key = state.config.api_key
+    if key is not None and request.url.path not in OPEN_PATHS:
+        given = request.headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
+            state.metrics.error("unauthorized")
+            return APIError(
+                401, "missing or wrong API key (Authorization: Bearer ...)", code="invalid_api_key"
+            ).response()
+    length = request.headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > state.config.max_body_bytes):
+        state.metrics.error("body_too_large")
+        return APIError(413, f"request body over {state.config.max_body_bytes} bytes", code="body_too_large").response()
+    response: Response = await call_next(request)
+    return response
+
+
+def _model_card(state: ServerState, ident: str, **extra: Any) -> dict[str, Any]:
+    return {"id": ident, "object": "model", "created": state.started, "owned_by": "expertkit", **extra}
+
+
+def _install_routes(app: FastAPI, state: ServerState) -> None:
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "shutting_down" if state.worker.closing else "ok", "queue_depth": state.worker.depth()}
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        cards = [_model_card(state, state.config.base_id, parent=None)]
+        for name, expert in state.engine.experts.items():
+            manifest = expert.files.loaded.manifest
+            record = read_record(expert.files.root)
+            cards.append(
+                _model_card(
+                    state,
+                    name,
+                    parent=state.config.base_id,
+                    version=manifest.version,
+                    adapter_type=manifest.base_models[0].adapters[0].type,
+                    signer=record.signer if record else None,
+                )
+            )
+        cards.append(_model_card(state, "auto", parent=state.config.base_id))
+        return {"object": "list", "data": cards}
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request, body: ChatCompletionRequest) -> Response:
+        messages = comp.chat_messages(body)
+        grammar, validation = comp.response_grammar(body)
+        prompt = messages[-1]["content"]
+        ids = state.engine.prompt_ids(messages)
+        return await _complete(request, state, body, messages, ids, prompt, grammar=grammar, validation=validation)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request, body: CompletionRequest) -> Response:
+        text = comp.completion_prompt(body)
+        ids = [int(i) for i in state.engine.tokenizer(text, add_special_tokens=False)["input_ids"]]
+        return await _complete(request, state, body, [], ids, text, raw_prompt=text)
+
+
+def _check_request(state: ServerState, body: SamplingFields, prompt_tokens: int) -> int:
+    """The max_tokens to use; refuses options we cannot honour and prompts beyond the context."""
+    if (feature := body.unsupported()) is not None:
+        raise APIError(400, f"{feature} is not supported by this server", param=feature, code="unsupported")
+    if body.stream and body.n > 1:
+        raise APIError(400, "n > 1 cannot be streamed", param="n", code="invalid_value")
+    context = state.engine.context_length
+    requested = body.max_completion_tokens or body.max_tokens
+    if prompt_tokens >= context:
+        raise APIError(
+            400,
+            f"the prompt is {prompt_tokens} tokens; the context is {context}",
+            param="messages",
+            code="context_length_exceeded",
+        )
+    if requested is not None and prompt_tokens + requested > context:
+        raise APIError(
+            400,
+            f"prompt ({prompt_tokens}) + max_tokens ({requested}) exceeds the context of {context} tokens",
+            param="max_tokens",
+            code="context_length_exceeded",
+        )
+    return requested or min(state.config.default_max_tokens, context - prompt_tokens)
+
+
+async def _complete(
+    request: Request,
+    state: ServerState,
+    body: SamplingFields,
+    messages: list[dict[str, str]],
+    ids: list[int],
+    prompt: str,
+    **ask_extra: Any,
+) -> Response:
+    _check_request(state, body, len(ids))
+    target = comp.resolve_target(state.engine, state.config.base_id, state.router, body.model, prompt)
+    chat = isinstance(body, ChatCompletionRequest)
+    ident, created = comp.completion_id("chatcmpl" if chat else "cmpl"), comp.now()
+    if body.stream:
+        return _stream(request, state, body, target, messages, ask_extra, ident, created, chat)
+
+    def run(job: Job) -> comp.Outcome:
+        options = comp.ask_options(body, should_stop=job.should_stop, **ask_extra)
+        return comp.run_choices(state.engine, target, messages, options, body.n)
+
+    job = state.worker.submit(run, state.config.timeout_s)
+    outcome = await _await_job(request, job)
+    _count_tokens(state, outcome)
+    shape = comp.chat_response if chat else comp.text_response
+    return JSONResponse(shape(outcome, created, ident))
+
+
+async def _await_job(request: Request, job: Job) -> Any:
+    """The job's result, cancelling it if the client goes away; maps cancellations to errors."""
+    while not job.future.done():
+        if await request.is_disconnected():
+            job.cancelled.set()
+        await asyncio.wait([job.future], timeout=0.1)
+    try:
+        return job.future.result()
+    except (GenerationCancelledError, TimeoutError) as exc:
+        if job.cancelled.is_set():
+            raise APIError(499, "the client closed the request", code="client_closed") from exc
+        raise APIError(504, "the request timed out", code="timeout") from exc
+
+
+def _count_tokens(state: ServerState, outcome: comp.Outcome) -> None:
+    usage = outcome.usage()
+    state.metrics.tokens.labels(expert=outcome.target.expert or "base").inc(usage["completion_tokens"])
+    result = outcome.answers[-1].result if outcome.answers else None
+    if result is not None and result.total_s > 0:
+        state.metrics.tokens_per_s.set(result.completion_tokens / result.total_s)
+
+
+def _stream(
+    request: Request,
+    state: ServerState,
+    body: SamplingFields,
+    target: comp.Target,
+    messages: list[dict[str, str]],
+    ask_extra: dict[str, Any],
+    ident: str,
+    created: int,
+    chat: bool,
+) -> StreamingResponse:
+    pieces: asyncio.Queue[str] = asyncio.Queue()
+
+    def run(job: Job) -> comp.Outcome:
+        def on_text(text: str) -> None:
+            job.deliver(pieces.put_nowait, text)
+
+        options = comp.ask_options(body, should_stop=job.should_stop, on_text=on_text, **ask_extra)
+        return comp.run_choices(state.engine, target, messages, options, 1)
+
+    job = state.worker.submit(run, state.config.timeout_s)
+
+    async def events() -> AsyncIterator[str]:
+        def sse(payload: dict[str, Any]) -> str:
+            return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+        try:
+            if chat:
+                yield sse(comp.chunk(ident, created, target.model_id, {"role": "assistant", "content": ""}, None, chat))
+            while not (job.future.done() and pieces.empty()):
+                try:
+                    text = await asyncio.wait_for(pieces.get(), timeout=0.1)
+                except TimeoutError:
+                    continue
+                yield sse(comp.chunk(ident, created, target.model_id, {"content": text}, None, chat))
+            try:
+                outcome: comp.Outcome = job.future.result()
+            except Exception as exc:  # after the headers: report in-stream, as OpenAI does
+                error = exc if isinstance(exc, APIError) else APIError(500, f"generation failed: {type(exc).__name__}")
+                yield sse(error.body())
+                yield "data: [DONE]\n\n"
+                return
+            _count_tokens(state, outcome)
+            finish = comp.FINISH[outcome.answers[0].result.finish_reason]
+            last = comp.chunk(ident, created, target.model_id, {}, finish, chat)
+            last["expertkit"] = outcome.extension()
+            yield sse(last)
+            if body.include_usage:
+                yield sse(
+                    {
+                        **comp.chunk(ident, created, target.model_id, {}, None, chat),
+                        "choices": [],
+                        "usage": outcome.usage(),
+                    }
+                )
+            yield "data: [DONE]\n\n"
+        finally:
+            if not job.future.done():
+                job.cancelled.set()  # the client went away mid-stream
+                state.metrics.error("client_disconnected")
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

@@ -1,0 +1,179 @@
+"""Run an API request on the engine: pick the expert (``model``), honour ``response_format`` and
+the request's overrides, generate ``n`` choices, and shape OpenAI responses and stream chunks."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from expertkit.manifest.sections import DecodingConfig
+from expertkit.runtime.answer import Answer, AskOptions, ask
+from expertkit.runtime.engine import Engine
+from expertkit.runtime.grammar import GrammarSpec
+from expertkit.runtime.routing import Router, RoutingDecision
+from expertkit.serve.errors import APIError
+from expertkit.serve.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
+
+FINISH = {"stop": "stop", "eos": "stop", "grammar": "stop", "length": "length"}
+
+
+@dataclass
+class Target:
+    """Which expert answers (``None``: the base model) and, for ``auto``, the routing decision."""
+
+    expert: str | None
+    model_id: str
+    routing: RoutingDecision | None = None
+
+
+def resolve_target(engine: Engine, base_id: str, router: Router | None, model: str, prompt: str) -> Target:
+    if model == "auto":
+        if router is None:
+            only = next(iter(engine.experts), None)
+            return Target(only, only or base_id)
+        decision = router.route(prompt)
+        return Target(decision.expert, decision.expert or base_id, decision)
+    if model == base_id:
+        return Target(None, base_id)
+    name, _, version = model.partition("@")
+    expert = engine.experts.get(name)
+    if expert is None or (version and expert.files.loaded.manifest.version != version):
+        available = ", ".join([base_id, "auto", *engine.experts])
+        raise APIError(
+            404, f"the model {model!r} does not exist; available: {available}", param="model", code="model_not_found"
+        )
+    return Target(name, model)
+
+
+def response_grammar(request: ChatCompletionRequest) -> tuple[GrammarSpec | None, DecodingConfig | None]:
+    """``response_format`` as a grammar and the matching validator (``None``: the expert's own)."""
+    fmt = request.response_format
+    if fmt is None or fmt.type == "text":
+        return None, None
+    if fmt.type == "json_object":
+        return GrammarSpec("json", source="response_format json_object"), DecodingConfig(validation="json")
+    if fmt.json_schema is None:
+        raise APIError(
+            400, "response_format json_schema needs a json_schema", param="response_format", code="invalid_value"
+        )
+    schema = fmt.json_schema.schema_
+    spec = GrammarSpec("json_schema", json.dumps(schema, sort_keys=True), f"response_format {fmt.json_schema.name}")
+    return spec, DecodingConfig(validation="json_schema", json_schema=schema)
+
+
+@dataclass
+class Outcome:
+    target: Target
+    answers: list[Answer] = field(default_factory=list)
+
+    def usage(self) -> dict[str, int]:
+        prompt = self.answers[0].result.prompt_tokens if self.answers else 0
+        completion = sum(a.result.completion_tokens for a in self.answers)
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+    def extension(self) -> dict[str, Any]:
+        first = self.answers[0]
+        return {
+            "expert": self.target.expert,
+            "routing": self.target.routing.to_json() if self.target.routing else None,
+            "validation": [{"valid": a.validation.valid, "error": a.validation.error} for a in self.answers],
+            "decoding": first.settings.to_json(),
+            "attempts": [a.attempts for a in self.answers],
+        }
+
+
+def ask_options(request: SamplingFields, **extra: Any) -> AskOptions:
+    return AskOptions(
+        overrides=request.overrides(),
+        use_grammar=request.expertkit.use_grammar,
+        use_validation=request.expertkit.validate_output,
+        **extra,
+    )
+
+
+def run_choices(engine: Engine, target: Target, messages: list[dict[str, str]], options: AskOptions, n: int) -> Outcome:
+    """``n`` answers; with a seed, choice ``i`` uses seed + i (reproducible and distinct)."""
+    outcome = Outcome(target)
+    seed = (options.overrides or {}).get("seed")
+    for index in range(n):
+        overrides = dict(options.overrides or {})
+        if seed is not None:
+            overrides["seed"] = seed + index
+        choice_options = AskOptions(**{**options.__dict__, "overrides": overrides})
+        if index > 0:
+            choice_options.on_text = None
+        outcome.answers.append(ask(engine, target.expert, messages, choice_options))
+    return outcome
+
+
+def completion_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def chat_response(outcome: Outcome, created: int, ident: str) -> dict[str, Any]:
+    choices = [
+        {
+            "index": i,
+            "message": {"role": "assistant", "content": a.text},
+            "logprobs": None,
+            "finish_reason": FINISH[a.result.finish_reason],
+        }
+        for i, a in enumerate(outcome.answers)
+    ]
+    return {
+        "id": ident,
+        "object": "chat.completion",
+        "created": created,
+        "model": outcome.target.model_id,
+        "choices": choices,
+        "usage": outcome.usage(),
+        "expertkit": outcome.extension(),
+    }
+
+
+def text_response(outcome: Outcome, created: int, ident: str) -> dict[str, Any]:
+    choices = [
+        {"index": i, "text": a.text, "logprobs": None, "finish_reason": FINISH[a.result.finish_reason]}
+        for i, a in enumerate(outcome.answers)
+    ]
+    return {
+        "id": ident,
+        "object": "text_completion",
+        "created": created,
+        "model": outcome.target.model_id,
+        "choices": choices,
+        "usage": outcome.usage(),
+        "expertkit": outcome.extension(),
+    }
+
+
+def chunk(
+    ident: str, created: int, model: str, delta: dict[str, Any], finish: str | None, chat: bool
+) -> dict[str, Any]:
+    if chat:
+        choice: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return {"id": ident, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [choice]}
+    text = delta.get("content", "")
+    choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+    return {"id": ident, "object": "text_completion", "created": created, "model": model, "choices": [choice]}
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def chat_messages(request: ChatCompletionRequest) -> list[dict[str, str]]:
+    try:
+        return [{"role": m.role, "content": m.text()} for m in request.messages]
+    except ValueError as exc:
+        raise APIError(400, str(exc), param="messages", code="invalid_value") from exc
+
+
+def completion_prompt(request: CompletionRequest) -> str:
+    try:
+        return request.text()
+    except ValueError as exc:
+        raise APIError(400, str(exc), param="prompt", code="invalid_value") from exc

@@ -1,0 +1,111 @@
+"""Start the server: load the engine and experts, build the app, run uvicorn until SIGTERM/SIGINT.
+
+Without an API key the server listens on loopback only (and refuses another host); keys are read
+from a file, never from the command line, and never logged. On SIGTERM uvicorn stops accepting
+connections, in-flight requests finish (bounded by ``graceful_s``), queued ones are cancelled, and
+the process exits 0.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from expertkit.errors import UsageError
+from expertkit.models.hardware import best_dtype
+from expertkit.package.signing import default_trusted_keys_dir, trusted_keys
+from expertkit.package.store import list_installed
+from expertkit.runtime.engine import Engine
+from expertkit.runtime.options import LoadOptions
+from expertkit.runtime.session import build_router
+from expertkit.serve.app import ServerConfig, create_app
+
+LOOPBACK_NAMES = ("localhost",)
+
+
+@dataclass(frozen=True)
+class ServeRequest:
+    experts: list[str] = field(default_factory=list)
+    all_installed: bool = False
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key_file: Path | None = None
+    require_signature: bool = False
+    trusted_keys: Path | None = None
+    base: str | None = None
+    dtype: str = "auto"
+    max_queue: int = 32
+    timeout_s: float = 120.0
+    graceful_s: int = 30
+    router_embedder: str = "minilm"
+    allow_template_drift: bool = False
+
+
+def is_loopback(host: str) -> bool:
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def read_api_key(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        key = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise UsageError(f"cannot read the API key file {path}: {exc.strerror}", "give a readable file") from exc
+    if not key or any(c.isspace() for c in key):
+        raise UsageError(f"{path} must hold one API key (no spaces)", "write the key alone on one line")
+    return key
+
+
+def build_server_app(request: ServeRequest, notes: list[str]) -> tuple[Any, ServerConfig]:
+    """The FastAPI app for ``request`` (engine and experts loaded, every lock checked)."""
+    api_key = read_api_key(request.api_key_file)
+    if api_key is None and not is_loopback(request.host):
+        raise UsageError(
+            f"refusing to listen on {request.host} without an API key",
+            "pass --api-key-file FILE, or keep the default loopback host",
+        )
+    references = [f"{r.name}@{r.version}" for r in list_installed()] if request.all_installed else list(request.experts)
+    if not references and request.base is None:
+        raise UsageError("no experts to serve", "pass --experts NAME[,NAME...] or --all-installed (or --base MODEL)")
+    keys = None
+    if request.require_signature or request.trusted_keys is not None:
+        keys = trusted_keys(request.trusted_keys or default_trusted_keys_dir())
+    options = LoadOptions(
+        dtype=best_dtype() if request.dtype == "auto" else request.dtype,  # type: ignore[arg-type]
+        allow_template_drift=request.allow_template_drift,
+        base=request.base,
+        keys=keys,
+        require_signature=request.require_signature,
+    )
+    engine = Engine.for_experts(references, options)
+    notes += [w for e in engine.experts.values() for w in e.warnings]
+    router = build_router(engine, request.router_embedder, notes) if len(engine.experts) > 1 else None
+    config = ServerConfig(
+        base_id=engine.base.name, api_key=api_key, max_queue=request.max_queue, timeout_s=request.timeout_s
+    )
+    if api_key is None:
+        notes.append(f"no API key: listening on loopback only ({request.host})")
+    return create_app(engine, router, config), config
+
+
+def run_app(app: Any, request: ServeRequest) -> None:
+    """Run uvicorn until SIGTERM/SIGINT; in-flight requests get ``graceful_s`` to finish."""
+    import uvicorn
+
+    config = uvicorn.Config(
+        app,
+        host=request.host,
+        port=request.port,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=request.graceful_s,
+    )
+    uvicorn.Server(config).run()
