@@ -8,7 +8,10 @@ the process exits 0.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import signal
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,8 +100,20 @@ def build_server_app(request: ServeRequest, notes: list[str]) -> tuple[Any, Serv
 
 
 def run_app(app: Any, request: ServeRequest) -> None:
-    """Run uvicorn until SIGTERM/SIGINT; in-flight requests get ``graceful_s`` to finish."""
+    """Run uvicorn until SIGTERM/SIGINT; in-flight requests get ``graceful_s`` to finish, then the
+    process exits 0 (uvicorn alone re-raises the signal after a graceful shutdown, so a service
+    manager would see a kill, not a clean exit)."""
     import uvicorn
+
+    class CleanExitServer(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
 
     config = uvicorn.Config(
         app,
@@ -108,4 +123,4 @@ def run_app(app: Any, request: ServeRequest) -> None:
         access_log=False,
         timeout_graceful_shutdown=request.graceful_s,
     )
-    uvicorn.Server(config).run()
+    CleanExitServer(config).run()
