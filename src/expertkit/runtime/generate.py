@@ -89,42 +89,73 @@ class GenerationCancelledError(Exception):
     """``should_stop`` said to stop: the client disconnected or the request timed out."""
 
 
-def generate(decoder: Decoder, tokenizer: Any, request: GenerationRequest) -> GenerationResult:
-    """Decode one completion. The KV cache is created here and dropped at the end."""
-    settings, started = request.settings, time.perf_counter()
-    virtual = 0 if request.prefix is None else int(request.prefix.shape[0])
-    cache = decoder.new_cache(virtual + len(request.prompt_ids) + settings.max_tokens)
-    sampler, stops = Sampler(settings), StopMatcher(tokenizer, settings.stop_sequences)
-    seen = torch.tensor(request.prompt_ids, dtype=torch.long)
-    logits = decoder.forward(cache, seen, request.prefix)
-    first_token_s, text = 0.0, ""
-    reason: FinishReason = "length"
-    for step in range(settings.max_tokens):
+class SequenceState:
+    """One generation's decoding state, advanced one token at a time by whoever owns the forward
+    passes (the single-sequence loop below, or a batch scheduler stepping many sequences at once)."""
+
+    def __init__(self, tokenizer: Any, request: GenerationRequest) -> None:
+        self.request, self.settings = request, request.settings
+        self.sampler = Sampler(request.settings)
+        self.stops = StopMatcher(tokenizer, request.settings.stop_sequences)
+        self.seen = torch.tensor(request.prompt_ids, dtype=torch.long)
+        self.started = time.perf_counter()
+        self.first_token_s, self.text, self.steps = 0.0, "", 0
+        self.reason: FinishReason | None = None
+
+    @property
+    def capacity(self) -> int:
+        virtual = 0 if self.request.prefix is None else int(self.request.prefix.shape[0])
+        return virtual + len(self.request.prompt_ids) + self.settings.max_tokens
+
+    def advance(self, logits: torch.Tensor) -> int | None:
+        """Choose the next token from ``logits``; the token to feed next, or ``None`` when finished.
+
+        Raises:
+            GenerationCancelledError: ``should_stop`` said so (client gone, deadline passed).
+        """
+        request = self.request
         if request.should_stop is not None and request.should_stop():
-            raise GenerationCancelledError(f"cancelled after {step} tokens")
-        history = seen if settings.repetition_penalty != 1.0 else None
+            raise GenerationCancelledError(f"cancelled after {self.steps} tokens")
+        history = self.seen if self.settings.repetition_penalty != 1.0 else None
         if request.grammar is not None:
-            token = constrained_choice(sampler, logits, history, request.grammar)
+            token = constrained_choice(self.sampler, logits, history, request.grammar)
         else:
-            token = sampler.choose(logits, history)
-        first_token_s = first_token_s or time.perf_counter() - started
+            token = self.sampler.choose(logits, history)
+        self.first_token_s = self.first_token_s or time.perf_counter() - self.started
+        self.steps += 1
         if token in request.end_ids:
-            reason = "eos"
-            break
+            self.reason = "eos"
+            return None
         if request.grammar is not None:
             request.grammar.accept(token)
-        result = stops.push(token)
+        result = self.stops.push(token)
         while result.stopped and request.stop_gate is not None and not request.stop_gate(result.text):
-            result = stops.decline(result)
-        text = result.text
-        if request.on_text is not None and (delta := stops.stream_delta(result)):
+            result = self.stops.decline(result)
+        self.text = result.text
+        if request.on_text is not None and (delta := self.stops.stream_delta(result)):
             request.on_text(delta)
         if result.stopped or (request.grammar is not None and request.grammar.finished()):
-            reason = "stop" if result.stopped else "grammar"
-            break
-        seen = torch.cat([seen, torch.tensor([token])])
-        if step + 1 < settings.max_tokens:
-            logits = decoder.forward(cache, torch.tensor([token]))
-    return GenerationResult(
-        text, reason, stops.ids, len(request.prompt_ids), first_token_s, time.perf_counter() - started
-    )
+            self.reason = "stop" if result.stopped else "grammar"
+            return None
+        self.seen = torch.cat([self.seen, torch.tensor([token])])
+        if self.steps >= self.settings.max_tokens:
+            self.reason = "length"
+            return None
+        return token
+
+    def result(self) -> GenerationResult:
+        elapsed = time.perf_counter() - self.started
+        reason = self.reason or "length"
+        return GenerationResult(
+            self.text, reason, self.stops.ids, len(self.request.prompt_ids), self.first_token_s, elapsed
+        )
+
+
+def generate(decoder: Decoder, tokenizer: Any, request: GenerationRequest) -> GenerationResult:
+    """Decode one completion. The KV cache is created here and dropped at the end."""
+    state = SequenceState(tokenizer, request)
+    cache = decoder.new_cache(state.capacity)
+    logits = decoder.forward(cache, state.seen, request.prefix)
+    while (token := state.advance(logits)) is not None:
+        logits = decoder.forward(cache, torch.tensor([token]))
+    return state.result()
