@@ -10,7 +10,7 @@ from typing import Any
 
 from expertkit.manifest.sections import DecodingConfig
 from expertkit.runtime.engine import Engine
-from expertkit.runtime.generate import GenerationResult
+from expertkit.runtime.generate import GenerationRequest, GenerationResult
 from expertkit.runtime.grammar import CompiledGrammar, GrammarSpec, compile_grammar, grammar_for
 from expertkit.runtime.settings import DecodingSettings, resolve_settings
 from expertkit.runtime.validation import Validation, ValidationContext, validate_output
@@ -80,29 +80,69 @@ def _prompt(engine: Engine, messages: list[dict[str, str]], options: AskOptions)
     return engine.prompt_ids(messages)
 
 
-def ask(engine: Engine, name: str | None, messages: list[dict[str, str]], options: AskOptions | None = None) -> Answer:
-    """Generate, validate, and resample up to ``retries`` times (a new seed each time) while invalid."""
-    options = options or AskOptions()
+@dataclass
+class AskPlan:
+    """One answer's plan: the request for each attempt, and the judgement of each result.
+
+    :func:`ask` runs it in a loop; a batch scheduler runs the same plan one attempt at a time.
+    """
+
+    engine: Engine
+    name: str | None
+    options: AskOptions
+    settings: DecodingSettings
+    grammar: CompiledGrammar | None
+    context: ValidationContext
+    prompt: list[int]
+    base_seed: int
+    attempts: int
+
+    def request(self, attempt: int) -> GenerationRequest:
+        seeded = replace(self.settings, seed=self.base_seed + attempt, sources=self.settings.sources)
+        return self.engine.request(
+            self.name,
+            self.prompt,
+            seeded,
+            grammar=self.grammar.matcher() if self.grammar else None,
+            on_text=self.options.on_text if attempt == 0 else None,
+            stop_gate=self.grammar.accepts if self.grammar else None,
+            should_stop=self.options.should_stop,
+        )
+
+    def judge(self, attempt: int, result: GenerationResult) -> Answer | None:
+        """The answer, or ``None`` when the result is invalid and another attempt remains."""
+        validation = validate_output(result.text, result.stopped, self.context)
+        if validation.valid is False and attempt + 1 < self.attempts:
+            if self.options.on_retry is not None:
+                self.options.on_retry(attempt + 1, validation)
+            return None
+        shown = (
+            self.settings if self.settings.seed is not None else replace(self.settings, seed=self.base_seed + attempt)
+        )
+        return Answer(result.text, self.name, result, validation, shown, attempt + 1)
+
+
+def plan_answer(engine: Engine, name: str | None, messages: list[dict[str, str]], options: AskOptions) -> AskPlan:
     decoding = engine.decoding_of(name)
     settings = resolve_settings(options.overrides, decoding)
-    grammar = _grammar(engine, name, options)
     checks = options.validation or (decoding if options.use_validation else DecodingConfig())
-    context = ValidationContext(checks, engine.tokenizer, engine.vocab_size)
-    prompt = _prompt(engine, messages, options)
-    base_seed = settings.seed if settings.seed is not None else random.randrange(2**31)
-    attempts = 1 + (decoding.retries or 0)
-    for attempt in range(attempts):
-        seeded = replace(settings, seed=base_seed + attempt, sources=settings.sources)
-        matcher = grammar.matcher() if grammar else None
-        gate = grammar.accepts if grammar else None
-        on_text = options.on_text if attempt == 0 else None
-        result = engine.run(
-            name, prompt, seeded, grammar=matcher, on_text=on_text, stop_gate=gate, should_stop=options.should_stop
-        )
-        validation = validate_output(result.text, result.stopped, context)
-        if validation.valid is not False or attempt + 1 == attempts:
-            break
-        if options.on_retry is not None:
-            options.on_retry(attempt + 1, validation)
-    final = settings if settings.seed is not None else seeded
-    return Answer(result.text, name, result, validation, final, attempt + 1)
+    return AskPlan(
+        engine=engine,
+        name=name,
+        options=options,
+        settings=settings,
+        grammar=_grammar(engine, name, options),
+        context=ValidationContext(checks, engine.tokenizer, engine.vocab_size),
+        prompt=_prompt(engine, messages, options),
+        base_seed=settings.seed if settings.seed is not None else random.randrange(2**31),
+        attempts=1 + (decoding.retries or 0),
+    )
+
+
+def ask(engine: Engine, name: str | None, messages: list[dict[str, str]], options: AskOptions | None = None) -> Answer:
+    """Generate, validate, and resample up to ``retries`` times (a new seed each time) while invalid."""
+    plan = plan_answer(engine, name, messages, options or AskOptions())
+    attempt = 0
+    while (answer := plan.judge(attempt, engine.execute(plan.request(attempt)))) is None:
+        attempt += 1
+    return answer

@@ -174,15 +174,24 @@ class Engine:
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return [int(i) for i in self.tokenizer(text, add_special_tokens=False)["input_ids"]]
 
+    def request(
+        self, name: str | None, prompt_ids: list[int], settings: DecodingSettings, **extra: Any
+    ) -> GenerationRequest:
+        """A generation request for expert ``name`` (its soft prompt, the model's end tokens)."""
+        expert = self.experts.get(name) if name else None
+        end_ids = end_token_ids(self.tokenizer, getattr(self.model, "generation_config", None))
+        prefix = expert.soft_prompt if expert else None
+        return GenerationRequest(prompt_ids, settings, end_ids, prefix=prefix, expert=name, **extra)
+
+    def execute(self, request: GenerationRequest) -> GenerationResult:
+        """Run one request on its expert's decoder."""
+        return generate(self.activate(request.expert), self.tokenizer, request)
+
     def run(
         self, name: str | None, prompt_ids: list[int], settings: DecodingSettings, **extra: Any
     ) -> GenerationResult:
         """One completion by expert ``name`` (or the base model) with settings already resolved."""
-        expert = self.experts.get(name) if name else None
-        end_ids = end_token_ids(self.tokenizer, getattr(self.model, "generation_config", None))
-        prefix = expert.soft_prompt if expert else None
-        request = GenerationRequest(prompt_ids, settings, end_ids, prefix=prefix, **extra)
-        return generate(self.activate(name), self.tokenizer, request)
+        return self.execute(self.request(name, prompt_ids, settings, **extra))
 
     def decoding_of(self, name: str | None) -> DecodingConfig:
         """The expert's manifest ``training.decoding`` (empty for the base model)."""

@@ -83,6 +83,7 @@ class GenerationRequest:
     stop_gate: Callable[[str], bool] | None = None
     # Checked before every step: a server sets it when the client has gone or the deadline passed.
     should_stop: Callable[[], bool] | None = None
+    expert: str | None = None  # whose adapter decodes it (None: the base model)
 
 
 class GenerationCancelledError(Exception):
