@@ -20,6 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from expertkit.package.store import read_record
+from expertkit.runtime.batch import BatchScheduler
 from expertkit.runtime.engine import Engine
 from expertkit.runtime.generate import GenerationCancelledError
 from expertkit.runtime.routing import Router
@@ -37,6 +38,7 @@ class ServerConfig:
     base_id: str
     api_key: str | None = None
     max_queue: int = 32
+    max_batch: int = 8
     timeout_s: float = 120.0
     max_body_bytes: int = 1 << 20
     default_max_tokens: int = 256
@@ -54,7 +56,7 @@ class ServerState:
 
 def create_app(engine: Engine, router: Router | None, config: ServerConfig) -> FastAPI:
     metrics = ServerMetrics()
-    worker = GenerationWorker(config.max_queue, on_depth=metrics.queue_depth.set)
+    worker = GenerationWorker(engine, config.max_queue, config.max_batch, on_depth=metrics.queue_depth.set)
     state = ServerState(engine, router, config, worker, metrics, int(time.time()))
 
     @contextlib.asynccontextmanager
@@ -186,11 +188,11 @@ async def _complete(
     if body.stream:
         return _stream(request, state, body, target, messages, ask_extra, ident, created, chat)
 
-    def run(job: Job) -> comp.Outcome:
-        options = comp.ask_options(body, should_stop=job.should_stop, **ask_extra)
-        return comp.run_choices(state.engine, target, messages, options, body.n)
+    def start(job: Job, scheduler: BatchScheduler) -> None:
+        options = comp.ask_options(body, **ask_extra)
+        comp.start_choices(job, scheduler, state.engine, target, messages, options, body.n)
 
-    job = state.worker.submit(run, state.config.timeout_s)
+    job = state.worker.submit(start, state.config.timeout_s)
     outcome = await _await_job(request, job)
     _count_tokens(state, outcome)
     shape = comp.chat_response if chat else comp.text_response
@@ -232,14 +234,14 @@ def _stream(
 ) -> StreamingResponse:
     pieces: asyncio.Queue[str] = asyncio.Queue()
 
-    def run(job: Job) -> comp.Outcome:
+    def start(job: Job, scheduler: BatchScheduler) -> None:
         def on_text(text: str) -> None:
             job.deliver(pieces.put_nowait, text)
 
-        options = comp.ask_options(body, should_stop=job.should_stop, on_text=on_text, **ask_extra)
-        return comp.run_choices(state.engine, target, messages, options, 1)
+        options = comp.ask_options(body, on_text=on_text, **ask_extra)
+        comp.start_choices(job, scheduler, state.engine, target, messages, options, 1)
 
-    job = state.worker.submit(run, state.config.timeout_s)
+    job = state.worker.submit(start, state.config.timeout_s)
 
     async def events() -> AsyncIterator[str]:
         def sse(payload: dict[str, Any]) -> str:

@@ -10,12 +10,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from expertkit.manifest.sections import DecodingConfig
-from expertkit.runtime.answer import Answer, AskOptions, ask
+from expertkit.runtime.answer import Answer, AskOptions, AskPlan, plan_answer
+from expertkit.runtime.batch import BatchScheduler
 from expertkit.runtime.engine import Engine
+from expertkit.runtime.generate import GenerationResult
 from expertkit.runtime.grammar import GrammarSpec
 from expertkit.runtime.routing import Router, RoutingDecision
 from expertkit.serve.errors import APIError
 from expertkit.serve.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
+from expertkit.serve.worker import Job
 
 FINISH = {"stop": "stop", "eos": "stop", "grammar": "stop", "length": "length"}
 
@@ -94,19 +97,53 @@ def ask_options(request: SamplingFields, **extra: Any) -> AskOptions:
     )
 
 
-def run_choices(engine: Engine, target: Target, messages: list[dict[str, str]], options: AskOptions, n: int) -> Outcome:
-    """``n`` answers; with a seed, choice ``i`` uses seed + i (reproducible and distinct)."""
-    outcome = Outcome(target)
+def start_choices(
+    job: Job,
+    scheduler: BatchScheduler,
+    engine: Engine,
+    target: Target,
+    messages: list[dict[str, str]],
+    options: AskOptions,
+    n: int,
+) -> None:
+    """Queue ``n`` answers on the batch scheduler; ``job`` completes with the :class:`Outcome` once
+    every choice is judged (an invalid one is resampled while its retries last). With a seed,
+    choice ``i`` uses seed + i (reproducible and distinct)."""
+    answers: list[Answer | None] = [None] * n
     seed = (options.overrides or {}).get("seed")
     for index in range(n):
         overrides = dict(options.overrides or {})
         if seed is not None:
             overrides["seed"] = seed + index
-        choice_options = AskOptions(**{**options.__dict__, "overrides": overrides})
+        choice = AskOptions(**{**options.__dict__, "overrides": overrides, "should_stop": job.should_stop})
         if index > 0:
-            choice_options.on_text = None
-        outcome.answers.append(ask(engine, target.expert, messages, choice_options))
-    return outcome
+            choice.on_text = None
+        plan = plan_answer(engine, target.expert, messages, choice)
+        _attempt(job, scheduler, plan, answers, index, 0, target)
+
+
+def _attempt(
+    job: Job,
+    scheduler: BatchScheduler,
+    plan: AskPlan,
+    answers: list[Answer | None],
+    index: int,
+    attempt: int,
+    target: Target,
+) -> None:
+    def done(result: GenerationResult | BaseException) -> None:
+        if isinstance(result, BaseException):
+            job.fail(result)
+            return
+        answer = plan.judge(attempt, result)
+        if answer is None:
+            _attempt(job, scheduler, plan, answers, index, attempt + 1, target)
+            return
+        answers[index] = answer
+        if all(a is not None for a in answers):
+            job.complete(Outcome(target, [a for a in answers if a is not None]))
+
+    scheduler.submit(plan.request(attempt), done)
 
 
 def completion_id(prefix: str) -> str:

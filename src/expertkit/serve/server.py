@@ -40,6 +40,7 @@ class ServeRequest:
     base: str | None = None
     dtype: str = "auto"
     max_queue: int = 32
+    max_batch: int = 8
     timeout_s: float = 120.0
     graceful_s: int = 30
     router_embedder: str = "minilm"
@@ -92,7 +93,11 @@ def build_server_app(request: ServeRequest, notes: list[str]) -> tuple[Any, Serv
     notes += [w for e in engine.experts.values() for w in e.warnings]
     router = build_router(engine, request.router_embedder, notes) if len(engine.experts) > 1 else None
     config = ServerConfig(
-        base_id=engine.base.name, api_key=api_key, max_queue=request.max_queue, timeout_s=request.timeout_s
+        base_id=engine.base.name,
+        api_key=api_key,
+        max_queue=request.max_queue,
+        max_batch=request.max_batch,
+        timeout_s=request.timeout_s,
     )
     if api_key is None:
         notes.append(f"no API key: listening on loopback only ({request.host})")

@@ -1,10 +1,12 @@
-"""One generation thread over the engine, behind a bounded queue.
+"""One generation thread over the engine: a bounded queue in front of a continuous batcher.
 
-The engine (a model, its adapters, one active decoder) is not thread-safe, so every generation
-runs on this thread, in arrival order. ``submit`` refuses work when the queue is full (the server
-answers 429 with Retry-After) and after ``close`` (503). Each job carries a cancel flag and a
-deadline that the decode loop checks before every token: a client that disconnects or a request
-that times out stops its generation within one step.
+The engine (a model, its adapters, one active decoder) is not thread-safe, so all decoding runs
+on this thread. Requests wait in a bounded queue (``submit`` refuses work when it is full, and
+the server answers 429 with Retry-After; after ``close`` it answers 503). Each request's
+generations join the :class:`BatchScheduler`, which steps every running sequence of the active
+expert together. A request carries a cancel flag and a deadline that the decode loop checks
+before every token, so a client that disconnects or a request that times out stops within one
+step.
 """
 
 from __future__ import annotations
@@ -17,16 +19,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from expertkit.runtime.batch import BatchScheduler
+from expertkit.runtime.engine import Engine
 from expertkit.serve.errors import APIError
 
 
 @dataclass
 class Job:
-    run: Callable[[Job], Any]
+    start: Callable[[Job, BatchScheduler], None]
     deadline: float
     future: asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop
     cancelled: threading.Event = field(default_factory=threading.Event)
+    finished: bool = False
 
     def should_stop(self) -> bool:
         return self.cancelled.is_set() or time.monotonic() > self.deadline
@@ -36,25 +41,42 @@ class Job:
         if not self.loop.is_closed():
             self.loop.call_soon_threadsafe(callback, *args)
 
+    def complete(self, value: Any) -> None:
+        if not self.finished:
+            self.finished = True
+            self.deliver(_set_result, self.future, value)
+
+    def fail(self, exc: BaseException) -> None:
+        if not self.finished:
+            self.finished = True
+            self.deliver(_set_exception, self.future, exc)
+
 
 class GenerationWorker:
-    def __init__(self, max_queue: int, on_depth: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self, engine: Engine, max_queue: int, max_batch: int = 8, on_depth: Callable[[int], None] | None = None
+    ) -> None:
         self.queue: queue.Queue[Job | None] = queue.Queue(maxsize=max_queue)
+        self.scheduler = BatchScheduler(engine, max_batch=max_batch, max_positions=min(engine.context_length, 2048))
         self.on_depth = on_depth or (lambda depth: None)
+        self.capacity = max_batch + max_queue
         self.closing = False
-        self.active = 0
+        self.draining = False
+        self.in_flight = 0
         self.thread = threading.Thread(target=self._loop, name="expertkit-generation", daemon=True)
         self.thread.start()
 
     def depth(self) -> int:
-        return self.queue.qsize() + self.active
+        return self.queue.qsize() + self.in_flight
 
-    def submit(self, run: Callable[[Job], Any], timeout_s: float) -> Job:
+    def submit(self, start: Callable[[Job, BatchScheduler], None], timeout_s: float) -> Job:
         if self.closing:
             raise APIError(503, "the server is shutting down", code="shutting_down")
         loop = asyncio.get_running_loop()
-        job = Job(run, time.monotonic() + timeout_s, loop.create_future(), loop)
+        job = Job(start, time.monotonic() + timeout_s, loop.create_future(), loop)
         try:
+            if self.depth() >= self.capacity:  # running batch + waiting requests
+                raise queue.Full
             self.queue.put_nowait(job)
         except queue.Full:
             raise APIError(
@@ -63,22 +85,52 @@ class GenerationWorker:
         self.on_depth(self.depth())
         return job
 
-    def _loop(self) -> None:
-        while (job := self.queue.get()) is not None:
-            self.active = 1
+    def _take(self) -> bool:
+        """Move queued jobs into the scheduler; False when the worker should exit."""
+        block = not self.scheduler.busy
+        while True:
             try:
-                if job.should_stop():
-                    raise TimeoutError("the request waited past its deadline")
-                result = job.run(job)
-                job.deliver(_set_result, job.future, result)
-            except BaseException as exc:  # delivered to the request, which maps it to an HTTP error
-                job.deliver(_set_exception, job.future, exc)
-            finally:
-                self.active = 0
-                self.on_depth(self.depth())
+                job = self.queue.get(timeout=0.05) if block else self.queue.get_nowait()
+            except queue.Empty:
+                return True
+            if job is None:  # close(): finish what is running, then stop
+                self.draining = True
+                return True
+            block = False
+            self._start(job)
+
+    def _start(self, job: Job) -> None:
+        if job.should_stop():
+            job.fail(TimeoutError("the request waited past its deadline"))
+            return
+        self.in_flight += 1
+        original = job.future
+
+        def finished(_: Any) -> None:
+            self.in_flight -= 1
+            self.on_depth(self.depth())
+
+        original.get_loop().call_soon_threadsafe(original.add_done_callback, finished)
+        try:
+            job.start(job, self.scheduler)
+        except Exception as exc:  # a request that cannot even start: its own error
+            job.fail(exc)
+
+    def _loop(self) -> None:
+        while self._take():
+            if self.draining and not self.scheduler.busy:
+                return
+            try:
+                self.scheduler.step()
+            except Exception as exc:  # never let one bad step kill the worker; fail what was running
+                for item in [*self.scheduler.running, *self.scheduler.waiting]:
+                    item.done(exc)
+                self.scheduler.running.clear()
+                self.scheduler.waiting.clear()
+            self.on_depth(self.depth())
 
     def close(self, wait_s: float = 30.0) -> None:
-        """Stop accepting, cancel what is queued, let the running generation finish (bounded)."""
+        """Stop accepting, cancel what is queued, let running generations finish (bounded)."""
         self.closing = True
         while True:
             try:
@@ -87,9 +139,7 @@ class GenerationWorker:
                 break
             if job is not None:
                 job.cancelled.set()
-                job.deliver(
-                    _set_exception, job.future, APIError(503, "the server is shutting down", code="shutting_down")
-                )
+                job.fail(APIError(503, "the server is shutting down", code="shutting_down"))
         self.queue.put(None)
         self.thread.join(timeout=wait_s)
 

@@ -1,0 +1,134 @@
+"""Continuous batching: many generations of one expert decode together, one token per step.
+
+Sequences wait in arrival order. The expert of the oldest waiting sequence becomes active; its
+waiting sequences are prefilled into free slots of a shared cache and then step together (one
+``[B, hidden]`` matrix product per projection, which on a memory-bound CPU costs little more than
+one sequence). Sequences finish independently; a freed slot takes the next waiting sequence of the
+same expert at once. When none is left, the next expert's sequences start. Architectures without
+the lean decoder run one at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from expertkit.runtime.engine import Engine
+from expertkit.runtime.generate import GenerationRequest, GenerationResult, SequenceState
+from expertkit.runtime.lean import KVCache, LeanDecoder
+
+Done = Callable[[GenerationResult | BaseException], None]
+
+
+@dataclass
+class Sequence:
+    request: GenerationRequest
+    done: Done
+    state: SequenceState | None = None
+    length: int = 0
+    token: int = 0
+
+
+@dataclass
+class BatchScheduler:
+    engine: Engine
+    max_batch: int = 8
+    max_positions: int = 2048
+    waiting: list[Sequence] = field(default_factory=list)
+    running: list[Sequence] = field(default_factory=list)
+    active: str | None = None
+    cache: KVCache | None = None
+
+    def submit(self, request: GenerationRequest, done: Done) -> None:
+        self.waiting.append(Sequence(request, done))
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def step(self) -> None:
+        """Admit what fits, then advance every running sequence by one token."""
+        if not self.running:
+            if not self.waiting:
+                return
+            self._switch(self.waiting[0].request.expert)
+        decoder = self.engine.activate(self.active)
+        if not isinstance(decoder, LeanDecoder):
+            self._run_one()
+            return
+        self._admit(decoder)
+        if self.running:
+            self._advance(decoder)
+
+    def _switch(self, expert: str | None) -> None:
+        self.active = expert
+        decoder = self.engine.activate(expert)
+        if isinstance(decoder, LeanDecoder) and self.cache is None:
+            self.cache = decoder.new_batch_cache(self.max_batch, self.max_positions)
+
+    def _run_one(self) -> None:
+        item = self.waiting.pop(0)
+        try:
+            item.done(self.engine.execute(item.request))
+        except Exception as exc:  # delivered to the caller
+            item.done(exc)
+
+    def _admit(self, decoder: LeanDecoder) -> None:
+        assert self.cache is not None
+        for item in [s for s in self.waiting if s.request.expert == self.active]:
+            if len(self.running) >= self.max_batch:
+                return
+            self.waiting.remove(item)
+            slot = len(self.running)
+            state = SequenceState(self.engine.tokenizer, item.request)
+            if state.capacity > self.max_positions:
+                item.done(ValueError(f"needs {state.capacity} positions; the batch cache holds {self.max_positions}"))
+                continue
+            item.state = state
+            try:
+                logits = decoder.forward(LeanDecoder.slot_view(self.cache, slot), state.seen, item.request.prefix)
+                token = state.advance(logits)
+            except Exception as exc:
+                item.done(exc)
+                continue
+            item.length = len(state.seen) + (0 if item.request.prefix is None else int(item.request.prefix.shape[0]))
+            item.length -= 0 if token is None else 1  # advance() appended the new token to seen
+            if token is None:
+                item.done(state.result())
+                continue
+            item.token = token
+            self.running.append(item)
+
+    def _advance(self, decoder: LeanDecoder) -> None:
+        assert self.cache is not None
+        tokens = torch.tensor([s.token for s in self.running])
+        lengths = torch.tensor([s.length for s in self.running])
+        logits = decoder.step_batch(self.cache, tokens, lengths)
+        finished: list[int] = []
+        for row, item in enumerate(self.running):
+            assert item.state is not None
+            item.length += 1
+            try:
+                token = item.state.advance(logits[row])
+            except Exception as exc:
+                item.done(exc)
+                finished.append(row)
+                continue
+            if token is None:
+                item.done(item.state.result())
+                finished.append(row)
+            else:
+                item.token = token
+        self._compact(finished)
+
+    def _compact(self, finished: list[int]) -> None:
+        """Drop finished rows, moving the last running sequences into their slots."""
+        assert self.cache is not None
+        for row in sorted(finished, reverse=True):
+            last = len(self.running) - 1
+            if row != last:
+                LeanDecoder.move_slot(self.cache, last, row)
+                self.running[row] = self.running[last]
+            self.running.pop()
