@@ -74,6 +74,8 @@ class Engine:
         self.experts: dict[str, Expert] = {}
         self.active: str | None = None
         self._decoder: Decoder | None = None
+        # Merged decoders kept for switching back without re-merging (each holds a weight copy).
+        self._lean_decoders: dict[str | None, LeanDecoder] = {}
 
     @classmethod
     def for_experts(cls, references: list[str], options: LoadOptions | None = None) -> Engine:
@@ -111,6 +113,7 @@ class Engine:
         self._load_adapter(expert)
         self.experts[expert.name] = expert
         self._decoder = None
+        self._lean_decoders.clear()
         return expert
 
     def _load_adapter(self, expert: Expert) -> None:
@@ -131,7 +134,7 @@ class Engine:
 
         return [m for m in self.model.modules() if isinstance(m, BaseTunerLayer)]
 
-    def _merged_decoder(self, name: str) -> Decoder:
+    def _merged_decoder(self, name: str) -> LeanDecoder:
         """Merge ``name`` into the weights, copy them into a lean decoder, restore the weights exactly."""
         layers = self._adapted_layers()
         snapshot = [layer.get_base_layer().weight.detach().clone() for layer in layers]
@@ -153,7 +156,11 @@ class Engine:
             return self._decoder
         model = self.model.get_base_model() if self.experts else self.model
         if lean_supported(model.config):
-            self._decoder = self._merged_decoder(name) if name else LeanDecoder(model)
+            lean = self._lean_decoders.pop(name, None) or (self._merged_decoder(name) if name else LeanDecoder(model))
+            self._lean_decoders[name] = lean  # most recent last
+            self._decoder = lean
+            while len(self._lean_decoders) > self.options.cached_decoders:
+                self._lean_decoders.pop(next(iter(self._lean_decoders)))
         else:
             self._decoder = self._hf_decoder(name)
         self.active = name

@@ -16,3 +16,4 @@ class LoadOptions:
     base: str | None = None  # another directory holding the same base model (checked by the lock)
     keys: list[PublicKey] | None = None
     require_signature: bool = False
+    cached_decoders: int = 4  # merged expert decoders kept in memory for fast switching

@@ -134,7 +134,7 @@ def test_non_loopback_without_a_key_is_refused(trained_source: Path) -> None:
 
 
 def test_queue_overflow_answers_429_and_the_server_stays_up(serve_app) -> None:
-    live = serve_app(max_queue=1)
+    live = serve_app(max_queue=1, max_batch=1)
     body = {
         "model": "expert-tiny",
         "messages": [{"role": "user", "content": "go"}],
