@@ -35,6 +35,7 @@ def _register() -> None:
     from expertkit.cli import (
         chat_cmd,
         data_cmd,
+        export_cmd,
         init_cmd,
         models_cmd,
         package_cmd,
@@ -59,6 +60,7 @@ def _register() -> None:
     app.command("remove")(store_cmd.remove)
     app.command("chat")(chat_cmd.chat)
     app.command("serve")(serve_cmd.serve)
+    app.add_typer(export_cmd.export_app, name="export")
 
 
 def main() -> None:
