@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import shlex
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,7 +102,9 @@ def export_merged(reference: str, out: Path, force: bool = False) -> Path:
     add_control_tokens(tokenizer, dataset.special_tokens if dataset else [])
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
-    merged = PeftModel.from_pretrained(model, str(files.adapter_dir)).merge_and_unload()
+    with warnings.catch_warnings():  # PEFT reads a property transformers 5 deprecated
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        merged = PeftModel.from_pretrained(model, str(files.adapter_dir)).merge_and_unload()
     with atomic_directory(out, replace=force) as staged:
         merged.save_pretrained(str(staged), safe_serialization=True)
         tokenizer.save_pretrained(str(staged))
