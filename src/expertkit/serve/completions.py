@@ -150,6 +150,18 @@ def completion_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
 
+def _response(outcome: Outcome, created: int, ident: str, kind: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "id": ident,
+        "object": kind,
+        "created": created,
+        "model": outcome.target.model_id,
+        "choices": choices,
+        "usage": outcome.usage(),
+        "expertkit": outcome.extension(),
+    }
+
+
 def chat_response(outcome: Outcome, created: int, ident: str) -> dict[str, Any]:
     choices = [
         {
@@ -160,15 +172,7 @@ def chat_response(outcome: Outcome, created: int, ident: str) -> dict[str, Any]:
         }
         for i, a in enumerate(outcome.answers)
     ]
-    return {
-        "id": ident,
-        "object": "chat.completion",
-        "created": created,
-        "model": outcome.target.model_id,
-        "choices": choices,
-        "usage": outcome.usage(),
-        "expertkit": outcome.extension(),
-    }
+    return _response(outcome, created, ident, "chat.completion", choices)
 
 
 def text_response(outcome: Outcome, created: int, ident: str) -> dict[str, Any]:
@@ -176,15 +180,7 @@ def text_response(outcome: Outcome, created: int, ident: str) -> dict[str, Any]:
         {"index": i, "text": a.text, "logprobs": None, "finish_reason": FINISH[a.result.finish_reason]}
         for i, a in enumerate(outcome.answers)
     ]
-    return {
-        "id": ident,
-        "object": "text_completion",
-        "created": created,
-        "model": outcome.target.model_id,
-        "choices": choices,
-        "usage": outcome.usage(),
-        "expertkit": outcome.extension(),
-    }
+    return _response(outcome, created, ident, "text_completion", choices)
 
 
 def chunk(

@@ -37,13 +37,18 @@ def start(app) -> tuple[object, threading.Thread, str]:
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
-    for _ in range(200):
+    wait_healthy(url, 10)
+    return server, thread, url
+
+
+def wait_healthy(url: str, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
         try:
             if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                break
+                return
         except httpx.HTTPError:
             time.sleep(0.05)
-    return server, thread, url
 
 
 @pytest.fixture

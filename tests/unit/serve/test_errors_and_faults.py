@@ -185,7 +185,7 @@ def test_client_disconnect_mid_stream_cancels_the_generation(live) -> None:
 
 
 def test_sigterm_under_load_exits_cleanly(trained_source: Path, tmp_path: Path) -> None:
-    from unit.serve.conftest import free_port
+    from unit.serve.conftest import free_port, wait_healthy
 
     port = free_port()
     cli = str(Path(sys.executable).with_name("expert-cli"))
@@ -209,12 +209,7 @@ def test_sigterm_under_load_exits_cleanly(trained_source: Path, tmp_path: Path) 
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(600):
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+        wait_healthy(url, 60)
         body = {"model": "expert-tiny", "messages": [{"role": "user", "content": "go"}], "max_tokens": 50}
         results: list[int] = []
         workers = [threading.Thread(target=lambda: results.append(_status(url, body))) for _ in range(4)]
