@@ -1,0 +1,1 @@
+"""Evaluating experts: task metrics (SQL execution, function calls, Cypher), against a baseline."""
