@@ -127,3 +127,23 @@ def test_bfcl_parallel_calls_match_in_any_order_and_bad_json() -> None:
     assert check_answer(json.dumps(answer), truth, FUNCTIONS).correct
     assert not check_answer(json.dumps(answer[:1]), truth, FUNCTIONS).correct
     assert check_answer("{not json", truth, FUNCTIONS).reason.startswith("not JSON")
+
+
+def test_normalised_sql_and_cypher_match() -> None:
+    from expertkit.eval.sql_match import cypher_match, normalise_sql, sql_match
+
+    assert sql_match("SELECT count(*) FROM singer;", "select COUNT(*)   from singer")
+    assert not sql_match("SELECT name FROM singer", "SELECT age FROM singer")
+    assert normalise_sql("SELEC x FRM") is None and not sql_match("SELECT 1", "SELEC x FRM")
+    assert cypher_match("MATCH (m:Movie) RETURN m.title;", "match (m:movie)\n  return m.title")
+    assert not cypher_match("MATCH (p {name: 'Tom Hanks'}) RETURN p", "MATCH (p {name: 'tom hanks'}) RETURN p")
+
+
+def test_bootstrap_intervals() -> None:
+    from expertkit.eval.stats import bootstrap_ci, paired_delta_ci
+
+    low, high = bootstrap_ci([1.0] * 30 + [0.0] * 70)
+    assert 0.2 < low < 0.3 < high < 0.4
+    assert paired_delta_ci([1.0] * 10, [1.0] * 10) == (0.0, 0.0)
+    low, high = paired_delta_ci([1.0] * 40 + [0.0] * 10, [0.0] * 50)
+    assert 0.65 < low <= 0.8 <= high < 0.92
