@@ -58,6 +58,7 @@ class AskOptions:
     grammar: GrammarSpec | None = None  # replaces the expert's grammar (an API response_format)
     validation: DecodingConfig | None = None  # replaces the expert's validator settings
     raw_prompt: str | None = None  # a completion prompt used as is, without the chat template
+    prompt_ids: list[int] | None = None  # the prompt already tokenised by the caller (a server)
     use_validation: bool = True
 
 
@@ -75,6 +76,8 @@ def _grammar(engine: Engine, name: str | None, options: AskOptions) -> CompiledG
 
 
 def _prompt(engine: Engine, messages: list[dict[str, str]], options: AskOptions) -> list[int]:
+    if options.prompt_ids is not None:
+        return options.prompt_ids
     if options.raw_prompt is not None:
         return [int(i) for i in engine.tokenizer(options.raw_prompt, add_special_tokens=False)["input_ids"]]
     return engine.prompt_ids(messages)

@@ -138,13 +138,14 @@ def _install_routes(app: FastAPI, state: ServerState) -> None:
         grammar, validation = comp.response_grammar(body)
         prompt = messages[-1]["content"]
         ids = state.engine.prompt_ids(messages)
-        return await _complete(request, state, body, messages, ids, prompt, grammar=grammar, validation=validation)
+        extra = {"grammar": grammar, "validation": validation, "prompt_ids": ids}
+        return await _complete(request, state, body, messages, ids, prompt, **extra)
 
     @app.post("/v1/completions")
     async def completions(request: Request, body: CompletionRequest) -> Response:
         text = comp.completion_prompt(body)
         ids = [int(i) for i in state.engine.tokenizer(text, add_special_tokens=False)["input_ids"]]
-        return await _complete(request, state, body, [], ids, text, raw_prompt=text)
+        return await _complete(request, state, body, [], ids, text, prompt_ids=ids)
 
 
 def _check_request(state: ServerState, body: SamplingFields, prompt_tokens: int) -> int:
