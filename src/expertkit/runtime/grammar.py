@@ -20,6 +20,7 @@ from expertkit.errors import ExpertkitError
 from expertkit.grammars import grammar_text
 from expertkit.manifest.sections import DecodingConfig
 from expertkit.registry import Registry
+from expertkit.runtime.generate import TokenMask
 
 GrammarKind = Literal["gbnf", "lark", "json", "json_schema"]
 # Which backend compiles each kind: XGrammar for GBNF and JSON (microsecond masks for JSON),
@@ -82,15 +83,8 @@ def grammar_for(decoding: DecodingConfig | None, root: Path) -> GrammarSpec | No
 
 
 class CompiledGrammar(Protocol):
-    def matcher(self) -> TokenMaskImpl: ...
+    def matcher(self) -> TokenMask: ...
     def accepts(self, text: str) -> bool: ...
-
-
-class TokenMaskImpl(Protocol):
-    def mask(self, logits: torch.Tensor) -> torch.Tensor: ...
-    def allows(self, token: int) -> bool: ...
-    def accept(self, token: int) -> None: ...
-    def finished(self) -> bool: ...
 
 
 class GrammarBackend(Protocol):
