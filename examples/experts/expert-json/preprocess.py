@@ -21,8 +21,10 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from expertkit.eval.tasks import JSON_SYSTEM
+
 ANSWERS = Path("../../../../shared/data/json/bfcl/possible_answer")
-SYSTEM = 'You call functions. Answer with the JSON call only: {"name": ..., "arguments": {...}}.'
+SYSTEM = JSON_SYSTEM  # the same prompt expert-cli eval uses
 
 
 @cache

@@ -16,8 +16,10 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from expertkit.eval.tasks import CYPHER_SYSTEM
+
 SCHEMAS = Path("../../../../shared/data/cypher/text2cypher/text2cypher_schemas.csv")
-SYSTEM = "You translate questions into one Cypher query for the given Neo4j graph schema."
+SYSTEM = CYPHER_SYSTEM  # the same prompt expert-cli eval uses
 
 
 @cache
