@@ -35,6 +35,7 @@ def _register() -> None:
     from expertkit.cli import (
         chat_cmd,
         data_cmd,
+        eval_cmd,
         export_cmd,
         init_cmd,
         models_cmd,
@@ -61,6 +62,7 @@ def _register() -> None:
     app.command("chat")(chat_cmd.chat)
     app.command("serve")(serve_cmd.serve)
     app.add_typer(export_cmd.export_app, name="export")
+    app.command("eval")(eval_cmd.eval_expert)
 
 
 def main() -> None:

@@ -1,0 +1,65 @@
+"""``expert-cli eval``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from expertkit.cli.app import err_console, fail, out_console
+from expertkit.errors import ExpertkitError
+
+
+def eval_expert(
+    expert: str = typer.Option(..., "--expert", help="Expert: name, name@version, directory or package."),
+    set_path: Path | None = typer.Option(None, "--set", help="Evaluation set file (default: the manifest's)."),
+    set_format: str | None = typer.Option(None, "--format", help="spider, geoquery, bfcl, text2cypher or jsonl."),
+    answers: Path | None = typer.Option(None, "--answers", help="tables.json / possible_answer file / database."),
+    split: str | None = typer.Option(None, "--split", help="Only items of this bucket (e.g. GeoQuery 'test')."),
+    baseline: str = typer.Option("base", "--baseline", help="'base', another expert NAME@VERSION, or 'none'."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Evaluate the first N items."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    dtype: str = typer.Option("auto", "--dtype"),
+) -> None:
+    """Score an expert on a task set (execution / call accuracy, match, validity) against a baseline."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from expertkit.eval.job import EvalRequest, run_eval
+
+    request = EvalRequest(
+        expert, set_path, set_format, answers, split, None if baseline == "none" else baseline, limit, dtype
+    )
+    columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    try:
+        with Progress(*columns, console=err_console, transient=True, disable=as_json) as progress:
+            task = progress.add_task("evaluating", total=None)
+            result = run_eval(request, on_item=lambda system, r: progress.update(task, advance=1, description=system))
+    except ExpertkitError as error:
+        fail(error)
+        return
+    if as_json:
+        print(json.dumps({k: v for k, v in result.items() if k != "items"}, ensure_ascii=False))
+        return
+    _print_table(result)
+
+
+def _print_table(result: dict) -> None:
+    summary = result.get("expert_summary", {})
+    table = Table("bucket", "n", "expert", "baseline", title=f"{summary.get('metric')} on {result['set']}")
+    for bucket, row in result.get("buckets", {}).items():
+        base = row.get("baseline")
+        table.add_row(escape(bucket), str(row["n"]), f"{row['expert']:.1%}", "-" if base is None else f"{base:.1%}")
+    if "delta" in result:
+        low, high = result["ci95"]
+        table.add_row("all", str(result["n"]), f"{result['expert']:.1%}", f"{result['baseline']:.1%}")
+        out_console.print(table)
+        out_console.print(
+            f"delta {result['delta']:+.1%} (95% CI {low:+.1%} … {high:+.1%}); written {escape(result['written'])}"
+        )
+    else:
+        out_console.print(
+            f"{summary['metric']}: {summary['score']:.1%} on {summary['n']} items; written {escape(result['written'])}"
+        )

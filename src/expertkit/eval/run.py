@@ -1,0 +1,152 @@
+"""``evaluate``: run an expert (or the base model) over evaluation items under its decoding
+contract, score each answer with the task's metric, and summarise per bucket; ``compare`` adds the
+paired difference against a baseline with a bootstrap interval."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from expertkit.eval.bfcl import check_answer
+from expertkit.eval.sets import EvalItem
+from expertkit.eval.sql_exec import execution_match
+from expertkit.eval.sql_match import cypher_match, sql_match
+from expertkit.eval.stats import bootstrap_ci, mean, paired_delta_ci
+from expertkit.runtime.answer import AskOptions, ask
+from expertkit.runtime.engine import Engine
+from expertkit.runtime.grammar import grammar_for
+from expertkit.runtime.settings import resolve_settings
+
+GREEDY = {"temperature": 0.0, "seed": 0}
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    id: str
+    bucket: str
+    correct: bool
+    valid: bool | None
+    stopped: bool
+    latency_s: float
+    tokens: int
+    text: str
+    reason: str
+
+
+@dataclass
+class EvalReport:
+    metric: str
+    system: str
+    items: list[ItemResult] = field(default_factory=list)
+
+    @property
+    def scores(self) -> list[float]:
+        return [1.0 if r.correct else 0.0 for r in self.items]
+
+    def summary(self) -> dict[str, Any]:
+        buckets: dict[str, list[float]] = {}
+        for result in self.items:
+            buckets.setdefault(result.bucket, []).append(1.0 if result.correct else 0.0)
+        seconds = sum(r.latency_s for r in self.items)
+        return {
+            "metric": self.metric,
+            "system": self.system,
+            "n": len(self.items),
+            "score": round(mean(self.scores), 4),
+            "ci95": [round(v, 4) for v in bootstrap_ci(self.scores)],
+            "buckets": {b: {"n": len(v), "score": round(mean(v), 4)} for b, v in sorted(buckets.items())},
+            "validity": round(mean([1.0 if r.valid else 0.0 for r in self.items]), 4),
+            "stop_rate": round(mean([1.0 if r.stopped else 0.0 for r in self.items]), 4),
+            "mean_latency_s": round(seconds / max(len(self.items), 1), 3),
+            "tokens_per_s": round(sum(r.tokens for r in self.items) / seconds, 1) if seconds else 0.0,
+        }
+
+
+def metric_name(items: list[EvalItem]) -> str:
+    task = items[0].task if items else "text"
+    if task == "sql":
+        return "execution_accuracy" if items[0].database is not None else "exact_match"
+    return {"function": "call_accuracy", "cypher": "exact_match"}.get(task, "exact_match")
+
+
+def score(item: EvalItem, text: str) -> tuple[bool, str]:
+    if item.task == "sql" and item.database is not None:
+        result = execution_match(item.database, item.gold, text)
+        return result.correct, result.reason
+    if item.task == "sql":
+        return (True, "same query") if sql_match(item.gold, text) else (False, "different query")
+    if item.task == "function" and item.truth is not None:
+        call = check_answer(text, item.truth, item.functions or [])
+        return call.correct, call.reason
+    if item.task == "cypher":
+        return (True, "same query") if cypher_match(item.gold, text) else (False, "different query")
+    return (text.strip() == item.gold.strip(), "exact")
+
+
+def contract_options(engine: Engine, contract: str) -> AskOptions:
+    """The decoding contract of expert ``contract`` (settings, grammar, validator) as options, to
+    run the base model under it: a baseline with the same prompt, grammar and stops."""
+    decoding = engine.decoding_of(contract)
+    settings = resolve_settings(None, decoding).to_json()
+    overrides = {name: item["value"] for name, item in settings.items() if item["source"] == "manifest"}
+    grammar = grammar_for(decoding, engine.experts[contract].files.root)
+    return AskOptions(overrides=overrides, grammar=grammar, validation=decoding)
+
+
+def evaluate(
+    engine: Engine,
+    expert: str | None,
+    items: list[EvalItem],
+    contract: str | None = None,
+    on_item: Callable[[ItemResult], None] | None = None,
+) -> EvalReport:
+    """Greedy and seeded (reproducible). An expert decodes under its own contract; the base model
+    (``expert`` None) under ``contract``'s, when given, so the comparison isolates the adapter."""
+    report = EvalReport(metric_name(items), expert or "base")
+    base = contract_options(engine, contract) if expert is None and contract else AskOptions()
+    options = replace(base, overrides={**(base.overrides or {}), **GREEDY})
+    for item in items:
+        started = time.perf_counter()
+        answer = ask(engine, expert, item.messages, options)
+        correct, reason = score(item, answer.text)
+        result = ItemResult(
+            item.id,
+            item.bucket,
+            correct,
+            answer.validation.valid,
+            answer.result.stopped,
+            time.perf_counter() - started,
+            answer.result.completion_tokens,
+            answer.text,
+            reason,
+        )
+        report.items.append(result)
+        if on_item is not None:
+            on_item(result)
+    return report
+
+
+def compare(expert: EvalReport, baseline: EvalReport) -> dict[str, Any]:
+    """The expert's summary with the baseline's, the paired delta and its 95 % interval."""
+    mine, theirs = expert.summary(), baseline.summary()
+    low, high = paired_delta_ci(expert.scores, baseline.scores)
+    return {
+        "metric": mine["metric"],
+        "expert": mine["score"],
+        "baseline": theirs["score"],
+        "delta": round(mine["score"] - theirs["score"], 4),
+        "ci95": [round(low, 4), round(high, 4)],
+        "n": mine["n"],
+        "buckets": {
+            bucket: {
+                "expert": value["score"],
+                "baseline": theirs["buckets"].get(bucket, {}).get("score"),
+                "n": value["n"],
+            }
+            for bucket, value in mine["buckets"].items()
+        },
+        "expert_summary": mine,
+        "baseline_summary": theirs,
+    }

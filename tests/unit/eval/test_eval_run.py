@@ -1,0 +1,80 @@
+"""``expert-cli eval`` end to end on the tiny expert: a JSONL set, a SQL set on a real SQLite
+database, the baseline under the expert's contract, the result file, the JSON line."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from expertkit.cli.app import _register, app
+from expertkit.eval.run import compare, evaluate
+from expertkit.eval.sets import EvalItem
+from expertkit.runtime.engine import Engine
+from expertkit.runtime.options import LoadOptions
+
+_register()
+
+
+def sql_items(tmp_path: Path) -> list[EvalItem]:
+    database = tmp_path / "t.sqlite"
+    with sqlite3.connect(database) as db:
+        db.execute("CREATE TABLE t (a INTEGER)")
+        db.executemany("INSERT INTO t VALUES (?)", [(1,), (2,)])
+    messages = [{"role": "user", "content": "How many rows are in t?"}]
+    return [
+        EvalItem(f"q{i}", messages, "SELECT count(*) FROM t", "easy" if i % 2 else "hard", "sql", database)
+        for i in range(4)
+    ]
+
+
+def test_evaluate_scores_buckets_and_compares(trained_source: Path, tmp_path: Path) -> None:
+    engine = Engine.for_experts([str(trained_source)], LoadOptions(dtype="float32"))
+    items = sql_items(tmp_path)
+    report = evaluate(engine, "expert-tiny", items)
+    summary = report.summary()
+    assert summary["metric"] == "execution_accuracy" and summary["n"] == 4
+    assert set(summary["buckets"]) == {"easy", "hard"} and 0 <= summary["score"] <= 1
+    assert all(r.reason.startswith(("same result", "different result", "prediction fails")) for r in report.items)
+    again = evaluate(engine, "expert-tiny", items)
+    assert [r.text for r in again.items] == [r.text for r in report.items]  # greedy + seeded: reproducible
+    baseline = evaluate(engine, None, items, contract="expert-tiny")
+    result = compare(report, baseline)
+    assert result["delta"] == round(result["expert"] - result["baseline"], 4)
+    assert result["ci95"][0] <= result["delta"] <= result["ci95"][1]
+
+
+def test_eval_cli_jsonl_set_writes_the_result(expert_dir: Path, tmp_path: Path) -> None:
+    rows = [
+        {
+            "messages": [{"role": "user", "content": f"Say {n}"}, {"role": "assistant", "content": str(n)}],
+            "bucket": "digits",
+        }
+        for n in range(3)
+    ]
+    path = tmp_path / "set.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    args = [
+        "eval",
+        "--expert",
+        str(expert_dir),
+        "--set",
+        str(path),
+        "--format",
+        "jsonl",
+        "--json",
+        "--dtype",
+        "float32",
+    ]
+    result = CliRunner().invoke(app, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.stdout.strip().splitlines()[-1])
+    assert {"metric", "expert", "baseline", "delta", "ci95", "n", "buckets"} <= set(body)
+    assert body["n"] == 3 and set(body["buckets"]) == {"digits"}
+    written = Path(body["written"])
+    assert written == next((expert_dir / "weights").iterdir()) / "eval" / "set.json"
+    assert len(json.loads(written.read_text())["items"]) == 3
+    bad = CliRunner().invoke(app, ["eval", "--expert", str(expert_dir), "--set", str(path)], catch_exceptions=False)
+    assert bad.exit_code == 2 and "--set needs --format" in bad.stderr
