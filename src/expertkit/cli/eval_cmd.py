@@ -23,6 +23,7 @@ def eval_expert(
     limit: int | None = typer.Option(None, "--limit", min=1, help="Evaluate the first N items."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     dtype: str = typer.Option("auto", "--dtype"),
+    gate: bool = typer.Option(False, "--gate", help="Exit 1 when the manifest's evaluation.thresholds are missed."),
 ) -> None:
     """Score an expert on a task set (execution / call accuracy, match, validity) against a baseline."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
@@ -42,8 +43,13 @@ def eval_expert(
         return
     if as_json:
         print(json.dumps({k: v for k, v in result.items() if k != "items"}, ensure_ascii=False))
-        return
-    _print_table(result)
+    else:
+        _print_table(result)
+    failures = result["gate"]["failures"]
+    for failure in failures:
+        err_console.print(f"[red]gate:[/] {escape(failure)}")
+    if gate and failures:
+        raise typer.Exit(1)
 
 
 def _print_table(result: dict) -> None:

@@ -18,13 +18,14 @@ def package(
     model: str | None = typer.Option(None, "--model", help="Base model to package (one trained model: picked)."),
     output: Path | None = typer.Option(None, "--output", help="Directory to write the package to (default: .)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    require_gate: bool = typer.Option(False, "--require-gate", help="Refuse unless the last eval passed its gate."),
 ) -> None:
     """Build <name>-<model>.v<version>.expert (deterministic tar.gz with expert.lock.json) and its .sha256."""
     from expertkit.package.build import PackageRequest, package_expert
 
     try:
         with err_console.status("packaging…"):
-            result = package_expert(PackageRequest(manifest, weights, model, output))
+            result = package_expert(PackageRequest(manifest, weights, model, output, require_gate))
     except ExpertkitError as error:
         fail(error)
         return

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from expertkit.errors import UsageError
+from expertkit.eval.gate import gate_failures
 from expertkit.eval.run import EvalReport, ItemResult, compare, evaluate
 from expertkit.eval.sets import EvalItem, load_set
 from expertkit.fsutil import write_text_atomic
@@ -81,6 +82,8 @@ def run_eval(request: EvalRequest, on_item: Callable[[str, ItemResult], None] | 
         result = compare(report, reference)
         result["baseline_system"] = reference.system
     result.update({"expert_system": name, "set": set_name, "items": _item_rows(report)})
+    failures = gate_failures(files.loaded.manifest.evaluation, result)
+    result["gate"] = {"passed": not failures, "failures": failures}
     path = result_path(files, set_name)
     write_text_atomic(path, json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     result["written"] = str(path)

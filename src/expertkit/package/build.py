@@ -47,6 +47,7 @@ class PackageRequest:
     weights: Path | None = None
     model: str | None = None
     output: Path | None = None
+    require_gate: bool = False
 
 
 @dataclass(frozen=True)
@@ -158,6 +159,28 @@ def make_lock(loaded: LoadedManifest, weights: ExpertWeights, members: dict[str,
     return build_lock(inputs)
 
 
+def require_passed_gate(weights_dir: Path) -> None:
+    """Refuse unless the expert's evaluations (``eval/*.json``, written by ``expert-cli eval``)
+    exist and every one passed the manifest's gate."""
+    results = sorted((weights_dir / "eval").glob("*.json"))
+    if not results:
+        raise PackageError(
+            f"no evaluation results in {weights_dir / 'eval'}", "run: expert-cli eval --expert DIR --gate"
+        )
+    failing = []
+    for path in results:
+        try:
+            gate = json.loads(path.read_text(encoding="utf-8")).get("gate", {})
+        except ValueError as exc:
+            raise PackageError(f"{path} is not valid JSON: {exc}", "re-run expert-cli eval") from exc
+        if not gate.get("passed", False):
+            failing += [f"{path.name}: {f}" for f in gate.get("failures", ["no gate recorded"])]
+    if failing:
+        raise PackageError(
+            "the last evaluation failed its gate:\n  " + "\n  ".join(failing), "improve the expert, or re-evaluate"
+        )
+
+
 def package_expert(request: PackageRequest) -> PackageResult:
     """Build the package and its checksum file.
 
@@ -168,6 +191,8 @@ def package_expert(request: PackageRequest) -> PackageResult:
     """
     loaded = load_checked_manifest(request.target)
     weights = select_weights(loaded, request.weights or loaded.root / WEIGHTS_DIR, request.model)
+    if request.require_gate:
+        require_passed_gate(weights.directory)
     members = gather_members(loaded, weights)
     lock = make_lock(loaded, weights, members)
     members[LOCK_FILE] = lock_bytes(lock)
