@@ -24,6 +24,7 @@ def eval_expert(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     dtype: str = typer.Option("auto", "--dtype"),
     gate: bool = typer.Option(False, "--gate", help="Exit 1 when the manifest's evaluation.thresholds are missed."),
+    plot: Path | None = typer.Option(None, "--plot", help="Save a bar chart per bucket (PNG) here."),
 ) -> None:
     """Score an expert on a task set (execution / call accuracy, match, validity) against a baseline."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
@@ -45,6 +46,10 @@ def eval_expert(
         print(json.dumps({k: v for k, v in result.items() if k != "items"}, ensure_ascii=False))
     else:
         _print_table(result)
+    if plot is not None and "buckets" in result:
+        from expertkit.eval.plot import plot_buckets
+
+        err_console.print(f"chart: {escape(str(plot_buckets(result, plot)))}")
     failures = result["gate"]["failures"]
     for failure in failures:
         err_console.print(f"[red]gate:[/] {escape(failure)}")

@@ -31,6 +31,7 @@ from expertkit.package.contents import (
     README,
     ExpertWeights,
     adapter_files,
+    evaluation_files,
     select_weights,
     side_files,
     soft_prompt_files,
@@ -128,6 +129,7 @@ def _digest(source: Path | bytes) -> str:
 def gather_members(loaded: LoadedManifest, weights: ExpertWeights) -> dict[str, Path | bytes]:
     members: dict[str, Path | bytes] = {**side_files(loaded), **adapter_files(weights)}
     members.update(soft_prompt_files(loaded, weights))
+    members.update(evaluation_files(weights))
     manifest = resolved_manifest(loaded, weights, set(members))
     members[MANIFEST_MEMBER] = (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
     return members

@@ -148,3 +148,8 @@ def side_files(loaded: LoadedManifest) -> dict[str, Path]:
         GRAMMAR: (decoding.grammar_file if decoding else None) or GRAMMAR,
     }
     return {name: root / rel for name, rel in wanted.items() if (root / rel).is_file()}
+
+
+def evaluation_files(weights: ExpertWeights) -> dict[str, Path]:
+    """The expert's evaluation results (``expert-cli eval``), shipped as ``evaluation/<set>.json``."""
+    return {f"evaluation/{path.name}": path for path in sorted((weights.directory / "eval").glob("*.json"))}

@@ -97,3 +97,39 @@ def test_require_gate_without_any_evaluation(expert_dir: Path, tmp_path: Path) -
         catch_exceptions=False,
     )
     assert result.exit_code == 1 and "no evaluation results" in result.stderr
+
+
+def test_evaluations_ship_in_the_package_and_plot(expert_dir: Path, tmp_path: Path) -> None:
+    import tarfile
+
+    rows = [
+        {"messages": [{"role": "user", "content": "Say 1"}, {"role": "assistant", "content": "1"}], "bucket": "digits"}
+    ]
+    path = tmp_path / "one.jsonl"
+    path.write_text(json.dumps(rows[0]) + "\n")
+    chart = tmp_path / "chart.png"
+    runner = CliRunner()
+    args = [
+        "eval",
+        "--expert",
+        str(expert_dir),
+        "--set",
+        str(path),
+        "--format",
+        "jsonl",
+        "--dtype",
+        "float32",
+        "--plot",
+        str(chart),
+    ]
+    assert runner.invoke(app, args, catch_exceptions=False).exit_code == 0
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    built = runner.invoke(
+        app,
+        ["package", "--manifest", str(expert_dir), "--output", str(tmp_path / "out"), "--json"],
+        catch_exceptions=False,
+    )
+    package = Path(json.loads(built.stdout)["package"])
+    with tarfile.open(package) as tar:
+        record = json.loads(tar.extractfile("evaluation/one.json").read())
+    assert record["set"] == "one" and "gate" in record
