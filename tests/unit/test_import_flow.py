@@ -16,7 +16,7 @@ ALLOWED: dict[str, set[str]] = {
     "package": {"manifest", "models"},
     "runtime": {"manifest", "models", "data", "package", "grammars"},
     "serve": {"manifest", "models", "data", "package", "runtime", "grammars"},
-    "eval": {"manifest", "models", "data", "package", "runtime", "grammars"},
+    "eval": {"manifest", "models", "data", "train", "package", "runtime", "grammars"},  # the curriculum's gates
     "cli": {"manifest", "models", "data", "train", "package", "runtime", "serve", "eval", "grammars"},
 }
 STAGES = set(ALLOWED)

@@ -10,6 +10,9 @@ values...]}}]``. This hook adds:
   parallel calls), taking each argument's first allowed value and leaving out optional arguments
   whose first allowed value is ``""`` (BFCL's "may be omitted").
 
+Items in BFCL's evaluation hold-out (:func:`expertkit.eval.tasks.bfcl_held_out`, a fixed 20% of
+every category) are skipped: ``expert-cli eval`` scores the expert on exactly those.
+
 The hook contract: ``preprocess(records, manifest_dir) -> iterable of records``.
 """
 
@@ -21,7 +24,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from expertkit.eval.tasks import JSON_SYSTEM
+from expertkit.eval.tasks import JSON_SYSTEM, bfcl_held_out
 
 ANSWERS = Path("../../../../shared/data/json/bfcl/possible_answer")
 SYSTEM = JSON_SYSTEM  # the same prompt expert-cli eval uses
@@ -47,6 +50,8 @@ def canonical_call(ground_truth: dict[str, dict[str, list[Any]]]) -> dict[str, A
 def preprocess(records: Iterable[dict[str, Any]], manifest_dir: Path) -> Iterator[dict[str, Any]]:
     answers = _answers((manifest_dir / ANSWERS).resolve())
     for record in records:
+        if bfcl_held_out(record["id"]):
+            continue
         truth = answers.get(record["id"])
         if truth is None:
             raise ValueError(f"no ground truth for id {record['id']!r} in {ANSWERS}")

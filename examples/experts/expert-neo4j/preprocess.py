@@ -3,7 +3,9 @@
 Keeps only rows whose query is known good (no syntax error, no timeout, no false-schema flag) and
 adds ``schema``, the graph schema text of the row's ``database`` from ``text2cypher_schemas.csv``.
 Filtered rows are counted by the pipeline (records read vs. after hook) rather than dropped
-silently.
+silently. Rows of the held-out databases (:data:`expertkit.eval.tasks.TEXT2CYPHER_HELDOUT`) are
+skipped: ``expert-cli eval`` scores the expert on those whole databases, never seen in training.
+So are rows of a database without a schema in ``text2cypher_schemas.csv`` (``slack``).
 
 The hook contract: ``preprocess(records, manifest_dir) -> iterable of records``.
 """
@@ -16,7 +18,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from expertkit.eval.tasks import CYPHER_SYSTEM
+from expertkit.eval.tasks import CYPHER_SYSTEM, text2cypher_held_out
 
 SCHEMAS = Path("../../../../shared/data/cypher/text2cypher/text2cypher_schemas.csv")
 SYSTEM = CYPHER_SYSTEM  # the same prompt expert-cli eval uses
@@ -35,9 +37,9 @@ def is_clean(record: dict[str, Any]) -> bool:
 def preprocess(records: Iterable[dict[str, Any]], manifest_dir: Path) -> Iterator[dict[str, Any]]:
     schemas = _schemas((manifest_dir / SCHEMAS).resolve())
     for record in records:
-        if not is_clean(record):
+        if not is_clean(record) or text2cypher_held_out(record["database"]):
             continue
         schema = schemas.get(record["database"])
-        if schema is None:
-            raise ValueError(f"unknown database {record['database']!r}: not in {SCHEMAS.name}")
+        if schema is None:  # `slack` (gpt4turbo rows) has no schema text: such a row cannot be prompted
+            continue
         yield {**record, "schema": schema, "system": SYSTEM, "cypher": record["cypher"].strip()}

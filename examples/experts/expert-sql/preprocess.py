@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 from collections.abc import Iterable, Iterator
 from functools import cache
 from pathlib import Path
@@ -36,17 +37,67 @@ def _schemas(tables_path: Path) -> dict[str, str]:
     return {db["db_id"]: spider_create_tables(db) for db in databases}
 
 
+_ALIAS = re.compile(r"\b[A-Z_]+alias\d+\b")
+_QUOTED = re.compile(r'"([^"]*)"')
+_KEYWORDS = frozenset(
+    "SELECT FROM WHERE AS AND OR NOT IN GROUP BY ORDER HAVING LIMIT DISTINCT COUNT MAX MIN SUM AVG ASC DESC "
+    "LIKE BETWEEN IS NULL UNION EXCEPT INTERSECT JOIN ON EXISTS".split()
+)
+_WORD = re.compile(r"'(?:[^']|'')*'|\b[A-Za-z_][A-Za-z0-9_]*\b")
+
+
+def canonical_geoquery_sql(query: str) -> str:
+    """GeoQuery's gold SQL in the style the expert writes for Spider: lower-case names, ``T1``-style
+    aliases, single-quoted strings, no trailing ``;`` (``CITYalias0.CITY_NAME`` → ``T1.city_name``).
+
+    Half the target tokens of the original go, and with them a naming style found nowhere else in
+    the training data. :func:`geoquery_records` checks that both queries return the same rows.
+    """
+    query = _QUOTED.sub(lambda m: "'" + m.group(1).replace("'", "''") + "'", query)
+    aliases: dict[str, str] = {}
+
+    def rename(match: re.Match[str]) -> str:
+        word = match.group(0)
+        if word.startswith("'") or word.upper() in _KEYWORDS:
+            return word
+        if _ALIAS.fullmatch(word):
+            prefix = "D" if word.startswith("DERIVED_") else "T"
+            return aliases.setdefault(word, f"{prefix}{sum(a[0] == prefix for a in aliases.values()) + 1}")
+        return word.lower()
+
+    query = _WORD.sub(rename, query).strip().rstrip(";").strip()
+    query = re.sub(r"\(\s+", "(", re.sub(r"\s+\)", ")", query))
+    return re.sub(r"\b(COUNT|MAX|MIN|SUM|AVG)\s+\(", r"\1(", re.sub(r"\s+,", ",", _SPACES.sub(" ", query)))
+
+
+def _rows(database: Path, query: str) -> list[str] | None:
+    """The query's rows (as sorted reprs) on the database, or None when SQLite cannot run it."""
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as connection:
+        try:
+            return sorted(map(repr, connection.execute(query)))
+        except sqlite3.Error:
+            return None
+
+
 def geoquery_records(record: dict[str, Any], manifest_dir: Path) -> Iterator[dict[str, Any]]:
     """A GeoQuery query of the ``train`` query split, one record per sentence (variables filled
-    in), on the schema of the real GeoQuery database; dev and test queries are held out."""
+    in), on the schema of the real GeoQuery database; dev and test queries are held out, and so is
+    a gold query that SQLite cannot run."""
     if record.get("query-split") != "train":
         return
-    schema = sqlite_schema((manifest_dir / GEOQUERY_DB).resolve())
+    database = (manifest_dir / GEOQUERY_DB).resolve()
+    schema = sqlite_schema(database)
     for sentence in record["sentences"]:
         question, query = sentence["text"], record["sql"][0]
         for variable, value in sentence["variables"].items():
             question, query = question.replace(variable, value), query.replace(variable, value)
-        yield {"schema": schema, "system": SYSTEM, "question": question, "query": _SPACES.sub(" ", query).strip()}
+        gold = _rows(database, query)
+        if gold is None:  # one train query uses `> ALL (...)`, which SQLite lacks: it teaches nothing runnable
+            return
+        canonical = canonical_geoquery_sql(query)
+        if _rows(database, canonical) != gold:
+            raise ValueError(f"canonical form of {query!r} returns other rows: {canonical!r}")
+        yield {"schema": schema, "system": SYSTEM, "question": question, "query": canonical}
 
 
 def preprocess(records: Iterable[dict[str, Any]], manifest_dir: Path) -> Iterator[dict[str, Any]]:

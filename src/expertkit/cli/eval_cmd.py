@@ -18,7 +18,9 @@ def eval_expert(
     set_path: Path | None = typer.Option(None, "--set", help="Evaluation set file (default: the manifest's)."),
     set_format: str | None = typer.Option(None, "--format", help="spider, geoquery, bfcl, text2cypher or jsonl."),
     answers: Path | None = typer.Option(None, "--answers", help="tables.json / possible_answer file / database."),
-    split: str | None = typer.Option(None, "--split", help="Only items of this bucket (e.g. GeoQuery 'test')."),
+    split: str | None = typer.Option(
+        None, "--split", help="Only items of this split (GeoQuery 'test'; 'heldout' for BFCL and text2cypher)."
+    ),
     baseline: str = typer.Option("base", "--baseline", help="'base', another expert NAME@VERSION, or 'none'."),
     limit: int | None = typer.Option(None, "--limit", min=1, help="Evaluate the first N items."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
@@ -26,7 +28,10 @@ def eval_expert(
     gate: bool = typer.Option(False, "--gate", help="Exit 1 when the manifest's evaluation.thresholds are missed."),
     plot: Path | None = typer.Option(None, "--plot", help="Save a bar chart per bucket (PNG) here."),
 ) -> None:
-    """Score an expert on a task set (execution / call accuracy, match, validity) against a baseline."""
+    """Score an expert on task sets (execution / call accuracy, match, validity) against a baseline.
+
+    Without --set, every set of the manifest's evaluation.sets runs; --json prints one JSON object
+    per set, one per line."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from expertkit.eval.job import EvalRequest, run_eval
@@ -38,23 +43,30 @@ def eval_expert(
     try:
         with Progress(*columns, console=err_console, transient=True, disable=as_json) as progress:
             task = progress.add_task("evaluating", total=None)
-            result = run_eval(request, on_item=lambda system, r: progress.update(task, advance=1, description=system))
+            results = run_eval(request, on_item=lambda system, r: progress.update(task, advance=1, description=system))
     except ExpertkitError as error:
         fail(error)
         return
-    if as_json:
-        print(json.dumps({k: v for k, v in result.items() if k != "items"}, ensure_ascii=False))
-    else:
-        _print_table(result)
-    if plot is not None and "buckets" in result:
-        from expertkit.eval.plot import plot_buckets
-
-        err_console.print(f"chart: {escape(str(plot_buckets(result, plot)))}")
-    failures = result["gate"]["failures"]
+    failures = []
+    for result in results:
+        if as_json:
+            print(json.dumps({k: v for k, v in result.items() if k != "items"}, ensure_ascii=False))
+        else:
+            _print_table(result)
+        if plot is not None and "buckets" in result:
+            _plot(result, plot, len(results) > 1)
+        failures += [f"{result['set']}: {failure}" for failure in result["gate"]["failures"]]
     for failure in failures:
         err_console.print(f"[red]gate:[/] {escape(failure)}")
     if gate and failures:
         raise typer.Exit(1)
+
+
+def _plot(result: dict, plot: Path, several: bool) -> None:
+    from expertkit.eval.plot import plot_buckets
+
+    path = plot.with_name(f"{plot.stem}-{result['set']}{plot.suffix}") if several else plot
+    err_console.print(f"chart: {escape(str(plot_buckets(result, path)))}")
 
 
 def _print_table(result: dict) -> None:

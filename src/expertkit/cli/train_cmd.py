@@ -60,21 +60,51 @@ def train(
     max_steps: int | None = typer.Option(None, "--max-steps", min=1, help="Stop after N optimizer steps."),
     as_json: bool = typer.Option(False, "--json", help="Print training_meta.json instead of the table."),
 ) -> None:
-    """Train the expert's adapter from its manifest; weights go to weights/<model>/ beside it."""
-    from expertkit.train.run import TrainRequest, train_expert
+    """Train the expert's adapter from its manifest; weights go to weights/<model>/ beside it.
+
+    A manifest with training.phases trains them in order, each from the last one's adapter, and runs
+    the evaluation gate after each phase (stopping on a failure); --max-steps caps every phase."""
+    from expertkit.eval.curriculum import train_with_gates
+    from expertkit.train.run import TrainRequest
 
     request = TrainRequest(manifest, model, resume, max_steps, progress=not as_json)
     try:
-        result = train_expert(request, on_start=None if as_json else _print_start)
+        outcome = train_with_gates(request, on_start=None if as_json else _print_start)
     except ExpertkitError as error:
         fail(error)
         return
+    result = outcome.final
     if as_json:
-        print(json.dumps(result.meta, indent=2, ensure_ascii=False))
+        final = result.meta if result else None
+        phases = [p.to_json() for p in outcome.phases]
+        body = {"phases": phases, "evaluations": outcome.evaluations, "final": final} if phases else final
+        print(json.dumps(body, indent=2, ensure_ascii=False))
+        return
+    if outcome.phases:
+        out_console.print(phases_table(outcome))
+    if result is None:
+        out_console.print("every phase was already trained (nothing to resume)")
         return
     out_console.print(summary_table(result.meta, result.weights_dir))
     if result.curve is not None:
         out_console.print(f"loss curve: {escape(str(result.curve))}")
+
+
+def phases_table(outcome: Any) -> Table:
+    table = Table("phase", "steps", "tokens", "best eval loss", "wall s", "gate", title="curriculum")
+    for phase in outcome.phases:
+        row = phase.to_json()
+        loss = row["best_eval_loss"]
+        gate = "-" if not phase.phase.gate else ("passed" if row["gate"]["passed"] else "FAILED")
+        table.add_row(
+            escape(f"{row['index'] + 1}. {row['name']}"),
+            str(row["steps"]),
+            f"{row['tokens_seen'] or 0:,}",
+            "-" if loss is None else f"{loss:.4f}",
+            f"{row['wall_time_s'] or 0:.0f}",
+            gate,
+        )
+    return table
 
 
 def estimate(

@@ -25,15 +25,22 @@ def expert_tokenizer(target: Path, model: str | None = None) -> tuple[Any, Any]:
 
 
 def prepare_expert_data(
-    target: Path, model: str | None = None, *, force: bool = False, progress: bool = False, enforce: bool = True
+    target: Path,
+    model: str | None = None,
+    *,
+    force: bool = False,
+    progress: bool = False,
+    enforce: bool = True,
+    phase: str | None = None,
 ) -> tuple[PreparedData, Any]:
-    """Prepared data of the expert at ``target`` and the tokenizer it was rendered with.
+    """Prepared data of the expert at ``target`` (or of one curriculum ``phase``) and the
+    tokenizer it was rendered with.
 
     Raises:
         DataError: bad records under ``on_error: fail``, or (with ``enforce``) a failed validator.
     """
     loaded, tokenizer = expert_tokenizer(target, model)
-    job = data_job(loaded, tokenizer)
+    job = data_job(loaded, tokenizer, phase)
     prepared = prepare_data(job, force=force, progress=progress)
     if enforce and prepared.failed_checks:
         listing = "\n  ".join(

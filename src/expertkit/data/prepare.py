@@ -27,6 +27,7 @@ from expertkit.data.lineage import (
 from expertkit.data.packing import PackingStats, best_fit_decreasing, pack_rows
 from expertkit.data.preprocess import Hook, load_hook
 from expertkit.data.render import IGNORE_INDEX, ConversationRenderer
+from expertkit.data.replay import Replay, phase_plans, replay_mix
 from expertkit.data.split import hash_split, weighted_mix
 from expertkit.data.stats import length_histogram, token_stats
 from expertkit.data.tokenise import LengthRules, render_batch
@@ -34,7 +35,13 @@ from expertkit.data.validators import CheckInput, CheckResult, run_validators
 from expertkit.errors import DataError
 from expertkit.fsutil import atomic_directory, write_text_atomic
 from expertkit.manifest.load import LoadedManifest
-from expertkit.manifest.sections import DataChecks, DatasetConfig, Preprocessing, SplitConfig, TrainingConfig
+from expertkit.manifest.sections import (
+    DataChecks,
+    DatasetConfig,
+    Preprocessing,
+    SplitConfig,
+    TrainingConfig,
+)
 from expertkit.models.tokens import add_control_tokens
 
 DEFAULT_MAX_SEQ_LENGTH = 1024
@@ -69,6 +76,13 @@ class DataJob:
     plans: list[SourcePlan]
     hook: Hook | None
     tokenizer: Any
+    replay: Replay | None = None
+
+    @property
+    def own_plans(self) -> list[SourcePlan]:
+        """The sources this job mixes by weight (a phase's own; replayed ones are drawn apart)."""
+        replayed = set(self.replay.sources()) if self.replay else set()
+        return [p for p in self.plans if p.name not in replayed]
 
     @property
     def preprocessing(self) -> Preprocessing:
@@ -89,11 +103,14 @@ class DataJob:
                 "weighting": self.training.loss_weighting.model_dump() if self.training.loss_weighting else None,
                 "hook": self.hook.sha256 if self.hook else None,
                 "tokenizer": tokenizer_sha256(self.tokenizer),
+                "replay": self.replay.to_json() if self.replay else None,
             }
         )
 
 
-def data_job(loaded: LoadedManifest, tokenizer: Any) -> DataJob:
+def data_job(loaded: LoadedManifest, tokenizer: Any, phase: str | None = None) -> DataJob:
+    """The data job of the manifest's training data, or of one curriculum ``phase`` (its own
+    sources, plus earlier phases' sources when it replays them)."""
     training = loaded.manifest.training
     if training is None or training.dataset is None:
         raise DataError(f"{loaded.path}: no training.dataset section", "add training.dataset to the manifest")
@@ -108,10 +125,13 @@ def data_job(loaded: LoadedManifest, tokenizer: Any) -> DataJob:
     hook_name = (config.preprocessing or Preprocessing()).hook
     hook = load_hook(loaded.root / hook_name) if hook_name else None
     plans = source_plans(config, loaded.root)
+    replay = None
+    if phase is not None:
+        plans, replay = phase_plans(plans, training.phases or [], phase, loaded.path)
     for plan in plans:
         if not plan.path.exists():
             raise DataError(f"{plan.display}: no such file or directory", f"fix the dataset path in {loaded.path}")
-    return DataJob(config, training.config or TrainingConfig(), loaded.root, plans, hook, tokenizer)
+    return DataJob(config, training.config or TrainingConfig(), loaded.root, plans, hook, tokenizer, replay)
 
 
 def prepare_data(job: DataJob, *, force: bool = False, progress: bool = False) -> PreparedData:
@@ -217,7 +237,11 @@ def _build(job: DataJob, work: Path, progress: bool) -> dict[str, Any]:
     train_idx, eval_idx = hash_split([r["hash"] for r in records], split.eval_size, split.seed)
     sources = [r["source"] for r in records]
     groups = {p.name: [i for i in train_idx if sources[i] == p.name] for p in job.plans}
-    mixed, counts = weighted_mix(groups, {p.name: p.weight for p in job.plans}, job.config.seed)
+    own = {p.name: groups[p.name] for p in job.own_plans}
+    mixed, counts = weighted_mix(own, {p.name: p.weight for p in job.own_plans}, job.config.seed)
+    if job.replay is not None:
+        mixed, replay_counts = replay_mix(job.replay, groups, mixed, job.config.seed)
+        counts = {**counts, **replay_counts}
     packing = job.training.packing is not False
     train_rows, train_pack = _pack(records, mixed, job.rules.max_seq_length, packing)
     eval_rows, eval_pack = _pack(records, eval_idx, job.rules.max_seq_length, packing)

@@ -16,6 +16,8 @@ from expertkit.eval.run import EvalReport, ItemResult, compare, evaluate
 from expertkit.eval.sets import EvalItem, load_set
 from expertkit.fsutil import write_text_atomic
 from expertkit.home import expertkit_home
+from expertkit.layout import ADAPTER_WEIGHTS
+from expertkit.models.fingerprint import sha256_file
 from expertkit.models.hardware import best_dtype
 from expertkit.package.references import ExpertFiles, resolve_expert
 from expertkit.runtime.engine import Engine
@@ -34,24 +36,40 @@ class EvalRequest:
     dtype: str = "auto"
 
 
-def set_items(request: EvalRequest, files: ExpertFiles) -> tuple[str, list[EvalItem]]:
-    """The set's name and items, from the request or the manifest's first evaluation set."""
+@dataclass(frozen=True)
+class EvalSetChoice:
+    name: str
+    items: list[EvalItem]
+
+
+def _selected(items: list[EvalItem], split: str | None, limit: int | None, where: str) -> list[EvalItem]:
+    if split is not None:
+        items = [i for i in items if i.split == split]
+    if not items:
+        splits = f" in split {split!r}" if split else ""
+        raise UsageError(f"{where}: no evaluation items{splits}", "check --split / the set's split")
+    return items[:limit] if limit else items
+
+
+def eval_sets(request: EvalRequest, files: ExpertFiles) -> list[EvalSetChoice]:
+    """The sets to run: ``--set``/``--format``, or every one of the manifest's ``evaluation.sets``
+    (each with its own ``split`` and ``limit``; ``--split`` and ``--limit`` override them)."""
     if request.set_path is not None:
         if request.set_format is None:
             raise UsageError("--set needs --format", "e.g. --format spider|geoquery|bfcl|text2cypher|jsonl")
-        name, items = request.set_path.stem, load_set(request.set_path, request.set_format, request.answers)
-    else:
-        sets = files.loaded.manifest.evaluation.sets if files.loaded.manifest.evaluation else []
-        if not sets:
-            raise UsageError(f"{files.loaded.manifest.name} lists no evaluation.sets", "pass --set FILE --format FMT")
-        chosen = sets[0]
-        answers = files.root / chosen.answers if chosen.answers else None
-        name, items = chosen.name, load_set(files.root / chosen.path, chosen.format, answers)
-    if request.split is not None:
-        items = [i for i in items if i.bucket == request.split]
-    if not items:
-        raise UsageError(f"no evaluation items{' in split ' + request.split if request.split else ''}", "check --split")
-    return name, items[: request.limit] if request.limit else items
+        items = load_set(request.set_path, request.set_format, request.answers)
+        name = request.set_path.stem
+        return [EvalSetChoice(name, _selected(items, request.split, request.limit, name))]
+    sets = files.loaded.manifest.evaluation.sets if files.loaded.manifest.evaluation else []
+    if not sets:
+        raise UsageError(f"{files.loaded.manifest.name} lists no evaluation.sets", "pass --set FILE --format FMT")
+    chosen = []
+    for spec in sets:
+        answers = files.root / spec.answers if spec.answers else None
+        items = load_set(files.root / spec.path, spec.format, answers)
+        split, limit = request.split or spec.split, request.limit or spec.limit
+        chosen.append(EvalSetChoice(spec.name, _selected(items, split, limit, f"evaluation set {spec.name}")))
+    return chosen
 
 
 def result_path(files: ExpertFiles, set_name: str) -> Path:
@@ -62,29 +80,48 @@ def result_path(files: ExpertFiles, set_name: str) -> Path:
     return expertkit_home() / "evals" / manifest.name / manifest.version / f"{set_name}.json"
 
 
-def run_eval(request: EvalRequest, on_item: Callable[[str, ItemResult], None] | None = None) -> dict[str, Any]:
+def run_eval(request: EvalRequest, on_item: Callable[[str, ItemResult], None] | None = None) -> list[dict[str, Any]]:
+    """Evaluate the expert (and its baseline) on each chosen set; one result per set, each written
+    as JSON beside the weights (``eval/<set>.json``) with the adapter's sha256 and the gate."""
     files = resolve_expert(request.expert)
-    name = files.loaded.manifest.name
     references = [request.expert]
     if request.baseline not in (None, "base"):
         references.append(request.baseline)
     dtype = best_dtype() if request.dtype == "auto" else request.dtype
     engine = Engine.for_experts(references, LoadOptions(dtype=dtype))  # type: ignore[arg-type]
-    set_name, items = set_items(request, files)
-    report = evaluate(engine, name, items, on_item=(lambda r: on_item(name, r)) if on_item else None)
+    return [_run_set(request, files, engine, chosen, on_item) for chosen in eval_sets(request, files)]
+
+
+def _run_set(
+    request: EvalRequest,
+    files: ExpertFiles,
+    engine: Engine,
+    chosen: EvalSetChoice,
+    on_item: Callable[[str, ItemResult], None] | None,
+) -> dict[str, Any]:
+    name = files.loaded.manifest.name
+    report = evaluate(engine, name, chosen.items, on_item=(lambda r: on_item(name, r)) if on_item else None)
     result: dict[str, Any]
     if request.baseline is None:
-        result = {"expert_summary": report.summary(), "n": len(items)}
+        result = {"expert_summary": report.summary(), "n": len(chosen.items)}
     else:
         baseline_name = None if request.baseline == "base" else request.baseline.split("@")[0]
         progress = (lambda r: on_item("baseline", r)) if on_item else None
-        reference = evaluate(engine, baseline_name, items, contract=name, on_item=progress)
+        reference = evaluate(engine, baseline_name, chosen.items, contract=name, on_item=progress)
         result = compare(report, reference)
         result["baseline_system"] = reference.system
-    result.update({"expert_system": name, "set": set_name, "items": _item_rows(report)})
+    adapter = files.adapter_dir / ADAPTER_WEIGHTS
+    result.update(
+        {
+            "expert_system": name,
+            "set": chosen.name,
+            "adapter_sha256": sha256_file(adapter) if adapter.is_file() else None,
+            "items": _item_rows(report),
+        }
+    )
     failures = gate_failures(files.loaded.manifest.evaluation, result)
     result["gate"] = {"passed": not failures, "failures": failures}
-    path = result_path(files, set_name)
+    path = result_path(files, chosen.name)
     write_text_atomic(path, json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     result["written"] = str(path)
     return result

@@ -13,7 +13,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 from expertkit.errors import DataError
-from expertkit.eval.tasks import cypher_messages, function_messages, spider_create_tables, sql_messages
+from expertkit.eval.tasks import (
+    bfcl_held_out,
+    create_tables,
+    cypher_messages,
+    function_messages,
+    quote_name,
+    spider_create_tables,
+    sql_messages,
+    sqlite_type,
+    text2cypher_held_out,
+)
 from expertkit.registry import Registry
 
 Task = Literal["sql", "function", "cypher", "text"]
@@ -30,6 +40,7 @@ class EvalItem:
     database: Path | None = None
     truth: list[dict[str, Any]] | None = None
     functions: list[dict[str, Any]] | None = None
+    split: str = "test"  # the set's own split (GeoQuery's query split, "heldout" / "train" for BFCL and text2cypher)
 
 
 Loader = Callable[[Path, Path | None], list[EvalItem]]
@@ -82,19 +93,33 @@ def load_spider(path: Path, answers: Path | None) -> list[EvalItem]:
                 f"{path}: row {index} names db_id {row['db_id']!r}, not in {tables}", "pass --answers tables.json"
             )
         messages = sql_messages(schema, " ".join(row["question"].split()))
-        items.append(EvalItem(f"spider-{index}", messages, row["query"], spider_hardness(row["query"]), "sql"))
+        bucket = spider_hardness(row["query"])
+        items.append(EvalItem(f"spider-{index}", messages, row["query"], bucket, "sql", split="dev"))
     return items
 
 
 def sqlite_schema(database: Path) -> str:
+    """The database's tables as canonical CREATE TABLE text, in the same shape as Spider's
+    (:func:`~expertkit.eval.tasks.create_tables`): a real database's DDL (quoted names, DEFAULT
+    clauses, MySQL types) costs the prompt twice the tokens and differs from what the expert saw."""
     with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as connection:
-        rows = connection.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND sql IS NOT NULL").fetchall()
-    return "\n".join(f"{sql.strip()};" for (sql,) in rows)
+        names = [
+            row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+        ]
+        tables = []
+        for name in names:
+            info = connection.execute(f"PRAGMA table_info({quote_name(name)})").fetchall()
+            keys = connection.execute(f"PRAGMA foreign_key_list({quote_name(name)})").fetchall()
+            columns = [(column[1], sqlite_type(column[2]), bool(column[5])) for column in info]
+            foreign = [(key[3], key[2], key[4]) for key in keys]
+            tables.append((name, columns, foreign))
+    return create_tables(tables)
 
 
 @SET_LOADERS.register("geoquery")
 def load_geoquery(path: Path, answers: Path | None) -> list[EvalItem]:
-    """One item per sentence, variables substituted into question and SQL; bucket = query split."""
+    """One item per sentence, variables substituted into question and SQL; split = GeoQuery's query
+    split (train / dev / test), bucket = hardness."""
     database = answers or path.parent / GEOQUERY_DB
     schema = sqlite_schema(database)
     items = []
@@ -104,7 +129,10 @@ def load_geoquery(path: Path, answers: Path | None) -> list[EvalItem]:
             for variable, value in sentence["variables"].items():
                 question, sql = question.replace(variable, value), sql.replace(variable, value)
             messages = sql_messages(schema, question)
-            items.append(EvalItem(f"geoquery-{q}-{s}", messages, sql, record["query-split"], "sql", database))
+            bucket = spider_hardness(sql)
+            items.append(
+                EvalItem(f"geoquery-{q}-{s}", messages, sql, bucket, "sql", database, split=record["query-split"])
+            )
     return items
 
 
@@ -120,13 +148,16 @@ def load_bfcl(path: Path, answers: Path | None) -> list[EvalItem]:
         truth = truths[row["id"]]
         bucket = row["id"].rsplit("_", 1)[0]
         messages = function_messages(row["function"], question)
-        items.append(EvalItem(row["id"], messages, json.dumps(truth), bucket, "function", None, truth, row["function"]))
+        split = "heldout" if bfcl_held_out(row["id"]) else "train"
+        gold = json.dumps(truth)
+        items.append(EvalItem(row["id"], messages, gold, bucket, "function", None, truth, row["function"], split))
     return items
 
 
 @SET_LOADERS.register("text2cypher")
 def load_text2cypher(path: Path, answers: Path | None) -> list[EvalItem]:
-    """Rows whose checks passed (no syntax error, no timeout); bucket = database."""
+    """Rows whose checks passed (no syntax error, no timeout); bucket = database, split = "heldout"
+    for the databases no expert trains on (:data:`~expertkit.eval.tasks.TEXT2CYPHER_HELDOUT`)."""
     csv.field_size_limit(1 << 30)
     with (answers or path.parent / "text2cypher_schemas.csv").open(encoding="utf-8", newline="") as handle:
         schemas = {row["database"]: row["schema"] for row in csv.DictReader(handle)}
@@ -136,7 +167,9 @@ def load_text2cypher(path: Path, answers: Path | None) -> list[EvalItem]:
             if row.get("syntax_error") != "False" or row.get("timeout") != "False" or row["database"] not in schemas:
                 continue
             messages = cypher_messages(schemas[row["database"]], row["question"])
-            items.append(EvalItem(f"text2cypher-{index}", messages, row["cypher"], row["database"], "cypher"))
+            split = "heldout" if text2cypher_held_out(row["database"]) else "train"
+            item = EvalItem(f"text2cypher-{index}", messages, row["cypher"], row["database"], "cypher", split=split)
+            items.append(item)
     return items
 
 
@@ -149,7 +182,8 @@ def load_jsonl(path: Path, answers: Path | None) -> list[EvalItem]:
         if not messages or messages[-1].get("role") != "assistant":
             raise DataError(f"{path}:{index + 1}: the last message must be the assistant's gold answer", "fix the line")
         task = row.get("task", "text")
-        items.append(EvalItem(f"jsonl-{index}", messages[:-1], messages[-1]["content"], row.get("bucket", "all"), task))
+        bucket, split = row.get("bucket", "all"), row.get("split", "test")
+        items.append(EvalItem(f"jsonl-{index}", messages[:-1], messages[-1]["content"], bucket, task, split=split))
     return items
 
 

@@ -14,11 +14,54 @@ from typing import Any
 SQL_SYSTEM = "You translate questions into one SQL query. Dialect: {dialect}. Answer with the query only."
 JSON_SYSTEM = 'You call functions. Answer with the JSON call only: {"name": ..., "arguments": {...}}.'
 CYPHER_SYSTEM = "You translate questions into one Cypher query for the given Neo4j graph schema."
+# The fixed hold-outs, read by the example experts' hooks (which skip them) and by the set loaders
+# (which mark them ``split="heldout"``): one definition, so training never sees an evaluation item.
+BFCL_HOLDOUT_EVERY = 5  # BFCL items whose number is divisible by 5: a fixed 20% of every category
+TEXT2CYPHER_HELDOUT = frozenset({"bluesky", "buzzoverflow", "stackoverflow2"})  # whole databases, never trained on
 _TYPE_NAMES = {"number": "INTEGER", "text": "TEXT", "time": "TEXT", "boolean": "BOOLEAN", "others": "TEXT"}
+
+
+def bfcl_held_out(item_id: str) -> bool:
+    """Whether a BFCL item (``simple_python_12``) is in the evaluation hold-out."""
+    number = item_id.rsplit("_", 1)[-1]
+    return number.isdigit() and int(number) % BFCL_HOLDOUT_EVERY == 0
+
+
+def text2cypher_held_out(database: str) -> bool:
+    return database in TEXT2CYPHER_HELDOUT
 
 
 def quote_name(name: str) -> str:
     return name if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) else '"' + name.replace('"', '""') + '"'
+
+
+Column = tuple[str, str, bool]  # name, SQL type, primary key
+ForeignKey = tuple[str, str, str]  # column, referenced table, referenced column
+
+
+def create_tables(tables: list[tuple[str, list[Column], list[ForeignKey]]]) -> str:
+    """Canonical CREATE TABLE text: one column per line, keys declared, names quoted only when needed."""
+    statements = []
+    for table, columns, foreign in tables:
+        lines = [f"  {quote_name(name)} {kind}{' PRIMARY KEY' if primary else ''}" for name, kind, primary in columns]
+        lines += [
+            f"  FOREIGN KEY ({quote_name(column)}) REFERENCES {quote_name(ref_table)}({quote_name(ref_column)})"
+            for column, ref_table, ref_column in foreign
+        ]
+        statements.append(f"CREATE TABLE {quote_name(table)} (\n" + ",\n".join(lines) + "\n);")
+    return "\n".join(statements)
+
+
+def sqlite_type(declared: str) -> str:
+    """SQLite's type affinity of a declared type (``int(11)`` → INTEGER, ``varchar(3)`` → TEXT)."""
+    upper = declared.upper()
+    if "INT" in upper:
+        return "INTEGER"
+    if any(word in upper for word in ("CHAR", "CLOB", "TEXT")) or not upper:
+        return "TEXT"
+    if any(word in upper for word in ("REAL", "FLOA", "DOUB")):
+        return "REAL"
+    return "NUMERIC"
 
 
 def spider_create_tables(database: dict[str, Any]) -> str:
@@ -28,19 +71,17 @@ def spider_create_tables(database: dict[str, Any]) -> str:
     primary: set[int] = set()
     for key in database["primary_keys"]:
         primary.update(key if isinstance(key, list) else [key])
-    columns: list[list[str]] = [[] for _ in tables]
+    columns: list[list[Column]] = [[] for _ in tables]
+    foreign: list[list[ForeignKey]] = [[] for _ in tables]
     for index, (table, column) in enumerate(names):
         if table >= 0:
             kind = _TYPE_NAMES.get(database["column_types"][index], "TEXT")
-            columns[table].append(f"  {quote_name(column)} {kind}{' PRIMARY KEY' if index in primary else ''}")
+            columns[table].append((column, kind, index in primary))
     for source, target in database["foreign_keys"]:
         table, column = names[source]
         ref_table, ref_column = names[target]
-        reference = f"{quote_name(tables[ref_table])}({quote_name(ref_column)})"
-        columns[table].append(f"  FOREIGN KEY ({quote_name(column)}) REFERENCES {reference}")
-    return "\n".join(
-        f"CREATE TABLE {quote_name(t)} (\n" + ",\n".join(cols) + "\n);" for t, cols in zip(tables, columns, strict=True)
-    )
+        foreign[table].append((column, tables[ref_table], ref_column))
+    return create_tables(list(zip(tables, columns, foreign, strict=True)))
 
 
 def sql_messages(schema: str, question: str, dialect: str = "sqlite") -> list[dict[str, str]]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from expertkit.manifest.model import ManifestV2
+from expertkit.manifest.phase_checks import check_phases
 from expertkit.manifest.report import Problem
 from expertkit.manifest.sections import Adapter
 from expertkit.naming import normalise_model_name
@@ -265,6 +266,7 @@ CHECKS: dict[str, Check] = {
     "base_models": check_base_models,
     "soft_prompts": check_soft_prompts,
     "training": check_training,
+    "phases": check_phases,
     "routing": check_routing,
     "files": check_files,
 }

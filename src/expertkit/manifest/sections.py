@@ -227,10 +227,28 @@ class DecodingConfig(Section):
     retries: int | None = Field(default=None, ge=0)
 
 
+class TrainingPhase(Section):
+    """One phase of a curriculum (MyPT's phased SFT): its own sources, learning rate and length,
+    a replay share of earlier phases' data, and the evaluation gate after it."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    datasets: list[str] = Field(min_length=1, description="Names of training.dataset.datasets sources to train on.")
+    learning_rate: float | None = Field(default=None, gt=0)
+    epochs: float | None = Field(default=None, gt=0)
+    max_steps: int | None = Field(default=None, ge=1)
+    replay: float = Field(
+        default=0.0, ge=0, lt=1, description="Share of this phase's examples drawn from earlier phases' sources."
+    )
+    gate: bool = Field(default=True, description="Run evaluation.thresholds after this phase; stop when missed.")
+
+
 class Training(Section):
     config: TrainingConfig | None = None
     dataset: DatasetConfig | None = None
     decoding: DecodingConfig | None = None
+    phases: list[TrainingPhase] | None = Field(
+        default=None, min_length=1, description="A curriculum: phases trained in order, each from the last's adapter."
+    )
 
 
 class Routing(Section):
@@ -265,6 +283,9 @@ class EvalSet(Section):
     path: str = Field(min_length=1)
     format: EvalFormat
     answers: str | None = None
+    split: str | None = Field(
+        default=None, description="Only items of this split (GeoQuery 'test', 'heldout' for BFCL and text2cypher)."
+    )
     limit: int | None = Field(default=None, ge=1)
 
 

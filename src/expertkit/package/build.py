@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from expertkit.layout import ADAPTER_CONFIG, WEIGHTS_DIR
+from expertkit.layout import ADAPTER_CONFIG, ADAPTER_SUBDIR, ADAPTER_WEIGHTS, WEIGHTS_DIR
 from expertkit.manifest.load import LoadedManifest
 from expertkit.models.fingerprint import Fingerprint, fingerprint, sha256_file, text_sha256
 from expertkit.models.load import load_tokenizer
@@ -163,18 +163,24 @@ def make_lock(loaded: LoadedManifest, weights: ExpertWeights, members: dict[str,
 
 def require_passed_gate(weights_dir: Path) -> None:
     """Refuse unless the expert's evaluations (``eval/*.json``, written by ``expert-cli eval``)
-    exist and every one passed the manifest's gate."""
+    exist, were made on the adapter that would ship (its sha256), and every one passed the gate."""
     results = sorted((weights_dir / "eval").glob("*.json"))
     if not results:
         raise PackageError(
             f"no evaluation results in {weights_dir / 'eval'}", "run: expert-cli eval --expert DIR --gate"
         )
+    adapter = weights_dir / ADAPTER_SUBDIR / ADAPTER_WEIGHTS
+    current = sha256_file(adapter) if adapter.is_file() else None
     failing = []
     for path in results:
         try:
-            gate = json.loads(path.read_text(encoding="utf-8")).get("gate", {})
+            result = json.loads(path.read_text(encoding="utf-8"))
         except ValueError as exc:
             raise PackageError(f"{path} is not valid JSON: {exc}", "re-run expert-cli eval") from exc
+        if result.get("adapter_sha256") != current:
+            failing.append(f"{path.name}: evaluated other weights than the adapter now in {adapter.parent}")
+            continue
+        gate = result.get("gate", {})
         if not gate.get("passed", False):
             failing += [f"{path.name}: {f}" for f in gate.get("failures", ["no gate recorded"])]
     if failing:

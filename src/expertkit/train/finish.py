@@ -81,6 +81,9 @@ def finish_run(job: TrainJob, trainer: Any) -> TrainResult:
         "parameters": {"trainable": job.trainable.trainable, "total": job.trainable.total},
         "new_token_ids": job.trainable.new_token_ids,
         "resumed_from": job.resume_from.name if job.resume_from else None,
+        "phase": {"name": job.run_info["phase"], "init_from": job.run_info["init_from"]}
+        if job.run_info.get("phase")
+        else None,
         "selection": selection,
         "metrics": final_metrics(job, trainer),
         "libraries": library_versions(),

@@ -20,11 +20,13 @@ from expertkit.fsutil import atomic_directory
 from expertkit.layout import ADAPTER_SUBDIR, FULL_SUBDIR, SOFT_PROMPT_DIR, WEIGHTS_DIR
 from expertkit.manifest.load import LoadedManifest
 from expertkit.manifest.model import BaseModelEntry
+from expertkit.manifest.sections import TrainingPhase
 from expertkit.models.resolve import ResolvedModel, resolve_model
 from expertkit.models.targets import load_checked_manifest
 from expertkit.naming import normalise_model_name
 from expertkit.train.adapters import adapter_to_train
 from expertkit.train.checkpoints import clear_staging, newest_checkpoint, read_ledger
+from expertkit.train.phases import phase_config
 from expertkit.train.plan import TrainPlan, resolve_plan
 from expertkit.train.selection import BestCheckpointSelector
 
@@ -44,6 +46,8 @@ class TrainRequest:
     resume: bool = False
     max_steps: int | None = None
     progress: bool = True
+    phase: str | None = None  # one phase of training.phases (see expertkit.train.phases)
+    init_from: Path | None = None  # start from these published weights (the previous phase's)
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,13 @@ def resolved_base(loaded: LoadedManifest, entry: BaseModelEntry) -> ResolvedMode
     if not resolved.ready:
         raise UsageError(f"base model {entry.name} is not prepared", f"run: expert-cli models pull {entry.name}")
     return resolved
+
+
+def _phase(phases: list[TrainingPhase] | None, name: str) -> TrainingPhase:
+    for phase in phases or []:
+        if phase.name == name:
+            return phase
+    raise UsageError(f"no training phase named {name!r}", "check training.phases in the manifest")
 
 
 def resume_point(
@@ -206,12 +217,17 @@ def prepare_job(request: TrainRequest) -> TrainJob:
     loaded = load_checked_manifest(request.target)
     entry = loaded.manifest.base_model(request.model)
     training = loaded.manifest.training
-    plan = resolve_plan(training.config if training else None, entry, request.max_steps)
+    config = training.config if training else None
+    if request.phase is not None:
+        config = phase_config(config, _phase(training.phases if training else None, request.phase))
+    plan = resolve_plan(config, entry, request.max_steps)
     adapter = None if plan.full_finetune else adapter_to_train(entry.adapters)
     resolved = resolved_base(loaded, entry)
     state = PartialState()
     with state.main_process_first():  # under accelerate launch, rank 0 builds the data cache, others read it
-        prepared, tokenizer = prepare_expert_data(request.target, request.model, progress=request.progress)
+        prepared, tokenizer = prepare_expert_data(
+            request.target, request.model, progress=request.progress, phase=request.phase
+        )
     data_hash = prepared.meta["key"]
     weights_dir = weights_dir_for(loaded, entry)
     with state.main_process_first():
@@ -224,6 +240,7 @@ def prepare_job(request: TrainRequest) -> TrainJob:
     trainable = build_trainable(resolved, tokenizer, adapter, list(loaded.manifest.soft_prompts), plan)
     total, eval_steps = default_eval_steps(plan, prepared.meta["packing"], state.num_processes)
     run_info = {"started": time.time(), "data_hash": data_hash, "tokens_before": (ledger or {}).get("tokens_seen", 0)}
+    run_info.update(phase=request.phase, init_from=str(request.init_from) if request.init_from else None)
     return TrainJob(
         loaded,
         entry,
@@ -285,6 +302,8 @@ def train_expert(request: TrainRequest, on_start: Any = None) -> TrainResult:
     job = prepare_job(request)
     interrupt = InterruptCallback()
     trainer = build_trainer(job, interrupt, request.progress)
+    if request.init_from is not None and job.resume_from is None:
+        trainer._load_from_checkpoint(str(request.init_from))  # the previous phase's adapter
     if on_start is not None:
         on_start(job, trainer)
     trainer.train(resume_from_checkpoint=str(job.resume_from) if job.resume_from else None)

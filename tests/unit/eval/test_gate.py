@@ -75,8 +75,8 @@ def test_a_worse_expert_fails_the_gate_and_cannot_be_packaged(expert_dir: Path, 
         catch_exceptions=False,
     )
     assert result.exit_code == 1
-    assert "gate: exact_match: 0.0000 is below the minimum 0.5000" in result.stderr
-    assert "gate: exact_match[digits]: 0.0000 is below the minimum 0.5000" in result.stderr
+    assert "gate: digits: exact_match: 0.0000 is below the minimum 0.5000" in result.stderr
+    assert "gate: digits: exact_match[digits]: 0.0000 is below the minimum 0.5000" in result.stderr
     packaged = runner.invoke(
         app,
         ["package", "--manifest", str(expert), "--output", str(tmp_path / "out"), "--require-gate"],
