@@ -73,7 +73,7 @@ def metric_name(items: list[EvalItem]) -> str:
 
 def score(item: EvalItem, text: str) -> tuple[bool, str]:
     if item.task == "sql" and item.database is not None:
-        result = execution_match(item.database, item.gold, text)
+        result = execution_match(item.database, item.alternatives or item.gold, text, dialect=item.dialect)
         return result.correct, result.reason
     if item.task == "sql":
         return (True, "same query") if sql_match(item.gold, text) else (False, "different query")

@@ -37,10 +37,12 @@ class EvalItem:
     gold: str
     bucket: str
     task: Task
-    database: Path | None = None
+    database: Path | str | None = None  # a SQLite file, or a database name on the private PostgreSQL server
     truth: list[dict[str, Any]] | None = None
     functions: list[dict[str, Any]] | None = None
     split: str = "test"  # the set's own split (GeoQuery's query split, "heldout" / "train" for BFCL and text2cypher)
+    dialect: str = "sqlite"
+    alternatives: tuple[str, ...] = ()  # every acceptable gold query (defog), when more than ``gold``
 
 
 Loader = Callable[[Path, Path | None], list[EvalItem]]
@@ -193,3 +195,6 @@ def load_set(path: Path, format_name: str, answers: Path | None = None) -> list[
     if not path.exists():
         raise DataError(f"evaluation set {path} does not exist", "check --set")
     return SET_LOADERS[format_name](path, answers)
+
+
+from expertkit.eval import defog as _defog  # noqa: E402,F401  (registers the "defog" loader, which needs EvalItem)

@@ -83,7 +83,10 @@ def test_phases_train_in_order_from_the_previous_adapter(
     assert [p.phase.name for p in result.phases] == ["basics", "advanced"]
     weights = result.phases[0].weights_dir
     ledger = read_ledger(weights)
-    assert [(r["name"], r["steps"], r["gate"]["passed"]) for r in ledger] == [("basics", 3, True), ("advanced", 2, True)]
+    assert [(r["name"], r["steps"], r["gate"]["passed"]) for r in ledger] == [
+        ("basics", 3, True),
+        ("advanced", 2, True),
+    ]
     assert set(result.evaluations) == {"basics", "advanced"}
     first = load_file(str(weights / "phases/01-basics/adapter/adapter_model.safetensors"))
     final = load_file(str(weights / "adapter/adapter_model.safetensors"))
