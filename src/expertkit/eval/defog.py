@@ -53,7 +53,7 @@ def gold_alternatives(cell: str) -> list[str]:
 
 def defog_schema(metadata: Path, dialect: str) -> str:
     tables = json.loads(metadata.read_text(encoding="utf-8"))["table_metadata"]
-    rendered = []
+    rendered: list[tuple[str, list[tuple[str, str, bool]], list[tuple[str, str, str]]]] = []
     for table, columns in tables.items():
         kinds = [(c["column_name"], _type(c["data_type"], dialect), False) for c in columns]
         rendered.append((table, kinds, []))

@@ -122,7 +122,7 @@ class PostgresServer:
             with connection.cursor() as cursor:
                 cursor.execute("SET TRANSACTION READ ONLY")
                 cursor.execute(f"SET LOCAL statement_timeout = {int(timeout_s * 1000)}")
-                cursor.execute(sql)  # type: ignore[arg-type]  # the model's query, run as text
+                cursor.execute(sql)  # the model's query, run as text
                 rows = cursor.fetchmany(max_rows + 1) if cursor.description else []
             connection.rollback()
         return [tuple(row) for row in rows]
