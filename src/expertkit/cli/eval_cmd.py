@@ -27,6 +27,9 @@ def eval_expert(
     dtype: str = typer.Option("auto", "--dtype"),
     gate: bool = typer.Option(False, "--gate", help="Exit 1 when the manifest's evaluation.thresholds are missed."),
     plot: Path | None = typer.Option(None, "--plot", help="Save a bar chart per bucket (PNG) here."),
+    base_only: bool = typer.Option(
+        False, "--base-only", help="Only the base model, under the expert's contract (works before training)."
+    ),
 ) -> None:
     """Score an expert on task sets (execution / call accuracy, match, validity) against a baseline.
 
@@ -37,7 +40,7 @@ def eval_expert(
     from expertkit.eval.job import EvalRequest, run_eval
 
     request = EvalRequest(
-        expert, set_path, set_format, answers, split, None if baseline == "none" else baseline, limit, dtype
+        expert, set_path, set_format, answers, split, None if baseline == "none" else baseline, limit, dtype, base_only
     )
     columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     try:
@@ -55,7 +58,7 @@ def eval_expert(
             _print_table(result)
         if plot is not None and "buckets" in result:
             _plot(result, plot, len(results) > 1)
-        failures += [f"{result['set']}: {failure}" for failure in result["gate"]["failures"]]
+        failures += [f"{result['set']}: {failure}" for failure in result.get("gate", {}).get("failures", [])]
     for failure in failures:
         err_console.print(f"[red]gate:[/] {escape(failure)}")
     if gate and failures:
@@ -70,6 +73,9 @@ def _plot(result: dict, plot: Path, several: bool) -> None:
 
 
 def _print_table(result: dict) -> None:
+    if "base" in result:
+        _print_base_table(result)
+        return
     summary = result.get("expert_summary", {})
     table = Table("bucket", "n", "expert", "baseline", title=f"{summary.get('metric')} on {result['set']}")
     for bucket, row in result.get("buckets", {}).items():
@@ -86,3 +92,19 @@ def _print_table(result: dict) -> None:
         out_console.print(
             f"{summary['metric']}: {summary['score']:.1%} on {summary['n']} items; written {escape(result['written'])}"
         )
+
+
+def _print_base_table(result: dict) -> None:
+    summary = result["baseline_summary"]
+    table = Table(
+        "bucket", "n", "base", title=f"{summary['metric']} on {result['set']} (base model, expert's contract)"
+    )
+    for bucket, row in result["buckets"].items():
+        table.add_row(escape(bucket), str(row["n"]), f"{row['base']:.1%}")
+    table.add_row("all", str(result["n"]), f"{result['base']:.1%}")
+    out_console.print(table)
+    low, high = result["ci95"]
+    out_console.print(
+        f"validity {summary['validity']:.1%}, stops {summary['stop_rate']:.1%}, 95% CI {low:.1%} … {high:.1%}; "
+        f"written {escape(result['written'])}"
+    )

@@ -34,6 +34,7 @@ class EvalRequest:
     baseline: str | None = "base"
     limit: int | None = None
     dtype: str = "auto"
+    base_only: bool = False  # the base model under the expert's contract (before any training)
 
 
 @dataclass(frozen=True)
@@ -84,12 +85,41 @@ def run_eval(request: EvalRequest, on_item: Callable[[str, ItemResult], None] | 
     """Evaluate the expert (and its baseline) on each chosen set; one result per set, each written
     as JSON beside the weights (``eval/<set>.json``) with the adapter's sha256 and the gate."""
     files = resolve_expert(request.expert)
+    dtype = best_dtype() if request.dtype == "auto" else request.dtype
+    if request.base_only:
+        options = LoadOptions(dtype=dtype, base=files.loaded.manifest.base_models[0].name)  # type: ignore[arg-type]
+        engine = Engine.for_files([], options)
+        return [_run_base(files, engine, chosen, on_item) for chosen in eval_sets(request, files)]
     references = [request.expert]
     if request.baseline not in (None, "base"):
         references.append(request.baseline)
-    dtype = best_dtype() if request.dtype == "auto" else request.dtype
     engine = Engine.for_experts(references, LoadOptions(dtype=dtype))  # type: ignore[arg-type]
     return [_run_set(request, files, engine, chosen, on_item) for chosen in eval_sets(request, files)]
+
+
+def _run_base(
+    files: ExpertFiles, engine: Engine, chosen: EvalSetChoice, on_item: Callable[[str, ItemResult], None] | None
+) -> dict[str, Any]:
+    """The base model alone under the expert's contract; written to ``$EXPERTKIT_HOME/evals/<expert>/base/``
+    (never beside the weights, where a gate would read it)."""
+    progress = (lambda r: on_item("base", r)) if on_item else None
+    report = evaluate(engine, None, chosen.items, contract=files, on_item=progress)
+    summary = report.summary()
+    result: dict[str, Any] = {
+        "metric": summary["metric"],
+        "base": summary["score"],
+        "ci95": summary["ci95"],
+        "n": len(chosen.items),
+        "buckets": {b: {"base": row["score"], "n": row["n"]} for b, row in summary["buckets"].items()},
+        "baseline_summary": summary,
+        "expert_system": files.loaded.manifest.name,
+        "set": chosen.name,
+        "items": _item_rows(report),
+    }
+    path = expertkit_home() / "evals" / files.loaded.manifest.name / "base" / f"{chosen.name}.json"
+    write_text_atomic(path, json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    result["written"] = str(path)
+    return result
 
 
 def _run_set(
@@ -107,7 +137,7 @@ def _run_set(
     else:
         baseline_name = None if request.baseline == "base" else request.baseline.split("@")[0]
         progress = (lambda r: on_item("baseline", r)) if on_item else None
-        reference = evaluate(engine, baseline_name, chosen.items, contract=name, on_item=progress)
+        reference = evaluate(engine, baseline_name, chosen.items, contract=files, on_item=progress)
         result = compare(report, reference)
         result["baseline_system"] = reference.system
     adapter = files.adapter_dir / ADAPTER_WEIGHTS

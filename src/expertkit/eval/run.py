@@ -14,6 +14,8 @@ from expertkit.eval.sets import EvalItem
 from expertkit.eval.sql_exec import execution_match
 from expertkit.eval.sql_match import cypher_match, sql_match
 from expertkit.eval.stats import bootstrap_ci, mean, paired_delta_ci
+from expertkit.manifest.sections import DecodingConfig
+from expertkit.package.references import ExpertFiles
 from expertkit.runtime.answer import AskOptions, ask
 from expertkit.runtime.engine import Engine
 from expertkit.runtime.grammar import grammar_for
@@ -85,13 +87,14 @@ def score(item: EvalItem, text: str) -> tuple[bool, str]:
     return (text.strip() == item.gold.strip(), "exact")
 
 
-def contract_options(engine: Engine, contract: str) -> AskOptions:
-    """The decoding contract of expert ``contract`` (settings, grammar, validator) as options, to
-    run the base model under it: a baseline with the same prompt, grammar and stops."""
-    decoding = engine.decoding_of(contract)
+def contract_options(files: ExpertFiles) -> AskOptions:
+    """The decoding contract of the expert in ``files`` (settings, grammar, validator) as options,
+    to run the base model under it: a baseline with the same prompt, grammar and stops."""
+    training = files.loaded.manifest.training
+    decoding = (training.decoding if training else None) or DecodingConfig()
     settings = resolve_settings(None, decoding).to_json()
     overrides = {name: item["value"] for name, item in settings.items() if item["source"] == "manifest"}
-    grammar = grammar_for(decoding, engine.experts[contract].files.root)
+    grammar = grammar_for(decoding, files.root)
     return AskOptions(overrides=overrides, grammar=grammar, validation=decoding)
 
 
@@ -99,13 +102,13 @@ def evaluate(
     engine: Engine,
     expert: str | None,
     items: list[EvalItem],
-    contract: str | None = None,
+    contract: ExpertFiles | None = None,
     on_item: Callable[[ItemResult], None] | None = None,
 ) -> EvalReport:
     """Greedy and seeded (reproducible). An expert decodes under its own contract; the base model
     (``expert`` None) under ``contract``'s, when given, so the comparison isolates the adapter."""
     report = EvalReport(metric_name(items), expert or "base")
-    base = contract_options(engine, contract) if expert is None and contract else AskOptions()
+    base = contract_options(contract) if expert is None and contract else AskOptions()
     options = replace(base, overrides={**(base.overrides or {}), **GREEDY})
     for item in items:
         started = time.perf_counter()

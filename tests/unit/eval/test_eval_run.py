@@ -40,7 +40,7 @@ def test_evaluate_scores_buckets_and_compares(trained_source: Path, tmp_path: Pa
     assert all(r.reason.startswith(("same result", "different result", "prediction fails")) for r in report.items)
     again = evaluate(engine, "expert-tiny", items)
     assert [r.text for r in again.items] == [r.text for r in report.items]  # greedy + seeded: reproducible
-    baseline = evaluate(engine, None, items, contract="expert-tiny")
+    baseline = evaluate(engine, None, items, contract=engine.experts["expert-tiny"].files)
     result = compare(report, baseline)
     assert result["delta"] == round(result["expert"] - result["baseline"], 4)
     assert result["ci95"][0] <= result["delta"] <= result["ci95"][1]
@@ -78,3 +78,56 @@ def test_eval_cli_jsonl_set_writes_the_result(expert_dir: Path, tmp_path: Path) 
     assert len(json.loads(written.read_text())["items"]) == 3
     bad = CliRunner().invoke(app, ["eval", "--expert", str(expert_dir), "--set", str(path)], catch_exceptions=False)
     assert bad.exit_code == 2 and "--set needs --format" in bad.stderr
+
+
+def digit_rows(count: int, split: str = "test") -> str:
+    rows = [
+        {
+            "messages": [{"role": "user", "content": f"Say {n}"}, {"role": "assistant", "content": str(n)}],
+            "bucket": "digits",
+            "split": split,
+        }
+        for n in range(count)
+    ]
+    return "\n".join(json.dumps(r) for r in rows) + "\n"
+
+
+def test_eval_runs_every_manifest_set_with_its_split_and_limit(expert_dir: Path, tmp_path: Path) -> None:
+    (expert_dir / "a.jsonl").write_text(digit_rows(3) + digit_rows(2, "train"))
+    (expert_dir / "b.jsonl").write_text(digit_rows(4))
+    manifest = json.loads((expert_dir / "manifest.json").read_text())
+    manifest["evaluation"] = {
+        "sets": [
+            {"name": "first", "path": "a.jsonl", "format": "jsonl", "split": "train"},
+            {"name": "second", "path": "b.jsonl", "format": "jsonl", "limit": 2},
+        ]
+    }
+    (expert_dir / "manifest.json").write_text(json.dumps(manifest))
+    args = ["eval", "--expert", str(expert_dir), "--json", "--dtype", "float32", "--baseline", "none"]
+    result = CliRunner().invoke(app, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.strip().splitlines()]
+    assert [(r["set"], r["n"]) for r in lines] == [("first", 2), ("second", 2)]
+    weights = next((expert_dir / "weights").iterdir())
+    assert sorted(p.name for p in (weights / "eval").iterdir()) == ["first.json", "second.json"]
+    adapter = json.loads((weights / "eval" / "first.json").read_text())["adapter_sha256"]
+    from expertkit.models.fingerprint import sha256_file
+
+    assert adapter == sha256_file(weights / "adapter" / "adapter_model.safetensors")
+
+
+def test_base_only_eval_needs_no_weights(tmp_path: Path, tiny_llama_dir: Path, monkeypatch) -> None:
+    from unit.train.helpers import write_tiny_expert
+
+    monkeypatch.setenv("EXPERTKIT_HOME", str(tmp_path / "home"))
+    expert = write_tiny_expert(tmp_path / "untrained", [tiny_llama_dir])  # never trained: no weights/
+    (expert / "set.jsonl").write_text(digit_rows(3))
+    args = ["eval", "--expert", str(expert), "--set", str(expert / "set.jsonl"), "--format", "jsonl", "--base-only"]
+    result = CliRunner().invoke(app, [*args, "--json", "--dtype", "float32"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.stdout)
+    assert body["metric"] == "exact_match" and body["n"] == 3 and "expert" not in body and 0 <= body["base"] <= 1
+    assert Path(body["written"]) == tmp_path / "home" / "evals" / "expert-tiny" / "base" / "set.json"
+    assert not (expert / "weights").exists()
+    table = CliRunner().invoke(app, [*args, "--dtype", "float32"], catch_exceptions=False)
+    assert table.exit_code == 0 and "base model, expert's contract" in table.stdout
