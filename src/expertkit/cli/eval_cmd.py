@@ -23,6 +23,7 @@ def eval_expert(
     ),
     baseline: str = typer.Option("base", "--baseline", help="'base', another expert NAME@VERSION, or 'none'."),
     limit: int | None = typer.Option(None, "--limit", min=1, help="Evaluate the first N items."),
+    sample: int | None = typer.Option(None, "--sample", min=1, help="Evaluate a seeded random sample of N items."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     dtype: str = typer.Option("auto", "--dtype"),
     gate: bool = typer.Option(False, "--gate", help="Exit 1 when the manifest's evaluation.thresholds are missed."),
@@ -40,7 +41,16 @@ def eval_expert(
     from expertkit.eval.job import EvalRequest, run_eval
 
     request = EvalRequest(
-        expert, set_path, set_format, answers, split, None if baseline == "none" else baseline, limit, dtype, base_only
+        expert,
+        set_path,
+        set_format,
+        answers,
+        split,
+        None if baseline == "none" else baseline,
+        limit,
+        dtype,
+        base_only,
+        sample,
     )
     columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     try:

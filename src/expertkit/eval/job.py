@@ -5,6 +5,7 @@ the same items, and write the result JSON beside the expert."""
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,8 @@ from expertkit.package.references import ExpertFiles, resolve_expert
 from expertkit.runtime.engine import Engine
 from expertkit.runtime.options import LoadOptions
 
+SAMPLE_SEED = 0  # --sample draws the same items every run
+
 
 @dataclass(frozen=True)
 class EvalRequest:
@@ -35,6 +38,7 @@ class EvalRequest:
     limit: int | None = None
     dtype: str = "auto"
     base_only: bool = False  # the base model under the expert's contract (before any training)
+    sample: int | None = None  # a seeded random sample of N items (in set order), instead of the first N
 
 
 @dataclass(frozen=True)
@@ -43,12 +47,17 @@ class EvalSetChoice:
     items: list[EvalItem]
 
 
-def _selected(items: list[EvalItem], split: str | None, limit: int | None, where: str) -> list[EvalItem]:
+def _selected(
+    items: list[EvalItem], split: str | None, limit: int | None, where: str, sample: int | None = None
+) -> list[EvalItem]:
     if split is not None:
         items = [i for i in items if i.split == split]
     if not items:
         splits = f" in split {split!r}" if split else ""
         raise UsageError(f"{where}: no evaluation items{splits}", "check --split / the set's split")
+    if sample is not None and sample < len(items):
+        chosen = sorted(random.Random(SAMPLE_SEED).sample(range(len(items)), sample))
+        items = [items[i] for i in chosen]
     return items[:limit] if limit else items
 
 
@@ -60,7 +69,7 @@ def eval_sets(request: EvalRequest, files: ExpertFiles) -> list[EvalSetChoice]:
             raise UsageError("--set needs --format", "e.g. --format spider|geoquery|bfcl|text2cypher|jsonl")
         items = load_set(request.set_path, request.set_format, request.answers)
         name = request.set_path.stem
-        return [EvalSetChoice(name, _selected(items, request.split, request.limit, name))]
+        return [EvalSetChoice(name, _selected(items, request.split, request.limit, name, request.sample))]
     sets = files.loaded.manifest.evaluation.sets if files.loaded.manifest.evaluation else []
     if not sets:
         raise UsageError(f"{files.loaded.manifest.name} lists no evaluation.sets", "pass --set FILE --format FMT")
@@ -69,7 +78,8 @@ def eval_sets(request: EvalRequest, files: ExpertFiles) -> list[EvalSetChoice]:
         answers = files.root / spec.answers if spec.answers else None
         items = load_set(files.root / spec.path, spec.format, answers)
         split, limit = request.split or spec.split, request.limit or spec.limit
-        chosen.append(EvalSetChoice(spec.name, _selected(items, split, limit, f"evaluation set {spec.name}")))
+        where = f"evaluation set {spec.name}"
+        chosen.append(EvalSetChoice(spec.name, _selected(items, split, limit, where, request.sample)))
     return chosen
 
 

@@ -128,6 +128,10 @@ def test_base_only_eval_needs_no_weights(tmp_path: Path, tiny_llama_dir: Path, m
     body = json.loads(result.stdout)
     assert body["metric"] == "exact_match" and body["n"] == 3 and "expert" not in body and 0 <= body["base"] <= 1
     assert Path(body["written"]) == tmp_path / "home" / "evals" / "expert-tiny" / "base" / "set.json"
+    ids = [row["id"] for row in json.loads(Path(body["written"]).read_text())["items"]]
+    sampled = CliRunner().invoke(app, [*args, "--json", "--dtype", "float32", "--sample", "2"], catch_exceptions=False)
+    again = [row["id"] for row in json.loads(Path(body["written"]).read_text())["items"]]
+    assert sampled.exit_code == 0 and len(again) == 2 and set(again) < set(ids)
     assert not (expert / "weights").exists()
     table = CliRunner().invoke(app, [*args, "--dtype", "float32"], catch_exceptions=False)
     assert table.exit_code == 0 and "base model, expert's contract" in table.stdout
