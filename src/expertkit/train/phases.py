@@ -16,13 +16,16 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from expertkit.errors import ExpertkitError
 from expertkit.fsutil import atomic_directory, write_text_atomic
 from expertkit.layout import ADAPTER_SUBDIR, SOFT_PROMPT_DIR, TRAINING_META
 from expertkit.manifest.sections import TrainingConfig, TrainingPhase
 from expertkit.train.checkpoints import newest_checkpoint
+
+if TYPE_CHECKING:
+    from expertkit.train.run import TrainRequest
 
 PHASES_DIR = "phases"
 PHASES_LEDGER = "phases.json"
@@ -105,7 +108,7 @@ def finished_phases(weights_dir: Path, phases: list[TrainingPhase]) -> list[dict
 
 
 def run_phases(
-    request: Any,
+    request: TrainRequest,
     phases: list[TrainingPhase],
     after_phase: AfterPhase | None = None,
     on_start: Callable[[Any, Any], None] | None = None,
@@ -113,7 +116,7 @@ def run_phases(
     """Train every phase in order (the phases this call trained are returned); stop with
     :class:`GateFailedError` when ``after_phase`` fails one.
 
-    ``request`` is a :class:`~expertkit.train.run.TrainRequest` for the whole curriculum.
+    ``request`` is for the whole curriculum; each phase runs it with ``phase`` and ``init_from`` set.
     """
     from expertkit.train.run import CHECKPOINT_DIR, train_expert
 
@@ -144,7 +147,7 @@ def run_phases(
     return outcomes
 
 
-def _weights_dir(request: Any) -> Path:
+def _weights_dir(request: TrainRequest) -> Path:
     from expertkit.manifest.load import load_manifest
     from expertkit.train.run import weights_dir_for
 

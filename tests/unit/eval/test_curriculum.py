@@ -123,3 +123,24 @@ def test_phase_manifest_problems_are_named(tmp_path: Path, tiny_llama_dir: Path)
     assert ("$.training.phases[0].replay", "the first phase has no earlier phase to replay") in found
     assert ("$.training.phases[1].name", "phase names repeat") in found
     assert ("$.training.phases[0].gate", "the gate needs evaluation.sets and evaluation.thresholds") in found
+
+
+def test_train_cli_runs_the_curriculum(tmp_path: Path, tiny_llama_dir: Path, monkeypatch: Any) -> None:
+    from typer.testing import CliRunner
+
+    from expertkit.cli.app import _register, app
+
+    _register()
+    monkeypatch.setenv("EXPERTKIT_HOME", str(tmp_path / "home"))
+    passing = phased_expert(tmp_path / "passing", tiny_llama_dir, 0.0)
+    result = CliRunner().invoke(app, ["train", "--manifest", str(passing), "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.stdout)
+    assert [p["name"] for p in body["phases"]] == ["basics", "advanced"] and body["final"]["phase"][
+        "name"
+    ] == "advanced"
+    assert set(body["evaluations"]) == {"basics", "advanced"}
+    failing = phased_expert(tmp_path / "failing", tiny_llama_dir, 1.01)
+    result = CliRunner().invoke(app, ["train", "--manifest", str(failing)], catch_exceptions=False)
+    assert result.exit_code == 1 and "phase 1 (basics) missed the evaluation gate" in result.stderr
+    assert "Traceback" not in result.output
