@@ -22,6 +22,7 @@ from expertkit.layout import (
 )
 from expertkit.manifest.load import LoadedManifest
 from expertkit.manifest.model import BaseModelEntry
+from expertkit.models.fingerprint import sha256_file
 from expertkit.naming import normalise_model_name
 from expertkit.package.adapter_check import adapter_mismatches
 from expertkit.package.archive import PackageError
@@ -151,5 +152,16 @@ def side_files(loaded: LoadedManifest) -> dict[str, Path]:
 
 
 def evaluation_files(weights: ExpertWeights) -> dict[str, Path]:
-    """The expert's evaluation results (``expert-cli eval``), shipped as ``evaluation/<set>.json``."""
-    return {f"evaluation/{path.name}": path for path in sorted((weights.directory / "eval").glob("*.json"))}
+    """The expert's evaluation results (``expert-cli eval``) made on the adapter being shipped (by
+    its sha256), as ``evaluation/<set>.json``; results of earlier weights stay behind."""
+    adapter = weights.adapter_dir / ADAPTER_WEIGHTS
+    current = sha256_file(adapter) if adapter.is_file() else None
+    shipped = {}
+    for path in sorted((weights.directory / "eval").glob("*.json")):
+        try:
+            evaluated = json.loads(path.read_text(encoding="utf-8")).get("adapter_sha256")
+        except ValueError:
+            continue
+        if evaluated == current:
+            shipped[f"evaluation/{path.name}"] = path
+    return shipped

@@ -133,3 +133,17 @@ def test_evaluations_ship_in_the_package_and_plot(expert_dir: Path, tmp_path: Pa
     with tarfile.open(package) as tar:
         record = json.loads(tar.extractfile("evaluation/one.json").read())
     assert record["set"] == "one" and "gate" in record
+    worse_expert(expert_dir)  # new weights: the evaluation describes the old ones and stays behind
+    rebuilt = runner.invoke(
+        app,
+        ["package", "--manifest", str(expert_dir), "--output", str(tmp_path / "again"), "--json"],
+        catch_exceptions=False,
+    )
+    with tarfile.open(Path(json.loads(rebuilt.stdout)["package"])) as tar:
+        assert not [name for name in tar.getnames() if name.startswith("evaluation/")]
+    gated = runner.invoke(
+        app,
+        ["package", "--manifest", str(expert_dir), "--output", str(tmp_path / "gated"), "--require-gate"],
+        catch_exceptions=False,
+    )
+    assert gated.exit_code == 1 and "one.json: evaluated other weights than the adapter now in" in gated.stderr
