@@ -40,8 +40,39 @@ def _schemas(tables_path: Path) -> dict[str, str]:
 _ALIAS = re.compile(r"\b[A-Z_]+alias\d+\b")
 _QUOTED = re.compile(r'"([^"]*)"')
 _KEYWORDS = frozenset(
-    "SELECT FROM WHERE AS AND OR NOT IN GROUP BY ORDER HAVING LIMIT DISTINCT COUNT MAX MIN SUM AVG ASC DESC "
-    "LIKE BETWEEN IS NULL UNION EXCEPT INTERSECT JOIN ON EXISTS".split()
+    {
+        "SELECT",
+        "FROM",
+        "WHERE",
+        "AS",
+        "AND",
+        "OR",
+        "NOT",
+        "IN",
+        "GROUP",
+        "BY",
+        "ORDER",
+        "HAVING",
+        "LIMIT",
+        "DISTINCT",
+        "COUNT",
+        "MAX",
+        "MIN",
+        "SUM",
+        "AVG",
+        "ASC",
+        "DESC",
+        "LIKE",
+        "BETWEEN",
+        "IS",
+        "NULL",
+        "UNION",
+        "EXCEPT",
+        "INTERSECT",
+        "JOIN",
+        "ON",
+        "EXISTS",
+    }
 )
 _WORD = re.compile(r"'(?:[^']|'')*'|\b[A-Za-z_][A-Za-z0-9_]*\b")
 
