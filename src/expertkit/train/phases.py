@@ -131,6 +131,8 @@ def run_phases(
         result = train_expert(phase_request, on_start=on_start)
         target = phase_dir(result.weights_dir, index, phase)
         snapshot_phase(result.weights_dir, target)
+        # the phase is kept in its snapshot; its checkpoints would only confuse the next phase's --resume
+        shutil.rmtree(result.weights_dir / CHECKPOINT_DIR, ignore_errors=True)
         outcome = PhaseOutcome(index, phase, result.weights_dir, result.meta)
         if phase.gate and after_phase is not None:
             outcome = replace(outcome, gate_failures=after_phase(outcome))

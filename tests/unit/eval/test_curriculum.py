@@ -91,12 +91,20 @@ def test_phases_train_in_order_from_the_previous_adapter(
     first = load_file(str(weights / "phases/01-basics/adapter/adapter_model.safetensors"))
     final = load_file(str(weights / "adapter/adapter_model.safetensors"))
     assert final.keys() == first.keys() and any(not (final[k] == first[k]).all() for k in final)
+    assert not (weights / "checkpoints").exists()  # finished phases live in their snapshots
     meta = json.loads((weights / "training_meta.json").read_text())
     assert meta["phase"] == {"name": "advanced", "init_from": str(weights / "phases/01-basics")}
     assert meta["plan"]["learning_rate"] == 0.002 and meta["plan"]["max_steps"] == 2
     # resume: both phases finished on the same manifest, nothing is trained again
     again = train_with_gates(TrainRequest(expert, progress=False, resume=True))
     assert again.phases == [] and again.final is None
+    # only the first finished: resume trains the second, from the first's snapshot
+    from expertkit.train.phases import write_ledger
+
+    write_ledger(weights, ledger[:1])
+    resumed = train_with_gates(TrainRequest(expert, progress=False, resume=True))
+    assert [p.phase.name for p in resumed.phases] == ["advanced"]
+    assert resumed.phases[0].meta["phase"]["init_from"] == str(weights / "phases/01-basics")
 
 
 def test_a_failed_gate_stops_the_curriculum(tmp_path: Path, tiny_llama_dir: Path, monkeypatch: Any) -> None:
