@@ -26,6 +26,12 @@ def serve(
     timeout: float = typer.Option(120.0, "--timeout", min=1, help="Seconds a request may take (queue + generation)."),
     router_embedder: str = typer.Option("minilm", "--router-embedder", help="minilm, base or none (model 'auto')."),
     allow_template_drift: bool = typer.Option(False, "--allow-template-drift", help="Load despite template drift."),
+    allowed_host: list[str] = typer.Option(
+        [], "--allowed-host", help="Host header name to accept besides loopback ones (repeatable; DNS-rebinding guard)."
+    ),
+    compile_timeout: float = typer.Option(
+        10.0, "--compile-timeout", min=0.1, help="Seconds a response_format grammar may take to compile (then 422)."
+    ),
 ) -> None:
     """Serve experts over one base model with OpenAI's API (/v1/chat/completions, /v1/completions, /v1/models)."""
     from expertkit.serve.server import ServeRequest, build_server_app, run_app
@@ -45,6 +51,8 @@ def serve(
         timeout_s=timeout,
         router_embedder=router_embedder,
         allow_template_drift=allow_template_drift,
+        allowed_hosts=tuple(allowed_host),
+        compile_timeout_s=compile_timeout,
     )
 
     notes: list[str] = []

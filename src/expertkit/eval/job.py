@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,9 @@ from expertkit.models.hardware import best_dtype
 from expertkit.package.references import ExpertFiles, resolve_expert
 from expertkit.runtime.engine import Engine
 from expertkit.runtime.options import LoadOptions
+from expertkit.safepath import child_file, contained
 
+_SET_NAME_DISALLOWED = re.compile(r"[^A-Za-z0-9_.-]+")
 SAMPLE_SEED = 0  # --sample draws the same items every run
 
 
@@ -61,6 +64,12 @@ def _selected(
     return items[:limit] if limit else items
 
 
+def _set_file(files: ExpertFiles, relative: str, what: str) -> Path:
+    """A set file the manifest names: anywhere for the user's own expert, inside the expert's
+    directory for a packaged or installed one (its manifest is untrusted)."""
+    return contained(files.root, relative, what) if files.packaged else files.root / relative
+
+
 def eval_sets(request: EvalRequest, files: ExpertFiles) -> list[EvalSetChoice]:
     """The sets to run: ``--set``/``--format``, or every one of the manifest's ``evaluation.sets``
     (each with its own ``split`` and ``limit``; ``--split`` and ``--limit`` override them)."""
@@ -68,15 +77,15 @@ def eval_sets(request: EvalRequest, files: ExpertFiles) -> list[EvalSetChoice]:
         if request.set_format is None:
             raise UsageError("--set needs --format", "e.g. --format spider|geoquery|bfcl|text2cypher|jsonl")
         items = load_set(request.set_path, request.set_format, request.answers)
-        name = request.set_path.stem
+        name = _SET_NAME_DISALLOWED.sub("-", request.set_path.stem).strip("-.")[:100] or "set"
         return [EvalSetChoice(name, _selected(items, request.split, request.limit, name, request.sample))]
     sets = files.loaded.manifest.evaluation.sets if files.loaded.manifest.evaluation else []
     if not sets:
         raise UsageError(f"{files.loaded.manifest.name} lists no evaluation.sets", "pass --set FILE --format FMT")
     chosen = []
     for spec in sets:
-        answers = files.root / spec.answers if spec.answers else None
-        items = load_set(files.root / spec.path, spec.format, answers)
+        answers = _set_file(files, spec.answers, f"evaluation set {spec.name} answers") if spec.answers else None
+        items = load_set(_set_file(files, spec.path, f"evaluation set {spec.name} path"), spec.format, answers)
         split, limit = request.split or spec.split, request.limit or spec.limit
         where = f"evaluation set {spec.name}"
         chosen.append(EvalSetChoice(spec.name, _selected(items, split, limit, where, request.sample)))
@@ -87,8 +96,9 @@ def result_path(files: ExpertFiles, set_name: str) -> Path:
     """Beside the weights for an expert directory; in $EXPERTKIT_HOME/evals for a package."""
     manifest = files.loaded.manifest
     if files.model_dir.is_dir() and not files.packaged:
-        return files.model_dir / "eval" / f"{set_name}.json"
-    return expertkit_home() / "evals" / manifest.name / manifest.version / f"{set_name}.json"
+        return child_file(files.model_dir / "eval", set_name, ".json", "evaluation set name")
+    directory = expertkit_home() / "evals" / manifest.name / manifest.version
+    return child_file(directory, set_name, ".json", "evaluation set name")
 
 
 def run_eval(request: EvalRequest, on_item: Callable[[str, ItemResult], None] | None = None) -> list[dict[str, Any]]:
@@ -126,7 +136,8 @@ def _run_base(
         "set": chosen.name,
         "items": _item_rows(report),
     }
-    path = expertkit_home() / "evals" / files.loaded.manifest.name / "base" / f"{chosen.name}.json"
+    directory = expertkit_home() / "evals" / files.loaded.manifest.name / "base"
+    path = child_file(directory, chosen.name, ".json", "evaluation set name")
     write_text_atomic(path, json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     result["written"] = str(path)
     return result

@@ -94,7 +94,7 @@ def contract_options(files: ExpertFiles) -> AskOptions:
     decoding = (training.decoding if training else None) or DecodingConfig()
     settings = resolve_settings(None, decoding).to_json()
     overrides = {name: item["value"] for name, item in settings.items() if item["source"] == "manifest"}
-    grammar = grammar_for(decoding, files.root)
+    grammar = grammar_for(decoding, files.root, untrusted=files.packaged)
     return AskOptions(overrides=overrides, grammar=grammar, validation=decoding)
 
 

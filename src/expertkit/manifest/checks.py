@@ -7,16 +7,18 @@ structural rules (types, ranges, enums, unknown keys) were already enforced by t
 from __future__ import annotations
 
 import fnmatch
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+import regex
 
 from expertkit.manifest.model import ManifestV2
 from expertkit.manifest.phase_checks import check_phases
 from expertkit.manifest.report import Problem
 from expertkit.manifest.sections import Adapter
 from expertkit.naming import normalise_model_name
+from expertkit.safepath import UnsafePathError, contained_file, path_problem
 
 # Modules adapters must not target unless allow_unsafe_targets is set: adapting norms and
 # embeddings destabilises training (seed 004: "Do NOT Adapt (Causes Instability)").
@@ -210,8 +212,8 @@ def check_routing(manifest: ManifestV2, ctx: CheckContext) -> list[Problem]:
     problems = []
     for i, pattern in enumerate(manifest.routing.patterns if manifest.routing else []):
         try:
-            re.compile(pattern)
-        except re.error as exc:
+            regex.compile(pattern)  # the engine routing uses (matched with a timeout)
+        except regex.error as exc:
             problems.append(
                 Problem(
                     f"$.routing.patterns[{i}]",
@@ -250,7 +252,34 @@ def referenced_files(manifest: ManifestV2) -> list[tuple[str, str]]:
 SHIPPED_FILE_PATHS = ("$.readme", "$.license_file", "$.training.decoding.grammar_file")
 
 
+def untrusted_path_problems(manifest: ManifestV2) -> list[Problem]:
+    """A packaged or installed manifest is untrusted: every file it names must be a relative path
+    without ``..``, and its base model is never a path relative to the package (a package cannot
+    bring its own model: a model directory's config can ask transformers to run code)."""
+    problems = [
+        Problem(path, f"a packaged manifest may only name files inside the package; this path {why}", found=repr(rel))
+        for path, rel in referenced_files(manifest)
+        if (why := path_problem(rel))
+    ]
+    for m, entry in enumerate(manifest.base_models):
+        parts = entry.name.replace("\\", "/").split("/")
+        if parts[0] == "." or ".." in parts:
+            problems.append(
+                Problem(
+                    f"$.base_models[{m}].name",
+                    "a packaged manifest cannot name a base model relative to itself (a package never brings a model)",
+                    "an embedded model name, a hub id or an absolute path",
+                    repr(entry.name),
+                )
+            )
+    return problems
+
+
 def check_files(manifest: ManifestV2, ctx: CheckContext) -> list[Problem]:
+    if ctx.packaged:
+        problems = untrusted_path_problems(manifest)
+        if problems:
+            return problems
     problems = []
     for path, relative in referenced_files(manifest):
         if ctx.packaged and path not in SHIPPED_FILE_PATHS:
@@ -258,6 +287,12 @@ def check_files(manifest: ManifestV2, ctx: CheckContext) -> list[Problem]:
         resolved = (ctx.root / relative).resolve()
         if not resolved.exists():
             problems.append(Problem(path, "referenced file does not exist", f"a file at {resolved}", f"'{relative}'"))
+            continue
+        if ctx.packaged:
+            try:
+                contained_file(ctx.root, relative, path)
+            except UnsafePathError as exc:
+                problems.append(Problem(path, exc.message, found=f"'{relative}'"))
     return problems
 
 

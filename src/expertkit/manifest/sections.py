@@ -279,7 +279,12 @@ class Constraints(Section):
 
 
 class EvalSet(Section):
-    name: str = Field(min_length=1)
+    name: str = Field(
+        min_length=1,
+        max_length=100,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="The set's name; its results are written as <name>.json, so it is a plain file name.",
+    )
     path: str = Field(min_length=1)
     format: EvalFormat
     answers: str | None = None

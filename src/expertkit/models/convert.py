@@ -20,8 +20,8 @@ def load_gguf(gguf_path: Path) -> tuple[Any, Any]:
 
     directory, name = str(gguf_path.parent), gguf_path.name
     try:
-        tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=name)
-        model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name)
+        tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=name, trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, trust_remote_code=False)
     except (ValueError, OSError, KeyError, RuntimeError) as exc:
         raise ModelLoadError(
             f"cannot read GGUF file {gguf_path}: {exc}",

@@ -66,6 +66,6 @@ def minilm_embedder() -> Embedder:
     from transformers import AutoModel, AutoTokenizer
 
     directory = minilm_dir()
-    model = AutoModel.from_pretrained(directory, use_safetensors=True).eval()
-    tokenizer = AutoTokenizer.from_pretrained(directory)
+    model = AutoModel.from_pretrained(directory, use_safetensors=True, trust_remote_code=False).eval()
+    tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=False)
     return hidden_state_embedder(model, tokenizer)

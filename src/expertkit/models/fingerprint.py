@@ -105,7 +105,10 @@ def _module_names(config: Any) -> tuple[list[str], list[str], int]:
 def compute_fingerprint(model_dir: Path) -> Fingerprint:
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(model_dir)
+    from expertkit.models.resolve import refuse_remote_code
+
+    refuse_remote_code(model_dir)
+    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
     linear, leaves, count = _module_names(config)
     architectures = getattr(config, "architectures", None) or [type(config).__name__]
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config

@@ -5,17 +5,18 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from expertkit.errors import ModelLoadError
-from expertkit.models.resolve import ResolvedModel, ensure_offline
+from expertkit.models.resolve import ResolvedModel, ensure_offline, refuse_remote_code
 
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 
 
 def load_tokenizer(resolved: ResolvedModel) -> Any:
     ensure_offline()
+    refuse_remote_code(resolved.path)
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(resolved.path)
+        return AutoTokenizer.from_pretrained(resolved.path, trust_remote_code=False)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(
             f"cannot load the tokenizer in {resolved.path}: {exc}", "check the model directory"
@@ -34,12 +35,15 @@ def load_model(resolved: ResolvedModel, dtype: DType = "float32", device: str = 
             f"run: expert-cli models pull {resolved.name}",
         )
     ensure_offline()
+    refuse_remote_code(resolved.path)
     import torch
     from transformers import AutoModelForCausalLM
 
     torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
     try:
-        model = AutoModelForCausalLM.from_pretrained(resolved.path, dtype=torch_dtype, use_safetensors=True)
+        model = AutoModelForCausalLM.from_pretrained(
+            resolved.path, dtype=torch_dtype, use_safetensors=True, trust_remote_code=False
+        )
     except (OSError, ValueError, RuntimeError) as exc:
         raise ModelLoadError(f"cannot load the model in {resolved.path}: {exc}", "check the model directory") from exc
     model.to(device).eval()

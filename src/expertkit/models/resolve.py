@@ -8,14 +8,15 @@ cache. Never a network call to a model hub.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from expertkit.errors import ModelNotFoundError
-from expertkit.home import models_dir
+from expertkit.errors import ModelLoadError, ModelNotFoundError
+from expertkit.home import expertkit_home, models_dir
 from expertkit.models.registry import EMBEDDED_MODELS, find_embedded
 from expertkit.naming import normalise_model_name
 
@@ -89,12 +90,42 @@ def _not_found(name: str, base_dir: Path | None) -> ModelNotFoundError:
     )
 
 
+REMOTE_CODE_FILES = ("config.json", "tokenizer_config.json", "processor_config.json")
+
+
+def refuse_remote_code(directory: Path) -> None:
+    """Refuse a model directory whose config asks transformers to import its own Python
+    (``auto_map``): expertkit loads with ``trust_remote_code=False`` and says why, rather than
+    letting transformers prompt on the terminal."""
+    for name in REMOTE_CODE_FILES:
+        path = directory / name
+        if not path.is_file():
+            continue
+        try:
+            text = path.read_bytes()[: 4 << 20].decode("utf-8", errors="replace")
+            config = json.loads(text)
+        except (OSError, ValueError, RecursionError):
+            continue  # transformers reports a broken config itself
+        if isinstance(config, dict) and "auto_map" in config:
+            raise ModelLoadError(
+                f"{path} asks to run the model's own Python code (auto_map {list(config['auto_map'])[:3]})",
+                "expertkit never runs code shipped with a model; use a model transformers supports natively",
+            )
+
+
+def _inside_store(path: Path) -> bool:
+    home = expertkit_home().resolve()
+    resolved = path.resolve()
+    return any(root == resolved or root in resolved.parents for root in (home / "experts", home / "cache" / "packages"))
+
+
 def resolve_model(name: str, base_dir: Path | None = None) -> ResolvedModel:
     """Locate ``name`` without loading or converting anything.
 
     Args:
         name: embedded model name, directory, GGUF file, or hub id.
-        base_dir: directory that relative paths are resolved against (the manifest's).
+        base_dir: directory that relative paths are resolved against (the user's own manifest's;
+            ``None`` for a packaged or installed expert, which never resolves a model inside itself).
 
     Raises:
         ModelNotFoundError: nothing matched; the message lists every place looked at.
@@ -105,6 +136,11 @@ def resolve_model(name: str, base_dir: Path | None = None) -> ResolvedModel:
     candidate = Path(name).expanduser()
     if not candidate.is_absolute() and base_dir is not None:
         candidate = base_dir / candidate
+    if (candidate.is_dir() or candidate.is_file()) and _inside_store(candidate):
+        raise ModelNotFoundError(
+            f"base model {name!r} points inside an installed or unpacked expert ({candidate})",
+            "a base model never comes from inside an expert: name the embedded model, a hub id or your own directory",
+        )
     if candidate.is_dir():
         if not (candidate / READY_MARKER).is_file():
             raise ModelNotFoundError(f"{candidate} is a directory but has no config.json", "point at a model directory")

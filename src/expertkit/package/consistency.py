@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from expertkit.manifest.checks import untrusted_path_problems
 from expertkit.manifest.load import parse_manifest, structural_problems
 from expertkit.manifest.model import ManifestV2
 from expertkit.models.fingerprint import text_sha256
@@ -33,7 +34,7 @@ def packaged_manifest(raw: bytes | None, where: str) -> ManifestV2:
 
 def lock_problems(manifest: ManifestV2, lock: dict[str, Any], contents: dict[str, bytes]) -> list[str]:
     """Every disagreement between the lock, the manifest and the shipped adapter config."""
-    problems = []
+    problems = [f"manifest.json {p.render()}" for p in untrusted_path_problems(manifest)]
     expert = lock.get("expert", {})
     if (expert.get("name"), expert.get("version")) != (manifest.name, manifest.version):
         problems.append(

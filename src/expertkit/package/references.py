@@ -21,7 +21,8 @@ from expertkit.naming import normalise_model_name
 from expertkit.package.archive import PackageError, extract_archive
 from expertkit.package.build import PACKAGE_SUFFIX
 from expertkit.package.lock import LOCK_FILE, parse_lock
-from expertkit.package.signing import PublicKey
+from expertkit.package.recheck import recheck_directory
+from expertkit.package.signing import PublicKey, default_trusted_keys_dir, trusted_keys
 from expertkit.package.store import find_installed
 from expertkit.package.verify import verify_package
 
@@ -38,6 +39,12 @@ class ExpertFiles:
     @property
     def packaged(self) -> bool:
         return self.lock is not None
+
+    @property
+    def model_base_dir(self) -> Path | None:
+        """Where a relative base-model name is resolved: the user's own expert directory, never a
+        package's or an installed expert's (a package cannot bring the model it runs on)."""
+        return None if self.packaged else self.loaded.root
 
     @property
     def model_dir(self) -> Path:
@@ -61,42 +68,61 @@ def packages_cache() -> Path:
     return expertkit_home() / "cache" / "packages"
 
 
-def unpack_package(package: Path, keys: list[PublicKey] | None = None, require_signature: bool = False) -> Path:
-    """Verify ``package`` and extract it once into the cache; the cached directory."""
+def unpack_package(
+    package: Path, keys: list[PublicKey] | None = None, require_signature: bool = False
+) -> tuple[Path, dict[str, str]]:
+    """Verify ``package`` and extract it once into the cache; the cached directory and the member
+    digests it must hold (the archive's, just verified)."""
     report = verify_package(package, keys, require_signature)
     target = packages_cache() / report.archive_sha256[:32]
     if not (target / LOCK_FILE).is_file():
         with atomic_directory(target, replace=True) as staged:
             extract_archive(package, staged, report.scan.members)
-    return target
+    return target, {name: member.sha256 for name, member in report.scan.members.items()}
 
 
-def _from_directory(directory: Path, source: str) -> ExpertFiles:
+def _from_directory(
+    directory: Path,
+    source: str,
+    keys: list[PublicKey] | None = None,
+    require_signature: bool = False,
+    expected: dict[str, str] | None = None,
+) -> ExpertFiles:
+    """The expert in ``directory``. An unpacked package (it has a lock) is untrusted and re-checked
+    in full (files, lock, manifest paths, signature): the one loading path for every reference."""
     if not (directory / "manifest.json").is_file():
         raise PackageError(f"{directory} has no manifest.json", "give an expert directory, package or installed name")
     loaded = load_manifest(directory)
     lock_path = directory / LOCK_FILE
     lock = parse_lock(lock_path.read_bytes(), str(directory)) if lock_path.is_file() else None
-    if lock is None and len(loaded.manifest.base_models) != 1:
-        raise PackageError(f"{directory}: the manifest lists several base models", "package the expert for one model")
+    if lock is None:
+        if require_signature:
+            raise PackageError(f"{directory} is not a package; signatures cover packages", "load the .expert file")
+        if len(loaded.manifest.base_models) != 1:
+            raise PackageError(
+                f"{directory}: the manifest lists several base models", "package the expert for one model"
+            )
+    else:
+        recheck_directory(directory, loaded.manifest, lock, expected, keys, require_signature)
     return ExpertFiles(directory.resolve(), loaded, lock, source)
 
 
 def resolve_expert(reference: str, keys: list[PublicKey] | None = None, require_signature: bool = False) -> ExpertFiles:
-    """Find the expert ``reference`` names: an existing path first, then the store."""
+    """Find the expert ``reference`` names: an existing path first, then the store.
+
+    Whatever the way of naming it, a packaged expert (a ``.expert``, its unpacked directory, an
+    installed one) goes through the same checks: member digests, lock against manifest and adapter
+    config, untrusted manifest paths, and the signature against the keys trusted now.
+    """
     path = Path(reference).expanduser()
     if path.is_file() and path.name.endswith(PACKAGE_SUFFIX):
-        return _from_directory(unpack_package(path, keys, require_signature), str(path))
+        directory, expected = unpack_package(path, keys, require_signature)
+        return _from_directory(directory, str(path), None, False, expected)  # the archive was just verified
     if path.is_dir():
-        if require_signature:
-            raise PackageError(f"{path} is a directory; signatures cover packages", "install or load the .expert file")
-        return _from_directory(path, str(path))
+        return _from_directory(path, str(path), keys, require_signature)
     if path.suffix == PACKAGE_SUFFIX or "/" in reference:
         raise PackageError(f"{reference}: no such file or directory", "give an existing path or an installed name")
     record = find_installed(reference)
-    if require_signature and not record.trusted:
-        raise PackageError(
-            f"{record.name}@{record.version} was installed without a trusted signature",
-            "re-install it with: expert-cli install PACKAGE --require-signature",
-        )
-    return _from_directory(Path(record.path), f"{record.name}@{record.version}")
+    if require_signature and keys is None:
+        keys = trusted_keys(default_trusted_keys_dir())
+    return _from_directory(Path(record.path), f"{record.name}@{record.version}", keys, require_signature)

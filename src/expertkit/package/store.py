@@ -20,10 +20,10 @@ from expertkit.fsutil import atomic_directory, write_text_atomic
 from expertkit.home import expertkit_home
 from expertkit.package.archive import PackageError, extract_archive
 from expertkit.package.consistency import lock_problems, packaged_manifest
-from expertkit.package.signing import PublicKey, default_trusted_keys_dir, trusted_keys
+from expertkit.package.recheck import INSTALL_RECORD, SIGNATURE_COPY
+from expertkit.package.signing import PublicKey, default_trusted_keys_dir, signature_path, trusted_keys
 from expertkit.package.verify import MANIFEST_MEMBER, verify_package
 
-INSTALL_RECORD = ".install.json"
 _SEMVER = re.compile(r"^(\d+)\.(\d+)\.(\d+)(?:-([0-9A-Za-z.-]+))?(?:\+.*)?$")
 
 
@@ -106,6 +106,8 @@ def install_package(
     )
     with atomic_directory(target, replace=True) as staged:
         extract_archive(package, staged, report.scan.members)
+        if report.signer is not None:  # kept so every load can re-check it against the keys trusted then
+            shutil.copyfile(signature_path(package), staged / SIGNATURE_COPY)
         write_text_atomic(staged / INSTALL_RECORD, json.dumps(record.to_json(), indent=2) + "\n")
     return record, True
 

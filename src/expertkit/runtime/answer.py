@@ -60,16 +60,21 @@ class AskOptions:
     raw_prompt: str | None = None  # a completion prompt used as is, without the chat template
     prompt_ids: list[int] | None = None  # the prompt already tokenised by the caller (a server)
     use_validation: bool = True
+    compiled_grammar: CompiledGrammar | None = None  # ``grammar`` already compiled (off the generation thread)
+    max_tokens_cap: int | None = None  # what the context leaves after the prompt: max_tokens never exceeds it
 
 
 def expert_grammar(engine: Engine, name: str | None) -> CompiledGrammar | None:
     if name is None:
         return None
-    spec = grammar_for(engine.decoding_of(name), engine.experts[name].files.root)
+    files = engine.experts[name].files
+    spec = grammar_for(engine.decoding_of(name), files.root, untrusted=files.packaged)
     return compile_grammar(engine.tokenizer, engine.vocab_size, spec) if spec else None
 
 
 def _grammar(engine: Engine, name: str | None, options: AskOptions) -> CompiledGrammar | None:
+    if options.compiled_grammar is not None:
+        return options.compiled_grammar
     if options.grammar is not None:
         return compile_grammar(engine.tokenizer, engine.vocab_size, options.grammar)
     return expert_grammar(engine, name) if options.use_grammar else None
@@ -128,6 +133,9 @@ class AskPlan:
 def plan_answer(engine: Engine, name: str | None, messages: list[dict[str, str]], options: AskOptions) -> AskPlan:
     decoding = engine.decoding_of(name)
     settings = resolve_settings(options.overrides, decoding)
+    if options.max_tokens_cap is not None and settings.max_tokens > options.max_tokens_cap:
+        sources = {**settings.sources, "max_tokens": "context"}
+        settings = replace(settings, max_tokens=max(1, options.max_tokens_cap), sources=sources)
     checks = options.validation or (decoding if options.use_validation else DecodingConfig())
     return AskPlan(
         engine=engine,

@@ -10,6 +10,7 @@ the lean decoder run one at a time.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -25,10 +26,19 @@ Done = Callable[[GenerationResult | BaseException], None]
 @dataclass
 class Sequence:
     request: GenerationRequest
-    done: Done
+    callback: Done
     state: SequenceState | None = None
     length: int = 0
     token: int = 0
+
+    def done(self, outcome: GenerationResult | BaseException) -> None:
+        """Deliver ``outcome``; a callback that raises fails this sequence's caller alone, never the batch."""
+        try:
+            self.callback(outcome)
+        except Exception as exc:
+            if not isinstance(outcome, BaseException):
+                with contextlib.suppress(Exception):
+                    self.callback(exc)
 
 
 @dataclass

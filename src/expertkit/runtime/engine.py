@@ -8,13 +8,14 @@ in bf16. Each expert is checked against its lock before its adapter is attached.
 
 from __future__ import annotations
 
+import json
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from expertkit.errors import UsageError
+from expertkit.errors import ModelLoadError, UsageError
 from expertkit.manifest.sections import DecodingConfig
 from expertkit.models.fingerprint import fingerprint
 from expertkit.models.load import load_model
@@ -27,6 +28,9 @@ from expertkit.runtime.hf_decoder import HFDecoder
 from expertkit.runtime.lean import LeanDecoder, lean_supported
 from expertkit.runtime.options import LoadOptions
 from expertkit.runtime.settings import DecodingSettings, resolve_settings
+from expertkit.safepath import UnsafePathError, read_bounded
+
+MAX_CONTROL_TOKENS, MAX_CONTROL_TOKEN_CHARS = 256, 64
 
 
 @dataclass
@@ -53,8 +57,6 @@ def _lock_of(files: ExpertFiles, notes: list[str]) -> dict[str, Any] | None:
 def _soft_prompt(files: ExpertFiles) -> torch.Tensor | None:
     from safetensors.torch import load_file
 
-    from expertkit.errors import ModelLoadError
-
     parts = []
     for prompt in files.loaded.manifest.soft_prompts:
         path = files.soft_prompt_dir / f"{prompt.name}.safetensors"
@@ -70,6 +72,9 @@ class Engine:
     def __init__(self, base: ResolvedModel, options: LoadOptions) -> None:
         self.base, self.options = base, options
         self.model, self.tokenizer = load_model(base, options.dtype, options.device)
+        # The base tokenizer's own special tokens (EOS, BOS, pad ...) are hidden from output text;
+        # tokens an expert adds are plain text to every other expert, never stripped.
+        self.hidden_ids = frozenset(int(i) for i in self.tokenizer.all_special_ids)
         self.fingerprint = fingerprint(base.path)
         self.experts: dict[str, Expert] = {}
         self.active: str | None = None
@@ -90,7 +95,7 @@ class Engine:
             raise UsageError("no expert and no base model given", "name at least one expert")
         first = files[0] if files else None
         name = options.base or (first.loaded.manifest.base_models[0].name if first else "")
-        engine = cls(resolve_model(name, first.loaded.root if first else None), options)
+        engine = cls(resolve_model(name, first.model_base_dir if first else None), options)
         for item in files:
             engine.attach(item)
         return engine
@@ -102,7 +107,9 @@ class Engine:
         if lock is not None:
             check_base_model(lock, self.fingerprint, str(files.root))
         dataset = files.loaded.manifest.training.dataset if files.loaded.manifest.training else None
-        add_control_tokens(self.tokenizer, dataset.special_tokens if dataset else [])
+        tokens = list(dataset.special_tokens) if dataset else []
+        self._check_control_tokens(files, tokens)
+        add_control_tokens(self.tokenizer, tokens)
         if lock is not None and (
             drift := check_template(lock, self.tokenizer, str(files.root), self.options.allow_template_drift)
         ):
@@ -110,11 +117,53 @@ class Engine:
         if len(self.tokenizer) > self.model.get_input_embeddings().num_embeddings:
             self.model.resize_token_embeddings(len(self.tokenizer))
         expert = Expert(files, _soft_prompt(files), notes)
+        self._check_bounds(expert)
         self._load_adapter(expert)
         self.experts[expert.name] = expert
         self._decoder = None
         self._lean_decoders.clear()
         return expert
+
+    def _check_control_tokens(self, files: ExpertFiles, tokens: list[str]) -> None:
+        """Control tokens are scoped by refusal: the tokenizer is shared, so an expert's added tokens
+        would change how every other expert's prompts tokenise. Experts in one engine must declare
+        the same control tokens (or none); the counts and lengths are bounded."""
+        if len(tokens) > MAX_CONTROL_TOKENS or any(len(t) > MAX_CONTROL_TOKEN_CHARS or not t for t in tokens):
+            raise UsageError(
+                f"{files.root}: training.dataset.special_tokens lists {len(tokens)} tokens; at most "
+                f"{MAX_CONTROL_TOKENS} of 1 to {MAX_CONTROL_TOKEN_CHARS} characters are accepted",
+                "declare only the control tokens the expert was trained with",
+            )
+        for other in self.experts.values():
+            dataset = other.files.loaded.manifest.training.dataset if other.files.loaded.manifest.training else None
+            theirs = set(dataset.special_tokens) if dataset else set()
+            if theirs != set(tokens):
+                raise UsageError(
+                    f"{files.loaded.manifest.name} and {other.name} declare different control tokens "
+                    f"({sorted(set(tokens) ^ theirs)[:5]}); loaded together, one expert's tokens would "
+                    "change how the other's prompts are tokenised",
+                    "serve them in separate processes (one expert-cli serve each)",
+                )
+
+    def _check_bounds(self, expert: Expert) -> None:
+        """An adapter's rank and a soft prompt's length within what the base model makes sensible."""
+        config = self.model.config if not self.experts else self.model.get_base_model().config
+        hidden = int(getattr(config, "hidden_size", 0) or 0)
+        path = expert.files.adapter_dir / "adapter_config.json"
+        try:
+            adapter = json.loads(read_bounded(path, "adapter_config.json", 1 << 20))
+        except (OSError, ValueError, UnsafePathError) as exc:
+            raise ModelLoadError(f"cannot read {path}: {exc}", "re-train or re-install the expert") from exc
+        rank = adapter.get("r") if isinstance(adapter, dict) else None
+        if hidden and isinstance(rank, int) and not 0 < rank <= hidden:
+            raise ModelLoadError(f"{path}: rank r={rank} is outside 1..{hidden} (the base model's hidden size)")
+        if expert.soft_prompt is not None:
+            rows, width = expert.soft_prompt.shape
+            if rows > self.context_length // 2 or (hidden and width != hidden):
+                raise ModelLoadError(
+                    f"{expert.files.root}: soft prompt of {rows} x {width}; the base model allows at most "
+                    f"{self.context_length // 2} tokens of width {hidden}"
+                )
 
     def _load_adapter(self, expert: Expert) -> None:
         from peft import PeftModel
@@ -188,7 +237,9 @@ class Engine:
         expert = self.experts.get(name) if name else None
         end_ids = end_token_ids(self.tokenizer, getattr(self.model, "generation_config", None))
         prefix = expert.soft_prompt if expert else None
-        return GenerationRequest(prompt_ids, settings, end_ids, prefix=prefix, expert=name, **extra)
+        return GenerationRequest(
+            prompt_ids, settings, end_ids, prefix=prefix, expert=name, hidden_ids=self.hidden_ids, **extra
+        )
 
     def execute(self, request: GenerationRequest) -> GenerationResult:
         """Run one request on its expert's decoder."""
@@ -212,6 +263,11 @@ class Engine:
         """One completion, decoding settings resolved in three levels (overrides > manifest > defaults)."""
         settings = resolve_settings(overrides, self.decoding_of(name))
         return self.run(name, self.prompt_ids(messages), settings, **extra)
+
+    def prefix_length(self, name: str | None) -> int:
+        """Positions the expert's soft prompt takes before the prompt (0 without one)."""
+        expert = self.experts.get(name) if name else None
+        return 0 if expert is None or expert.soft_prompt is None else int(expert.soft_prompt.shape[0])
 
     @property
     def context_length(self) -> int:

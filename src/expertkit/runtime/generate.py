@@ -84,6 +84,9 @@ class GenerationRequest:
     # Checked before every step: a server sets it when the client has gone or the deadline passed.
     should_stop: Callable[[], bool] | None = None
     expert: str | None = None  # whose adapter decodes it (None: the base model)
+    # Token ids never shown in text (the base tokenizer's own special tokens); anything else,
+    # including tokens an expert added, is decoded as text. None: every special token is hidden.
+    hidden_ids: frozenset[int] | None = None
 
 
 class GenerationCancelledError(Exception):
@@ -97,7 +100,7 @@ class SequenceState:
     def __init__(self, tokenizer: Any, request: GenerationRequest) -> None:
         self.request, self.settings = request, request.settings
         self.sampler = Sampler(request.settings)
-        self.stops = StopMatcher(tokenizer, request.settings.stop_sequences)
+        self.stops = StopMatcher(tokenizer, request.settings.stop_sequences, request.hidden_ids)
         self.seen = torch.tensor(request.prompt_ids, dtype=torch.long)
         self.started = time.perf_counter()
         self.first_token_s, self.text, self.steps = 0.0, "", 0

@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -21,6 +23,7 @@ from expertkit.grammars import grammar_text
 from expertkit.manifest.sections import DecodingConfig
 from expertkit.registry import Registry
 from expertkit.runtime.generate import TokenMask
+from expertkit.safepath import UnsafePathError, read_bounded, read_contained
 
 GrammarKind = Literal["gbnf", "lark", "json", "json_schema"]
 # Which backend compiles each kind: XGrammar for GBNF and JSON (microsecond masks for JSON),
@@ -55,11 +58,13 @@ def _shipped(name: str) -> GrammarSpec:
     return GrammarSpec("lark", grammar_text(name, "lark"), f"expertkit grammar '{name}'")
 
 
-def grammar_for(decoding: DecodingConfig | None, root: Path) -> GrammarSpec | None:
+def grammar_for(decoding: DecodingConfig | None, root: Path, untrusted: bool = True) -> GrammarSpec | None:
     """The grammar an expert's manifest asks for (``use_grammar``), or ``None``.
 
     ``grammar_file`` (GBNF, relative to the expert) wins over ``grammar_type``; ``sql-<dialect>``
-    and ``cypher`` use the grammars shipped with expertkit.
+    and ``cypher`` use the grammars shipped with expertkit. The file is always read with a size
+    bound, as a regular file; for an ``untrusted`` expert (packaged or installed) it must also lie
+    inside ``root`` after symlinks are resolved.
     """
     if decoding is None or not decoding.use_grammar:
         return None
@@ -67,7 +72,15 @@ def grammar_for(decoding: DecodingConfig | None, root: Path) -> GrammarSpec | No
         path = root / decoding.grammar_file
         kind: GrammarKind = "lark" if path.suffix == ".lark" else "gbnf"
         try:
-            return GrammarSpec(kind, path.read_text(encoding="utf-8"), str(path))
+            if untrusted:
+                raw = read_contained(root, decoding.grammar_file, "training.decoding.grammar_file")
+            else:
+                raw = read_bounded(path, "training.decoding.grammar_file")
+            return GrammarSpec(kind, raw.decode("utf-8"), str(path))
+        except UnsafePathError as exc:
+            raise GrammarError(exc.message, exc.hint) from exc
+        except UnicodeDecodeError as exc:
+            raise GrammarError(f"grammar file {path} is not UTF-8 text", "save it as UTF-8") from exc
         except OSError as exc:
             raise GrammarError(f"cannot read grammar file {path}: {exc.strerror}", "fix grammar_file") from exc
     grammar_type = decoding.grammar_type or ""
@@ -119,6 +132,44 @@ def _compile_error(spec: GrammarSpec, exc: Exception) -> GrammarError:
     else:
         message = f"{spec.source}: {text.strip().splitlines()[-1] if text.strip() else type(exc).__name__}"
     return GrammarError(message, "fix the grammar (llama.cpp GBNF syntax)")
+
+
+class CompileCache:
+    """Compiled grammars, least recently used first out, bounded by count and by bytes.
+
+    Clients choose ``response_format`` schemas, so the cache must not grow with them; thread-safe,
+    because compiles run on a compile thread while the generation thread reads.
+    """
+
+    def __init__(self, max_entries: int = 64, max_bytes: int = 256 << 20) -> None:
+        self.max_entries, self.max_bytes = max_entries, max_bytes
+        self._items: OrderedDict[tuple[str, str], tuple[Any, int]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, str]) -> Any | None:
+        with self._lock:
+            item = self._items.get(key)
+            if item is None:
+                return None
+            self._items.move_to_end(key)
+            return item[0]
+
+    def put(self, key: tuple[str, str], value: Any, size: int) -> None:
+        with self._lock:
+            if key in self._items:
+                self._bytes -= self._items.pop(key)[1]
+            self._items[key] = (value, size)
+            self._bytes += size
+            while self._items and (len(self._items) > self.max_entries or self._bytes > self.max_bytes):
+                self._bytes -= self._items.popitem(last=False)[1][1]
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def bytes(self) -> int:
+        return self._bytes
 
 
 _BACKENDS: dict[str, GrammarBackend] = {}

@@ -12,7 +12,14 @@ from typing import Any
 
 import torch
 
-from expertkit.runtime.grammar import GRAMMAR_BACKENDS, GrammarError, GrammarSpec, apply_bitmask, tokenizer_key
+from expertkit.runtime.grammar import (
+    GRAMMAR_BACKENDS,
+    CompileCache,
+    GrammarError,
+    GrammarSpec,
+    apply_bitmask,
+    tokenizer_key,
+)
 
 
 class LLGuidanceMask:
@@ -61,7 +68,7 @@ class LLGuidanceCompiled:
 class LLGuidanceBackend:
     def __init__(self) -> None:
         self._tokenizers: dict[str, Any] = {}
-        self._compiled: dict[tuple[str, str], LLGuidanceCompiled] = {}
+        self._compiled = CompileCache()
 
     def _tokenizer(self, tokenizer: Any, vocab_size: int) -> Any:
         try:
@@ -75,8 +82,9 @@ class LLGuidanceBackend:
 
     def compile(self, tokenizer: Any, vocab_size: int, spec: GrammarSpec) -> LLGuidanceCompiled:
         key = (tokenizer_key(tokenizer, vocab_size), spec.key)
-        if key in self._compiled:
-            return self._compiled[key]
+        cached = self._compiled.get(key)
+        if cached is not None:
+            return cached
         import llguidance
 
         formats = {"lark": "lark", "gbnf": "gbnf", "json": "json_schema", "json_schema": "json_schema"}
@@ -90,5 +98,6 @@ class LLGuidanceBackend:
         if is_error:  # messages read "at LINE(COLUMN): what", with the line quoted
             detail = messages[0].strip() if messages else "invalid grammar"
             raise GrammarError(f"{spec.source}: {detail}", "fix the grammar (Lark syntax as llguidance reads it)")
-        self._compiled[key] = LLGuidanceCompiled(ll_tokenizer, grammar, vocab_size, tokenizer)
-        return self._compiled[key]
+        result = LLGuidanceCompiled(ll_tokenizer, grammar, vocab_size, tokenizer)
+        self._compiled.put(key, result, 64 * len(spec.text) + 4096)  # the text and a rough share of its tables
+        return result

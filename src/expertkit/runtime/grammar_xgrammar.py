@@ -6,11 +6,19 @@ token on a CPU; it is installed without its triton dependency (CUDA kernels we d
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import torch
 
-from expertkit.runtime.grammar import GRAMMAR_BACKENDS, GrammarError, GrammarSpec, _compile_error, tokenizer_key
+from expertkit.runtime.grammar import (
+    GRAMMAR_BACKENDS,
+    CompileCache,
+    GrammarError,
+    GrammarSpec,
+    _compile_error,
+    tokenizer_key,
+)
 
 
 class XGrammarMask:
@@ -64,7 +72,8 @@ class XGrammarBackend:
 
     def __init__(self) -> None:
         self._compilers: dict[str, Any] = {}
-        self._compiled: dict[tuple[str, str], XGrammarCompiled] = {}
+        self._compiled = CompileCache()
+        self._lock = threading.Lock()
 
     def _compiler(self, tokenizer: Any, vocab_size: int) -> Any:
         try:
@@ -72,15 +81,18 @@ class XGrammarBackend:
         except ImportError as exc:
             raise GrammarError("xgrammar is not installed", "run: make venv (it installs xgrammar)") from exc
         key = tokenizer_key(tokenizer, vocab_size)
-        if key not in self._compilers:
-            info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size)
-            self._compilers[key] = xgr.GrammarCompiler(info, max_threads=1)
-        return self._compilers[key]
+        with self._lock:
+            if key not in self._compilers:
+                info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size)
+                # Our CompileCache bounds what is kept; XGrammar's own cache would grow with every schema.
+                self._compilers[key] = xgr.GrammarCompiler(info, max_threads=1, cache_enabled=False)
+            return self._compilers[key]
 
     def compile(self, tokenizer: Any, vocab_size: int, spec: GrammarSpec) -> XGrammarCompiled:
         key = (tokenizer_key(tokenizer, vocab_size), spec.key)
-        if key in self._compiled:
-            return self._compiled[key]
+        cached = self._compiled.get(key)
+        if cached is not None:
+            return cached
         compiler = self._compiler(tokenizer, vocab_size)
         try:
             if spec.kind == "json":
@@ -91,5 +103,6 @@ class XGrammarBackend:
                 compiled = compiler.compile_grammar(spec.text)
         except (RuntimeError, ValueError) as exc:
             raise _compile_error(spec, exc) from exc
-        self._compiled[key] = XGrammarCompiled(compiled)
-        return self._compiled[key]
+        result = XGrammarCompiled(compiled)
+        self._compiled.put(key, result, int(getattr(compiled, "memory_size_bytes", 0)) or len(spec.text) + 1)
+        return result

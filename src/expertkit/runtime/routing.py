@@ -7,6 +7,12 @@
    (``routing.keywords``, whole words, any case). The best score must reach the expert's
    ``routing.threshold`` (else :data:`DEFAULT_THRESHOLD`), otherwise the base model answers alone.
 3. Without an embedder (or examples), keywords alone decide: most matches, then priority.
+
+Patterns come from manifests, which may come from untrusted packages, and Python's ``re`` has no
+time limit (``^(a|a)+$`` on 26 characters runs for seconds). They are compiled and matched with the
+``regex`` package, whose ``timeout=`` bounds each search and which releases the GIL while matching;
+a pattern that times out counts as not matching and is named in the decision. Servers call
+:meth:`Router.route` on a helper thread, never on the event loop.
 """
 
 from __future__ import annotations
@@ -15,10 +21,13 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+import regex
+
 from expertkit.manifest.sections import Routing
 from expertkit.models.embedder import Embedder
 
 DEFAULT_THRESHOLD = 0.35
+PATTERN_TIMEOUT_S = 0.05  # per pattern and prompt; a well-formed routing pattern needs microseconds
 KEYWORD_BONUS, MAX_KEYWORD_BONUS = 0.04, 0.12
 
 
@@ -26,6 +35,7 @@ KEYWORD_BONUS, MAX_KEYWORD_BONUS = 0.04, 0.12
 class RouteScore:
     patterns: list[str] = field(default_factory=list)
     keywords: list[str] = field(default_factory=list)
+    timed_out: list[str] = field(default_factory=list)  # patterns that ran past PATTERN_TIMEOUT_S
     similarity: float | None = None
     score: float = 0.0
 
@@ -46,6 +56,7 @@ class RoutingDecision:
                     "similarity": None if s.similarity is None else round(s.similarity, 4),
                     "patterns": s.patterns,
                     "keywords": s.keywords,
+                    **({"timed_out": s.timed_out} if s.timed_out else {}),
                 }
                 for name, s in self.scores.items()
             },
@@ -55,7 +66,7 @@ class RoutingDecision:
 class Router:
     def __init__(self, experts: dict[str, Routing], embed: Embedder | None = None) -> None:
         self.experts, self.embed = experts, embed
-        self._patterns = {name: [re.compile(p) for p in r.patterns] for name, r in experts.items()}
+        self._patterns = {name: [regex.compile(p) for p in r.patterns] for name, r in experts.items()}
         self._keywords = {
             name: [(k, re.compile(rf"(?<!\w){re.escape(k)}(?!\w)", re.IGNORECASE)) for k in r.keywords]
             for name, r in experts.items()
@@ -65,13 +76,17 @@ class Router:
             self._examples = {name: embed(list(r.examples)) for name, r in experts.items() if r.examples}
 
     def _rule_scores(self, prompt: str) -> dict[str, RouteScore]:
-        return {
-            name: RouteScore(
-                patterns=[p.pattern for p in self._patterns[name] if p.search(prompt)],
-                keywords=[k for k, rx in self._keywords[name] if rx.search(prompt)],
-            )
-            for name in self.experts
-        }
+        scores = {}
+        for name in self.experts:
+            score = RouteScore(keywords=[k for k, rx in self._keywords[name] if rx.search(prompt)])
+            for pattern in self._patterns[name]:
+                try:
+                    if pattern.search(prompt, timeout=PATTERN_TIMEOUT_S, concurrent=True):
+                        score.patterns.append(pattern.pattern)
+                except TimeoutError:
+                    score.timed_out.append(pattern.pattern)
+            scores[name] = score
+        return scores
 
     def _priority(self, name: str) -> int:
         return self.experts[name].priority

@@ -10,7 +10,8 @@ from typing import Any, Literal
 
 from expertkit.manifest.sections import DecodingConfig
 
-Source = Literal["cli", "manifest", "default"]
+# "context": lowered to what the context window leaves after the prompt.
+Source = Literal["cli", "manifest", "default", "context"]
 
 
 @dataclass(frozen=True)

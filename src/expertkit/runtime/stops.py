@@ -20,15 +20,20 @@ class StopResult:
 
 
 class StopMatcher:
-    def __init__(self, tokenizer: Any, stops: tuple[str, ...]) -> None:
+    def __init__(self, tokenizer: Any, stops: tuple[str, ...], hidden_ids: frozenset[int] | None = None) -> None:
         self.tokenizer = tokenizer
+        # None: hide every special token (the tokenizer's own view); else only these ids
+        self.hidden_ids = hidden_ids
         self.stops = tuple(s for s in stops if s)
         self.ids: list[int] = []
         self.emitted = 0
         self.search_from = 0  # occurrences before this were declined (inside a grammar literal)
 
     def full_text(self) -> str:
-        return str(self.tokenizer.decode(self.ids, skip_special_tokens=True))
+        if self.hidden_ids is None:
+            return str(self.tokenizer.decode(self.ids, skip_special_tokens=True))
+        shown = [i for i in self.ids if i not in self.hidden_ids]
+        return str(self.tokenizer.decode(shown, skip_special_tokens=False))
 
     def push(self, token_id: int) -> StopResult:
         self.ids.append(token_id)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from expertkit.grammars import grammar_text
+from expertkit.jsonschema_guard import validate_instance
 from expertkit.manifest.sections import DecodingConfig
 from expertkit.registry import Registry
 
@@ -84,17 +85,13 @@ def _json(text: str) -> tuple[Any, Validation | None]:
         return json.loads(text), None
     except ValueError as exc:
         return None, Validation(False, f"invalid JSON: {exc}")
+    except RecursionError:
+        return None, Validation(False, "invalid JSON: nested too deeply")
 
 
 def _schema_check(value: Any, schema: dict[str, Any]) -> Validation:
-    import jsonschema
-
-    try:
-        jsonschema.validate(value, schema)
-    except jsonschema.ValidationError as exc:
-        where = "$" + "".join(f"[{p!r}]" if isinstance(p, int) else f".{p}" for p in exc.absolute_path)
-        return Validation(False, f"JSON Schema: {where}: {exc.message}")
-    return Validation(True)
+    error = validate_instance(value, schema)  # never fetches a $ref, never raises
+    return Validation(True) if error is None else Validation(False, error)
 
 
 @VALIDATORS.register("json")
@@ -159,4 +156,7 @@ def validate_output(text: str, stopped: bool, ctx: ValidationContext) -> Validat
         return Validation(False, "generation was cut off by max_tokens (no stop condition reached)")
     if name == "none":
         return Validation(True)
-    return VALIDATORS[name](text.strip(), ctx)
+    try:
+        return VALIDATORS[name](text.strip(), ctx)
+    except Exception as exc:  # one output's validator failing is that output's problem, never the batch's
+        return Validation(None, f"validator unavailable: {name} failed: {type(exc).__name__}: {str(exc)[:200]}")

@@ -12,25 +12,30 @@ import contextlib
 import hmac
 import json
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from expertkit.jsonschema_guard import DEFAULT_SCHEMA_LIMITS, SchemaLimits
 from expertkit.package.store import read_record
 from expertkit.runtime.batch import BatchScheduler
 from expertkit.runtime.engine import Engine
 from expertkit.runtime.generate import GenerationCancelledError
+from expertkit.runtime.grammar import CompiledGrammar, GrammarError, GrammarSpec, compile_grammar
 from expertkit.runtime.routing import Router
 from expertkit.serve import completions as comp
 from expertkit.serve.errors import APIError, install_error_handlers
+from expertkit.serve.guards import RequestGuard
 from expertkit.serve.metrics import ServerMetrics
 from expertkit.serve.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
 from expertkit.serve.worker import GenerationWorker, Job
 
 OPEN_PATHS = ("/health",)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -41,7 +46,9 @@ class ServerConfig:
     max_batch: int = 8
     timeout_s: float = 120.0
     max_body_bytes: int = 1 << 20
-    default_max_tokens: int = 256
+    allowed_hosts: frozenset[str] = frozenset()  # Host names accepted besides loopback (without a key: only these)
+    compile_timeout_s: float = 10.0  # a response_format grammar that takes longer to compile is a 422
+    schema_limits: SchemaLimits = DEFAULT_SCHEMA_LIMITS
 
 
 @dataclass
@@ -52,6 +59,13 @@ class ServerState:
     worker: GenerationWorker
     metrics: ServerMetrics
     started: int
+    # Grammar compiles and tokenisation run here, never on the event loop or the generation thread.
+    helpers: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=4, thread_name_prefix="expertkit-helper")
+    )
+
+    async def off_loop(self, function: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.helpers, function, *args)
 
 
 def create_app(engine: Engine, router: Router | None, config: ServerConfig) -> FastAPI:
@@ -63,12 +77,20 @@ def create_app(engine: Engine, router: Router | None, config: ServerConfig) -> F
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         worker.close()  # graceful shutdown: refuse new work, cancel the queue, finish the running job
+        state.helpers.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="expertkit", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.expertkit = state
     install_error_handlers(app, metrics.error)
     _install_middleware(app, state)
     _install_routes(app, state)
+    app.add_middleware(
+        RequestGuard,
+        max_body_bytes=config.max_body_bytes,
+        allowed_hosts=frozenset(h.lower() for h in config.allowed_hosts),
+        loopback_only=config.api_key is None,
+        on_error=metrics.error,
+    )
     return app
 
 
@@ -77,7 +99,8 @@ def _install_middleware(app: FastAPI, state: ServerState) -> None:
     async def guard(request: Request, call_next: Any) -> Response:
         started = time.perf_counter()
         response = await _guarded(request, call_next, state)
-        endpoint = request.url.path
+        route = request.scope.get("route")  # the matched route's template: one label per route, not per path
+        endpoint = getattr(route, "path", None) or "unmatched"
         state.metrics.requests.labels(endpoint=endpoint, status=str(response.status_code)).inc()
         state.metrics.latency.labels(endpoint=endpoint).observe(time.perf_counter() - started)
         return response
@@ -92,10 +115,6 @@ async def _guarded(request: Request, call_next: Any, state: ServerState) -> Resp
             return APIError(
                 401, "missing or wrong API key (Authorization: Bearer ...)", code="invalid_api_key"
             ).response()
-    length = request.headers.get("content-length")
-    if length is not None and (not length.isdigit() or int(length) > state.config.max_body_bytes):
-        state.metrics.error("body_too_large")
-        return APIError(413, f"request body over {state.config.max_body_bytes} bytes", code="body_too_large").response()
     response: Response = await call_next(request)
     return response
 
@@ -135,26 +154,50 @@ def _install_routes(app: FastAPI, state: ServerState) -> None:
     @app.post("/v1/chat/completions")
     async def chat(request: Request, body: ChatCompletionRequest) -> Response:
         messages = comp.chat_messages(body)
-        grammar, validation = comp.response_grammar(body)
+        grammar, validation = comp.response_grammar(body, state.config.schema_limits)
+        compiled = await _compile(state, grammar) if grammar is not None else None
         prompt = messages[-1]["content"]
-        ids = state.engine.prompt_ids(messages)
-        extra = {"grammar": grammar, "validation": validation, "prompt_ids": ids}
+        ids = await state.off_loop(state.engine.prompt_ids, messages)
+        extra = {"grammar": grammar, "compiled_grammar": compiled, "validation": validation, "prompt_ids": ids}
         return await _complete(request, state, body, messages, ids, prompt, **extra)
 
     @app.post("/v1/completions")
     async def completions(request: Request, body: CompletionRequest) -> Response:
         text = comp.completion_prompt(body)
-        ids = [int(i) for i in state.engine.tokenizer(text, add_special_tokens=False)["input_ids"]]
+        ids = await state.off_loop(_tokenise, state.engine.tokenizer, text)
         return await _complete(request, state, body, [], ids, text, prompt_ids=ids)
 
 
+def _tokenise(tokenizer: Any, text: str) -> list[int]:
+    return [int(i) for i in tokenizer(text, add_special_tokens=False)["input_ids"]]
+
+
+async def _compile(state: ServerState, spec: GrammarSpec) -> CompiledGrammar:
+    """Compile a client's grammar on a helper thread, bounded in time (the compiled grammar is cached)."""
+    engine = state.engine
+    work = state.off_loop(compile_grammar, engine.tokenizer, engine.vocab_size, spec)
+    try:
+        return await asyncio.wait_for(work, timeout=state.config.compile_timeout_s)
+    except TimeoutError:
+        state.metrics.error("grammar_timeout")
+        raise APIError(
+            422,
+            f"response_format took over {state.config.compile_timeout_s:g} s to compile into a grammar",
+            param="response_format",
+            code="grammar_too_complex",
+        ) from None
+    except GrammarError as exc:
+        raise APIError(400, f"response_format: {exc.message}", param="response_format", code="invalid_schema") from exc
+
+
 def _check_request(state: ServerState, body: SamplingFields, prompt_tokens: int) -> int:
-    """The max_tokens to use; refuses options we cannot honour and prompts beyond the context."""
+    """The most tokens the context leaves after the prompt; refuses options we cannot honour,
+    prompts beyond the context and a ``max_tokens`` that does not fit."""
     if (feature := body.unsupported()) is not None:
         raise APIError(400, f"{feature} is not supported by this server", param=feature, code="unsupported")
     if body.stream and body.n > 1:
         raise APIError(400, "n > 1 cannot be streamed", param="n", code="invalid_value")
-    context = state.engine.context_length
+    context = min(state.engine.context_length, state.worker.scheduler.max_positions)  # what a batch slot holds
     requested = body.max_completion_tokens or body.max_tokens
     if prompt_tokens >= context:
         raise APIError(
@@ -170,7 +213,7 @@ def _check_request(state: ServerState, body: SamplingFields, prompt_tokens: int)
             param="max_tokens",
             code="context_length_exceeded",
         )
-    return requested or min(state.config.default_max_tokens, context - prompt_tokens)
+    return context - prompt_tokens
 
 
 async def _complete(
@@ -182,8 +225,11 @@ async def _complete(
     prompt: str,
     **ask_extra: Any,
 ) -> Response:
-    _check_request(state, body, len(ids))
-    target = comp.resolve_target(state.engine, state.config.base_id, state.router, body.model, prompt)
+    # Routing runs manifest regexes (time-bounded) and an embedder: never on the event loop.
+    target = await state.off_loop(
+        comp.resolve_target, state.engine, state.config.base_id, state.router, body.model, prompt
+    )
+    ask_extra["max_tokens_cap"] = _check_request(state, body, len(ids) + state.engine.prefix_length(target.expert))
     chat = isinstance(body, ChatCompletionRequest)
     ident, created = comp.completion_id("chatcmpl" if chat else "cmpl"), comp.now()
     if body.stream:

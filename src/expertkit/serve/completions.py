@@ -9,6 +9,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from expertkit.jsonschema_guard import DEFAULT_SCHEMA_LIMITS, SchemaLimits, schema_problem
 from expertkit.manifest.sections import DecodingConfig
 from expertkit.runtime.answer import Answer, AskOptions, AskPlan, plan_answer
 from expertkit.runtime.batch import BatchScheduler
@@ -17,7 +18,7 @@ from expertkit.runtime.generate import GenerationResult
 from expertkit.runtime.grammar import GrammarSpec
 from expertkit.runtime.routing import Router, RoutingDecision
 from expertkit.serve.errors import APIError
-from expertkit.serve.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
+from expertkit.serve.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields, lone_surrogate
 from expertkit.serve.worker import Job
 
 FINISH = {"stop": "stop", "eos": "stop", "grammar": "stop", "length": "length"}
@@ -51,8 +52,14 @@ def resolve_target(engine: Engine, base_id: str, router: Router | None, model: s
     return Target(name, model)
 
 
-def response_grammar(request: ChatCompletionRequest) -> tuple[GrammarSpec | None, DecodingConfig | None]:
-    """``response_format`` as a grammar and the matching validator (``None``: the expert's own)."""
+def response_grammar(
+    request: ChatCompletionRequest, limits: SchemaLimits = DEFAULT_SCHEMA_LIMITS
+) -> tuple[GrammarSpec | None, DecodingConfig | None]:
+    """``response_format`` as a grammar and the matching validator (``None``: the expert's own).
+
+    A schema is checked up front (size, depth, enum values, only local ``$ref``, valid for its
+    draft): a bad one is this request's 400, never a failure on the generation thread.
+    """
     fmt = request.response_format
     if fmt is None or fmt.type == "text":
         return None, None
@@ -63,6 +70,11 @@ def response_grammar(request: ChatCompletionRequest) -> tuple[GrammarSpec | None
             400, "response_format json_schema needs a json_schema", param="response_format", code="invalid_value"
         )
     schema = fmt.json_schema.schema_
+    problem = schema_problem(schema, limits)
+    if problem is not None:
+        raise APIError(
+            400, f"response_format.json_schema.schema: {problem}", param="response_format", code="invalid_schema"
+        )
     spec = GrammarSpec("json_schema", json.dumps(schema, sort_keys=True), f"response_format {fmt.json_schema.name}")
     return spec, DecodingConfig(validation="json_schema", json_schema=schema)
 
@@ -135,9 +147,13 @@ def _attempt(
         if isinstance(result, BaseException):
             job.fail(result)
             return
-        answer = plan.judge(attempt, result)
-        if answer is None:
-            _attempt(job, scheduler, plan, answers, index, attempt + 1, target)
+        try:  # whatever judging or resampling raises belongs to this request alone
+            answer = plan.judge(attempt, result)
+            if answer is None:
+                _attempt(job, scheduler, plan, answers, index, attempt + 1, target)
+                return
+        except Exception as exc:
+            job.fail(exc)
             return
         answers[index] = answer
         if all(a is not None for a in answers):
@@ -198,15 +214,26 @@ def now() -> int:
     return int(time.time())
 
 
+def _encodable(text: str, param: str) -> str:
+    if lone_surrogate(text):
+        raise APIError(
+            400, f"{param} holds a lone UTF-16 surrogate (not valid Unicode text)", param=param, code="invalid_value"
+        )
+    return text
+
+
 def chat_messages(request: ChatCompletionRequest) -> list[dict[str, str]]:
     try:
-        return [{"role": m.role, "content": m.text()} for m in request.messages]
+        texts = [(m.role, m.text()) for m in request.messages]
     except ValueError as exc:
         raise APIError(400, str(exc), param="messages", code="invalid_value") from exc
+    return [
+        {"role": role, "content": _encodable(text, f"messages[{i}].content")} for i, (role, text) in enumerate(texts)
+    ]
 
 
 def completion_prompt(request: CompletionRequest) -> str:
     try:
-        return request.text()
+        return _encodable(request.text(), "prompt")
     except ValueError as exc:
         raise APIError(400, str(exc), param="prompt", code="invalid_value") from exc

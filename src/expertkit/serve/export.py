@@ -46,7 +46,7 @@ def export_vllm(references: list[str], out: Path, port: int = 8000) -> VLLMExpor
     bases = {e.loaded.manifest.base_models[0].name for e in experts}
     if len(bases) != 1:
         raise UsageError(f"the experts use different base models: {sorted(bases)}", "export one base model at a time")
-    base = resolve_model(bases.pop(), experts[0].loaded.root)
+    base = resolve_model(bases.pop(), experts[0].model_base_dir)
     modules: dict[str, str] = {}
     skipped: dict[str, str] = {}
     ranks = []
@@ -95,8 +95,8 @@ def export_merged(reference: str, out: Path, force: bool = False) -> Path:
         raise UsageError(f"{out} already exists", "choose another --out, or pass --force")
     if files.loaded.manifest.soft_prompts:
         raise UsageError("a soft prompt cannot be merged into weights", "serve this expert with expert-cli serve")
-    base = resolve_model(files.loaded.manifest.base_models[0].name, files.loaded.root)
-    model = AutoModelForCausalLM.from_pretrained(base.path, use_safetensors=True)
+    base = resolve_model(files.loaded.manifest.base_models[0].name, files.model_base_dir)
+    model = AutoModelForCausalLM.from_pretrained(base.path, use_safetensors=True, trust_remote_code=False)
     tokenizer = load_tokenizer(base)
     dataset = files.loaded.manifest.training.dataset if files.loaded.manifest.training else None
     add_control_tokens(tokenizer, dataset.special_tokens if dataset else [])

@@ -12,6 +12,16 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MAX_N = 8
 MAX_STOPS = 8
+MAX_STOP_CHARS = 128  # each stop string is searched for after every token: bound the work
+
+
+def lone_surrogate(text: str) -> bool:
+    """Whether ``text`` holds a lone UTF-16 surrogate (``"\\ud800"`` in JSON), which no tokenizer can encode."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 class Message(BaseModel):
@@ -78,8 +88,9 @@ class SamplingFields(BaseModel):
     @field_validator("stop")
     @classmethod
     def _stops(cls, value: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(value, list) and (len(value) > MAX_STOPS or any(not s for s in value)):
-            raise ValueError(f"at most {MAX_STOPS} non-empty stop sequences")
+        stops = [value] if isinstance(value, str) else value or []
+        if len(stops) > MAX_STOPS or any(not s or len(s) > MAX_STOP_CHARS or lone_surrogate(s) for s in stops):
+            raise ValueError(f"at most {MAX_STOPS} stop sequences of 1 to {MAX_STOP_CHARS} characters (valid UTF-8)")
         return value
 
     def unsupported(self) -> str | None:

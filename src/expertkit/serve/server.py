@@ -20,6 +20,7 @@ from expertkit.errors import UsageError
 from expertkit.models.hardware import best_dtype
 from expertkit.package.signing import default_trusted_keys_dir, trusted_keys
 from expertkit.package.store import list_installed
+from expertkit.runtime.answer import expert_grammar
 from expertkit.runtime.engine import Engine
 from expertkit.runtime.options import LoadOptions
 from expertkit.runtime.session import build_router
@@ -45,6 +46,8 @@ class ServeRequest:
     graceful_s: int = 30
     router_embedder: str = "minilm"
     allow_template_drift: bool = False
+    allowed_hosts: tuple[str, ...] = ()  # Host header names accepted besides loopback ones
+    compile_timeout_s: float = 10.0
 
 
 def is_loopback(host: str) -> bool:
@@ -98,10 +101,19 @@ def build_server_app(request: ServeRequest, notes: list[str]) -> tuple[Any, Serv
         max_queue=request.max_queue,
         max_batch=request.max_batch,
         timeout_s=request.timeout_s,
+        allowed_hosts=frozenset(request.allowed_hosts),
+        compile_timeout_s=request.compile_timeout_s,
     )
+    precompile_grammars(engine)
     if api_key is None:
         notes.append(f"no API key: listening on loopback only ({request.host})")
     return create_app(engine, router, config), config
+
+
+def precompile_grammars(engine: Engine) -> None:
+    """Compile every expert's own grammar now, so no request compiles one on the generation thread."""
+    for name in engine.experts:
+        expert_grammar(engine, name)
 
 
 def run_app(app: Any, request: ServeRequest) -> None:

@@ -51,7 +51,7 @@ def _load_base(resolved: ResolvedModel, plan: TrainPlan) -> Any:
     frozen_low_precision = plan.precision.bf16 and not plan.full_finetune
     kwargs["dtype"] = torch.bfloat16 if frozen_low_precision else torch.float32
     kwargs["attn_implementation"] = plan.attention  # both isolate packed rows by their position ids
-    model = AutoModelForCausalLM.from_pretrained(resolved.path, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(resolved.path, trust_remote_code=False, **kwargs)
     if plan.quantization == "none":
         model.to(plan.precision.device)
     return model

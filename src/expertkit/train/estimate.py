@@ -65,7 +65,7 @@ def parameter_counts(model_dir: Path, adapter: Adapter | None) -> tuple[int, int
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(model_dir)
+    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     if adapter is None:
@@ -98,7 +98,7 @@ def estimate_memory(
     """Expected peak memory of training with ``plan`` (batch size, precision, checkpointing)."""
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(model_dir)
+    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
     trainable, total, adapted = parameter_counts(model_dir, adapter)
     frozen_width = 2 if plan.precision.bf16 and adapter is not None else 4
     tokens = plan.batch_size * seq_length
