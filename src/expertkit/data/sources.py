@@ -77,13 +77,60 @@ def _jsonl(path: Path, display: str) -> Iterator[RawRecord]:
             except json.JSONDecodeError as exc:
                 yield RawRecord(display, number, "line", error=f"invalid JSON: {exc.msg} (column {exc.colno})")
                 continue
+            except RecursionError:
+                yield RawRecord(display, number, "line", error=TOO_DEEP)
+                continue
             yield _object_or_error(value, display, number, "line")
+
+
+TOO_DEEP = "invalid JSON: nested deeper than the parser allows (about 1,000 levels)"
+
+
+def _array_elements(text: str) -> Iterator[str]:
+    """The source text of each element of a top-level JSON array, found by scanning brackets and
+    strings without recursion: the fallback that lets one too-deep record fail alone."""
+    depth, start, in_string, escaped = 0, -1, False, False
+    for at, char in enumerate(text):
+        if in_string:
+            escaped, in_string = (False, True) if escaped else (char == "\\", char != '"')
+            continue
+        if char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            if depth == 1:
+                start = at + 1
+        elif char in "]}":
+            depth -= 1
+            if depth == 0:
+                if text[start:at].strip():
+                    yield text[start:at]
+                return
+        elif char == "," and depth == 1:
+            yield text[start:at]
+            start = at + 1
+
+
+def _deep_array(text: str, display: str) -> Iterator[RawRecord]:
+    if not text.lstrip().startswith("["):
+        raise DataError(f"{display}: {TOO_DEEP}", "flatten the data, or use JSONL (one record per line)")
+    for number, element in enumerate(_array_elements(text), start=1):
+        try:
+            yield _object_or_error(json.loads(element), display, number, "record")
+        except RecursionError:
+            yield RawRecord(display, number, "record", error=TOO_DEEP)
+        except json.JSONDecodeError as exc:
+            yield RawRecord(display, number, "record", error=f"invalid JSON: {exc.msg}")
 
 
 @LOADERS.register("json")
 def _json(path: Path, display: str) -> Iterator[RawRecord]:
+    text = path.read_text(encoding="utf-8")
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
+        value = json.loads(text)
+    except RecursionError:
+        yield from _deep_array(text, display)
+        return
     except json.JSONDecodeError as exc:
         raise DataError(
             f"{display}:{exc.lineno}: invalid JSON: {exc.msg} (column {exc.colno})", "fix the file or use JSONL"
@@ -102,7 +149,15 @@ def _csv(path: Path, display: str) -> Iterator[RawRecord]:
         reader = csv.DictReader(handle)
         width = len(reader.fieldnames or [])
         start = 2  # line 1 is the header
-        for row in reader:
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:  # e.g. a field over csv.field_size_limit(): this record alone
+                yield RawRecord(display, start, "line", error=f"unreadable CSV record: {exc}")
+                start += 1  # the reader skipped the bad line without counting it
+                continue
             if None in row or any(value is None for value in row.values()):
                 error = f"expected {width} columns, found a different number"
                 yield RawRecord(display, start, "line", error=error)

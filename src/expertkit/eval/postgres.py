@@ -3,6 +3,13 @@ server listening only on a Unix socket there (no TCP port, no other cluster touc
 loaded from SQL dumps, queries run read-only with a statement timeout, the server stopped and its
 directory removed at exit.
 
+Model-written SQL is untrusted. A prediction must be exactly one statement (parsed with sqlglot,
+and sent as a prepared statement, which the server refuses to hold more than one of), so
+``COMMIT; ...`` cannot end the read-only transaction. It runs as a role that may only SELECT, whose
+*role-level* settings make every transaction read-only and bound every statement's time, and which
+may not create temporary tables; gold queries (from the data file, also untrusted) run as a second
+role of the same kind, so nothing a prediction does to its own session reaches a gold query.
+
 PostgreSQL refuses to run as root, so under root the server's commands run as the ``postgres``
 system user (created by the Debian package) through ``runuser``. The binaries come from
 ``$EXPERTKIT_PG_BINDIR``, ``pg_config --bindir`` or ``/usr/lib/postgresql/<version>/bin``.
@@ -25,6 +32,26 @@ from expertkit.errors import UsageError
 INSTALL_HINT = "install the server (Debian: apt-get install postgresql) or set EXPERTKIT_PG_BINDIR"
 PORT = 5432  # only names the socket file: the server listens on no TCP address
 READER = "expertkit_reader"  # predictions run as this role: SELECT on the loaded tables, nothing else
+GOLD = "expertkit_gold"  # gold queries run as this one, with the same rights
+ROLE_CEILING_S = 60  # the role-level statement timeout: a session's own SET LOCAL is lower still
+
+
+class UnsafeQueryError(Exception):
+    """A prediction that is not exactly one SQL statement."""
+
+
+def single_statement(sql: str) -> str:
+    """``sql`` if it parses as exactly one PostgreSQL statement; else :class:`UnsafeQueryError`."""
+    import sqlglot
+    from sqlglot.errors import ErrorLevel, ParseError, TokenError
+
+    try:
+        statements = [s for s in sqlglot.parse(sql, read="postgres", error_level=ErrorLevel.RAISE) if s is not None]
+    except (ParseError, TokenError) as exc:
+        raise UnsafeQueryError(f"does not parse as PostgreSQL: {str(exc).splitlines()[0]}") from exc
+    if len(statements) != 1:
+        raise UnsafeQueryError(f"expected exactly one statement, found {len(statements)}")
+    return sql
 
 
 def pg_bindir() -> Path | None:
@@ -72,7 +99,11 @@ class PostgresServer:
         self._run("pg_ctl", "-D", str(data), "-o", options, "-l", str(self.root / "server.log"), "-w", "start")
         atexit.register(self.stop)
         with self.connect() as connection:
-            connection.execute(f"CREATE ROLE {READER} LOGIN")
+            for role in (READER, GOLD):
+                connection.execute(f"CREATE ROLE {role} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE")
+                connection.execute(f"ALTER ROLE {role} SET default_transaction_read_only = on")
+                connection.execute(f"ALTER ROLE {role} SET statement_timeout = '{ROLE_CEILING_S}s'")
+                connection.execute(f"ALTER ROLE {role} SET idle_in_transaction_session_timeout = '{ROLE_CEILING_S}s'")
         return self
 
     def stop(self) -> None:
@@ -110,19 +141,29 @@ class PostgresServer:
             schemas = connection.execute(
                 "SELECT nspname FROM pg_namespace WHERE nspname NOT LIKE 'pg\\_%' AND nspname <> 'information_schema'"
             ).fetchall()
+            connection.execute(f'REVOKE TEMPORARY, CREATE ON DATABASE "{database}" FROM PUBLIC')
             for (schema,) in schemas:
-                connection.execute(f'GRANT USAGE ON SCHEMA "{schema}" TO {READER}')
-                connection.execute(f'GRANT SELECT ON ALL TABLES IN SCHEMA "{schema}" TO {READER}')
+                connection.execute(f'REVOKE CREATE ON SCHEMA "{schema}" FROM PUBLIC')
+                for role in (READER, GOLD):
+                    connection.execute(f'GRANT USAGE ON SCHEMA "{schema}" TO {role}')
+                    connection.execute(f'GRANT SELECT ON ALL TABLES IN SCHEMA "{schema}" TO {role}')
 
-    def query(self, database: str, sql: str, timeout_s: float, max_rows: int) -> list[tuple[Any, ...]]:
-        """Rows of ``sql``, run as a role that may only SELECT, in a read-only transaction (rolled
-        back) with a statement timeout; psycopg's extended protocol refuses several statements."""
-        with self.connect(database, READER) as connection:
+    def query(
+        self, database: str, sql: str, timeout_s: float, max_rows: int, gold: bool = False
+    ) -> list[tuple[Any, ...]]:
+        """Rows of ``sql`` (exactly one statement, sent as a prepared statement), run as a role that
+        may only SELECT, in a read-only transaction (rolled back) with a statement timeout.
+
+        Raises:
+            UnsafeQueryError: ``sql`` is not exactly one statement.
+        """
+        single_statement(sql)
+        with self.connect(database, GOLD if gold else READER) as connection:
             connection.autocommit = False
             with connection.cursor() as cursor:
                 cursor.execute("SET TRANSACTION READ ONLY")
                 cursor.execute(f"SET LOCAL statement_timeout = {int(timeout_s * 1000)}")
-                cursor.execute(sql)  # the model's query, run as text
+                cursor.execute(sql, prepare=True)  # extended protocol: one statement only
                 rows = cursor.fetchmany(max_rows + 1) if cursor.description else []
             connection.rollback()
         return [tuple(row) for row in rows]

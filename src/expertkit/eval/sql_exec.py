@@ -4,10 +4,14 @@ through :mod:`expertkit.eval.postgres`), compare results.
 Results are compared as multisets of rows (order-insensitive) unless the gold query has ORDER BY;
 column names and aliases never matter, and when the column count is equal a column permutation of
 the prediction may match (``SELECT b, a`` for ``SELECT a, b``), as Spider's test-suite evaluation
-allows. A query that fails or runs past the timeout is wrong, with the reason kept. SQLite files
-are opened read-only (``mode=ro``) and PostgreSQL runs predictions as a SELECT-only role in a
-read-only transaction, so a predicted ``DROP`` cannot change either. With several gold queries
-(defog's alternatives) the prediction is right when it matches any of them.
+allows. A query that fails or runs past the timeout is wrong, with the reason kept. With several
+gold queries (defog's alternatives) the prediction is right when it matches any of them.
+
+Model-written SQL is untrusted, so each database's own sandbox is used rather than string checks.
+SQLite: the file is opened read-only and immutable (``mode=ro&immutable=1``), an authorizer allows
+only reading (no ATTACH, no pragma, no write, no VACUUM INTO), strings and blobs are capped
+(``SQLITE_LIMIT_LENGTH``, so ``zeroblob`` cannot exhaust memory), a progress handler enforces the
+timeout and the result is bounded in rows and bytes. PostgreSQL: see :mod:`expertkit.eval.postgres`.
 """
 
 from __future__ import annotations
@@ -17,12 +21,20 @@ import itertools
 import re
 import sqlite3
 import time
+import urllib.parse
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 MAX_ROWS = 100_000
+MAX_RESULT_BYTES = 64 << 20  # text and blobs of one result, all rows together
+MAX_VALUE_BYTES = 1 << 20  # one string or blob (SQLITE_LIMIT_LENGTH)
+# What a read-only query needs; everything else (ATTACH, PRAGMA, writes, transactions) is denied.
+_SQLITE_ALLOWED = frozenset(
+    {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, getattr(sqlite3, "SQLITE_RECURSIVE", 33)}
+)
+_SQLITE_DENIED_FUNCTIONS = frozenset({"load_extension", "readfile", "writefile", "edit", "fts3_tokenizer"})
 MAX_PERMUTED_COLUMNS = 6
 _ORDER_BY = re.compile(r"\border\s+by\b", re.IGNORECASE)
 
@@ -37,21 +49,26 @@ class Execution:
         return self.error is None
 
 
-def execute(database: Path | str, sql: str, timeout_s: float = 5.0, dialect: str = "sqlite") -> Execution:
+def execute(
+    database: Path | str, sql: str, timeout_s: float = 5.0, dialect: str = "sqlite", gold: bool = False
+) -> Execution:
     """Rows of ``sql`` on ``database`` (a SQLite file, or a database of the private PostgreSQL
-    server when ``dialect`` is ``postgres``), or the error (including a timeout)."""
+    server when ``dialect`` is ``postgres``), or the error (including a timeout). ``gold``: a gold
+    query, run on PostgreSQL as its own role, apart from predictions."""
     if dialect == "postgres":
-        return execute_postgres(str(database), sql, timeout_s)
+        return execute_postgres(str(database), sql, timeout_s, gold)
     return execute_sqlite(Path(database), sql, timeout_s)
 
 
-def execute_postgres(database: str, sql: str, timeout_s: float) -> Execution:
+def execute_postgres(database: str, sql: str, timeout_s: float, gold: bool = False) -> Execution:
     import psycopg
 
-    from expertkit.eval.postgres import shared_server
+    from expertkit.eval.postgres import UnsafeQueryError, shared_server
 
     try:
-        rows = shared_server().query(database, sql, timeout_s, MAX_ROWS)
+        rows = shared_server().query(database, sql, timeout_s, MAX_ROWS, gold)
+    except UnsafeQueryError as exc:
+        return Execution(None, f"refused: {exc}")
     except psycopg.errors.QueryCanceled:
         return Execution(None, "timed out")
     except psycopg.Error as exc:
@@ -61,23 +78,57 @@ def execute_postgres(database: str, sql: str, timeout_s: float) -> Execution:
     return Execution([tuple(_normal(v) for v in row) for row in rows])
 
 
-def execute_sqlite(database: Path, sql: str, timeout_s: float = 5.0) -> Execution:
-    """Rows of ``sql`` on ``database`` (read-only), or the error (including a timeout)."""
-    connection = sqlite3.connect(f"file:{database}?mode=ro", uri=True, check_same_thread=False)
+def _authorize(action: int, arg1: str | None, arg2: str | None, database: str | None, trigger: str | None) -> int:
+    if action not in _SQLITE_ALLOWED:
+        return sqlite3.SQLITE_DENY
+    if action == sqlite3.SQLITE_FUNCTION and (arg2 or "").lower() in _SQLITE_DENIED_FUNCTIONS:
+        return sqlite3.SQLITE_DENY
+    return sqlite3.SQLITE_OK
+
+
+def sqlite_sandbox(database: Path, timeout_s: float) -> sqlite3.Connection:
+    """A read-only, immutable connection that may only read, with bounded values and a deadline."""
+    uri = f"file:{urllib.parse.quote(str(database.resolve()))}?mode=ro&immutable=1"
+    connection = sqlite3.connect(uri, uri=True, check_same_thread=False)
+    connection.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES)
+    connection.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
+    connection.set_authorizer(_authorize)
     deadline = time.monotonic() + timeout_s
     connection.set_progress_handler(lambda: int(time.monotonic() > deadline), 10_000)
+    return connection
+
+
+def _bounded_rows(cursor: sqlite3.Cursor) -> list[tuple[Any, ...]] | str:
+    """At most MAX_ROWS rows and MAX_RESULT_BYTES of text and blobs, or why the result is refused."""
+    rows: list[tuple[Any, ...]] = []
+    size = 0
+    while batch := cursor.fetchmany(1000):
+        for row in batch:
+            size += sum(len(v) for v in row if isinstance(v, str | bytes))
+        rows += batch
+        if len(rows) > MAX_ROWS:
+            return f"more than {MAX_ROWS} rows"
+        if size > MAX_RESULT_BYTES:
+            return f"a result over {MAX_RESULT_BYTES:,} bytes"
+    return rows
+
+
+def execute_sqlite(database: Path, sql: str, timeout_s: float = 5.0) -> Execution:
+    """Rows of ``sql`` on ``database`` (read-only, sandboxed), or the error (including a timeout)."""
+    if not database.is_file():
+        return Execution(None, f"no database file {database}")
+    connection = sqlite_sandbox(database, timeout_s)
     try:
-        cursor = connection.execute(sql)
-        rows = cursor.fetchmany(MAX_ROWS + 1)
+        rows = _bounded_rows(connection.execute(sql))
     except sqlite3.OperationalError as exc:
         reason = "timed out" if "interrupted" in str(exc) else str(exc)
         return Execution(None, reason)
-    except (sqlite3.Error, ValueError) as exc:
-        return Execution(None, str(exc))
+    except (sqlite3.Error, ValueError, MemoryError, OverflowError) as exc:
+        return Execution(None, str(exc) or type(exc).__name__)
     finally:
         connection.close()
-    if len(rows) > MAX_ROWS:
-        return Execution(None, f"more than {MAX_ROWS} rows")
+    if isinstance(rows, str):
+        return Execution(None, rows)
     return Execution([tuple(_normal(v) for v in row) for row in rows])
 
 
@@ -130,7 +181,7 @@ def execution_match(
         return ExecutionScore(False, f"prediction fails: {predicted.error}")
     reason = "no gold query"
     for sql in golds:
-        gold = execute(database, sql, timeout_s, dialect)
+        gold = execute(database, sql, timeout_s, dialect, gold=True)
         if not gold.ok or gold.rows is None:
             reason = f"gold query fails: {gold.error}"
             continue

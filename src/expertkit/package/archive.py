@@ -25,7 +25,7 @@ from expertkit.errors import ExpertkitError
 
 FILE_MODE = 0o644
 _CHUNK = 1 << 20
-KEEP_LIMIT = 16 << 20
+KEEP_LIMIT = 4 << 20  # one small member (manifest, lock, adapter config) kept in memory
 
 
 class PackageError(ExpertkitError):
@@ -39,6 +39,23 @@ class Limits:
     max_members: int = 1024
     max_member_bytes: int = 8 << 30
     max_total_bytes: int = 16 << 30
+    max_header_bytes: int = 64 << 10  # one PAX or GNU long-name header: tarfile reads it whole
+    max_kept_bytes: int = 8 << 20  # small members held in memory during a scan, all together
+
+
+class BoundedTarInfo(tarfile.TarInfo):
+    """Refuses an extended header (PAX, GNU long name) over :attr:`Limits.max_header_bytes` before
+    ``tarfile`` reads it into memory: a 600 KB archive can declare a multi-GB PAX header."""
+
+    max_header_bytes = Limits.max_header_bytes
+
+    def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        extended = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME)
+        if (self.type in extended or self.type == tarfile.GNUTYPE_LONGLINK) and self.size > self.max_header_bytes:
+            raise tarfile.HeaderError(
+                f"an extended header of {self.size:,} bytes (the limit is {self.max_header_bytes:,})"
+            )
+        return super()._proc_member(tarfile_)  # type: ignore[misc]
 
 
 DEFAULT_LIMITS = Limits()
@@ -138,7 +155,7 @@ def _checked_members(tar: tarfile.TarFile, limits: Limits) -> Iterator[tarfile.T
 
 def _open(path: Path) -> tarfile.TarFile:
     try:
-        return tarfile.open(path, mode="r|gz")
+        return tarfile.open(path, mode="r|gz", tarinfo=BoundedTarInfo)
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise PackageError(f"{path} is not a readable .expert archive: {exc}", "re-download or re-package it") from exc
 
@@ -165,18 +182,26 @@ def scan_archive(
     """Every member's name, size and sha256, checked for safety; writes nothing.
 
     Args:
-        keep: which small members (manifest, lock, adapter config) to return the bytes of (≤ 16 MiB).
+        keep: which small members (manifest, lock, adapter config) to return the bytes of (≤ 4 MiB
+            each, ≤ ``limits.max_kept_bytes`` together).
 
     Raises:
         PackageError: the archive is corrupt or holds anything :func:`_member_problem` refuses.
     """
     members: dict[str, Member] = {}
     contents: dict[str, bytes] = {}
+    kept_total = 0
     try:
         with _open(path) as tar:
             for info in _checked_members(tar, limits):
                 digest = hashlib.sha256()
                 kept = keep(info.name) and info.size <= KEEP_LIMIT
+                kept_total += info.size if kept else 0
+                if kept_total > limits.max_kept_bytes:
+                    raise PackageError(
+                        f"{path}: the manifest, lock and adapter configs pass {limits.max_kept_bytes:,} bytes",
+                        "refusing a possible memory bomb",
+                    )
                 chunks = []
                 for chunk in _read_data(tar, info):
                     digest.update(chunk)
