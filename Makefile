@@ -9,7 +9,7 @@ XGRAMMAR_VERSION ?= 0.2.8
 STAMP := $(VENV)/.expertkit-installed
 DEMO_DIR ?= demo-out
 
-.PHONY: venv test lint types unit integration demo fmt clean
+.PHONY: venv test lint types unit integration demo fmt clean system-deps
 
 venv: $(STAMP)
 
@@ -35,8 +35,14 @@ unit: $(STAMP)
 integration: $(STAMP)
 	$(BIN)/pytest -m integration -q
 
+# Servers the tests start themselves (a private PostgreSQL for SQL evaluation): installed here when
+# missing, so a fresh machine fails loudly at set-up rather than skipping what it cannot run.
+system-deps:
+	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || command -v pg_ctl >/dev/null 2>&1 || \
+		(echo "installing PostgreSQL (apt-get)"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql)
+
 # lint + type check + the whole pytest suite (unit and integration).
-test: lint types
+test: lint types system-deps
 	$(BIN)/pytest -q
 
 fmt: $(STAMP)
