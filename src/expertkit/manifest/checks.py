@@ -253,13 +253,16 @@ SHIPPED_FILE_PATHS = ("$.readme", "$.license_file", "$.training.decoding.grammar
 
 
 def untrusted_path_problems(manifest: ManifestV2) -> list[Problem]:
-    """A packaged or installed manifest is untrusted: every file it names must be a relative path
-    without ``..``, and its base model is never a path relative to the package (a package cannot
-    bring its own model: a model directory's config can ask transformers to run code)."""
+    """A packaged or installed manifest is untrusted: every file it ships (README, LICENSE, grammar)
+    must be named by a relative path without ``..``, and its base model is never a path relative to
+    the package (a package cannot bring its own model: a model directory's config can ask
+    transformers to run code). Data, hooks and evaluation sets stay behind when packaging; they are
+    never read from a package, and an evaluation set a packaged manifest names is read only from
+    inside it (checked where it is read)."""
     problems = [
         Problem(path, f"a packaged manifest may only name files inside the package; this path {why}", found=repr(rel))
         for path, rel in referenced_files(manifest)
-        if (why := path_problem(rel))
+        if path in SHIPPED_FILE_PATHS and (why := path_problem(rel))
     ]
     for m, entry in enumerate(manifest.base_models):
         parts = entry.name.replace("\\", "/").split("/")

@@ -286,7 +286,7 @@ CASES = [
         "routing.patterns",
         ["(unclosed"],
         "$.routing.patterns[0]",
-        "invalid regular expression: missing ), unterminated subpattern at position 0",
+        "invalid regular expression: missing ) at position 9",
     ),
     ("routing-threshold-high", "routing.threshold", 2, "$.routing.threshold", "value out of range"),
     ("readme-missing", "readme", "NOPE.md", "$.readme", "referenced file does not exist"),

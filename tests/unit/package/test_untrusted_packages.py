@@ -187,3 +187,19 @@ def test_the_signature_is_rechecked_against_the_keys_trusted_now(built, tmp_path
     _, other, _ = keygen(tmp_path / "other-keys")
     with pytest.raises(PackageError, match="not among the keys trusted now"):
         resolve_expert(reference, [load_public_key(other)], require_signature=True)
+
+
+def test_data_outside_the_expert_still_packages_and_installs(expert_dir: Path, tmp_path: Path) -> None:
+    """The user's own manifest may name data anywhere (the examples use ../../shared/data): what a
+    package ships is checked, data stays behind and is never read from the package."""
+    from expertkit.package.build import PackageRequest, package_expert
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (expert_dir / "data.jsonl").rename(shared / "data.jsonl")
+    manifest = json.loads((expert_dir / "manifest.json").read_text())
+    manifest["training"]["dataset"]["path"] = "../shared/data.jsonl"
+    (expert_dir / "manifest.json").write_text(json.dumps(manifest))
+    built = package_expert(PackageRequest(expert_dir, output=tmp_path / "dist"))
+    record, _ = install_package(built.path)
+    assert resolve_expert(f"{record.name}@{record.version}").packaged
