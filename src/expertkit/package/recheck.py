@@ -72,8 +72,9 @@ def recheck_directory(
     expected: dict[str, str] | None = None,
     keys: list[PublicKey] | None = None,
     require_signature: bool = False,
-) -> None:
-    """Refuse ``root`` unless its files, lock, manifest and (with ``keys``) signature agree.
+) -> str | None:
+    """Refuse ``root`` unless its files, lock, manifest and (with ``keys``) signature agree; the key id
+    of the signer verified just now against ``keys`` (``None`` when no signature was checked).
 
     Args:
         expected: the digests the files must have (the archive's, just verified); default the lock's
@@ -87,24 +88,28 @@ def recheck_directory(
     problems = digest_problems(expected, actual, "what was installed")
     configs = {n: _small(root, n) for n in actual if n.endswith(ADAPTER_CONFIG_SUFFIX)}
     problems += lock_problems(manifest, lock, configs)
-    problems += _signature_problems(root, actual, keys, require_signature)
+    signer, signature_problems = _signature(root, actual, keys, require_signature)
+    problems += signature_problems
     if problems:
         raise PackageError(
             f"{root} fails its load-time checks:\n  " + "\n  ".join(problems),
             "remove it and install the package again (expert-cli remove NAME@VERSION; expert-cli install PACKAGE)",
         )
+    return signer
 
 
-def _signature_problems(root: Path, actual: dict[str, str], keys: list[PublicKey] | None, require: bool) -> list[str]:
+def _signature(
+    root: Path, actual: dict[str, str], keys: list[PublicKey] | None, require: bool
+) -> tuple[str | None, list[str]]:
+    """(the verified signer's key id, problems)."""
     path = root / SIGNATURE_COPY
     if not path.is_file():
-        return ["no signature was kept at install; a signature is required"] if require else []
-    if keys is None and not require:
-        return []
+        return None, ["no signature was kept at install; a signature is required"] if require else []
     if keys is None:
-        return ["a signature is required but no trusted key was given"]
+        return None, ["a signature is required but no trusted key was given"] if require else []
     signature = read_signature(path)
     trusted = next((k for k in keys if k.verifies(signature.signature, signature.payload_bytes)), None)
     if trusted is None:
-        return [f"signed by {signature.claimed.key_id}, which is not among the keys trusted now"]
-    return digest_problems(signature.payload["files"], actual, "the signature")
+        return None, [f"signed by {signature.claimed.key_id}, which is not among the keys trusted now"]
+    problems = digest_problems(signature.payload["files"], actual, "the signature")
+    return (None if problems else trusted.key_id), problems

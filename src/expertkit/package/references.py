@@ -35,6 +35,7 @@ class ExpertFiles:
     loaded: LoadedManifest
     lock: dict[str, Any] | None
     source: str
+    signer: str | None = None  # key id of a signature verified at load against the keys trusted then
 
     @property
     def packaged(self) -> bool:
@@ -70,15 +71,16 @@ def packages_cache() -> Path:
 
 def unpack_package(
     package: Path, keys: list[PublicKey] | None = None, require_signature: bool = False
-) -> tuple[Path, dict[str, str]]:
-    """Verify ``package`` and extract it once into the cache; the cached directory and the member
-    digests it must hold (the archive's, just verified)."""
+) -> tuple[Path, dict[str, str], str | None]:
+    """Verify ``package`` and extract it once into the cache; the cached directory, the member
+    digests it must hold (the archive's, just verified) and the trusted signer (if any)."""
     report = verify_package(package, keys, require_signature)
     target = packages_cache() / report.archive_sha256[:32]
     if not (target / LOCK_FILE).is_file():
         with atomic_directory(target, replace=True) as staged:
             extract_archive(package, staged, report.scan.members)
-    return target, {name: member.sha256 for name, member in report.scan.members.items()}
+    digests = {name: member.sha256 for name, member in report.scan.members.items()}
+    return target, digests, report.signer if report.trusted else None
 
 
 def _from_directory(
@@ -87,6 +89,7 @@ def _from_directory(
     keys: list[PublicKey] | None = None,
     require_signature: bool = False,
     expected: dict[str, str] | None = None,
+    signer: str | None = None,
 ) -> ExpertFiles:
     """The expert in ``directory``. An unpacked package (it has a lock) is untrusted and re-checked
     in full (files, lock, manifest paths, signature): the one loading path for every reference."""
@@ -103,8 +106,8 @@ def _from_directory(
                 f"{directory}: the manifest lists several base models", "package the expert for one model"
             )
     else:
-        recheck_directory(directory, loaded.manifest, lock, expected, keys, require_signature)
-    return ExpertFiles(directory.resolve(), loaded, lock, source)
+        signer = recheck_directory(directory, loaded.manifest, lock, expected, keys, require_signature) or signer
+    return ExpertFiles(directory.resolve(), loaded, lock, source, signer)
 
 
 def resolve_expert(reference: str, keys: list[PublicKey] | None = None, require_signature: bool = False) -> ExpertFiles:
@@ -116,8 +119,8 @@ def resolve_expert(reference: str, keys: list[PublicKey] | None = None, require_
     """
     path = Path(reference).expanduser()
     if path.is_file() and path.name.endswith(PACKAGE_SUFFIX):
-        directory, expected = unpack_package(path, keys, require_signature)
-        return _from_directory(directory, str(path), None, False, expected)  # the archive was just verified
+        directory, expected, signer = unpack_package(path, keys, require_signature)
+        return _from_directory(directory, str(path), None, False, expected, signer)  # just verified
     if path.is_dir():
         return _from_directory(path, str(path), keys, require_signature)
     if path.suffix == PACKAGE_SUFFIX or "/" in reference:

@@ -21,7 +21,6 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from expertkit.jsonschema_guard import DEFAULT_SCHEMA_LIMITS, SchemaLimits
-from expertkit.package.store import read_record
 from expertkit.runtime.batch import BatchScheduler
 from expertkit.runtime.engine import Engine
 from expertkit.runtime.generate import GenerationCancelledError
@@ -137,7 +136,6 @@ def _install_routes(app: FastAPI, state: ServerState) -> None:
         cards = [_model_card(state, state.config.base_id, parent=None)]
         for name, expert in state.engine.experts.items():
             manifest = expert.files.loaded.manifest
-            record = read_record(expert.files.root)
             cards.append(
                 _model_card(
                     state,
@@ -145,7 +143,7 @@ def _install_routes(app: FastAPI, state: ServerState) -> None:
                     parent=state.config.base_id,
                     version=manifest.version,
                     adapter_type=manifest.base_models[0].adapters[0].type,
-                    signer=record.signer if record else None,
+                    signer=expert.files.signer,  # verified at load; the install record is not trusted
                 )
             )
         cards.append(_model_card(state, "auto", parent=state.config.base_id))

@@ -179,11 +179,12 @@ def test_the_install_record_is_never_a_source_of_trust(built, tmp_path: Path) ->
 
 
 def test_the_signature_is_rechecked_against_the_keys_trusted_now(built, tmp_path: Path) -> None:
-    key, pub, _ = keygen(tmp_path / "keys")
+    key, pub, key_id = keygen(tmp_path / "keys")
     sign_package(built.path, key)
     record, _ = install_package(built.path, require_signature=True, trusted_keys_dir=tmp_path / "keys")
     reference = f"{record.name}@{record.version}"
-    assert resolve_expert(reference, [load_public_key(pub)], require_signature=True).packaged
+    assert resolve_expert(reference, [load_public_key(pub)], require_signature=True).signer == key_id
+    assert resolve_expert(reference).signer is None  # nothing checked, nothing claimed
     _, other, _ = keygen(tmp_path / "other-keys")
     with pytest.raises(PackageError, match="not among the keys trusted now"):
         resolve_expert(reference, [load_public_key(other)], require_signature=True)
