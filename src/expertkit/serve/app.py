@@ -58,13 +58,17 @@ class ServerState:
     worker: GenerationWorker
     metrics: ServerMetrics
     started: int
-    # Grammar compiles and tokenisation run here, never on the event loop or the generation thread.
+    # Tokenising and routing run here, never on the event loop or the generation thread; client
+    # grammars compile on their own threads, so a slow compile never delays tokenising.
     helpers: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=4, thread_name_prefix="expertkit-helper")
     )
+    compilers: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=2, thread_name_prefix="expertkit-compile")
+    )
 
-    async def off_loop(self, function: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self.helpers, function, *args)
+    async def off_loop(self, function: Callable[..., T], *args: Any, pool: ThreadPoolExecutor | None = None) -> T:
+        return await asyncio.get_running_loop().run_in_executor(pool or self.helpers, function, *args)
 
 
 def create_app(engine: Engine, router: Router | None, config: ServerConfig) -> FastAPI:
@@ -77,6 +81,7 @@ def create_app(engine: Engine, router: Router | None, config: ServerConfig) -> F
         yield
         worker.close()  # graceful shutdown: refuse new work, cancel the queue, finish the running job
         state.helpers.shutdown(wait=False, cancel_futures=True)
+        state.compilers.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="expertkit", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.expertkit = state
@@ -173,7 +178,7 @@ def _tokenise(tokenizer: Any, text: str) -> list[int]:
 async def _compile(state: ServerState, spec: GrammarSpec) -> CompiledGrammar:
     """Compile a client's grammar on a helper thread, bounded in time (the compiled grammar is cached)."""
     engine = state.engine
-    work = state.off_loop(compile_grammar, engine.tokenizer, engine.vocab_size, spec)
+    work = state.off_loop(compile_grammar, engine.tokenizer, engine.vocab_size, spec, pool=state.compilers)
     try:
         return await asyncio.wait_for(work, timeout=state.config.compile_timeout_s)
     except TimeoutError:
