@@ -10,10 +10,25 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def current_umask() -> int:
+    """The process umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def shareable(fd: int) -> None:
+    """Give a temp file (``mkstemp`` makes 0600) the mode an ordinary new file gets: 0666 minus the
+    umask. Packages, checksums, signatures and public keys are meant to be shared; only a private
+    key is written 0600 (by its own writer)."""
+    os.fchmod(fd, 0o666 & ~current_umask())
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temp file in the same directory, then rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    shareable(fd)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
@@ -32,7 +47,7 @@ def atomic_directory(final: Path, *, replace: bool = False) -> Iterator[Path]:
     """
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
-    tmp.chmod(0o755)  # mkdtemp makes 0700; the final directory should have ordinary permissions
+    tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes 0700; the final directory gets ordinary permissions
     try:
         yield tmp
         if final.exists() and replace:

@@ -7,6 +7,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from expertkit.fsutil import shareable
+
 
 def plot_buckets(result: dict[str, Any], path: Path) -> Path:
     import matplotlib
@@ -42,6 +44,7 @@ def plot_buckets(result: dict[str, Any], path: Path) -> Path:
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    shareable(fd)
     os.close(fd)
     figure.savefig(tmp)
     plt.close(figure)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from expertkit.errors import ExpertkitError
+from expertkit.fsutil import shareable
 
 FILE_MODE = 0o644
 _CHUNK = 1 << 20
@@ -76,6 +77,7 @@ def write_archive(path: Path, files: dict[str, Path | bytes]) -> None:
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    shareable(fd)
     try:
         with (
             os.fdopen(fd, "wb") as raw,

@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from expertkit.fsutil import write_text_atomic
+from expertkit.fsutil import shareable, write_text_atomic
 from expertkit.layout import TRAINING_META
 
 META_FILE = TRAINING_META
@@ -70,6 +70,7 @@ def plot_loss_curve(log_history: list[dict[str, Any]], best_step: int | None, pa
     axes.legend()
     figure.tight_layout()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    shareable(fd)
     os.close(fd)
     figure.savefig(tmp)
     plt.close(figure)
