@@ -66,21 +66,60 @@ def _object_or_error(value: Any, display: str, index: int, unit: str) -> RawReco
     return RawRecord(display, index, unit, error=f"expected a JSON object, found {type(value).__name__}")
 
 
+ENCODING_HINT = (
+    "convert the file to UTF-8, e.g. iconv -f cp1252 -t utf-8 FILE > FILE.utf8 "
+    '(Excel\'s plain "CSV" is Windows-1252; its "CSV UTF-8" is fine)'
+)
+
+
+def _decode(raw: bytes, display: str, number: int, offset: int) -> str:
+    """One line as text, strictly UTF-8 (a byte-order mark on line 1 is dropped): training on
+    replacement characters would silently corrupt the data."""
+    try:
+        return raw.decode("utf-8-sig" if number == 1 else "utf-8")
+    except UnicodeDecodeError as exc:
+        bad = raw[exc.start : exc.start + 1].hex()
+        raise DataError(
+            f"{display}:{number}: not valid UTF-8: byte 0x{bad} at column {exc.start + 1} "
+            f"(byte offset {offset + exc.start} in the file)",
+            ENCODING_HINT,
+        ) from exc
+
+
+def _text_lines(path: Path, display: str) -> Iterator[tuple[int, str]]:
+    """(line number, text) of every line, decoded strictly."""
+    offset = 0
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            yield number, _decode(raw, display, number, offset)
+            offset += len(raw)
+
+
+def _check_utf8(path: Path, display: str) -> None:
+    for _ in _text_lines(path, display):
+        pass
+
+
 @LOADERS.register("jsonl")
 def _jsonl(path: Path, display: str) -> Iterator[RawRecord]:
-    with path.open(encoding="utf-8", errors="replace") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield RawRecord(display, number, "line", error=f"invalid JSON: {exc.msg} (column {exc.colno})")
-                continue
-            except RecursionError:
-                yield RawRecord(display, number, "line", error=TOO_DEEP)
-                continue
-            yield _object_or_error(value, display, number, "line")
+    for number, text in _text_lines(path, display):
+        line = text.rstrip("\r\n")
+        if not line.strip():
+            continue
+        if number == 1 and line.lstrip().startswith("[") and not line.rstrip().endswith("]"):
+            raise DataError(
+                f"{display}: this looks like a JSON array (the first line opens '['), not JSON Lines",
+                'set "format": "json" for this source, or write one JSON object per line',
+            )
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield RawRecord(display, number, "line", error=f"invalid JSON: {exc.msg} (column {exc.colno})")
+            continue
+        except RecursionError:
+            yield RawRecord(display, number, "line", error=TOO_DEEP)
+            continue
+        yield _object_or_error(value, display, number, "line")
 
 
 TOO_DEEP = "invalid JSON: nested deeper than the parser allows (about 1,000 levels)"
@@ -125,7 +164,7 @@ def _deep_array(text: str, display: str) -> Iterator[RawRecord]:
 
 @LOADERS.register("json")
 def _json(path: Path, display: str) -> Iterator[RawRecord]:
-    text = path.read_text(encoding="utf-8")
+    text = "".join(line for _, line in _text_lines(path, display))
     try:
         value = json.loads(text)
     except RecursionError:
@@ -145,7 +184,8 @@ def _json(path: Path, display: str) -> Iterator[RawRecord]:
 
 @LOADERS.register("csv")
 def _csv(path: Path, display: str) -> Iterator[RawRecord]:
-    with path.open(encoding="utf-8", errors="replace", newline="") as handle:
+    _check_utf8(path, display)  # the csv module needs text: check every byte first, then read with a BOM dropped
+    with path.open(encoding="utf-8-sig", newline="") as handle:
         reader = csv.DictReader(handle)
         width = len(reader.fieldnames or [])
         start = 2  # line 1 is the header
