@@ -60,6 +60,19 @@ class ExpertFiles:
     def soft_prompt_dir(self) -> Path:
         return self.root / SOFT_PROMPT_DIR if self.packaged else self.model_dir / SOFT_PROMPT_DIR
 
+    def missing_weights(self) -> str | None:
+        """Why this expert cannot be loaded yet (no trained adapter or soft prompt), or ``None``."""
+        manifest = self.loaded.manifest
+        base = manifest.base_models[0].name
+        wanted = [self.adapter_dir / "adapter_config.json"] if manifest.base_models[0].adapters else []
+        wanted += [self.soft_prompt_dir / f"{p.name}.safetensors" for p in manifest.soft_prompts]
+        missing = [path for path in wanted if not path.is_file()]
+        if not missing:
+            return None
+        if self.packaged:
+            return f"{self.source} is missing {missing[0].relative_to(self.root)}"
+        return f"{manifest.name} has no trained weights for {base} (looked for {missing[0]})"
+
     def training_meta(self) -> dict[str, Any] | None:
         path = self.model_dir / TRAINING_META
         return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None

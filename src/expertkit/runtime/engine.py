@@ -93,6 +93,14 @@ class Engine:
         """:meth:`for_experts` with the experts already resolved."""
         if not files and options.base is None:
             raise UsageError("no expert and no base model given", "name at least one expert")
+        for item in files:  # before any model is loaded: an untrained expert is the likeliest first mistake
+            if (missing := item.missing_weights()) is not None:
+                hint = (
+                    "re-install the package"
+                    if item.packaged
+                    else f"train it first: expert-cli train --manifest {item.loaded.root} (--max-steps N: a short run)"
+                )
+                raise UsageError(missing, hint, exit_code=1)
         first = files[0] if files else None
         name = options.base or (first.loaded.manifest.base_models[0].name if first else "")
         engine = cls(resolve_model(name, first.model_base_dir if first else None), options)

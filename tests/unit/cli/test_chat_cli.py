@@ -95,3 +95,26 @@ def test_interactive_session_in_a_pseudo_terminal(expert_dir: Path) -> None:
     finally:
         child.close()
     assert child.exitstatus == 0
+
+
+@pytest.mark.parametrize("soft_prompt", [False, True])
+def test_an_untrained_expert_is_named_before_any_model_loads(
+    expert_dir: Path, monkeypatch: pytest.MonkeyPatch, soft_prompt: bool
+) -> None:
+    import shutil
+
+    shutil.rmtree(expert_dir / "weights")
+    if soft_prompt:
+        manifest = json.loads((expert_dir / "manifest.json").read_text())
+        manifest["soft_prompts"] = [{"name": "task", "num_virtual_tokens": 4}]
+        (expert_dir / "manifest.json").write_text(json.dumps(manifest))
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded for an expert without weights")
+
+    monkeypatch.setattr("expertkit.runtime.engine.load_model", no_loading)
+    result = invoke("chat", "--experts", str(expert_dir), "-p", "hi")
+    assert result.exit_code == 1, result.output
+    assert "error: expert-tiny has no trained weights for" in result.stderr
+    assert f"expert-cli train --manifest {expert_dir.resolve()}" in result.stderr.replace("\n", "")
+    assert "Traceback" not in result.output
