@@ -43,7 +43,13 @@ class BaseModelRef(Section):
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$", description="Expected weights hash.")
     quantization: Literal["none", "int8", "int4"] | None = None
     rope_scaling: RopeScaling | str | None = None
-    prompt_template: str | None = Field(default=None, description="Informational, e.g. 'chatml'.")
+    prompt_template: Literal["chatml", "qwen3", "llama3", "gemma", "mistral", "phi3"] | None = Field(
+        default=None,
+        description=(
+            "The chat-template family of the base model's own template, checked against the model by validate. "
+            "It never replaces that template: expertkit always renders with the model's own (pinned in the lock)."
+        ),
+    )
 
 
 class BaseModelEntry(BaseModelRef):

@@ -10,7 +10,7 @@ from expertkit.manifest.load import LoadedManifest, load_manifest
 from expertkit.manifest.report import Problem
 from expertkit.manifest.schema_errors import suggest
 from expertkit.manifest.validate import validate_manifest
-from expertkit.models.fingerprint import fingerprint
+from expertkit.models.fingerprint import fingerprint, read_chat_template
 from expertkit.models.resolve import resolve_model
 
 
@@ -24,7 +24,7 @@ def check_target_modules(loaded: LoadedManifest, ctx: CheckContext) -> tuple[lis
     notes: list[str] = []
     for m, entry in enumerate(loaded.manifest.base_models):
         try:
-            resolved = resolve_model(entry.name, loaded.root)
+            resolved = resolve_model(entry.name, None if ctx.packaged else loaded.root)
         except ExpertkitError:
             notes.append(f"base model '{entry.name}' is not available locally; target modules not checked")
             continue
@@ -34,6 +34,7 @@ def check_target_modules(loaded: LoadedManifest, ctx: CheckContext) -> tuple[lis
                 f" (run: expert-cli models pull {entry.name})"
             )
             continue
+        problems += template_family_problems(entry.prompt_template, read_chat_template(resolved.path), m, entry.name)
         names = fingerprint(resolved.path).module_names
         for a, adapter in enumerate(entry.adapters):
             for t, module in enumerate(adapter.target_modules):
@@ -51,6 +52,35 @@ def check_target_modules(loaded: LoadedManifest, ctx: CheckContext) -> tuple[lis
                 )
         notes.append(f"target modules checked against {entry.name} ({resolved.path})")
     return problems, notes
+
+
+# What each family's template text contains (its turn markers).
+TEMPLATE_MARKERS = {
+    "chatml": ("<|im_start|>", "<|im_end|>"),
+    "qwen3": ("<|im_start|>", "<think>"),
+    "llama3": ("<|start_header_id|>", "<|eot_id|>"),
+    "gemma": ("<start_of_turn>", "<end_of_turn>"),
+    "mistral": ("[INST]", "[/INST]"),
+    "phi3": ("<|user|>", "<|end|>"),
+}
+
+
+def template_family_problems(declared: str | None, template: str | None, m: int, model: str) -> list[Problem]:
+    """A declared ``prompt_template`` that is not the family of the model's own chat template."""
+    if declared is None or template is None:
+        return []
+    if all(marker in template for marker in TEMPLATE_MARKERS[declared]):
+        return []
+    actual = next((name for name, marks in TEMPLATE_MARKERS.items() if all(k in template for k in marks)), None)
+    return [
+        Problem(
+            f"$.base_models[{m}].prompt_template",
+            f"{model}'s own chat template is {actual or 'not one of the known families'}, not '{declared}'; "
+            "expertkit always renders with the model's own template (the one pinned in the lock)",
+            f"'{actual}' or no prompt_template" if actual else "no prompt_template",
+            f"'{declared}'",
+        )
+    ]
 
 
 def load_checked_manifest(target: Path) -> LoadedManifest:
