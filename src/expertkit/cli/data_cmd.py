@@ -24,7 +24,7 @@ def prepare(
     as_json: bool = typer.Option(False, "--json", help="Print the lineage sidecar as JSON."),
 ) -> None:
     """Load, render, pack and validate the data; write the cache and its .meta.json sidecar."""
-    from expertkit.data.expert_data import prepare_expert_data
+    from expertkit.data.expert_data import prepare_expert_data, validators_error
     from expertkit.data.summary import summary_view
 
     try:
@@ -37,9 +37,7 @@ def prepare(
     else:
         out_console.print(summary_view(prepared.meta, str(prepared.directory), prepared.cached))
     if prepared.failed_checks:
-        names = ", ".join(c["name"] for c in prepared.failed_checks)
-        out_console.print(f"[red]validators failed: {names}[/]; training will refuse this data")
-        raise typer.Exit(1)
+        fail(validators_error(prepared.failed_checks))
 
 
 @data_app.command("inspect")
@@ -49,7 +47,7 @@ def inspect(
     count: int = typer.Option(3, "-n", "--count", min=0, help="How many examples to show."),
 ) -> None:
     """Show examples with trained tokens highlighted, masking ratio, lengths, packing and validators."""
-    from expertkit.data.expert_data import prepare_expert_data
+    from expertkit.data.expert_data import prepare_expert_data, validators_error
     from expertkit.data.summary import example_view, summary_view
 
     try:
@@ -62,4 +60,4 @@ def inspect(
         out_console.print(example_view(examples[index], tokenizer))
     out_console.print(summary_view(prepared.meta, str(prepared.directory), prepared.cached))
     if prepared.failed_checks:
-        raise typer.Exit(1)
+        fail(validators_error(prepared.failed_checks))

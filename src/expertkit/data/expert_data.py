@@ -43,11 +43,20 @@ def prepare_expert_data(
     job = data_job(loaded, tokenizer, phase)
     prepared = prepare_data(job, force=force, progress=progress)
     if enforce and prepared.failed_checks:
-        listing = "\n  ".join(
-            f"{check['name']}: {failure}" for check in prepared.failed_checks for failure in check["failures"]
-        )
-        raise DataError(
-            f"{len(prepared.failed_checks)} data validators failed; training would be wasted:\n  {listing}",
-            "fix the data, or list the validator in training.dataset.checks.skip to override it",
-        )
+        raise validators_error(prepared.failed_checks)
     return prepared, tokenizer
+
+
+def validators_error(failed: list[dict[str, Any]]) -> DataError:
+    """One error for the failed data validators, with the manifest key that changes each verdict."""
+    listing = "\n  ".join(f"{check['name']}: {failure}" for check in failed for failure in check["failures"])
+    hints = []
+    if any(c["name"] == "supervised_ratio" and "outside the band" in " ".join(c["failures"]) for c in failed):
+        hints.append(
+            "the trained-token band catches masking bugs (nothing or everything trained); short answers "
+            "(labels, classes) are not one: set training.dataset.checks.min_supervised_ratio lower, e.g. 0.01"
+        )
+    hints.append("or fix the data, or list a validator in training.dataset.checks.skip to override it")
+    return DataError(
+        f"{len(failed)} data validator(s) failed; training would be wasted:\n  {listing}", "; ".join(hints)
+    )

@@ -77,7 +77,11 @@ def supervised_ratio(data: CheckInput) -> CheckResult:
     low, high = data.settings.min_supervised_ratio, data.settings.max_supervised_ratio
     failures = [f"{e['location']}: no trained token" for e in data.examples if all(x == -100 for x in e["labels"])]
     if not low <= ratio <= high:
-        failures.insert(0, f"{ratio:.1%} of tokens are trained, outside the band [{low:.0%}, {high:.0%}]")
+        failures.insert(
+            0,
+            f"{ratio:.1%} of tokens are trained, outside the band [{low:.0%}, {high:.0%}] "
+            "(training.dataset.checks.min_supervised_ratio / max_supervised_ratio)",
+        )
     return _result("supervised_ratio", failures, f"{trained}/{total} tokens trained ({ratio:.1%})")
 
 

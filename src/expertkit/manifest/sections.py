@@ -183,8 +183,16 @@ ValidatorName = Literal["supervised_ratio", "span_count", "trained_text", "packe
 class DataChecks(Section):
     """The pre-training validators: the supervised-token band and which checks to override."""
 
-    min_supervised_ratio: float = Field(default=0.25, ge=0, le=1)
-    max_supervised_ratio: float = Field(default=0.95, ge=0, le=1)
+    min_supervised_ratio: float = Field(
+        default=0.01,
+        ge=0,
+        le=1,
+        description="Least share of tokens trained. Catches a mask that trains nothing; short answers "
+        "(labels, classes) legitimately train a few percent.",
+    )
+    max_supervised_ratio: float = Field(
+        default=0.95, ge=0, le=1, description="Most share of tokens trained. Catches a mask that trains the prompts."
+    )
     skip: list[ValidatorName] = Field(
         default_factory=list, description="Validators whose failure is reported but does not abort training."
     )

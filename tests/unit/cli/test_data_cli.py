@@ -56,3 +56,27 @@ def test_missing_manifest_is_a_clean_error(tmp_path):
     result = invoke("data", "prepare", "--expert", str(tmp_path))
     assert result.exit_code == 1
     assert "error:" in result.output and "Traceback" not in result.output
+
+
+def _classification(n: int) -> dict:
+    ticket = f"Ticket {n}: my invoice from last month shows a charge I do not recognise, please check it for me."
+    return {"messages": [{"role": "user", "content": ticket}, {"role": "assistant", "content": "billing"}]}
+
+
+def test_short_answers_pass_the_default_band(tmp_path, tiny_llama_dir):
+    expert = write_expert(tmp_path / "e", tiny_llama_dir, {"path": "data.jsonl", "split": {"eval_size": 2}})
+    write_jsonl(expert / "data.jsonl", [_classification(n) for n in range(12)])
+    result = invoke("data", "inspect", "--expert", str(expert), "-n", "0")
+    assert result.exit_code == 0, result.output
+
+
+def test_a_band_failure_is_an_error_naming_the_key_to_change(tmp_path, tiny_llama_dir):
+    dataset = {"path": "data.jsonl", "split": {"eval_size": 2}, "checks": {"min_supervised_ratio": 0.25}}
+    expert = write_expert(tmp_path / "e", tiny_llama_dir, dataset)
+    write_jsonl(expert / "data.jsonl", [_classification(n) for n in range(12)])
+    for command in ("inspect", "prepare"):
+        result = invoke("data", command, "--expert", str(expert))
+        assert result.exit_code == 1
+        assert "error: 1 data validator(s) failed" in result.stderr
+        assert "outside the band [25%, 95%]" in result.stderr
+        assert "hint:" in result.stderr and "training.dataset.checks.min_supervised_ratio" in result.stderr
