@@ -25,6 +25,8 @@ def init(
     except ExpertkitError as error:
         fail(error)
         return
-    out_console.print(
-        f"created {escape(str(directory))} ({task}); next: expert-cli validate --expert {escape(str(directory))}"
-    )
+    from expertkit.manifest.scaffold import next_steps
+
+    out_console.print(f"created {escape(str(directory))} ({task}) with sample data; next:")
+    for command in next_steps(directory):
+        out_console.print(f"  {escape(command)}", soft_wrap=True)

@@ -231,7 +231,14 @@ def _build(job: DataJob, work: Path, progress: bool) -> dict[str, Any]:
     statuses = Counter(rendered["status"])
     examples = rendered.filter(lambda s: s in KEPT, input_columns="status")
     if len(examples) < 2:
-        raise DataError(f"only {len(examples)} usable examples after filtering ({dict(statuses)})", "add data")
+        dropped = ", ".join(
+            f"{count} {status.replace('_', ' ')}" for status, count in statuses.items() if status not in KEPT
+        )
+        raise DataError(
+            f"only {len(examples)} usable example(s) after filtering{f' ({dropped})' if dropped else ''}; "
+            "at least 2 are needed (training and evaluation each need one)",
+            "add records to the dataset (a few hundred make a useful expert)",
+        )
     split = job.config.split or SplitConfig()
     records = _as_records(examples)
     train_idx, eval_idx = hash_split([r["hash"] for r in records], split.eval_size, split.seed)

@@ -1,8 +1,9 @@
 """``expert-cli init``: scaffold an expert directory that validates clean.
 
-Writes manifest.json (v2.0), README.md, LICENSE, a tiny data/train.jsonl showing the record
-format, and grammar.gbnf where the task has one. Everything is written to a temp directory and
-renamed into place, so a failure leaves nothing behind.
+Writes manifest.json (v2.0), README.md, LICENSE, a small data/train.jsonl of correct sample
+conversations (enough for every suggested command to run), and grammar.gbnf where the task has
+one. Everything is written to a temp directory and renamed into place, so a failure leaves nothing
+behind.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from expertkit.fsutil import atomic_directory
 from expertkit.grammars import grammar_text
 from expertkit.manifest.model import NAME_PATTERN
 from expertkit.manifest.presets import TASK_PRESETS, TaskPreset
+from expertkit.manifest.samples import task_samples
 
 DEFAULT_BASE_MODEL = "SmolLM2-135M-Instruct"
 
@@ -70,7 +72,7 @@ def _readme(name: str, task: str, preset: TaskPreset) -> str:
         "## Files\n\n"
         "- `manifest.json`: adapters, training settings, decoding contract and routing.\n"
         '- `data/train.jsonl`: one conversation per line (`{"messages": [{"role", "content"}, ...]}`);'
-        " replace the sample with real data.\n"
+        " replace the samples with your own data (or point `training.dataset.path` at it).\n"
         + (
             "- `grammar.gbnf`: the grammar `grammar_type` constrains every generated token by, in llama.cpp's GBNF for"
             " use outside expertkit (point `grammar_file` at your own grammar to replace it).\n"
@@ -81,10 +83,22 @@ def _readme(name: str, task: str, preset: TaskPreset) -> str:
     )
 
 
-def _sample_record(preset: TaskPreset) -> str:
-    question, answer = preset.example
-    messages = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
-    return json.dumps({"messages": messages}, ensure_ascii=False) + "\n"
+def _sample_records(task: str) -> str:
+    lines = []
+    for question, answer in task_samples(task):
+        messages = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+        lines.append(json.dumps({"messages": messages}, ensure_ascii=False))
+    return "\n".join(lines) + "\n"
+
+
+def next_steps(directory: Path) -> list[str]:
+    """The commands a new expert is ready for, in order (a test runs them on the scaffold)."""
+    return [
+        f"expert-cli validate --expert {directory}",
+        f"expert-cli data inspect --expert {directory}",
+        f"expert-cli train --manifest {directory} --max-steps 20",
+        f'expert-cli chat --experts {directory} -p "{{a question}}"',
+    ]
 
 
 def scaffold_expert(directory: Path, task: str, *, base_model: str = DEFAULT_BASE_MODEL, force: bool = False) -> Path:
@@ -116,7 +130,7 @@ def scaffold_expert(directory: Path, task: str, *, base_model: str = DEFAULT_BAS
             encoding="utf-8",
         )
         (tmp / "data").mkdir()
-        (tmp / "data" / "train.jsonl").write_text(_sample_record(preset), encoding="utf-8")
+        (tmp / "data" / "train.jsonl").write_text(_sample_records(task), encoding="utf-8")
         if preset.grammar:
             (tmp / "grammar.gbnf").write_text(grammar_text(preset.grammar), encoding="utf-8")
     return directory

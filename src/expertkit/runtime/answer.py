@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from expertkit.errors import UsageError
 from expertkit.manifest.sections import DecodingConfig
 from expertkit.runtime.engine import Engine
 from expertkit.runtime.generate import GenerationRequest, GenerationResult
@@ -130,12 +131,27 @@ class AskPlan:
         return Answer(result.text, self.name, result, validation, shown, attempt + 1)
 
 
+def _within_context(
+    engine: Engine, name: str | None, settings: DecodingSettings, prompt_tokens: int, options: AskOptions
+) -> DecodingSettings:
+    """``settings`` with ``max_tokens`` lowered to what the context leaves after the prompt (and the
+    expert's soft prompt); a prompt that fills the context is a clear error, not a decoder crash."""
+    room = engine.context_length - engine.prefix_length(name) - prompt_tokens
+    if room < 1:
+        raise UsageError(
+            f"the prompt is {prompt_tokens} tokens; the model's context is {engine.context_length}",
+            "shorten the prompt (or the conversation history: /reset in chat)",
+        )
+    cap = min(room, options.max_tokens_cap) if options.max_tokens_cap is not None else room
+    if settings.max_tokens <= cap:
+        return settings
+    return replace(settings, max_tokens=max(1, cap), sources={**settings.sources, "max_tokens": "context"})
+
+
 def plan_answer(engine: Engine, name: str | None, messages: list[dict[str, str]], options: AskOptions) -> AskPlan:
     decoding = engine.decoding_of(name)
-    settings = resolve_settings(options.overrides, decoding)
-    if options.max_tokens_cap is not None and settings.max_tokens > options.max_tokens_cap:
-        sources = {**settings.sources, "max_tokens": "context"}
-        settings = replace(settings, max_tokens=max(1, options.max_tokens_cap), sources=sources)
+    prompt = _prompt(engine, messages, options)
+    settings = _within_context(engine, name, resolve_settings(options.overrides, decoding), len(prompt), options)
     checks = options.validation or (decoding if options.use_validation else DecodingConfig())
     return AskPlan(
         engine=engine,
@@ -144,7 +160,7 @@ def plan_answer(engine: Engine, name: str | None, messages: list[dict[str, str]]
         settings=settings,
         grammar=_grammar(engine, name, options),
         context=ValidationContext(checks, engine.tokenizer, engine.vocab_size),
-        prompt=_prompt(engine, messages, options),
+        prompt=prompt,
         base_seed=settings.seed if settings.seed is not None else random.randrange(2**31),
         attempts=1 + (decoding.retries or 0),
     )

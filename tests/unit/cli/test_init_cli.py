@@ -65,3 +65,24 @@ def test_unknown_task_and_bad_name_are_usage_errors(tmp_path: Path) -> None:
     assert runner.invoke(app, ["init", str(tmp_path / "expert-x"), "--task", "poetry"]).exit_code == 2
     assert runner.invoke(app, ["init", str(tmp_path / "Bad Name"), "--task", "sql"]).exit_code == 2
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("task", sorted(TASK_PRESETS))
+def test_the_scaffold_passes_every_command_it_suggests(tmp_path: Path, tiny_llama_dir: Path, task: str) -> None:
+    """init prints its next steps; each of them, run in order as printed, succeeds on the scaffold."""
+    import shlex
+
+    from expertkit.manifest.scaffold import next_steps
+
+    target = tmp_path / f"expert-{task}"
+    result = runner.invoke(app, ["init", str(target), "--task", task, "--base-model", str(tiny_llama_dir)])
+    assert result.exit_code == 0, result.output
+    steps = next_steps(target)
+    assert all(step in result.output.replace("\n  ", "\n") for step in steps[:3])
+    for step in steps:
+        args = shlex.split(step.replace("{a question}", "hello"))[1:]
+        if args[0] in ("chat", "train"):
+            args += ["--dtype", "float32"] if args[0] == "chat" else []
+        outcome = runner.invoke(app, args)
+        assert outcome.exit_code == 0, f"{step}\n{outcome.output}"
+        assert "Traceback" not in outcome.output
