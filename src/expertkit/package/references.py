@@ -42,6 +42,19 @@ class ExpertFiles:
         return self.lock is not None
 
     @property
+    def origin(self) -> str:
+        """Where the expert was loaded from, in words (said to the user, so a name never surprises)."""
+        manifest = self.loaded.manifest
+        if self.source.endswith(PACKAGE_SUFFIX):
+            where = f"the package {self.source}"
+        elif self.source == f"{manifest.name}@{manifest.version}":
+            where = f"the store ({self.root})"
+        else:
+            where = f"the directory {self.root}"
+        signed = f", signature by {self.signer} verified" if self.signer else ""
+        return f"{manifest.name} {manifest.version} from {where}{signed}"
+
+    @property
     def model_base_dir(self) -> Path | None:
         """Where a relative base-model name is resolved: the user's own expert directory, never a
         package's or an installed expert's (a package cannot bring the model it runs on)."""
@@ -124,21 +137,41 @@ def _from_directory(
 
 
 def resolve_expert(reference: str, keys: list[PublicKey] | None = None, require_signature: bool = False) -> ExpertFiles:
-    """Find the expert ``reference`` names: an existing path first, then the store.
+    """Find the expert ``reference`` names: a bare name (``sql``, ``expert-sql@0.1.0``) in the store;
+    a path (``./byo``, ``dir/byo``, ``x.expert``) on disk.
 
     Whatever the way of naming it, a packaged expert (a ``.expert``, its unpacked directory, an
     installed one) goes through the same checks: member digests, lock against manifest and adapter
     config, untrusted manifest paths, and the signature against the keys trusted now.
     """
     path = Path(reference).expanduser()
+    if is_bare_name(reference):  # a name means the store, even where a folder of that name exists
+        return _installed(reference, keys, require_signature)
     if path.is_file() and path.name.endswith(PACKAGE_SUFFIX):
         directory, expected, signer = unpack_package(path, keys, require_signature)
         return _from_directory(directory, str(path), None, False, expected, signer)  # just verified
     if path.is_dir():
         return _from_directory(path, str(path), keys, require_signature)
-    if path.suffix == PACKAGE_SUFFIX or "/" in reference:
-        raise PackageError(f"{reference}: no such file or directory", "give an existing path or an installed name")
-    record = find_installed(reference)
+    raise PackageError(f"{reference}: no such file or directory", "give an existing path or an installed name")
+
+
+def is_bare_name(reference: str) -> bool:
+    """``byo`` or ``byo@0.1.0`` (the store), as opposed to a path (``./byo``, ``dir/byo``, ``x.expert``)."""
+    return not (
+        "/" in reference or "\\" in reference or reference.startswith((".", "~")) or reference.endswith(PACKAGE_SUFFIX)
+    )
+
+
+def _installed(reference: str, keys: list[PublicKey] | None, require_signature: bool) -> ExpertFiles:
+    try:
+        record = find_installed(reference)
+    except PackageError as exc:
+        if Path(reference).is_dir():
+            raise PackageError(
+                f"no installed expert {reference!r} (a bare name means the store)",
+                f"to load the directory instead, give its path: ./{reference}",
+            ) from exc
+        raise
     if require_signature and keys is None:
         keys = trusted_keys(default_trusted_keys_dir())
     return _from_directory(Path(record.path), f"{record.name}@{record.version}", keys, require_signature)

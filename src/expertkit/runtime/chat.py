@@ -47,7 +47,8 @@ def open_session(request: ChatRequest) -> tuple[ChatSession, list[str]]:
         require_signature=request.require_signature,
     )
     engine = Engine.for_experts(request.experts, options)
-    notes = [note for expert in engine.experts.values() for note in expert.warnings]
+    notes = [f"using {expert.files.origin}" for expert in engine.experts.values()]
+    notes += [note for expert in engine.experts.values() for note in expert.warnings]
     router = build_router(engine, request.router_embedder, notes) if len(engine.experts) > 1 else None
     session = ChatSession(engine, router, overrides=dict(request.overrides), use_grammar=request.use_grammar)
     return session, notes

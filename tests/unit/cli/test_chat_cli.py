@@ -118,3 +118,26 @@ def test_an_untrained_expert_is_named_before_any_model_loads(
     assert "error: expert-tiny has no trained weights for" in result.stderr
     assert f"expert-cli train --manifest {expert_dir.resolve()}" in result.stderr.replace("\n", "")
     assert "Traceback" not in result.output
+
+
+def test_a_bare_name_means_the_store_and_chat_says_what_it_loaded(
+    built, expert_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    from expertkit.package.store import install_package
+
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copytree(expert_dir, work / "expert-tiny")  # an unsigned folder with the installed expert's name
+    monkeypatch.chdir(work)
+    missing = invoke("chat", "-e", "expert-tiny", "-p", "hi", "--max-tokens", "2", "--dtype", "float32")
+    assert missing.exit_code == 1 and "a bare name means the store" in missing.stderr
+    assert "./expert-tiny" in missing.stderr
+    install_package(built.path)
+    stored = invoke("chat", "-e", "expert-tiny", "-p", "hi", "--max-tokens", "2", "--dtype", "float32")
+    assert stored.exit_code == 0, stored.output
+    assert "using expert-tiny 0.1.0 from the store" in stored.stderr
+    local = invoke("chat", "-e", "./expert-tiny", "-p", "hi", "--max-tokens", "2", "--dtype", "float32")
+    assert local.exit_code == 0, local.output
+    assert "from the directory" in local.stderr and str(work / "expert-tiny") in local.stderr.replace("\n", "")
