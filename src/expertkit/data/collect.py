@@ -51,7 +51,8 @@ def bad_record_listing(bad: list[BadRecord], limit_per_reason: int = 3) -> str:
         if len(locations) <= limit_per_reason:
             lines.extend(f"{location}: {reason}" for location in locations)
         else:
-            lines.append(f"{reason} ({len(locations)} records): {', '.join(locations)}")
+            shown = ", ".join(locations[:limit_per_reason])
+            lines.append(f"{reason} ({len(locations):,} records, e.g. {shown})")
     return "\n  ".join(lines)
 
 
@@ -60,6 +61,7 @@ class CollectReport:
     records: dict[str, int] = field(default_factory=dict)
     kept: dict[str, int] = field(default_factory=dict)
     bad: list[BadRecord] = field(default_factory=list)
+    fields: dict[str, list[str]] = field(default_factory=dict)  # the first record's fields, per source
     hook_out: int = 0
     dedup_removed: int = 0
     near_dedup_removed: int = 0
@@ -85,6 +87,8 @@ def source_plans(config: DatasetConfig, root: Path) -> list[SourcePlan]:
 def _conversations(plan: SourcePlan, hook: Hook | None, root: Path, report: CollectReport) -> Iterator[Conversation]:
     for raw in read_records(plan.path, plan.format, plan.display):
         report.records[plan.name] = report.records.get(plan.name, 0) + 1
+        if plan.name not in report.fields and raw.data is not None:
+            report.fields[plan.name] = sorted(raw.data)
         for record, error in _hooked(raw, hook, root):
             if error is not None or record is None:
                 report.bad.append(BadRecord(raw.location, error or "unreadable"))
@@ -95,6 +99,28 @@ def _conversations(plan: SourcePlan, hook: Hook | None, root: Path, report: Coll
                 report.bad.append(BadRecord(raw.location, str(exc)))
                 continue
             yield Conversation(conversation.messages, plan.name, raw.location)
+
+
+AUTO_SHAPES = (
+    ({"messages"}, "OpenAI-style messages"),
+    ({"conversations"}, "ShareGPT conversations"),
+    ({"instruction", "output"}, "Alpaca instruction/input/output"),
+    ({"prompt", "completion"}, "prompt/completion"),
+)
+
+
+def mapping_advice(plan: SourcePlan, fields: list[str]) -> str:
+    """What to change when every record of ``plan`` failed: the fields found and the mapping that fits."""
+    found = f"its records have the fields {fields[:12]}" if fields else "its records could not be read"
+    shape = next((name for keys, name in AUTO_SHAPES if keys <= set(fields)), None)
+    if shape is not None:
+        where = "training.dataset.field_mapping" if plan.mapping else "the mapping"
+        return f"every record of {plan.display} failed; {found}: {shape}, detected automatically, so remove {where}"
+    text = [f for f in fields if f not in ("id", "system")]
+    example = (
+        f'{{"prompt_template": "{{{text[0]}}}", "response": "{text[-1]}"}}' if len(text) >= 2 else "a field_mapping"
+    )
+    return f"every record of {plan.display} failed; {found}: map them, e.g. field_mapping {example}"
 
 
 def _hooked(raw: RawRecord, hook: Hook | None, root: Path) -> list[tuple[dict[str, Any] | None, str | None]]:

@@ -15,7 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from expertkit.data.collect import CollectReport, SourcePlan, bad_record_listing, collect, source_plans
+from expertkit.data.collect import (
+    CollectReport,
+    SourcePlan,
+    bad_record_listing,
+    collect,
+    mapping_advice,
+    source_plans,
+)
 from expertkit.data.lineage import (
     META_FILE,
     cache_key,
@@ -160,10 +167,12 @@ def _collect(job: DataJob, work: Path, progress: bool) -> tuple[Path, CollectRep
     with Progress(*columns, disable=not progress, transient=True) as bar:
         task = bar.add_task("read")
         report = collect(job.plans, job.preprocessing, job.hook, job.root, output, lambda: bar.advance(task))
-    if report.bad and job.config.on_error == "fail":
+    all_failed = [p for p in job.plans if report.records.get(p.name, 0) and not report.kept.get(p.name, 0)]
+    if report.bad and (job.config.on_error == "fail" or all_failed):
+        advice = [mapping_advice(plan, report.fields.get(plan.name, [])) for plan in all_failed]
         raise DataError(
-            f"{len(report.bad)} bad records; nothing was prepared:\n  " + bad_record_listing(report.bad),
-            "fix these records, or set training.dataset.on_error to 'skip' to drop them",
+            f"{len(report.bad):,} bad records; nothing was prepared:\n  " + bad_record_listing(report.bad),
+            "; ".join(advice) or "fix these records, or set training.dataset.on_error to 'skip' to drop them",
         )
     for plan in job.plans:
         if report.kept.get(plan.name, 0) == 0:

@@ -80,3 +80,19 @@ def test_a_band_failure_is_an_error_naming_the_key_to_change(tmp_path, tiny_llam
         assert "error: 1 data validator(s) failed" in result.stderr
         assert "outside the band [25%, 95%]" in result.stderr
         assert "hint:" in result.stderr and "training.dataset.checks.min_supervised_ratio" in result.stderr
+
+
+def test_every_record_failing_names_the_fields_and_the_mapping_not_skip(tmp_path, tiny_llama_dir):
+    rows = [
+        {"instruction": f"Classify ticket {n}", "input": "my invoice is wrong", "output": "billing"} for n in range(40)
+    ]
+    for policy in ("fail", "skip"):
+        dataset = {"path": "data.jsonl", "field_mapping": {"messages": "messages"}, "on_error": policy}
+        expert = write_expert(tmp_path / policy, tiny_llama_dir, dataset)
+        write_jsonl(expert / "data.jsonl", rows)
+        result = invoke("data", "inspect", "--expert", str(expert), "-n", "0")
+        assert result.exit_code == 1
+        err = " ".join(result.stderr.split())
+        assert "missing field 'messages' (40 records, e.g. data.jsonl:1, data.jsonl:2, data.jsonl:3)" in err
+        assert "['input', 'instruction', 'output']" in err and "remove training.dataset.field_mapping" in err
+        assert "skip" not in err.split("hint:")[1]
