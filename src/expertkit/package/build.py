@@ -18,6 +18,7 @@ from expertkit.layout import ADAPTER_CONFIG, ADAPTER_SUBDIR, ADAPTER_WEIGHTS, WE
 from expertkit.manifest.load import LoadedManifest
 from expertkit.models.fingerprint import Fingerprint, fingerprint, sha256_file, text_sha256
 from expertkit.models.load import load_tokenizer
+from expertkit.models.pull import ensure_ready
 from expertkit.models.resolve import resolve_model
 from expertkit.models.targets import load_checked_manifest
 from expertkit.models.template_probe import first_difference, probe_record
@@ -136,7 +137,7 @@ def gather_members(loaded: LoadedManifest, weights: ExpertWeights) -> dict[str, 
 
 
 def make_lock(loaded: LoadedManifest, weights: ExpertWeights, members: dict[str, Path | bytes]) -> dict[str, Any]:
-    resolved = resolve_model(weights.entry.name, loaded.root)
+    resolved = ensure_ready(resolve_model(weights.entry.name, loaded.root))
     if not resolved.ready:
         raise PackageError(f"base model {weights.entry.name} is not prepared", "run: expert-cli models pull NAME")
     fp = fingerprint(resolved.path)

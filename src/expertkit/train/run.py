@@ -21,6 +21,7 @@ from expertkit.layout import ADAPTER_SUBDIR, FULL_SUBDIR, SOFT_PROMPT_DIR, WEIGH
 from expertkit.manifest.load import LoadedManifest
 from expertkit.manifest.model import BaseModelEntry
 from expertkit.manifest.sections import TrainingPhase
+from expertkit.models.pull import ensure_ready
 from expertkit.models.resolve import ResolvedModel, resolve_model
 from expertkit.models.targets import load_checked_manifest
 from expertkit.naming import normalise_model_name
@@ -63,7 +64,7 @@ def weights_dir_for(loaded: LoadedManifest, entry: BaseModelEntry) -> Path:
 
 
 def resolved_base(loaded: LoadedManifest, entry: BaseModelEntry) -> ResolvedModel:
-    resolved = resolve_model(entry.name, loaded.root)
+    resolved = ensure_ready(resolve_model(entry.name, loaded.root))
     if not resolved.ready:
         raise UsageError(f"base model {entry.name} is not prepared", f"run: expert-cli models pull {entry.name}")
     return resolved
