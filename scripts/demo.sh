@@ -27,13 +27,13 @@ step "4. the training data: Spider + GeoQuery's train split through the hook, ma
 time "$cli" data prepare --expert "$expert"
 
 step "5. train the DoRA adapter for $steps steps (bf16 on this CPU): weights, meta, loss curve"
-time "$cli" train --manifest "$expert" --max-steps "$steps"
+time "$cli" train --expert "$expert" --max-steps "$steps"
 
 step "6. after: the trained expert on the same 30 questions, against the base model in the same run"
 time "$cli" eval --expert "$expert" "${questions[@]}" --plot "$out/geoquery.png" --json | tee "$out/after.json" | cut -c1-400
 
 step "7. package it: deterministic .expert (manifest, adapter, grammar, evaluation, expert.lock.json) + .sha256"
-"$cli" package --manifest "$expert" --output "$out/dist"
+"$cli" package --expert "$expert" --output "$out/dist"
 pkg="$(ls "$out"/dist/expert-sql-smollm2-135m-instruct.v*.expert)"
 (cd "$out/dist" && sha256sum -c "$(basename "$pkg").sha256")
 

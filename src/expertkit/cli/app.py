@@ -13,8 +13,9 @@ app = typer.Typer(
     name="expert-cli",
     help="Build, validate and run small specialist LLM experts.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish, PowerShell
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 out_console = Console(highlight=False, soft_wrap=True)
@@ -26,6 +27,23 @@ def fail(error: ExpertkitError) -> None:
     if error.hint:
         err_console.print(f"[dim]hint:[/] {error.hint}")
     raise typer.Exit(error.exit_code)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        out_console.print(f"expert-cli {version('expertkit')}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main(
+    show_version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Build, validate and run small specialist LLM experts."""
 
 
 def _register() -> None:

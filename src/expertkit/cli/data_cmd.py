@@ -12,7 +12,12 @@ from expertkit.errors import ExpertkitError
 
 data_app = typer.Typer(help="Training data: prepare (cache + lineage sidecar) and inspect.", no_args_is_help=True)
 
-EXPERT = typer.Option(Path(), "--expert", help="Expert directory (holding manifest.json) or manifest file.")
+EXPERT = typer.Option(
+    Path(),
+    "--expert",
+    "--manifest",
+    help="Expert directory (holding manifest.json) or manifest file. --manifest is its old name (until 0.3).",
+)
 MODEL = typer.Option(None, "--model", help="Base model of a multi-model manifest.")
 
 

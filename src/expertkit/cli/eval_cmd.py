@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import get_args
 
 import typer
 from rich.markup import escape
@@ -11,12 +12,13 @@ from rich.table import Table
 
 from expertkit.cli.app import err_console, fail, out_console
 from expertkit.errors import ExpertkitError
+from expertkit.manifest.sections import EvalFormat
 
 
 def eval_expert(
     expert: str = typer.Option(..., "--expert", help="Expert: name, name@version, directory or package."),
     set_path: Path | None = typer.Option(None, "--set", help="Evaluation set file (default: the manifest's)."),
-    set_format: str | None = typer.Option(None, "--format", help="spider, geoquery, bfcl, text2cypher or jsonl."),
+    set_format: str | None = typer.Option(None, "--format", help=f"Set format: {', '.join(get_args(EvalFormat))}."),
     answers: Path | None = typer.Option(None, "--answers", help="tables.json / possible_answer file / database."),
     split: str | None = typer.Option(
         None, "--split", help="Only items of this split (GeoQuery 'test'; 'heldout' for BFCL and text2cypher)."
@@ -25,7 +27,7 @@ def eval_expert(
     limit: int | None = typer.Option(None, "--limit", min=1, help="Evaluate the first N items."),
     sample: int | None = typer.Option(None, "--sample", min=1, help="Evaluate a seeded random sample of N items."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
-    dtype: str = typer.Option("auto", "--dtype"),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 where the CPU has it), bfloat16 or float32."),
     gate: bool = typer.Option(False, "--gate", help="Exit 1 when the manifest's evaluation.thresholds are missed."),
     plot: Path | None = typer.Option(None, "--plot", help="Save a bar chart per bucket (PNG) here."),
     base_only: bool = typer.Option(

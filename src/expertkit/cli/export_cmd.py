@@ -20,7 +20,7 @@ def vllm(
     experts: list[str] = typer.Argument(None, help="Experts (names, name@version, paths)."),
     all_installed: bool = typer.Option(False, "--all-installed", help="Every installed expert (newest versions)."),
     out: Path = typer.Option(Path("vllm-export"), "--out", help="Directory for vllm-serve.sh and lora-modules.json."),
-    port: int = typer.Option(8000, "--port"),
+    port: int = typer.Option(8000, "--port", help="Port the generated vLLM command serves on."),
 ) -> None:
     """Write the vLLM command (--enable-lora --lora-modules ...) that serves these experts."""
     from expertkit.package.store import list_installed

@@ -93,7 +93,9 @@ def info(
 def run(
     name: str = typer.Argument(..., help="Model name or path."),
     prompt: str = typer.Option(..., "--prompt", "-p", help="One user message."),
-    max_new_tokens: int = typer.Option(48, "--max-new-tokens", min=1, max=4096),
+    max_new_tokens: int = typer.Option(
+        48, "--max-tokens", "--max-new-tokens", min=1, max=4096, help="Tokens to generate (--max-new-tokens: old name)."
+    ),
 ) -> None:
     """Answer one prompt with the bare base model (greedy), a smoke test of the model."""
     from expertkit.models.generate import generate_reply

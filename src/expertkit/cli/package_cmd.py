@@ -13,7 +13,12 @@ from expertkit.errors import ExpertkitError
 
 
 def package(
-    manifest: Path = typer.Option(Path("manifest.json"), "--manifest", help="Manifest file or expert directory."),
+    manifest: Path = typer.Option(
+        Path(),
+        "--expert",
+        "--manifest",
+        help="Expert directory (holding manifest.json) or manifest file. --manifest is its old name (until 0.3).",
+    ),
     weights: Path | None = typer.Option(None, "--weights", help="Weights directory (default: weights/ beside it)."),
     model: str | None = typer.Option(None, "--model", help="Base model to package (one trained model: picked)."),
     output: Path | None = typer.Option(None, "--output", help="Directory to write the package to (default: .)."),

@@ -15,7 +15,7 @@ def serve(
     experts: str = typer.Option("", "--experts", "-e", help="Comma-separated experts: names, name@version, paths."),
     all_installed: bool = typer.Option(False, "--all-installed", help="Serve every installed expert version."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (non-loopback needs an API key)."),
-    port: int = typer.Option(8000, "--port", min=1, max=65535),
+    port: int = typer.Option(8000, "--port", min=1, max=65535, help="TCP port to listen on."),
     api_key_file: Path | None = typer.Option(None, "--api-key-file", help="File holding the bearer API key."),
     require_signature: bool = typer.Option(False, "--require-signature", help="Only experts with a trusted signature."),
     trusted_keys: Path | None = typer.Option(None, "--trusted-keys", help="Directory of trusted *.pub keys."),

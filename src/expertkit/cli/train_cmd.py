@@ -13,7 +13,12 @@ from rich.table import Table
 from expertkit.cli.app import err_console, fail, out_console
 from expertkit.errors import ExpertkitError
 
-MANIFEST = typer.Option(Path("manifest.json"), "--manifest", help="Manifest file or expert directory.")
+MANIFEST = typer.Option(
+    Path(),
+    "--expert",
+    "--manifest",
+    help="Expert directory (holding manifest.json) or manifest file. --manifest is its old name (until 0.3).",
+)
 MODEL = typer.Option(None, "--model", help="Base model of a multi-model manifest (one model: picked for you).")
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from expertkit.cli.app import out_console
-from expertkit.errors import UsageError
+from expertkit.errors import ExpertkitError, UsageError
 
 
 def _target(path: Path | None, expert: Path | None, manifest: Path | None) -> Path:
@@ -33,11 +33,14 @@ def validate(
 ) -> None:
     """Check a manifest and report every problem at once (exit 0 valid, 1 invalid, 2 usage)."""
     from expertkit.cli.app import fail
+    from expertkit.manifest.load import manifest_file, no_manifest
     from expertkit.manifest.validate import ExtraCheck, validate_manifest
 
     try:
         target = _target(path, expert, manifest)
-    except UsageError as error:
+        if not manifest_file(target).exists():
+            raise no_manifest(target)
+    except ExpertkitError as error:
         fail(error)
         return
     extra: tuple[ExtraCheck, ...] = ()

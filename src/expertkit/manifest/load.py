@@ -38,6 +38,17 @@ def manifest_file(target: Path) -> Path:
     return target / MANIFEST_FILE if target.is_dir() else target
 
 
+def no_manifest(target: Path) -> ManifestError:
+    """The error for a manifest that is not there: the exact path looked at, and how to get one."""
+    looked = manifest_file(target).resolve()
+    return ManifestError(
+        f"no manifest at {looked}",
+        "pass the expert directory (the one holding manifest.json) with --expert DIR, "
+        "or create an expert: expert-cli init NAME",
+        exit_code=2,
+    )
+
+
 def read_manifest_json(path: Path) -> tuple[Any, list[Problem]]:
     """Parse the file as JSON; any failure becomes a problem at ``$`` instead of an exception."""
 
@@ -123,13 +134,13 @@ def load_manifest(target: Path) -> LoadedManifest:
         ManifestError: listing every structural problem, each with its JSON path.
     """
     path = manifest_file(target)
+    if not path.exists():
+        raise no_manifest(target)
     data, problems = read_manifest_json(path)
     if not problems:
         problems = structural_problems(data)
     if problems:
         listing = "\n".join("  " + p.render() for p in problems)
-        raise ManifestError(
-            f"{path} is not a valid manifest:\n{listing}", f"run: expert-cli validate --manifest {path}"
-        )
+        raise ManifestError(f"{path} is not a valid manifest:\n{listing}", f"run: expert-cli validate {path}")
     manifest, version = parse_manifest(data)
     return LoadedManifest(manifest=manifest, path=path.resolve(), source_version=version)

@@ -96,7 +96,7 @@ def next_steps(directory: Path) -> list[str]:
     return [
         f"expert-cli validate --expert {directory}",
         f"expert-cli data inspect --expert {directory}",
-        f"expert-cli train --manifest {directory} --max-steps 20",
+        f"expert-cli train --expert {directory} --max-steps 20",
         f'expert-cli chat --experts {directory} -p "{{a question}}"',
     ]
 

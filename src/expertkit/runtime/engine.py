@@ -98,7 +98,7 @@ class Engine:
                 hint = (
                     "re-install the package"
                     if item.packaged
-                    else f"train it first: expert-cli train --manifest {item.loaded.root} (--max-steps N: a short run)"
+                    else f"train it first: expert-cli train --expert {item.loaded.root} (--max-steps N: a short run)"
                 )
                 raise UsageError(missing, hint, exit_code=1)
         first = files[0] if files else None

@@ -116,7 +116,7 @@ def test_an_untrained_expert_is_named_before_any_model_loads(
     result = invoke("chat", "--experts", str(expert_dir), "-p", "hi")
     assert result.exit_code == 1, result.output
     assert "error: expert-tiny has no trained weights for" in result.stderr
-    assert f"expert-cli train --manifest {expert_dir.resolve()}" in result.stderr.replace("\n", "")
+    assert f"expert-cli train --expert {expert_dir.resolve()}" in result.stderr.replace("\n", "")
     assert "Traceback" not in result.output
 
 

@@ -54,8 +54,8 @@ def test_inspect_shows_examples_and_fails_on_failed_validator(tmp_path, tiny_lla
 
 def test_missing_manifest_is_a_clean_error(tmp_path):
     result = invoke("data", "prepare", "--expert", str(tmp_path))
-    assert result.exit_code == 1
-    assert "error:" in result.output and "Traceback" not in result.output
+    assert result.exit_code == 2  # a path that is not there is a usage error
+    assert "error: no manifest at" in result.output and "Traceback" not in result.output
 
 
 def _classification(n: int) -> dict:

@@ -77,10 +77,14 @@ def test_malformed_files_give_a_clean_report(tmp_path: Path, content: bytes) -> 
 
 
 def test_directory_and_missing_file_give_a_clean_report(tmp_path: Path) -> None:
-    for target in (tmp_path, tmp_path / "absent.json"):
+    for target in (tmp_path, tmp_path / "absent.json"):  # a directory without manifest.json, a missing file
         result = invoke("validate", "--manifest", str(target), "--json")
-        assert result.exit_code == 1
-        assert json.loads(result.output)["errors"][0]["path"] == "$"
+        assert result.exit_code == 2, result.output  # as the README says: 2 for usage
+        assert "error: no manifest at" in result.stderr and "Traceback" not in result.output
+    (tmp_path / "broken.json").write_text("{")
+    result = invoke("validate", "--manifest", str(tmp_path / "broken.json"), "--json")
+    assert result.exit_code == 1
+    assert json.loads(result.output)["errors"][0]["path"] == "$"
 
 
 json_documents = st.recursive(
