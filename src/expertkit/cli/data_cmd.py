@@ -61,8 +61,9 @@ def inspect(
         fail(error)
         return
     examples = prepared.load("examples")
+    markers = out_console.color_system is None  # piped or NO_COLOR: bracket trained text instead
     for index in range(min(count, len(examples))):
-        out_console.print(example_view(examples[index], tokenizer))
+        out_console.print(example_view(examples[index], tokenizer, markers), soft_wrap=False)  # wrap, never crop
     out_console.print(summary_view(prepared.meta, str(prepared.directory), prepared.cached))
     if prepared.failed_checks:
         fail(validators_error(prepared.failed_checks))

@@ -25,7 +25,12 @@ def list_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) 
     if as_json:
         print(json.dumps([{**vars(m), "path": str(m.path)} for m in listings], indent=2))
         return
-    table = Table("name", "kind", "ready", "path", "description")
+    table = Table()
+    table.add_column("name", no_wrap=True)  # the name you type: never cut
+    table.add_column("kind")
+    table.add_column("ready")
+    table.add_column("path", overflow="fold")  # folded onto more lines rather than cut
+    table.add_column("description")
     for m in listings:
         table.add_row(m.name, m.kind, "yes" if m.ready else "no (pull it)", escape(str(m.path)), m.description)
     out_console.print(table)

@@ -29,11 +29,16 @@ def token_stats(lengths: Sequence[int], trained: Sequence[int]) -> dict[str, Any
 
 
 def length_histogram(lengths: Sequence[int], bins: int = HISTOGRAM_BINS) -> list[dict[str, int]]:
-    """Equal-width bins over [min, max]: ``[{"low", "high", "count"}, ...]``."""
+    """Equal-width integer bins over [min, max], at most ``bins`` of them, each ``low ≤ high``
+    (lengths are whole tokens: float edges gave bins like 74–73): ``[{"low", "high", "count"}, ...]``."""
     if not lengths:
         return []
-    counts, edges = np.histogram(np.asarray(lengths), bins=bins)
+    values = np.asarray(lengths, dtype=np.int64)
+    low, high = int(values.min()), int(values.max())
+    width = max(1, -(-(high - low + 1) // bins))  # ceiling division
+    index = (values - low) // width
+    counts = np.bincount(index, minlength=int(index.max()) + 1)
     return [
-        {"low": int(np.ceil(edges[i])), "high": int(np.floor(edges[i + 1])), "count": int(counts[i])}
-        for i in range(len(counts))
+        {"low": low + i * width, "high": min(low + (i + 1) * width - 1, high), "count": int(count)}
+        for i, count in enumerate(counts)
     ]

@@ -33,7 +33,7 @@ def summary_view(meta: dict[str, Any], directory: str, cached: bool) -> Renderab
 def _sources_table(meta: dict[str, Any]) -> Table:
     table = Table(title="sources and mix", title_justify="left")
     for column in ("source", "path", "records", "kept", "weight", "train examples", "proportion"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")  # names and paths fold onto more lines, never cut
     mix = meta["steps"]["mix"]
     for source in meta["sources"]:
         name = source["name"]
@@ -102,8 +102,13 @@ def validators_view(checks: Iterable[dict[str, Any]]) -> RenderableType:
     return table
 
 
-def example_view(example: dict[str, Any], tokenizer: Any) -> RenderableType:
-    """One rendered example with trained tokens highlighted."""
+TRAINED_MARKS = ("[[", "]]")  # shown around trained text when there is no colour (piped, NO_COLOR)
+WEIGHTED_MARKS = ("[[+", "]]")
+
+
+def example_view(example: dict[str, Any], tokenizer: Any, markers: bool = False) -> RenderableType:
+    """One rendered example with trained tokens highlighted (and bracketed with ``markers``, for output
+    without colour, so what is trained stays visible in a log or a pipe)."""
     text = Text()
     runs: list[tuple[str, list[int]]] = []
     for token, label, weight in zip(example["input_ids"], example["labels"], example["weights"], strict=True):
@@ -113,7 +118,13 @@ def example_view(example: dict[str, Any], tokenizer: Any) -> RenderableType:
         else:
             runs.append((style, [token]))
     for style, tokens in runs:
-        text.append(tokenizer.decode(tokens), style=style)
+        piece = tokenizer.decode(tokens)
+        if markers and style != "dim":
+            opening, closing = WEIGHTED_MARKS if "magenta" in style else TRAINED_MARKS
+            piece = f"{opening}{piece}{closing}"
+        text.append(piece, style=style)
     trained = sum(label != IGNORE_INDEX for label in example["labels"])
     title = f"{example['location']} · {len(example['labels'])} tokens · {trained} trained"
+    if markers:
+        title += " · trained text in [[ ]]"
     return Panel(text, title=title, title_align="left")
