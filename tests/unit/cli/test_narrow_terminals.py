@@ -3,6 +3,8 @@ visible without colour (bracketed) and wraps instead of being cropped, and histo
 
 from __future__ import annotations
 
+import itertools
+
 from typer.testing import CliRunner
 
 from expertkit.cli.app import _register, app
@@ -41,6 +43,6 @@ def test_histogram_bins_run_forwards_and_cover_every_length() -> None:
     for lengths in ([73, 74], [58, 61, 63] * 4, list(range(10, 500, 7)), [5]):
         bins = length_histogram(lengths)
         assert all(b["low"] <= b["high"] for b in bins)
-        assert all(b["high"] < nxt["low"] for b, nxt in zip(bins, bins[1:], strict=False))
+        assert all(b["high"] < nxt["low"] for b, nxt in itertools.pairwise(bins))
         assert sum(b["count"] for b in bins) == len(lengths)
         assert bins[0]["low"] == min(lengths) and bins[-1]["high"] == max(lengths)
