@@ -150,3 +150,5 @@ def estimate(
         )
     else:
         out_console.print("no finished run with these settings to compare against (train first)")
+    if (advice := report.advice()) is not None:
+        err_console.print(f"[yellow]warning:[/] these settings do not fit: {escape(advice)}")

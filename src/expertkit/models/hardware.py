@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
@@ -12,6 +13,26 @@ def cpu_supports_bf16() -> bool:
     except OSError:
         return False
     return any(flag in flags for flag in ("avx512_bf16", "amx_bf16"))
+
+
+def device_memory_mib(device: str = "cpu") -> float | None:
+    """Memory training can use on ``device``: the GPU's total, or this machine's RAM (cgroup-limited
+    where a container sets a smaller limit); ``None`` when it cannot be read."""
+    if device == "cuda":
+        import torch
+
+        return float(torch.cuda.mem_get_info()[1]) / (1 << 20)
+    try:
+        total = float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return None
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text(encoding="utf-8").strip()
+        if limit.isdigit():
+            total = min(total, float(limit))
+    except OSError:
+        pass
+    return total / (1 << 20)
 
 
 def best_dtype(device: str = "cpu") -> str:

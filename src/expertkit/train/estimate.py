@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from expertkit.manifest.sections import Adapter
+from expertkit.models.hardware import device_memory_mib
 from expertkit.train.adapters import attach_adapter
 from expertkit.train.plan import TrainPlan
 
@@ -116,13 +117,14 @@ def estimate_memory(
     if adapter is not None and adapter.type == "dora":
         # PEFT's DoRA keeps the base and LoRA outputs of each adapted layer for its magnitude rescaling.
         components["DoRA activations"] = DORA_BYTES_PER_OUTPUT * adapted * tokens / MIB
+    scale = CPU_ALLOCATOR_FACTOR if plan.precision.device == "cpu" else 1.0  # the table and the note agree
     if plan.precision.device == "cpu":
         for name in ("activations", "DoRA activations"):
             if name in components:
-                components[name] *= CPU_ALLOCATOR_FACTOR
+                components[name] *= scale
         components["runtime (torch, libraries)"] = runtime_baseline_mib()
     return MemoryEstimate(
-        components, with_ckpt / MIB, without_ckpt / MIB, plan.gradient_checkpointing, trainable, total
+        components, scale * with_ckpt / MIB, scale * without_ckpt / MIB, plan.gradient_checkpointing, trainable, total
     )
 
 
@@ -134,6 +136,29 @@ class EstimateReport:
     device: str
     measured_mib: float | None  # peak of the last real run with the same settings, if any
     measured_source: str | None
+    available_mib: float | None = None  # the device's memory (RAM, or the GPU's)
+
+    @property
+    def fits(self) -> bool | None:
+        """Whether the estimate leaves a tenth of the device's memory free (``None``: unknown)."""
+        return None if self.available_mib is None else self.estimate.total <= 0.9 * self.available_mib
+
+    def advice(self) -> str | None:
+        """What to change when the settings do not fit: a batch size that would, or checkpointing."""
+        if self.fits is not False or self.available_mib is None:
+            return None
+        per_row = (
+            self.estimate.total - self.estimate.components.get("runtime (torch, libraries)", 0)
+        ) / self.batch_size
+        rows = max(1, int((0.9 * self.available_mib) // max(per_row, 1.0)))
+        steps = [f"training.config.batch_size {min(rows, self.batch_size - 1) or 1} (raise gradient_accumulation_steps "
+                 "to keep the effective batch)"]  # fmt: skip
+        if not self.estimate.gradient_checkpointing:
+            steps.append("training.config.gradient_checkpointing true")
+        return (
+            f"{self.estimate.total:,.0f} MiB expected, this {self.device} has {self.available_mib:,.0f} MiB: "
+            f"set {' or '.join(steps)}"
+        )
 
     @property
     def error(self) -> float | None:
@@ -149,6 +174,8 @@ class EstimateReport:
             "measured_peak_mib": self.measured_mib,
             "measured_source": self.measured_source,
             "error": round(self.error, 4) if self.error is not None else None,
+            "available_mib": round(self.available_mib) if self.available_mib is not None else None,
+            "fits": self.fits,
         }
 
 
@@ -193,4 +220,5 @@ def estimate_expert(
     meta_path = weights_dir_for(loaded, entry) / META_FILE
     measured = last_run_peak(meta_path, plan.batch_size, length, plan.precision.device)
     source = str(meta_path) if measured is not None else None
-    return EstimateReport(estimate, plan.batch_size, length, plan.precision.device, measured, source)
+    available = device_memory_mib(plan.precision.device)
+    return EstimateReport(estimate, plan.batch_size, length, plan.precision.device, measured, source, available)

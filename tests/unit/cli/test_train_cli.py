@@ -106,3 +106,26 @@ def test_estimate_compares_with_the_last_run(tmp_path: Path, tiny_llama_dir: Pat
     assert after.exit_code == 0 and "estimate off by" in after.output
     other = json.loads(invoke("estimate", "--manifest", str(expert), "--batch-size", "7", "--json").stdout)
     assert other["measured_peak_mib"] is None, "a run with other settings is not a comparison"
+
+
+def test_estimate_table_and_note_agree_and_it_says_when_settings_do_not_fit(
+    tmp_path: Path, tiny_llama_dir: Path, monkeypatch
+) -> None:
+    expert = write_tiny_expert(tmp_path / "e", [tiny_llama_dir])
+    report = json.loads(invoke("estimate", "--expert", str(expert), "--json").stdout)
+    # gradient checkpointing is off in the tiny expert: the table shows the "without" figure of the note
+    assert abs(report["components_mib"]["activations"] - report["activations_mib"]["without_checkpointing"]) < 0.2
+    assert report["fits"] is True and report["available_mib"] > 0
+    monkeypatch.setattr("expertkit.train.estimate.device_memory_mib", lambda device="cpu": 64.0)
+    tight = invoke("estimate", "--expert", str(expert))
+    assert tight.exit_code == 0
+    warning = " ".join(tight.stderr.split())
+    assert "these settings do not fit" in warning and "training.config.batch_size" in warning
+    assert json.loads(invoke("estimate", "--expert", str(expert), "--json").stdout)["fits"] is False
+
+
+def test_the_scaffold_defaults_fit_a_small_machine(tmp_path: Path) -> None:
+    assert invoke("init", str(tmp_path / "expert-s"), "--task", "sql").exit_code == 0
+    config = json.loads((tmp_path / "expert-s" / "manifest.json").read_text())["training"]["config"]
+    assert config["batch_size"] * config["max_seq_length"] <= 2048
+    assert config["batch_size"] * config["gradient_accumulation_steps"] == 16
