@@ -29,6 +29,9 @@ def serve(
     allowed_host: list[str] = typer.Option(
         [], "--allowed-host", help="Host header name to accept besides loopback ones (repeatable; DNS-rebinding guard)."
     ),
+    log_prompts: bool = typer.Option(
+        False, "--log-prompts", help="Write each prompt's first 200 characters into the access log."
+    ),
     compile_timeout: float = typer.Option(
         10.0, "--compile-timeout", min=0.1, help="Seconds a response_format grammar may take to compile (then 422)."
     ),
@@ -53,6 +56,7 @@ def serve(
         allow_template_drift=allow_template_drift,
         allowed_hosts=tuple(allowed_host),
         compile_timeout_s=compile_timeout,
+        log_prompts=log_prompts,
     )
 
     notes: list[str] = []

@@ -13,7 +13,7 @@ from expertkit.manifest.sections import DecodingConfig
 from expertkit.runtime.engine import Engine
 from expertkit.runtime.generate import GenerationRequest, GenerationResult
 from expertkit.runtime.grammar import CompiledGrammar, GrammarSpec, compile_grammar, grammar_for
-from expertkit.runtime.settings import DecodingSettings, resolve_settings
+from expertkit.runtime.settings import DecodingSettings, Source, resolve_settings
 from expertkit.runtime.validation import Validation, ValidationContext, validate_output
 
 
@@ -63,6 +63,7 @@ class AskOptions:
     use_validation: bool = True
     compiled_grammar: CompiledGrammar | None = None  # ``grammar`` already compiled (off the generation thread)
     max_tokens_cap: int | None = None  # what the context leaves after the prompt: max_tokens never exceeds it
+    override_source: Source = "cli"  # how ``overrides`` are reported ("request" for the API)
 
 
 def expert_grammar(engine: Engine, name: str | None) -> CompiledGrammar | None:
@@ -151,7 +152,9 @@ def _within_context(
 def plan_answer(engine: Engine, name: str | None, messages: list[dict[str, str]], options: AskOptions) -> AskPlan:
     decoding = engine.decoding_of(name)
     prompt = _prompt(engine, messages, options)
-    settings = _within_context(engine, name, resolve_settings(options.overrides, decoding), len(prompt), options)
+    settings = _within_context(
+        engine, name, resolve_settings(options.overrides, decoding, options.override_source), len(prompt), options
+    )
     checks = options.validation or (decoding if options.use_validation else DecodingConfig())
     return AskPlan(
         engine=engine,

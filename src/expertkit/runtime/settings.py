@@ -10,8 +10,9 @@ from typing import Any, Literal
 
 from expertkit.manifest.sections import DecodingConfig
 
-# "context": lowered to what the context window leaves after the prompt.
-Source = Literal["cli", "manifest", "default", "context"]
+# "cli": a command-line flag; "request": an API request's field; "context": lowered to what the
+# context window leaves after the prompt.
+Source = Literal["cli", "request", "manifest", "default", "context"]
 
 
 @dataclass(frozen=True)
@@ -37,15 +38,18 @@ DEFAULTS = DecodingSettings()
 _MANIFEST_NAMES = {"stop_sequences": "stop_sequences"}
 
 
-def resolve_settings(overrides: dict[str, Any] | None, manifest: DecodingConfig | None) -> DecodingSettings:
-    """Resolve each setting: an override that is not ``None``, else the manifest's, else the default."""
+def resolve_settings(
+    overrides: dict[str, Any] | None, manifest: DecodingConfig | None, override_source: Source = "cli"
+) -> DecodingSettings:
+    """Resolve each setting: an override that is not ``None`` (reported as ``override_source``), else
+    the manifest's, else the default."""
     overrides = overrides or {}
     values: dict[str, Any] = {}
     sources: dict[str, Source] = {}
     for name in SETTING_NAMES:
         from_manifest = getattr(manifest, _MANIFEST_NAMES.get(name, name), None) if manifest else None
         if overrides.get(name) is not None:
-            values[name], sources[name] = overrides[name], "cli"
+            values[name], sources[name] = overrides[name], override_source
         elif from_manifest is not None:
             values[name], sources[name] = from_manifest, "manifest"
         else:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import hmac
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -48,6 +49,7 @@ class ServerConfig:
     allowed_hosts: frozenset[str] = frozenset()  # Host names accepted besides loopback (without a key: only these)
     compile_timeout_s: float = 10.0  # a response_format grammar that takes longer to compile is a 422
     schema_limits: SchemaLimits = DEFAULT_SCHEMA_LIMITS
+    log_prompts: bool = False  # the access log names the prompt (its first 200 characters) only when asked
 
 
 @dataclass
@@ -105,9 +107,28 @@ def _install_middleware(app: FastAPI, state: ServerState) -> None:
         response = await _guarded(request, call_next, state)
         route = request.scope.get("route")  # the matched route's template: one label per route, not per path
         endpoint = getattr(route, "path", None) or "unmatched"
+        elapsed = time.perf_counter() - started
         state.metrics.requests.labels(endpoint=endpoint, status=str(response.status_code)).inc()
-        state.metrics.latency.labels(endpoint=endpoint).observe(time.perf_counter() - started)
+        state.metrics.latency.labels(endpoint=endpoint).observe(elapsed)
+        _access_log(request, endpoint, response.status_code, elapsed)
         return response
+
+
+ACCESS_LOG = logging.getLogger("expertkit.serve.access")
+
+
+def _access_log(request: Request, endpoint: str, status: int, elapsed: float) -> None:
+    """One line per request: method, route, model, status, tokens, latency; never the key, and the
+    prompt only with ``--log-prompts``. A stream's line is written when its headers go out."""
+    info = getattr(request.state, "log", {})
+    tokens = f"{info['prompt_tokens']}+{info['completion_tokens']}" if "completion_tokens" in info else "-"
+    line = (
+        f"{request.method} {endpoint} model={info.get('model', '-')} status={status} tokens={tokens} "
+        f"latency_ms={elapsed * 1000:.0f}"
+    )
+    if "prompt" in info:
+        line += f" prompt={info['prompt']!r}"
+    ACCESS_LOG.info(line)
 
 
 async def _guarded(request: Request, call_next: Any, state: ServerState) -> Response:
@@ -233,6 +254,9 @@ async def _complete(
         comp.resolve_target, state.engine, state.config.base_id, state.router, body.model, prompt
     )
     ask_extra["max_tokens_cap"] = _check_request(state, body, len(ids) + state.engine.prefix_length(target.expert))
+    request.state.log = {"model": target.model_id, "prompt_tokens": len(ids)}
+    if state.config.log_prompts:
+        request.state.log["prompt"] = prompt[:200]
     chat = isinstance(body, ChatCompletionRequest)
     ident, created = comp.completion_id("chatcmpl" if chat else "cmpl"), comp.now()
     if body.stream:
@@ -245,6 +269,7 @@ async def _complete(
     job = state.worker.submit(start, state.config.timeout_s)
     outcome = await _await_job(request, job)
     _count_tokens(state, outcome)
+    request.state.log["completion_tokens"] = outcome.usage()["completion_tokens"]
     shape = comp.chat_response if chat else comp.text_response
     return JSONResponse(shape(outcome, created, ident))
 

@@ -105,6 +105,7 @@ def ask_options(request: SamplingFields, **extra: Any) -> AskOptions:
         overrides=request.overrides(),
         use_grammar=request.expertkit.use_grammar,
         use_validation=request.expertkit.validate_output,
+        override_source="request",
         **extra,
     )
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import logging
 import signal
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ class ServeRequest:
     allow_template_drift: bool = False
     allowed_hosts: tuple[str, ...] = ()  # Host header names accepted besides loopback ones
     compile_timeout_s: float = 10.0
+    log_prompts: bool = False
 
 
 def is_loopback(host: str) -> bool:
@@ -103,6 +105,7 @@ def build_server_app(request: ServeRequest, notes: list[str]) -> tuple[Any, Serv
         timeout_s=request.timeout_s,
         allowed_hosts=frozenset(request.allowed_hosts),
         compile_timeout_s=request.compile_timeout_s,
+        log_prompts=request.log_prompts,
     )
     precompile_grammars(engine)
     if api_key is None:
@@ -132,6 +135,12 @@ def run_app(app: Any, request: ServeRequest) -> None:
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
 
+    access = logging.getLogger("expertkit.serve.access")  # one line per request on stderr
+    if not access.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        access.addHandler(handler)
+        access.setLevel(logging.INFO)
     config = uvicorn.Config(
         app,
         host=request.host,

@@ -34,7 +34,10 @@ def test_chat_completion_shape_usage_and_extension(live) -> None:
     assert 1 <= response.usage.completion_tokens <= 6
     assert response.usage.total_tokens == response.usage.prompt_tokens + response.usage.completion_tokens
     extension = response.model_extra["expertkit"]
-    assert extension["expert"] == "expert-tiny" and extension["decoding"]["max_tokens"] == {"value": 6, "source": "cli"}
+    assert extension["expert"] == "expert-tiny" and extension["decoding"]["max_tokens"] == {
+        "value": 6,
+        "source": "request",
+    }
     versioned = client(live).chat.completions.create(
         model="expert-tiny@0.1.0", messages=messages, max_tokens=6, temperature=0
     )
@@ -123,3 +126,25 @@ def test_auto_with_one_expert_uses_it(live, model: str) -> None:
         model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=2
     )
     assert response.model_extra["expertkit"]["expert"] == "expert-tiny"
+
+
+def test_one_access_log_line_per_request_without_key_or_prompt(serve_app, tmp_path, caplog) -> None:
+    import logging
+
+    key = tmp_path / "key.txt"
+    key.write_text("sekrit-key-123\n")
+    live = serve_app(api_key_file=key)
+    headers = {"Authorization": "Bearer sekrit-key-123"}
+    body = {"model": "expert-tiny", "messages": [{"role": "user", "content": "private question"}], "max_tokens": 3}
+    with caplog.at_level(logging.INFO, logger="expertkit.serve.access"):
+        assert httpx.post(f"{live.url}/v1/chat/completions", json=body, headers=headers, timeout=60).status_code == 200
+        assert httpx.get(f"{live.url}/nowhere", headers=headers, timeout=10).status_code == 404
+    lines = [r.getMessage() for r in caplog.records if r.name == "expertkit.serve.access"]
+    assert len(lines) == 2
+    assert lines[0].startswith("POST /v1/chat/completions model=expert-tiny status=200 tokens=")
+    assert "latency_ms=" in lines[0] and lines[1].startswith("GET unmatched model=- status=404")
+    assert not any("sekrit" in line or "private question" in line for line in lines)
+    logged = serve_app(log_prompts=True)
+    with caplog.at_level(logging.INFO, logger="expertkit.serve.access"):
+        httpx.post(f"{logged.url}/v1/chat/completions", json=body, timeout=60)
+    assert "prompt='private question'" in caplog.records[-1].getMessage()
