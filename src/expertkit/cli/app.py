@@ -56,6 +56,7 @@ def _register() -> None:
         eval_cmd,
         export_cmd,
         init_cmd,
+        manifest_cmd,
         models_cmd,
         package_cmd,
         serve_cmd,
@@ -67,6 +68,7 @@ def _register() -> None:
     app.command("validate")(validate_cmd.validate)
     app.command("init")(init_cmd.init)
     app.add_typer(models_cmd.models_app, name="models")
+    app.add_typer(manifest_cmd.manifest_app, name="manifest")
     app.add_typer(data_cmd.data_app, name="data")
     app.command("train")(train_cmd.train)
     app.command("estimate")(train_cmd.estimate)
