@@ -16,17 +16,23 @@ def init(
     task: str = typer.Option("generic", "--task", help="sql, json, cypher, typescript or generic."),
     base_model: str = typer.Option("SmolLM2-135M-Instruct", "--base-model", help="Base model the expert adapts."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing directory."),
+    data: Path | None = typer.Option(
+        None,
+        "--data",
+        help="Your data file (messages JSONL, Alpaca or ShareGPT JSON, prompt,completion CSV): copied in and used.",
+    ),
 ) -> None:
     """Scaffold a new expert (manifest, README, LICENSE, sample data, grammar)."""
     from expertkit.manifest.scaffold import scaffold_expert
 
     try:
-        directory = scaffold_expert(name, task, base_model=base_model, force=force)
+        directory = scaffold_expert(name, task, base_model=base_model, force=force, data=data)
     except ExpertkitError as error:
         fail(error)
         return
     from expertkit.manifest.scaffold import next_steps
 
-    out_console.print(f"created {escape(str(directory))} ({task}) with sample data; next:")
+    what = f"your data ({escape(data.name)})" if data is not None else "sample data"
+    out_console.print(f"created {escape(str(directory))} ({task}) with {what}; next:")
     for command in next_steps(directory):
         out_console.print(f"  {escape(command)}", soft_wrap=True)

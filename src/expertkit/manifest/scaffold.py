@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -103,11 +104,43 @@ def next_steps(directory: Path) -> list[str]:
     ]
 
 
-def scaffold_expert(directory: Path, task: str, *, base_model: str = DEFAULT_BASE_MODEL, force: bool = False) -> Path:
+DATA_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+def _use_data(manifest: dict[str, Any], data: Path, target: Path) -> None:
+    """Copy the user's data file into ``data/`` and point the manifest at it, its shape detected
+    (OpenAI-style messages, ShareGPT, Alpaca, prompt/completion): no field_mapping to write."""
+    fmt = DATA_FORMATS.get(data.suffix.lower())
+    if fmt is None:
+        raise ScaffoldError(
+            f"{data}: cannot tell the format from the suffix {data.suffix!r}",
+            f"use one of {', '.join(DATA_FORMATS)} (JSONL, a JSON array, CSV or Parquet)",
+            exit_code=2,
+        )
+    if not data.is_file():
+        raise ScaffoldError(f"{data}: no such file", "give the path of your data file", exit_code=2)
+    shutil.copyfile(data, target / "data" / data.name)
+    dataset = manifest["training"]["dataset"]
+    dataset.update({"path": f"data/{data.name}", "format": fmt})
+    dataset.pop("field_mapping", None)
+
+
+def scaffold_expert(
+    directory: Path,
+    task: str,
+    *,
+    base_model: str = DEFAULT_BASE_MODEL,
+    force: bool = False,
+    data: Path | None = None,
+) -> Path:
     """Create the expert directory; its name (the last path part) becomes the expert's name.
 
+    Args:
+        data: the user's own data file, copied into ``data/`` and used instead of the samples.
+
     Raises:
-        ScaffoldError: unknown task, invalid name, or the directory exists without ``force``.
+        ScaffoldError: unknown task, invalid name, the directory exists without ``force``, or an
+            unreadable data file.
     """
     preset = TASK_PRESETS.get(task)
     if preset is None:
@@ -123,6 +156,11 @@ def scaffold_expert(directory: Path, task: str, *, base_model: str = DEFAULT_BAS
         raise ScaffoldError(f"{directory} already exists", "choose another name or pass --force to overwrite it")
     with atomic_directory(directory, replace=True) as tmp:
         manifest = build_manifest(name, preset, base_model)
+        (tmp / "data").mkdir()
+        if data is not None:
+            _use_data(manifest, data, tmp)
+        else:
+            (tmp / "data" / "train.jsonl").write_text(_sample_records(task), encoding="utf-8")
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         (tmp / "README.md").write_text(_readme(name, task, preset), encoding="utf-8")
         year = dt.date.today().year
@@ -131,8 +169,6 @@ def scaffold_expert(directory: Path, task: str, *, base_model: str = DEFAULT_BAS
             " https://www.apache.org/licenses/LICENSE-2.0\n",
             encoding="utf-8",
         )
-        (tmp / "data").mkdir()
-        (tmp / "data" / "train.jsonl").write_text(_sample_records(task), encoding="utf-8")
         if preset.grammar:
             (tmp / "grammar.gbnf").write_text(grammar_text(preset.grammar), encoding="utf-8")
     return directory
