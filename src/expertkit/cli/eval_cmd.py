@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
-from typing import get_args
+from typing import Any, get_args
 
 import typer
 from rich.markup import escape
@@ -13,6 +14,8 @@ from rich.table import Table
 from expertkit.cli.app import err_console, fail, out_console
 from expertkit.errors import ExpertkitError
 from expertkit.manifest.sections import EvalFormat
+
+PLAIN_EVERY = 5  # answers between progress lines when stderr is not a terminal
 
 
 def eval_expert(
@@ -55,10 +58,21 @@ def eval_expert(
         sample,
     )
     columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    plain = not err_console.is_terminal  # piped or logged: plain lines, since a live bar shows only at the end
+    counts: dict[str, int] = {}
+    started = time.monotonic()
+
+    def on_item(progress: Progress, task: Any, system: str) -> None:
+        progress.update(task, advance=1, description=system)
+        counts[system] = counts.get(system, 0) + 1
+        if plain and counts[system] % PLAIN_EVERY == 0:
+            elapsed = time.monotonic() - started
+            err_console.print(f"eval {system}: {counts[system]} answers, {elapsed:.0f} s", highlight=False)
+
     try:
-        with Progress(*columns, console=err_console, transient=True, disable=as_json) as progress:
+        with Progress(*columns, console=err_console, transient=True, disable=plain) as progress:
             task = progress.add_task("evaluating", total=None)
-            results = run_eval(request, on_item=lambda system, r: progress.update(task, advance=1, description=system))
+            results = run_eval(request, on_item=lambda system, r: on_item(progress, task, system))
     except ExpertkitError as error:
         fail(error)
         return

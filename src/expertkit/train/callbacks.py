@@ -3,24 +3,48 @@
 from __future__ import annotations
 
 import signal
+import time
 from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import TrainerCallback
 
+PLAIN_LINES = 10  # progress lines per run when the output is not a terminal (a pipe, a log file, CI)
+
 
 class RichProgressCallback(TrainerCallback):
-    """Step, loss, eval loss, learning rate, tokens/s and ETA on one line (main process only)."""
+    """Step, loss, eval loss, learning rate, tokens/s and ETA on one line (main process only). When the
+    console is not a terminal, a live bar would only appear at the end: plain lines are printed instead,
+    about :data:`PLAIN_LINES` per run."""
 
     def __init__(self, console: Console | None = None) -> None:
         self.console = console or Console(stderr=True)
         self.progress: Progress | None = None
         self.task: Any = None
         self.fields = {"loss": "-", "eval": "-", "lr": "-", "tps": "-"}
+        self.plain = False
+        self.started = 0.0
+        self.first_step = 0
+
+    def _plain_line(self, state: Any) -> None:
+        done = state.global_step - self.first_step
+        elapsed = time.monotonic() - self.started
+        eta = elapsed / done * (state.max_steps - state.global_step) if done else 0.0
+        f = self.fields
+        self.console.print(
+            f"train step {state.global_step}/{state.max_steps} · loss {f['loss']} · eval {f['eval']} · lr {f['lr']} "
+            f"· {f['tps']} tok/s · {elapsed:.0f} s elapsed · ETA {eta:.0f} s",
+            highlight=False,
+        )
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if not state.is_world_process_zero:
+            return
+        self.started, self.first_step = time.monotonic(), state.global_step
+        if not self.console.is_terminal:
+            self.plain = True
+            self.console.print(f"train: {state.max_steps} steps", highlight=False)
             return
         self.progress = Progress(
             TextColumn("[bold]train[/]"),
@@ -41,9 +65,13 @@ class RichProgressCallback(TrainerCallback):
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.progress is not None:
             self.progress.update(self.task, completed=state.global_step)
+        if self.plain:
+            every = max(1, state.max_steps // PLAIN_LINES)
+            if state.global_step % every == 0 or state.global_step == state.max_steps:
+                self._plain_line(state)
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
-        if self.progress is None or not logs:
+        if (self.progress is None and not self.plain) or not logs:
             return
         if "loss" in logs:
             self.fields["loss"] = f"{logs['loss']:.4f}"
@@ -54,7 +82,8 @@ class RichProgressCallback(TrainerCallback):
         if "tokens_per_s" in logs:
             self.fields["tps"] = f"{logs['tokens_per_s']:.0f}"
         fields: dict[str, Any] = dict(self.fields)
-        self.progress.update(self.task, **fields)
+        if self.progress is not None:
+            self.progress.update(self.task, **fields)
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.progress is not None:
