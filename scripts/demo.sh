@@ -27,7 +27,7 @@ step "4. the training data: Spider + GeoQuery's train split through the hook, ma
 time "$cli" data prepare --expert "$expert"
 
 step "5. train the DoRA adapter for $steps steps (bf16 on this CPU): weights, meta, loss curve"
-time "$cli" train --expert "$expert" --max-steps "$steps"
+time "$cli" train --expert "$expert" --max-steps "$steps" --eval-steps "$steps"   # evaluate once, at the end
 
 step "6. after: the trained expert on the same 30 questions (the base model's answers from step 3 are reused)"
 time "$cli" eval --expert "$expert" "${questions[@]}" --baseline none --plot "$out/geoquery.png" --json | tee "$out/after.json" | cut -c1-400

@@ -63,6 +63,12 @@ def train(
     model: str | None = MODEL,
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest complete checkpoint."),
     max_steps: int | None = typer.Option(None, "--max-steps", min=1, help="Stop after N optimizer steps."),
+    eval_steps: int | None = typer.Option(
+        None,
+        "--eval-steps",
+        min=1,
+        help="Evaluate and checkpoint every N steps (default: the manifest's, else 2 to 10 times a run).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print training_meta.json instead of the table."),
 ) -> None:
     """Train the expert's adapter from its manifest; weights go to weights/<model>/ beside it.
@@ -72,7 +78,7 @@ def train(
     from expertkit.eval.curriculum import train_with_gates
     from expertkit.train.run import TrainRequest
 
-    request = TrainRequest(manifest, model, resume, max_steps, progress=not as_json)
+    request = TrainRequest(manifest, model, resume, max_steps, progress=not as_json, eval_steps=eval_steps)
     try:
         outcome = train_with_gates(request, on_start=None if as_json else _print_start)
     except ExpertkitError as error:

@@ -7,6 +7,7 @@ resume) → best checkpoint copied to ``weights/<model>/adapter`` (+ ``soft_prom
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import shutil
 import time
@@ -49,6 +50,7 @@ class TrainRequest:
     progress: bool = True
     phase: str | None = None  # one phase of training.phases (see expertkit.train.phases)
     init_from: Path | None = None  # start from these published weights (the previous phase's)
+    eval_steps: int | None = None  # overrides training.config.eval_steps (evaluate + checkpoint every N steps)
 
 
 @dataclass(frozen=True)
@@ -222,6 +224,8 @@ def prepare_job(request: TrainRequest) -> TrainJob:
     if request.phase is not None:
         config = phase_config(config, _phase(training.phases if training else None, request.phase))
     plan = resolve_plan(config, entry, request.max_steps)
+    if request.eval_steps is not None:
+        plan = dataclasses.replace(plan, eval_steps=request.eval_steps)
     adapter = None if plan.full_finetune else adapter_to_train(entry.adapters)
     resolved = resolved_base(loaded, entry)
     state = PartialState()

@@ -134,8 +134,9 @@ def test_the_scaffold_defaults_fit_a_small_machine(tmp_path: Path) -> None:
 def test_progress_is_plain_lines_when_piped(tmp_path: Path, tiny_llama_dir: Path) -> None:
     """A live bar shows only at the end in a pipe or a log: plain lines come instead, about ten per run."""
     expert = write_tiny_expert(tmp_path / "e", [tiny_llama_dir])
-    result = invoke("train", "--expert", str(expert), "--max-steps", "10")
+    result = invoke("train", "--expert", str(expert), "--max-steps", "10", "--eval-steps", "5")
     assert result.exit_code == 0, result.output
+    assert "10 steps, eval + checkpoint every 5" in result.output
     lines = [line for line in result.output.splitlines() if line.startswith("train step ")]
     assert len(lines) >= 5 and lines[-1].startswith("train step 10/10 · loss ")
     assert "ETA" in lines[0] and "tok/s" in lines[0]
