@@ -29,6 +29,8 @@ class Section(BaseModel):
         # Strict types so the typed model and the JSON Schema agree: "5" is not an integer
         # and 1 is not a boolean in either.
         strict=True,
+        # A string literal under a field is its description (in the JSON Schema, --help, docs/manifest.md).
+        use_attribute_docstrings=True,
     )
 
     @model_validator(mode="before")

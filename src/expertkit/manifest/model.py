@@ -42,7 +42,9 @@ class BaseModelRef(Section):
     name: str = Field(min_length=1, description="Embedded name, local directory, GGUF file or hub id.")
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$", description="Expected weights hash.")
     quantization: Literal["none", "int8", "int4"] | None = None
+    """Load the base model quantized for training (QLoRA, CUDA only): none, int8 or int4."""
     rope_scaling: RopeScaling | str | None = None
+    """RoPE scaling to extend the context (a transformers rope_scaling object or a type name)."""
     prompt_template: Literal["chatml", "qwen3", "llama3", "gemma", "mistral", "phi3"] | None = Field(
         default=None,
         description=(
@@ -56,39 +58,58 @@ class BaseModelEntry(BaseModelRef):
     """v2.0: a base model with the adapters trained for it."""
 
     adapters: list[Adapter] = Field(min_length=1)
+    """The adapters trained on this base model (a package holds one)."""
 
 
 class _ManifestCommon(Section):
     name: str = Field(min_length=1, max_length=100, pattern=NAME_PATTERN)
+    """The expert's name: lower case, used in packages, the store and the API's model field."""
     version: str = Field(pattern=SEMVER_PATTERN)
+    """Semantic version of the expert (packages and the store keep several)."""
     description: str = Field(min_length=1)
+    """One sentence saying what the expert does."""
     license: str | None = None
+    """SPDX identifier of the expert's license, e.g. Apache-2.0."""
     author: str | None = None
+    """Who made the expert."""
     readme: str | None = Field(default=None, description="README file, relative to the manifest.")
     license_file: str | None = Field(default=None, description="LICENSE file, relative to the manifest.")
     soft_prompts: list[SoftPrompt] = Field(default_factory=list)
+    """Trainable virtual tokens prepended to every prompt (prompt tuning), beside or instead of an adapter."""
     training: Training | None = None
+    """How to train the expert (config, dataset) and how to decode with it (decoding)."""
 
 
 class ManifestV1(_ManifestCommon):
     """Legacy single-model manifest."""
 
     schema_version: Literal["1.0"]
+    """The manifest format: 1.0 (one base model) or 2.0 (several)."""
     base_model: BaseModelRef
+    """v1.0: the one base model the expert adapts."""
     adapters: list[Adapter] = Field(min_length=1)
+    """v1.0: the adapters trained on the base model."""
 
 
 class ManifestV2(_ManifestCommon):
     """Current manifest: one or more base models, each with its own adapters."""
 
     schema_version: Literal["2.0"]
+    """The manifest format: 1.0 (one base model) or 2.0 (several)."""
     base_models: list[BaseModelEntry] = Field(min_length=1)
+    """The base models this expert is built for, each with its adapters."""
     capabilities: list[str] = Field(default_factory=list)
+    """Short capability names (sql, json ...), for listing and routing."""
     constraints: Constraints | None = None
+    """Rules about loading this expert beside others."""
     routing: Routing | None = None
+    """How model 'auto' picks this expert: patterns, keywords, examples, threshold."""
     perf: Perf | None = None
+    """Measured performance figures of the packaged expert (informational)."""
     runtime: Runtime | None = None
+    """Hints for runtimes other than expertkit's (informational)."""
     evaluation: Evaluation | None = None
+    """Evaluation sets, metrics and the thresholds of the gate."""
 
     def model_names(self) -> list[str]:
         """The names of the base models, in manifest order."""

@@ -41,43 +41,63 @@ class SoftPrompt(Section):
     """A trainable prompt of virtual tokens (PEFT prompt tuning)."""
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    """The soft prompt's name (its weights file is <name>.safetensors)."""
     num_virtual_tokens: int = Field(ge=1)
+    """How many virtual tokens it prepends."""
     init: Literal["TEXT", "RANDOM"] = "RANDOM"
+    """How it starts: random, or from the embeddings of init_text."""
     init_text: str | None = None
+    """Text whose token embeddings initialise it (init: text)."""
 
 
 class RopeScaling(Section):
     """RoPE scaling parameters (object form; a bare string such as 'yarn-128k' is also accepted)."""
 
     type: str = Field(min_length=1)
+    """The RoPE scaling method (linear, dynamic, yarn, llama3 ...)."""
     factor: float = Field(gt=0)
+    """How many times the original context to reach."""
     original_max_position_embeddings: int | None = Field(default=None, ge=1)
+    """The context the model was trained with."""
     max_position_embeddings: int | None = Field(default=None, ge=1)
+    """The context to reach."""
     fine_grained: bool | None = None
+    """Method-specific flag (transformers' rope_scaling)."""
     low_freq_factor: float | None = None
+    """llama3 scaling: low-frequency factor."""
     high_freq_factor: float | None = None
+    """llama3 scaling: high-frequency factor."""
     attention_factor: float | None = None
+    """yarn scaling: attention factor."""
     beta_fast: float | None = None
+    """yarn scaling: beta_fast."""
     beta_slow: float | None = None
+    """yarn scaling: beta_slow."""
 
 
 class MuonSettings(Section):
     hidden_lr: float = Field(default=0.02, gt=0, description="LR for 2-D hidden weight matrices.")
     aux_lr: float = Field(default=3e-4, gt=0, description="AdamW LR for every other parameter.")
     momentum: float = Field(default=0.95, ge=0, lt=1)
+    """Muon's momentum."""
 
 
 class OptimizerConfig(Section):
     type: Literal["adamw", "muon", "paged_adamw_8bit"] = "adamw"
+    """adamw, adamw_8bit, muon or another registered optimizer."""
     betas: list[float] | None = Field(default=None, min_length=2, max_length=2)
+    """Adam's beta1 and beta2."""
     eps: float | None = Field(default=None, gt=0)
+    """Adam's epsilon."""
     muon: MuonSettings | None = None
+    """Settings of the Muon optimizer."""
 
 
 class LossWeighting(Section):
     """WeFT-style weighted loss mask: control tokens may weigh more than ordinary tokens."""
 
     default: float = Field(default=1.0, gt=0)
+    """Loss weight of an ordinary trained token."""
     token_weights: dict[str, float] = Field(
         default_factory=dict, description="Token text (e.g. '<|im_end|>') → loss weight."
     )
@@ -94,36 +114,64 @@ class Selection(Section):
 
 class TrainingConfig(Section):
     epochs: float | None = Field(default=None, gt=0)
+    """Passes over the training data."""
     max_steps: int | None = Field(default=None, ge=1)
+    """Stop after this many optimizer steps (overrides epochs)."""
     learning_rate: float | None = Field(default=None, gt=0)
+    """Peak learning rate."""
     batch_size: int | None = Field(default=None, ge=1)
+    """Packed rows per step on each device."""
     gradient_accumulation_steps: int | None = Field(default=None, ge=1)
+    """Steps whose gradients add up before each update (effective batch = batch_size × this)."""
     max_seq_length: int | None = Field(default=None, ge=16)
+    """Tokens per packed row; longer examples are dropped or their prompt cut."""
     packing: bool | None = None
+    """Pack several examples per row (best-fit decreasing), each isolated by its position ids."""
     use_sdpa: bool | None = None
+    """Use PyTorch's scaled-dot-product attention."""
     warmup_steps: int | None = Field(default=None, ge=0)
+    """Steps of linear learning-rate warm-up."""
     warmup_ratio: float | None = Field(default=None, ge=0, lt=1)
+    """Warm-up as a share of all steps (when warmup_steps is not set)."""
     scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] | None = None
+    """Learning-rate schedule after warm-up: cosine, linear or constant."""
     weight_decay: float | None = Field(default=None, ge=0)
+    """AdamW weight decay."""
     max_grad_norm: float | None = Field(default=None, gt=0)
+    """Clip the gradient norm to this."""
     optimizer: OptimizerConfig | Literal["adamw", "muon", "paged_adamw_8bit"] | None = None
+    """The optimizer, by name or with settings."""
     neftune_alpha: float | None = Field(default=None, ge=0)
+    """NEFTune noise on input embeddings during training; unset turns it off."""
     loss_weighting: LossWeighting | None = None
+    """Per-token loss weights (control tokens may count more)."""
     quantization: Literal["none", "int8", "int4"] | None = None
+    """Train on a quantized base (QLoRA, CUDA only): none, int8 or int4."""
     bf16: bool | Literal["auto"] | None = None
+    """bf16 autocast: auto uses it where the device runs it natively."""
     gradient_checkpointing: bool | None = None
+    """Recompute activations in the backward pass: far less memory, about a third slower."""
     dataloader_num_workers: int | None = Field(default=None, ge=0)
+    """Data-loading worker processes."""
     dataloader_pin_memory: bool | None = None
+    """Pin host memory for faster copies to a GPU."""
     dataloader_prefetch_factor: int | None = Field(default=None, ge=1)
+    """Batches each worker loads ahead."""
     dataloader_persistent_workers: bool | None = None
+    """Keep data-loading workers between epochs."""
     eval_steps: int | None = Field(default=None, ge=1)
+    """Evaluate and checkpoint every N steps; default: 2 to 10 times a run."""
     save_steps: int | None = Field(default=None, ge=1)
+    """Accepted but not read: checkpoints are written at every evaluation (eval_steps)."""
     logging_steps: int | None = Field(default=None, ge=1)
+    """Log loss and learning rate every N steps."""
     seed: int | None = Field(default=None, ge=0)
+    """Seed of initialisation, shuffling and dropout."""
     full_finetune: bool | None = Field(
         default=None, description="Train every weight of the base model instead of an adapter (small models)."
     )
     selection: Selection | None = None
+    """Which checkpoint is published: the best eval loss, guarded against overfitting."""
     report_to: list[Literal["tensorboard"]] | None = Field(
         default=None, description="Extra loggers through the Trainer's report_to (TensorBoard needs tensorboard)."
     )
@@ -134,9 +182,13 @@ class FieldMapping(Section):
 
     messages: str | None = Field(default=None, description="Field holding a list of {role, content}.")
     system: str | None = None
+    """Field holding a system prompt."""
     instruction: str | None = None
+    """Alpaca-style instruction field."""
     input: str | None = None
+    """Alpaca-style input field, appended to the instruction."""
     output: str | None = None
+    """Alpaca-style answer field."""
     prompt_template: str | None = Field(
         default=None, description="Python format string over source fields, e.g. '{schema}\\n{question}'."
     )
@@ -145,35 +197,52 @@ class FieldMapping(Section):
 
 class DatasetSource(Section):
     path: str = Field(min_length=1)
+    """The source's data file or directory, relative to the manifest."""
     format: DatasetFormat | None = None
+    """jsonl, json, csv, parquet or huggingface; default: from the file suffix."""
     field_mapping: FieldMapping | None = None
+    """How this source's records become conversations; default: detected."""
     weight: float = Field(default=1.0, gt=0)
+    """Relative share of this source in the training mix."""
     name: str | None = None
+    """The source's name (for phases and reports); default: the file name."""
 
 
 class Augmentation(Section):
     schema_injection_prob: float | None = Field(default=None, ge=0, le=1)
+    """Probability of adding the schema to a prompt that lacks it (SQL)."""
     table_aliases: bool | None = None
+    """Rewrite table aliases in SQL targets (T1, T2 ...) for variety."""
     comment_stripping: bool | None = None
+    """Drop comments from code targets."""
     case_normalization: Literal["preserve", "lower", "upper"] | None = None
+    """Normalise the case of SQL keywords in targets."""
 
 
 class SplitConfig(Section):
     eval_size: float = Field(default=0.05, gt=0, description="Fraction (<1) or count of examples.")
     seed: int = Field(default=0, ge=0)
+    """Seed of the train/eval split (the same data always splits the same way)."""
 
 
 class NearDedup(Section):
     threshold: float = Field(default=0.9, gt=0, le=1)
+    """Jaccard similarity above which two records are near duplicates (MinHash)."""
     num_perm: int = Field(default=128, ge=16)
+    """MinHash permutations (more: slower, more exact)."""
 
 
 class Preprocessing(Section):
     normalize_whitespace: bool = False
+    """Collapse runs of spaces and trim every message."""
     dedup: bool = False
+    """Drop exact duplicate conversations."""
     near_dedup: NearDedup | None = None
+    """Drop near-duplicate conversations (MinHash)."""
     min_tokens: int | None = Field(default=None, ge=1)
+    """Drop examples shorter than this many tokens."""
     max_tokens: int | None = Field(default=None, ge=1)
+    """Drop examples longer than this many tokens."""
     hook: str | None = Field(default=None, description="Python file beside the manifest defining preprocess().")
 
 
@@ -200,13 +269,21 @@ class DataChecks(Section):
 
 class DatasetConfig(Section):
     path: str | None = Field(default=None, min_length=1)
+    """One data file or directory, relative to the manifest (or use datasets for several)."""
     format: DatasetFormat | None = None
+    """jsonl, json, csv, parquet or huggingface; default: from the file suffix."""
     field_mapping: FieldMapping | None = None
+    """How a record's fields become a conversation; default: detected (messages, ShareGPT, Alpaca ...)."""
     datasets: list[DatasetSource] | None = Field(default=None, min_length=1)
+    """Several sources mixed by weight, instead of path."""
     split: SplitConfig | None = None
+    """How the held-out evaluation split is drawn."""
     augmentation: Augmentation | None = None
+    """Target-side augmentations (SQL-oriented)."""
     preprocessing: Preprocessing | None = None
+    """Whitespace, deduplication, length limits and a preprocess() hook."""
     on_error: Literal["fail", "skip"] = "fail"
+    """fail: any bad record stops preparation; skip: bad records are dropped and counted."""
     overflow: Literal["drop", "truncate_prompt"] = Field(
         default="drop",
         description="Examples longer than max_seq_length: drop them, or cut the prompt from the left.",
@@ -215,24 +292,38 @@ class DatasetConfig(Section):
         default_factory=list, description="Control tokens added to the tokenizer, e.g. '<tool_call>'."
     )
     checks: DataChecks | None = None
+    """The pre-training validators: the trained-token band and overrides."""
     seed: int = Field(default=0, ge=0, description="Seed of the weighted mix and its shuffle.")
     num_proc: int | None = Field(default=None, ge=1, description="Tokenisation processes (default: by size).")
 
 
 class DecodingConfig(Section):
     temperature: float | None = Field(default=None, ge=0)
+    """Sampling temperature; 0 decodes greedily."""
     top_p: float | None = Field(default=None, gt=0, le=1)
+    """Nucleus sampling: keep the smallest set of tokens with this much probability."""
     top_k: int | None = Field(default=None, ge=0)
+    """Sample among the k likeliest tokens; 0 keeps all."""
     max_tokens: int | None = Field(default=None, ge=1)
+    """Most tokens to generate per answer."""
     repetition_penalty: float | None = Field(default=None, gt=0)
+    """Penalty on tokens already seen; 1 turns it off."""
     seed: int | None = Field(default=None, ge=0)
+    """Seed for reproducible sampling."""
     stop_sequences: list[str] | None = None
+    """Strings that end an answer (not included in it)."""
     use_grammar: bool | None = None
+    """Constrain every generated token by the grammar (grammar_file or grammar_type)."""
     grammar_type: str | None = Field(default=None, pattern=r"^(json|json_schema|gbnf|cypher|sql(-[a-z0-9]+)?)$")
+    """A shipped grammar: sql-<dialect>, cypher, json or json_schema."""
     grammar_file: str | None = Field(default=None, min_length=1)
+    """Your own grammar (GBNF, or Lark with .lark), relative to the manifest."""
     json_schema: dict[str, Any] | None = None
+    """The JSON Schema answers must follow (grammar_type or validation json_schema)."""
     validation: Literal["none", "parser", "parser-strict", "json", "json_schema", "cypher", "tsc"] | None = None
+    """The output validator run after generation: parser, parser-strict, json, json_schema, cypher or tsc."""
     retries: int | None = Field(default=None, ge=0)
+    """Resample an invalid answer this many times with another seed."""
 
 
 class TrainingPhase(Section):
@@ -240,10 +331,14 @@ class TrainingPhase(Section):
     a replay share of earlier phases' data, and the evaluation gate after it."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    """The phase's name (its weights go to weights/<model>/phases/<NN>-<name>/)."""
     datasets: list[str] = Field(min_length=1, description="Names of training.dataset.datasets sources to train on.")
     learning_rate: float | None = Field(default=None, gt=0)
+    """This phase's learning rate (default: training.config's)."""
     epochs: float | None = Field(default=None, gt=0)
+    """This phase's passes over its data."""
     max_steps: int | None = Field(default=None, ge=1)
+    """This phase's optimizer steps (overrides epochs)."""
     replay: float = Field(
         default=0.0, ge=0, lt=1, description="Share of this phase's examples drawn from earlier phases' sources."
     )
@@ -252,8 +347,11 @@ class TrainingPhase(Section):
 
 class Training(Section):
     config: TrainingConfig | None = None
+    """Hyperparameters: steps, learning rate, batch, precision, checkpoints."""
     dataset: DatasetConfig | None = None
+    """The training data: sources, mapping, split, preprocessing, checks."""
     decoding: DecodingConfig | None = None
+    """The decoding contract the expert ships with: sampling, stops, grammar, validator."""
     phases: list[TrainingPhase] | None = Field(
         default=None, min_length=1, description="A curriculum: phases trained in order, each from the last's adapter."
     )
@@ -261,29 +359,42 @@ class Training(Section):
 
 class Routing(Section):
     keywords: list[str] = Field(default_factory=list)
+    """Words that point to this expert (whole words, any case)."""
     patterns: list[str] = Field(default_factory=list, description="Regular expressions (Python syntax).")
     examples: list[str] = Field(default_factory=list, description="Example prompts for similarity routing.")
     priority: int = 0
+    """Tie-breaker between experts (higher wins)."""
     threshold: float | None = Field(default=None, ge=0, le=1)
+    """Least similarity score for model 'auto' to pick this expert."""
 
 
 class Perf(Section):
     latency_ms_overhead: float | None = Field(default=None, ge=0)
+    """Added latency per request, in milliseconds."""
     vram_mb_overhead: float | None = Field(default=None, ge=0)
+    """Added accelerator memory, in MB."""
     supported_batch_sizes: list[int] | None = None
+    """Batch sizes the expert was measured with."""
 
 
 class Runtime(Section):
     candle_compatible: bool | None = None
+    """Whether the adapter loads in candle (informational)."""
     requires_kv_cache_persistence: bool | None = None
+    """Whether answers need the KV cache kept between turns (informational)."""
     attention_kernel: str | None = None
+    """Attention kernel the expert was measured with (informational)."""
 
 
 class Constraints(Section):
     max_chain: int | None = Field(default=None, ge=1)
+    """Most experts that may answer one request in a chain (validated, not yet enforced)."""
     load_order: int | None = None
+    """Where this expert goes when several are loaded, lower first (validated, not yet enforced)."""
     requires: list[str] | None = None
+    """Experts that must be loaded with this one (validated, not yet enforced)."""
     incompatible_with: list[str] | None = None
+    """Experts that must not be loaded with this one (validated, not yet enforced)."""
 
 
 class EvalSet(Section):
@@ -294,21 +405,31 @@ class EvalSet(Section):
         description="The set's name; its results are written as <name>.json, so it is a plain file name.",
     )
     path: str = Field(min_length=1)
+    """The set's file, relative to the manifest."""
     format: EvalFormat
+    """The set's format: spider, geoquery, defog, bfcl, text2cypher or jsonl."""
     answers: str | None = None
+    """The companion file the format needs (tables.json, possible answers, a database)."""
     split: str | None = Field(
         default=None, description="Only items of this split (GeoQuery 'test', 'heldout' for BFCL and text2cypher)."
     )
     limit: int | None = Field(default=None, ge=1)
+    """Evaluate only the first N items."""
 
 
 class Threshold(Section):
     min: float | None = None
+    """The least score the expert must reach."""
     max_regression: float | None = Field(default=None, ge=0)
+    """The most the expert may fall below the base model."""
     buckets: dict[str, Threshold] | None = None
+    """Thresholds per bucket (difficulty, category, database ...)."""
 
 
 class Evaluation(Section):
     sets: list[EvalSet] = Field(default_factory=list)
+    """The evaluation sets expert-cli eval runs."""
     metrics: list[str] = Field(default_factory=list)
+    """Metric names to report."""
     thresholds: dict[str, Threshold] = Field(default_factory=dict)
+    """The gate: per metric, a minimum and the most regression against the base model."""

@@ -19,9 +19,10 @@ def test_the_committed_reference_is_current() -> None:
     assert committed == render_markdown(), "stale: run .venv/bin/python scripts/generate_schema.py"
 
 
-def test_every_field_has_a_type_and_defaults_come_from_the_model() -> None:
+def test_every_field_has_a_type_a_meaning_and_defaults_from_the_model() -> None:
     docs = {d.path: d for d in field_reference()}
     assert all(d.type for d in docs.values())
+    assert [path for path, d in docs.items() if not d.description] == []
     assert docs["training.dataset.checks.min_supervised_ratio"].default == "0.01"
     assert "chatml" in docs["base_models[].prompt_template"].allowed
     assert docs["routing.patterns"].type == "list of string"
