@@ -2,7 +2,7 @@
 # The main job on the embedded model, end to end: pull SmolLM2-135M-Instruct, validate the SQL
 # expert, score the base model on 30 GeoQuery test questions (under the expert's grammar, stops and
 # validator), train the expert for a bounded CPU budget, score it again against the base model,
-# package, sign, verify, install, and ask it three questions with the grammar on.
+# package, sign, verify, install, serve it (OpenAI-compatible) and ask it three questions with the grammar on.
 set -euo pipefail
 out="${1:-demo-out}"
 cli=".venv/bin/expert-cli"
@@ -58,14 +58,41 @@ PY
 cp "$pkg.sig" "$bad.sig"
 if "$cli" verify "$bad" --key "$out/keys/expert.pub"; then echo "a tampered package verified: that is a bug" >&2; exit 1; fi
 
-step "10. three questions to the installed expert through chat, grammar on (schema + question, as it was trained)"
-schema="$(.venv/bin/python -c 'import sys; from pathlib import Path; from expertkit.eval.sets import sqlite_schema; print(sqlite_schema(Path(sys.argv[1])))' ../shared/data/sql/geoquery/geography-db.added-in-2020.sqlite)"
-for question in "how many people live in texas" "what is the capital of ohio" "which rivers run through colorado"; do
-  printf '\n\033[1mQ: %s\033[0m\n' "$question"
-  "$cli" chat --experts expert-sql --prompt "$schema
+step "10. serve the installed expert (OpenAI-compatible, loopback) and ask it three questions at once"
+port="$(.venv/bin/python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+"$cli" serve --experts expert-sql --require-signature --trusted-keys "$out/keys" --port "$port" 2>"$out/serve.log" &
+server=$!
+trap 'kill "$server" 2>/dev/null || true' EXIT
+.venv/bin/python - "$port" ../shared/data/sql/geoquery/geography-db.added-in-2020.sqlite <<'PY'
+import sys, time, urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from openai import OpenAI
+from expertkit.eval.sets import sqlite_schema
 
-Question: $question"
-done
+base = f"http://127.0.0.1:{sys.argv[1]}"
+for _ in range(240):  # the server loads the base model and the expert first
+    try:
+        urllib.request.urlopen(base + "/health", timeout=1)
+        break
+    except OSError:
+        time.sleep(0.5)
+schema = sqlite_schema(Path(sys.argv[2]))  # schema + question, as the expert was trained
+client = OpenAI(base_url=base + "/v1", api_key="unused-on-loopback")
+questions = ["how many people live in texas", "what is the capital of ohio", "which rivers run through colorado"]
+
+def ask(question):
+    messages = [{"role": "user", "content": f"{schema}\n\nQuestion: {question}"}]
+    return client.chat.completions.create(model="expert-sql", messages=messages)
+
+with ThreadPoolExecutor(len(questions)) as pool:  # decoded together in one batch
+    for question, reply in zip(questions, pool.map(ask, questions)):
+        print(f"Q: {question}\n   {reply.choices[0].message.content}   [{reply.choices[0].finish_reason}]")
+PY
+kill "$server"; wait "$server" 2>/dev/null || true
+trap - EXIT
+echo "server log (one line per request; prompts are not logged):"
+grep -E "POST /v1/chat/completions" "$out/serve.log" || cat "$out/serve.log"
 
 step "11. before / after on the same 30 GeoQuery test questions"
 .venv/bin/python - "$out/before.json" "$out/after.json" <<'PY'
@@ -78,8 +105,8 @@ table = Table("", "base model (before)", "expert-sql (after)", title=f"GeoQuery 
 table.add_row("execution accuracy", f"{b['score']:.1%}", f"{a['score']:.1%}")
 table.add_row("valid SQL", f"{b['validity']:.1%}", f"{a['validity']:.1%}")
 table.add_row("stopped (not truncated)", f"{b['stop_rate']:.1%}", f"{a['stop_rate']:.1%}")
-table.add_row("mean latency", f"{b['mean_latency_s']:.2f} s", f"{a['mean_latency_s']:.2f} s")
-table.add_row("tokens/s", f"{b['tokens_per_s']:.1f}", f"{a['tokens_per_s']:.1f}")
+table.add_row("mean latency (8 decoded together)", f"{b['mean_latency_s']:.2f} s", f"{a['mean_latency_s']:.2f} s")
+table.add_row("tokens/s, all 8 streams", f"{b['throughput_tokens_per_s']:.1f}", f"{a['throughput_tokens_per_s']:.1f}")
 Console().print(table)
 from expertkit.eval.stats import mean, paired_delta_ci
 items = [{r["id"]: float(r["correct"]) for r in json.load(open(p))["items"]} for p in (before["written"], after["written"])]

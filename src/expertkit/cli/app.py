@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -85,9 +86,17 @@ def _register() -> None:
     app.command("eval")(eval_cmd.eval_expert)
 
 
+def _quiet_library_bars() -> None:
+    """Piped or logged, a tqdm bar is a run of carriage returns: transformers' "Loading weights" bar is
+    turned off there (an explicit HF_HUB_DISABLE_PROGRESS_BARS wins); our own plain lines remain."""
+    if not sys.stderr.isatty():
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
 def main() -> None:
     """Console-script entry point."""
     _register()
+    _quiet_library_bars()
     try:
         app()
     except ExpertkitError as error:  # raised outside a command body (should be rare)

@@ -36,6 +36,7 @@ def eval_expert(
     base_only: bool = typer.Option(
         False, "--base-only", help="Only the base model, under the expert's contract (works before training)."
     ),
+    batch: int = typer.Option(8, "--batch", min=1, help="Items decoded together (1: one at a time)."),
 ) -> None:
     """Score an expert on task sets (execution / call accuracy, match, validity) against a baseline.
 
@@ -56,6 +57,7 @@ def eval_expert(
         dtype,
         base_only,
         sample,
+        batch,
     )
     columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     plain = not err_console.is_terminal  # piped or logged: plain lines, since a live bar shows only at the end

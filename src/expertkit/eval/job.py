@@ -14,7 +14,7 @@ from typing import Any
 
 from expertkit.errors import UsageError
 from expertkit.eval.gate import gate_failures
-from expertkit.eval.run import EvalReport, ItemResult, compare, evaluate
+from expertkit.eval.run import DEFAULT_BATCH, EvalReport, ItemResult, compare, evaluate
 from expertkit.eval.sets import EvalItem, load_set
 from expertkit.fsutil import write_text_atomic
 from expertkit.home import expertkit_home
@@ -42,6 +42,7 @@ class EvalRequest:
     dtype: str = "auto"
     base_only: bool = False  # the base model under the expert's contract (before any training)
     sample: int | None = None  # a seeded random sample of N items (in set order), instead of the first N
+    batch: int = DEFAULT_BATCH  # items decoded together; 1: one at a time
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,7 @@ def run_eval(request: EvalRequest, on_item: Callable[[str, ItemResult], None] | 
     if request.base_only:
         options = LoadOptions(dtype=dtype, base=files.loaded.manifest.base_models[0].name)  # type: ignore[arg-type]
         engine = Engine.for_files([], options)
-        return [_run_base(files, engine, chosen, on_item) for chosen in eval_sets(request, files)]
+        return [_run_base(files, engine, chosen, on_item, request.batch) for chosen in eval_sets(request, files)]
     references = [request.expert]
     if request.baseline not in (None, "base"):
         references.append(request.baseline)
@@ -118,12 +119,16 @@ def run_eval(request: EvalRequest, on_item: Callable[[str, ItemResult], None] | 
 
 
 def _run_base(
-    files: ExpertFiles, engine: Engine, chosen: EvalSetChoice, on_item: Callable[[str, ItemResult], None] | None
+    files: ExpertFiles,
+    engine: Engine,
+    chosen: EvalSetChoice,
+    on_item: Callable[[str, ItemResult], None] | None,
+    batch: int,
 ) -> dict[str, Any]:
     """The base model alone under the expert's contract; written to ``$EXPERTKIT_HOME/evals/<expert>/base/``
     (never beside the weights, where a gate would read it)."""
     progress = (lambda r: on_item("base", r)) if on_item else None
-    report = evaluate(engine, None, chosen.items, contract=files, on_item=progress)
+    report = evaluate(engine, None, chosen.items, contract=files, on_item=progress, batch=batch)
     summary = report.summary()
     result: dict[str, Any] = {
         "metric": summary["metric"],
@@ -151,14 +156,15 @@ def _run_set(
     on_item: Callable[[str, ItemResult], None] | None,
 ) -> dict[str, Any]:
     name = files.loaded.manifest.name
-    report = evaluate(engine, name, chosen.items, on_item=(lambda r: on_item(name, r)) if on_item else None)
+    mine = (lambda r: on_item(name, r)) if on_item else None
+    report = evaluate(engine, name, chosen.items, on_item=mine, batch=request.batch)
     result: dict[str, Any]
     if request.baseline is None:
         result = {"expert_summary": report.summary(), "n": len(chosen.items)}
     else:
         baseline_name = None if request.baseline == "base" else request.baseline.split("@")[0]
         progress = (lambda r: on_item("baseline", r)) if on_item else None
-        reference = evaluate(engine, baseline_name, chosen.items, contract=files, on_item=progress)
+        reference = evaluate(engine, baseline_name, chosen.items, contract=files, on_item=progress, batch=request.batch)
         result = compare(report, reference)
         result["baseline_system"] = reference.system
     adapter = files.adapter_dir / ADAPTER_WEIGHTS

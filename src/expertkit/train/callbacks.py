@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from transformers import TrainerCallback
 
 PLAIN_LINES = 10  # progress lines per run when the output is not a terminal (a pipe, a log file, CI)
+PLAIN_EVAL_LINES = 4  # progress lines per evaluation pass (at 1/4, 2/4, 3/4), then one with the loss
 
 
 class RichProgressCallback(TrainerCallback):
@@ -26,6 +27,9 @@ class RichProgressCallback(TrainerCallback):
         self.plain = False
         self.started = 0.0
         self.first_step = 0
+        self.eval_task: Any = None
+        self.eval_started: float | None = None
+        self.eval_done = 0
 
     def _plain_line(self, state: Any) -> None:
         done = state.global_step - self.first_step
@@ -36,6 +40,7 @@ class RichProgressCallback(TrainerCallback):
             f"train step {state.global_step}/{state.max_steps} · loss {f['loss']} · eval {f['eval']} · lr {f['lr']} "
             f"· {f['tps']} tok/s · {elapsed:.0f} s elapsed · ETA {eta:.0f} s",
             highlight=False,
+            soft_wrap=True,
         )
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -44,10 +49,10 @@ class RichProgressCallback(TrainerCallback):
         self.started, self.first_step = time.monotonic(), state.global_step
         if not self.console.is_terminal:
             self.plain = True
-            self.console.print(f"train: {state.max_steps} steps", highlight=False)
+            self.console.print(f"train: {state.max_steps} steps", highlight=False, soft_wrap=True)
             return
         self.progress = Progress(
-            TextColumn("[bold]train[/]"),
+            TextColumn("[bold]{task.description}[/]"),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]} · eval {task.fields[eval]} · lr {task.fields[lr]}"),
@@ -84,6 +89,43 @@ class RichProgressCallback(TrainerCallback):
         fields: dict[str, Any] = dict(self.fields)
         if self.progress is not None:
             self.progress.update(self.task, **fields)
+
+    def on_prediction_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """One evaluation batch done: the eval pass over a large split can take minutes on a CPU."""
+        if self.progress is None and not self.plain:
+            return
+        loader = kwargs.get("eval_dataloader")
+        total = len(loader) if loader is not None and hasattr(loader, "__len__") else None
+        if self.eval_started is None:
+            self.eval_started, self.eval_done = time.monotonic(), 0
+            if self.progress is not None:
+                fields: dict[str, Any] = dict(self.fields)
+                self.eval_task = self.progress.add_task("eval", total=total, **fields)
+        self.eval_done += 1
+        if self.progress is not None:
+            self.progress.update(self.eval_task, completed=self.eval_done)
+        elif total and self.eval_done in {max(1, total * k // PLAIN_EVAL_LINES) for k in range(1, PLAIN_EVAL_LINES)}:
+            elapsed = time.monotonic() - self.eval_started
+            self.console.print(
+                f"eval at step {state.global_step}: batch {self.eval_done}/{total} · {elapsed:.0f} s elapsed · "
+                f"ETA {elapsed / self.eval_done * (total - self.eval_done):.0f} s",
+                highlight=False,
+                soft_wrap=True,
+            )
+
+    def on_evaluate(self, args: Any, state: Any, control: Any, metrics: Any = None, **kwargs: Any) -> None:
+        if self.eval_started is None:
+            return
+        elapsed = time.monotonic() - self.eval_started
+        if self.progress is not None and self.eval_task is not None:
+            self.progress.remove_task(self.eval_task)
+        elif self.plain and metrics and "eval_loss" in metrics:
+            self.console.print(
+                f"eval at step {state.global_step}: loss {metrics['eval_loss']:.4f} ({elapsed:.0f} s)",
+                highlight=False,
+                soft_wrap=True,
+            )
+        self.eval_task, self.eval_started = None, None
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.progress is not None:

@@ -69,12 +69,14 @@ class ExpertTrainer(Trainer):
         was_training = model.training
         model.eval()
         totals = torch.zeros(2, dtype=torch.float64, device=self.args.device)  # (CE sum, tokens)
+        self.callback_handler.eval_dataloader = loader  # progress callbacks read its length
         with torch.no_grad():
             for batch in loader:
                 batch = self._prepare_inputs(batch)
                 batch.pop("real_tokens", None)
                 sums = model(**batch)
                 totals += torch.stack([sums["ce"].double(), sums["tokens"].double()])
+                self.callback_handler.on_prediction_step(self.args, self.state, self.control)  # type: ignore[has-type]
         totals = self.accelerator.reduce(totals, reduction="sum")
         model.train(was_training)
         self.run_info["eval_seconds"] = self.run_info.get("eval_seconds", 0.0) + time.time() - started

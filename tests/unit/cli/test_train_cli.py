@@ -139,4 +139,7 @@ def test_progress_is_plain_lines_when_piped(tmp_path: Path, tiny_llama_dir: Path
     assert "10 steps, eval + checkpoint every 5" in result.output
     lines = [line for line in result.output.splitlines() if line.startswith("train step ")]
     assert len(lines) >= 5 and lines[-1].startswith("train step 10/10 · loss ")
-    assert "ETA" in lines[0] and "tok/s" in lines[0]
+    assert all("ETA" in line and "tok/s" in line for line in lines)  # one line each, never wrapped at 80
+    evals = [line for line in result.output.splitlines() if line.startswith("eval at step ")]
+    assert any(line.startswith("eval at step 5: batch 1/") and "ETA" in line for line in evals), evals
+    assert [line.split(":")[0] for line in evals if "loss" in line] == ["eval at step 5", "eval at step 10"]

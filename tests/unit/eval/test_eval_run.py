@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -44,6 +45,28 @@ def test_evaluate_scores_buckets_and_compares(trained_source: Path, tmp_path: Pa
     result = compare(report, baseline)
     assert result["delta"] == round(result["expert"] - result["baseline"], 4)
     assert result["ci95"][0] <= result["delta"] <= result["ci95"][1]
+
+
+def test_batched_evaluation_answers_as_one_at_a_time_in_item_order(trained_source: Path, tmp_path: Path) -> None:
+    """``--batch`` decodes items together; in fp32 each answer is the one decoded alone, in item order."""
+    engine = Engine.for_experts([str(trained_source)], LoadOptions(dtype="float32"))
+    questions = ["How many rows are in t?", "Count t", "What is in t?", "a", "Sum of a in t, please", "rows?"]
+    items = [
+        replace(item, id=f"q{i}", messages=[{"role": "user", "content": q}])
+        for i, (item, q) in enumerate(zip(sql_items(tmp_path) * 2, questions, strict=False))
+    ]
+    one = evaluate(engine, "expert-tiny", items, batch=1)
+    seen: list[str] = []
+    together = evaluate(engine, "expert-tiny", items, batch=4, on_item=lambda r: seen.append(r.id))
+    assert [r.id for r in together.items] == [f"q{i}" for i in range(6)]
+    assert [(r.text, r.correct, r.stopped, r.tokens) for r in together.items] == [
+        (r.text, r.correct, r.stopped, r.tokens) for r in one.items
+    ]
+    assert sorted(seen) == sorted(r.id for r in items)  # progress as each item finishes
+    assert together.summary()["throughput_tokens_per_s"] > 0
+    base = evaluate(engine, None, items, contract=engine.experts["expert-tiny"].files, batch=3)
+    alone = evaluate(engine, None, items, contract=engine.experts["expert-tiny"].files, batch=1)
+    assert [r.text for r in base.items] == [r.text for r in alone.items]
 
 
 def test_eval_cli_jsonl_set_writes_the_result(expert_dir: Path, tmp_path: Path) -> None:
