@@ -100,13 +100,19 @@ def _plot(result: dict, plot: Path, several: bool) -> None:
     err_console.print(f"chart: {escape(str(plot_buckets(result, path)))}")
 
 
+def _split_buckets(result: dict) -> list[tuple[str, dict]]:
+    """Per-bucket rows, when there is more than one bucket (one would repeat the "all" row)."""
+    buckets = result.get("buckets", {})
+    return list(buckets.items()) if len(buckets) > 1 else []
+
+
 def _print_table(result: dict) -> None:
     if "base" in result:
         _print_base_table(result)
         return
     summary = result.get("expert_summary", {})
     table = Table("bucket", "n", "expert", "baseline", title=f"{summary.get('metric')} on {result['set']}")
-    for bucket, row in result.get("buckets", {}).items():
+    for bucket, row in _split_buckets(result):
         base = row.get("baseline")
         table.add_row(escape(bucket), str(row["n"]), f"{row['expert']:.1%}", "-" if base is None else f"{base:.1%}")
     if "delta" in result:
@@ -127,7 +133,7 @@ def _print_base_table(result: dict) -> None:
     table = Table(
         "bucket", "n", "base", title=f"{summary['metric']} on {result['set']} (base model, expert's contract)"
     )
-    for bucket, row in result["buckets"].items():
+    for bucket, row in _split_buckets(result):
         table.add_row(escape(bucket), str(row["n"]), f"{row['base']:.1%}")
     table.add_row("all", str(result["n"]), f"{result['base']:.1%}")
     out_console.print(table)

@@ -31,9 +31,15 @@ def _print_start(job: Any, trainer: Any) -> None:
         f"({job.trainable.trainable_share:.2%})"
     )
     err_console.print(f"  {plan.precision.reason}; {escape(trainer.optimizer_description)}")
+    shape = job.shape
     err_console.print(
-        f"  {job.total_steps} steps, eval + checkpoint every {job.eval_steps}; weights → {escape(str(job.weights_dir))}"
+        f"  {job.total_steps} steps, eval + checkpoint every {job.eval_steps} "
+        f"({shape.epochs(job.total_steps):.1f} epochs of {shape.rows:,} rows, {shape.rows_per_update} per step); "
+        f"weights → {escape(str(job.weights_dir))}"
     )
+    advice = shape.advice()
+    if advice is not None:
+        err_console.print(f"[yellow]note:[/] {escape(advice)}")
     if job.resume_from is not None:
         err_console.print(f"  resuming from {escape(job.resume_from.name)}")
 

@@ -140,6 +140,6 @@ TASK_PRESETS: dict[str, TaskPreset] = {
             "dropout": 0.05,
         },
         decoding={"temperature": 0.7, "top_p": 0.9, "max_tokens": 256},
-        learning_rate=2e-4,
+        learning_rate=1e-3,  # 2e-4 left 150 short examples unlearned after 3 epochs (13 % held-out vs 100 %)
     ),
 }

@@ -41,14 +41,16 @@ def build_manifest(name: str, preset: TaskPreset, base_model: str) -> dict[str, 
         "routing": {"keywords": preset.keywords, "examples": [preset.example[0]], "priority": 0},
         "training": {
             "config": {
-                "epochs": 1,
+                # A first dataset is a few hundred short examples: 3 epochs of 8 examples per update
+                # (about 50 updates for 150 examples). Packing would fold such an epoch into a handful of
+                # 1,024-token rows, i.e. 1 or 2 updates: turn it on for large data.
+                "epochs": 3,
                 "learning_rate": preset.learning_rate,
-                # 2 rows of 1,024 tokens: a few GiB on a CPU for a 135M model (8 rows needed ~21 GiB);
-                # the accumulation keeps the effective batch at 16.
+                # 2 rows of at most 1,024 tokens: a few GiB on a CPU for a 135M model (8 rows needed ~21 GiB).
                 "batch_size": 2,
-                "gradient_accumulation_steps": 8,
+                "gradient_accumulation_steps": 4,
                 "max_seq_length": 1024,
-                "packing": True,
+                "packing": False,
                 "scheduler": "cosine",
                 "warmup_ratio": 0.03,
                 "weight_decay": 0.0,
@@ -96,12 +98,20 @@ def _sample_records(task: str) -> str:
 
 def next_steps(directory: Path) -> list[str]:
     """The commands a new expert is ready for, in order (a test runs them on the scaffold)."""
+    path = as_path(directory)
     return [
-        f"expert-cli validate --expert {directory}",
-        f"expert-cli data inspect --expert {directory}",
-        f"expert-cli train --expert {directory} --max-steps 20",
-        f'expert-cli chat --experts {directory} -p "{{a question}}"',
+        f"expert-cli validate --expert {path}",
+        f"expert-cli data inspect --expert {path}",
+        f"expert-cli train --expert {path}",
+        f'expert-cli chat --experts {path} -p "{{a question}}"',
     ]
+
+
+def as_path(directory: Path) -> str:
+    """``directory`` as a path a command reads as a directory: a bare ``my-expert`` names an installed
+    expert, ``./my-expert`` the directory."""
+    text = str(directory)
+    return text if directory.is_absolute() or "/" in text or text.startswith(".") else f"./{text}"
 
 
 DATA_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}

@@ -12,6 +12,7 @@ from transformers import TrainerCallback
 
 PLAIN_LINES = 10  # progress lines per run when the output is not a terminal (a pipe, a log file, CI)
 PLAIN_EVAL_LINES = 4  # progress lines per evaluation pass (at 1/4, 2/4, 3/4), then one with the loss
+PLAIN_EVAL_QUIET_S = 5.0  # an evaluation shorter than this shows only its loss line
 
 
 class RichProgressCallback(TrainerCallback):
@@ -106,6 +107,8 @@ class RichProgressCallback(TrainerCallback):
             self.progress.update(self.eval_task, completed=self.eval_done)
         elif total and self.eval_done in {max(1, total * k // PLAIN_EVAL_LINES) for k in range(1, PLAIN_EVAL_LINES)}:
             elapsed = time.monotonic() - self.eval_started
+            if elapsed < PLAIN_EVAL_QUIET_S:
+                return
             self.console.print(
                 f"eval at step {state.global_step}: batch {self.eval_done}/{total} · {elapsed:.0f} s elapsed · "
                 f"ETA {elapsed / self.eval_done * (total - self.eval_done):.0f} s",

@@ -102,6 +102,40 @@ def resume_point(
     return newest, ledger
 
 
+MIN_UPDATES_PER_EPOCH = 4  # fewer, and a small dataset is learned in a handful of optimizer updates
+
+
+@dataclass(frozen=True)
+class EpochShape:
+    """How the training rows fall into optimizer updates: what ``--max-steps N`` amounts to."""
+
+    rows: int  # training rows (packed rows when packing is on)
+    rows_per_update: int
+    updates_per_epoch: int
+    packed: bool  # several examples share a row
+
+    def epochs(self, steps: int) -> float:
+        return steps / self.updates_per_epoch
+
+    def advice(self) -> str | None:
+        """A note when an epoch is so few updates that a small dataset will barely be learned."""
+        if self.updates_per_epoch >= MIN_UPDATES_PER_EPOCH:
+            return None
+        fix = "set training.config.packing to false, or lower" if self.packed else "lower"
+        return (
+            f"an epoch is {self.updates_per_epoch} optimizer update(s) ({self.rows} training rows, "
+            f"{self.rows_per_update} per update): with this little data, {fix} "
+            "training.config.gradient_accumulation_steps"
+        )
+
+
+def epoch_shape(plan: TrainPlan, packing: dict[str, Any], world_size: int) -> EpochShape:
+    rows_per_update = plan.batch_size * plan.gradient_accumulation_steps * world_size
+    rows = max(packing["train"]["rows"], 1)
+    packed = packing["train"]["rows"] < packing["train"]["examples"]
+    return EpochShape(rows, rows_per_update, math.ceil(rows / rows_per_update), packed)
+
+
 def default_eval_steps(plan: TrainPlan, packing: dict[str, Any], world_size: int) -> tuple[int, int]:
     """(total optimizer steps, eval interval).
 
@@ -206,6 +240,7 @@ class TrainJob:
     run_info: dict[str, Any]
     total_steps: int
     eval_steps: int
+    shape: EpochShape
 
     @property
     def checkpoints(self) -> Path:
@@ -260,6 +295,7 @@ def prepare_job(request: TrainRequest) -> TrainJob:
         run_info,
         total,
         eval_steps,
+        epoch_shape(plan, prepared.meta["packing"], state.num_processes),
     )
 
 

@@ -68,17 +68,22 @@ def test_unknown_task_and_bad_name_are_usage_errors(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("task", sorted(TASK_PRESETS))
-def test_the_scaffold_passes_every_command_it_suggests(tmp_path: Path, tiny_llama_dir: Path, task: str) -> None:
-    """init prints its next steps; each of them, run in order as printed, succeeds on the scaffold."""
+def test_the_scaffold_passes_every_command_it_suggests(
+    tmp_path: Path, tiny_llama_dir: Path, task: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """init prints its next steps; each of them, run in order as printed from the same directory,
+    succeeds on the scaffold (a bare name would mean an installed expert: the steps say ./NAME)."""
     import shlex
 
     from expertkit.manifest.scaffold import next_steps
 
-    target = tmp_path / f"expert-{task}"
+    monkeypatch.chdir(tmp_path)
+    target = Path(f"expert-{task}")
     result = runner.invoke(app, ["init", str(target), "--task", task, "--base-model", str(tiny_llama_dir)])
     assert result.exit_code == 0, result.output
     steps = next_steps(target)
-    assert all(step in result.output.replace("\n  ", "\n") for step in steps[:3])
+    assert steps[-1].startswith(f"expert-cli chat --experts ./expert-{task} ")
+    assert all(step in result.output.replace("\n  ", "\n") for step in steps)
     for step in steps:
         args = shlex.split(step.replace("{a question}", "hello"))[1:]
         if args[0] in ("chat", "train"):

@@ -4,6 +4,7 @@ call through the openai client."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -40,6 +41,14 @@ def test_the_readme_quickstart_runs_as_written(tmp_path: Path, tiny_llama_dir: P
     rows = [f"Ticket {n}: my invoice shows a charge I do not recognise,billing" for n in range(10)]
     rows += [f"Ticket {n}: the parcel never arrived at my door,shipping" for n in range(10)]
     (tmp_path / "tickets.csv").write_text("prompt,completion\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    held = [("Ticket 99: I was billed twice", "billing"), ("Ticket 98: where is my box", "shipping")]
+    (tmp_path / "held-out.jsonl").write_text(
+        "".join(
+            json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}) + "\n"
+            for q, a in held
+        ),
+        encoding="utf-8",
+    )
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "COLUMNS": "120"}
     done = subprocess.run(
         ["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
@@ -47,5 +56,6 @@ def test_the_readme_quickstart_runs_as_written(tmp_path: Path, tiny_llama_dir: P
     assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     assert "created my-expert (generic) with your data (tickets.csv)" in done.stdout
     assert "installed my-expert@0.1.0" in done.stdout
+    assert "exact_match on held-out" in done.stdout and "delta" in done.stdout
     assert "Traceback" not in done.stderr
     assert list((tmp_path / "dist").glob("my-expert-*.expert"))

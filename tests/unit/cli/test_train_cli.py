@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from expertkit.cli.app import _register, app
@@ -128,11 +129,16 @@ def test_the_scaffold_defaults_fit_a_small_machine(tmp_path: Path) -> None:
     assert invoke("init", str(tmp_path / "expert-s"), "--task", "sql").exit_code == 0
     config = json.loads((tmp_path / "expert-s" / "manifest.json").read_text())["training"]["config"]
     assert config["batch_size"] * config["max_seq_length"] <= 2048
-    assert config["batch_size"] * config["gradient_accumulation_steps"] == 16
+    assert config["batch_size"] * config["gradient_accumulation_steps"] == 8
+    assert config["packing"] is False and config["epochs"] == 3  # a small first dataset gets ~50 updates
 
 
-def test_progress_is_plain_lines_when_piped(tmp_path: Path, tiny_llama_dir: Path) -> None:
-    """A live bar shows only at the end in a pipe or a log: plain lines come instead, about ten per run."""
+def test_progress_is_plain_lines_when_piped(
+    tmp_path: Path, tiny_llama_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A live bar shows only at the end in a pipe or a log: plain lines come instead, about ten per run,
+    and during an evaluation that takes a while (here: any), its batches."""
+    monkeypatch.setattr("expertkit.train.callbacks.PLAIN_EVAL_QUIET_S", 0.0)
     expert = write_tiny_expert(tmp_path / "e", [tiny_llama_dir])
     result = invoke("train", "--expert", str(expert), "--max-steps", "10", "--eval-steps", "5")
     assert result.exit_code == 0, result.output
@@ -141,5 +147,20 @@ def test_progress_is_plain_lines_when_piped(tmp_path: Path, tiny_llama_dir: Path
     assert len(lines) >= 5 and lines[-1].startswith("train step 10/10 · loss ")
     assert all("ETA" in line and "tok/s" in line for line in lines)  # one line each, never wrapped at 80
     evals = [line for line in result.output.splitlines() if line.startswith("eval at step ")]
-    assert any(line.startswith("eval at step 5: batch 1/") and "ETA" in line for line in evals), evals
     assert [line.split(":")[0] for line in evals if "loss" in line] == ["eval at step 5", "eval at step 10"]
+    assert any(line.startswith("eval at step 5: batch 1/") and "ETA" in line for line in evals), evals
+
+
+def test_a_packed_small_dataset_is_named_as_few_updates_per_epoch() -> None:
+    """150 short examples packed into 7 rows of 1,024 tokens at 16 rows per update: 1 update per epoch."""
+    from types import SimpleNamespace
+
+    from expertkit.train.run import epoch_shape
+
+    sixteen = SimpleNamespace(batch_size=2, gradient_accumulation_steps=8)
+    shape = epoch_shape(sixteen, {"train": {"rows": 7, "examples": 143}}, 1)  # type: ignore[arg-type]
+    assert (shape.rows, shape.rows_per_update, shape.updates_per_epoch, shape.epochs(60)) == (7, 16, 1, 60.0)
+    assert "set training.config.packing to false" in (shape.advice() or "")
+    eight = SimpleNamespace(batch_size=2, gradient_accumulation_steps=4)
+    unpacked = epoch_shape(eight, {"train": {"rows": 143, "examples": 143}}, 1)  # type: ignore[arg-type]
+    assert unpacked.updates_per_epoch == 18 and unpacked.advice() is None
