@@ -30,8 +30,8 @@ def check_target_modules(loaded: LoadedManifest, ctx: CheckContext) -> tuple[lis
             continue
         if not resolved.ready:
             notes.append(
-                f"base model '{entry.name}' is not pulled yet; target modules not checked"
-                f" (run: expert-cli models pull {entry.name})"
+                f"base model '{entry.name}' is not prepared yet, so target modules were not checked; the first"
+                f" command that loads it prepares it (about 20 s), or: expert-cli models pull {entry.name}"
             )
             continue
         problems += template_family_problems(entry.prompt_template, read_chat_template(resolved.path), m, entry.name)

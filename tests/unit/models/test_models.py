@@ -104,8 +104,8 @@ def test_target_check_skips_models_that_are_not_pulled(tmp_path: Path) -> None:
     report, _ = validate_manifest(write_manifest(tmp_path, load_valid("v2_minimal.json")), (check_target_modules,))
     assert report.ok
     assert report.notes == [
-        "base model 'SmolLM2-135M-Instruct' is not pulled yet; target modules not checked"
-        " (run: expert-cli models pull SmolLM2-135M-Instruct)"
+        "base model 'SmolLM2-135M-Instruct' is not prepared yet, so target modules were not checked; the first"
+        " command that loads it prepares it (about 20 s), or: expert-cli models pull SmolLM2-135M-Instruct"
     ]
 
 
