@@ -68,6 +68,7 @@ def _tokens_table(meta: dict[str, Any]) -> Table:
     table = Table(title="tokens and packing", title_justify="left")
     for column in ("split", "examples", "tokens", "trained", "masking ratio", "p50", "p95", "max", "rows", "packing"):
         table.add_column(column, justify="right")
+    packed = meta.get("parameters", {}).get("packing", True)  # off: one example per row, padded per batch
     for split in ("train", "eval"):
         stats, packing = meta["tokens"][split], meta["packing"][split]
         if not stats["examples"]:
@@ -75,7 +76,7 @@ def _tokens_table(meta: dict[str, Any]) -> Table:
         table.add_row(
             split, str(stats["examples"]), str(stats["tokens"]), str(stats["trained_tokens"]),
             f"{stats['supervised_ratio']:.1%} trained", str(stats["p50"]), str(stats["p95"]), str(stats["max"]),
-            str(packing["rows"]), f"{packing['efficiency']:.1%}",
+            str(packing["rows"]), f"{packing['efficiency']:.1%}" if packed else "off",
         )  # fmt: skip
     return table
 
