@@ -14,3 +14,5 @@ SOFT_PROMPT_DIR = "soft_prompts"
 TRAINING_META = "training_meta.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
+CHECKPOINT_DIR = "checkpoints"  # weights/<model>/checkpoints/: guarded checkpoints while training
+PHASES_DIR = "phases"  # weights/<model>/phases/<NN>-<name>/: each curriculum phase's published weights

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from expertkit.train.run import TrainRequest, train_expert
+from expertkit.train.job import TrainRequest
+from expertkit.train.run import train_expert
 
 pytestmark = pytest.mark.integration
 

@@ -1,8 +1,13 @@
-"""Imports flow one way between lifecycle stages, and nothing in the library imports the CLI."""
+"""The shape of the source: imports flow one way between lifecycle stages, no module takes part in
+an import circle (function-level imports count: they hide circles, they do not remove them), and
+the cheap commands stay cheap (no torch behind ``--help`` or ``validate``)."""
 
 from __future__ import annotations
 
 import ast
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "expertkit"
@@ -16,45 +21,148 @@ ALLOWED: dict[str, set[str]] = {
     "package": {"manifest", "models"},
     "runtime": {"manifest", "models", "data", "package", "grammars"},
     "serve": {"manifest", "models", "data", "package", "runtime", "grammars"},
-    "eval": {"manifest", "models", "data", "train", "package", "runtime", "grammars"},  # the curriculum's gates
-    "cli": {"manifest", "models", "data", "train", "package", "runtime", "serve", "eval", "grammars"},
+    "eval": {"manifest", "models", "data", "package", "runtime", "grammars"},
+    # orchestration across stages (the curriculum: train, evaluate, gate) lives above them
+    "workflows": {"manifest", "models", "data", "train", "package", "runtime", "eval", "grammars"},
+    "cli": {"manifest", "models", "data", "train", "package", "runtime", "serve", "eval", "workflows", "grammars"},
 }
 STAGES = set(ALLOWED)
 
 
-def imported_stages(path: Path) -> set[str]:
-    stages = set()
+def module_name(path: Path) -> str:
+    return ".".join(("expertkit", *path.relative_to(SRC).with_suffix("").parts)).removesuffix(".__init__")
+
+
+MODULES = {module_name(path): path for path in sorted(SRC.rglob("*.py"))}
+
+
+def _owner(name: str) -> str | None:
+    """The module a dotted name lives in (``a.b.C`` → ``a.b``), if it is ours."""
+    while name and name not in MODULES:
+        name = name.rpartition(".")[0]
+    return name or None
+
+
+def imports_of(name: str) -> set[str]:
+    """Every expertkit module ``name`` imports, anywhere in the file (``from pkg import sub`` → ``pkg.sub``)."""
+    path = MODULES[name]
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str | None] = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        names = []
         if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module]
-        for name in names:
-            parts = name.split(".")
-            if parts[0] == "expertkit" and len(parts) > 1 and parts[1] in STAGES:
-                stages.add(parts[1])
-    return stages
+            found |= {_owner(alias.name) for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
+            module = ".".join([*base, *([node.module] if node.module else [])])
+            for alias in node.names:
+                found.add(f"{module}.{alias.name}" if f"{module}.{alias.name}" in MODULES else _owner(module))
+    return {m for m in found if m is not None and m != name}
+
+
+GRAPH = {name: imports_of(name) for name in MODULES}
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+    for root in graph:
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, edges = work[-1]
+            child = next(edges, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph[child]))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    found.append(sorted(component))
+    return found
+
+
+def stage_of(name: str) -> str | None:
+    parts = name.split(".")
+    return parts[1] if len(parts) > 2 or (len(parts) == 2 and parts[1] in STAGES) else None
+
+
+def test_no_module_takes_part_in_an_import_circle() -> None:
+    assert circles(GRAPH) == []
+
+
+def test_the_circle_finder_finds_a_circle_hidden_in_a_function() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert circles(graph) == [["a", "b", "c"]]
+    hidden = ast.parse("def f():\n    from expertkit.cli.app import app\n")
+    assert any(isinstance(node, ast.ImportFrom) for node in ast.walk(hidden))
 
 
 def test_imports_flow_one_way() -> None:
     backwards = []
-    for path in sorted(SRC.rglob("*.py")):
-        relative = path.relative_to(SRC).parts
-        stage = relative[0] if len(relative) > 1 else None
-        allowed = ALLOWED.get(stage, set()) | ({stage} if stage else set())
-        if stage is None:  # top-level shared modules may import no stage, except __main__ → cli
-            allowed = {"cli"} if relative[0] == "__main__.py" else set()
-        bad = imported_stages(path) - allowed
+    for name, imported in GRAPH.items():
+        stage = stage_of(name)
+        allowed = ALLOWED[stage] | {stage} if stage else set()
+        if name == "expertkit.__main__":  # top-level shared modules import no stage, except __main__ → cli
+            allowed = {"cli"}
+        bad = {stage_of(m) for m in imported if stage_of(m) is not None} - allowed
         if bad:
-            backwards.append(f"{path.relative_to(SRC)} imports {sorted(bad)}")
+            backwards.append(f"{name} imports {sorted(b for b in bad if b)}")
     assert backwards == []
 
 
-def test_every_module_imports_in_a_fresh_interpreter() -> None:
-    import importlib
+PROBE = """
+import json, sys
+from expertkit.cli.app import _register, app
+_register()
+try:
+    app(sys.argv[1:], standalone_mode=False)
+except BaseException:  # --help and failures exit; only the imports matter here
+    pass
+print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers", "peft"))))
+"""
 
-    for path in sorted(SRC.rglob("*.py")):
-        module = ".".join(("expertkit", *path.relative_to(SRC).with_suffix("").parts)).removesuffix(".__init__")
-        if module != "expertkit.__main__":
-            importlib.import_module(module)
+
+def heavy_imports(*args: str) -> list[str]:
+    done = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_help_and_validate_import_no_torch(tmp_path: Path) -> None:
+    """A fresh interpreter: ``--help`` and ``validate`` on a manifest never pay for torch or transformers."""
+    assert heavy_imports("--help") == []
+    manifest = SRC.parents[1] / "tests" / "fixtures" / "manifests" / "valid" / "v2_minimal.json"
+    (tmp_path / "manifest.json").write_text(manifest.read_text(encoding="utf-8"), encoding="utf-8")
+    assert heavy_imports("validate", "--expert", str(tmp_path)) == []
+
+
+def test_every_module_imports_in_a_fresh_interpreter() -> None:
+    """Every module, imported one after another in a new process (not the test process, which has
+    already loaded most of them): a module that only imports after some other one fails here."""
+    names = sorted(name for name in MODULES if name != "expertkit.__main__")
+    script = "import importlib, sys\nfor name in sys.argv[1:]:\n    importlib.import_module(name)\n"
+    done = subprocess.run([sys.executable, "-c", script, *names], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]

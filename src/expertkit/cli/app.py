@@ -6,9 +6,11 @@ import os
 import sys
 
 import typer
-from rich.console import Console
 
+from expertkit.cli.console import err_console, fail, out_console
 from expertkit.errors import ExpertkitError
+
+__all__ = ["app", "err_console", "fail", "main", "out_console"]
 
 app = typer.Typer(
     name="expert-cli",
@@ -18,16 +20,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
-out_console = Console(highlight=False, soft_wrap=True)
-
-
-def fail(error: ExpertkitError) -> None:
-    """Print a user-facing error (message and hint, no traceback) and exit with its code."""
-    err_console.print(f"[bold red]error:[/] {error.message}", markup=True, highlight=False)
-    if error.hint:
-        err_console.print(f"[dim]hint:[/] {error.hint}")
-    raise typer.Exit(error.exit_code)
 
 
 def _version(value: bool) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from expertkit.cli.app import fail, out_console
+from expertkit.cli.console import fail, out_console
 from expertkit.errors import ExpertkitError
 
 data_app = typer.Typer(help="Training data: prepare (cache + lineage sidecar) and inspect.", no_args_is_help=True)

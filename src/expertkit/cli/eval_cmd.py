@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from expertkit.cli.app import err_console, fail, out_console
+from expertkit.cli.console import err_console, fail, out_console
 from expertkit.errors import ExpertkitError
 from expertkit.manifest.sections import EvalFormat
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from expertkit.cli.app import fail, out_console
+from expertkit.cli.console import fail, out_console
 from expertkit.errors import ExpertkitError
 
 

@@ -8,7 +8,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from expertkit.cli.app import fail, out_console
+from expertkit.cli.console import fail, out_console
 from expertkit.errors import ExpertkitError
 
 manifest_app = typer.Typer(help="The manifest's fields: explain PATH.", no_args_is_help=True)

@@ -8,7 +8,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from expertkit.cli.app import err_console, fail, out_console
+from expertkit.cli.console import err_console, fail, out_console
 from expertkit.errors import ExpertkitError
 
 models_app = typer.Typer(

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from expertkit.cli.app import err_console, fail, out_console
+from expertkit.cli.console import err_console, fail, out_console
 from expertkit.errors import ExpertkitError
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from expertkit.cli.app import err_console, fail
+from expertkit.cli.console import err_console, fail
 from expertkit.errors import ExpertkitError
 
 

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from expertkit.cli.app import fail, out_console
+from expertkit.cli.console import fail, out_console
 from expertkit.errors import ExpertkitError
 
 

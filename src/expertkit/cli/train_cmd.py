@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from expertkit.cli.app import err_console, fail, out_console
+from expertkit.cli.console import err_console, fail, out_console
 from expertkit.errors import ExpertkitError
 
 MANIFEST = typer.Option(
@@ -81,8 +81,8 @@ def train(
 
     A manifest with training.phases trains them in order, each from the last one's adapter, and runs
     the evaluation gate after each phase (stopping on a failure); --max-steps caps every phase."""
-    from expertkit.eval.curriculum import train_with_gates
-    from expertkit.train.run import TrainRequest
+    from expertkit.train.job import TrainRequest
+    from expertkit.workflows.curriculum import train_with_gates
 
     request = TrainRequest(manifest, model, resume, max_steps, progress=not as_json, eval_steps=eval_steps)
     try:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from expertkit.cli.app import out_console
+from expertkit.cli.console import out_console
 from expertkit.errors import ExpertkitError, UsageError
 
 
@@ -32,7 +32,7 @@ def validate(
     ),
 ) -> None:
     """Check a manifest and report every problem at once (exit 0 valid, 1 invalid, 2 usage)."""
-    from expertkit.cli.app import fail
+    from expertkit.cli.console import fail
     from expertkit.manifest.load import manifest_file, no_manifest
     from expertkit.manifest.validate import ExtraCheck, validate_manifest
 

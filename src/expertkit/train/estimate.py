@@ -205,9 +205,10 @@ def estimate_expert(
     from expertkit.data.prepare import DEFAULT_MAX_SEQ_LENGTH
     from expertkit.models.targets import load_checked_manifest
     from expertkit.train.adapters import adapter_to_train
+    from expertkit.train.job import weights_dir_for
     from expertkit.train.outputs import META_FILE
     from expertkit.train.plan import resolve_plan
-    from expertkit.train.run import resolved_base, weights_dir_for
+    from expertkit.train.run import resolved_base
 
     loaded = load_checked_manifest(target)
     entry = loaded.manifest.base_model(model)

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import resource
+import shutil
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
+from expertkit.errors import UsageError
+from expertkit.fsutil import atomic_directory
+from expertkit.layout import ADAPTER_SUBDIR, FULL_SUBDIR, SOFT_PROMPT_DIR
 from expertkit.models.fingerprint import fingerprint
 from expertkit.models.template_probe import probe_record
 from expertkit.models.tokens import special_tokens_record
-from expertkit.train.checkpoints import clear_staging
+from expertkit.train.checkpoints import clear_staging, newest_checkpoint
+from expertkit.train.job import TrainJob, TrainResult
 from expertkit.train.outputs import CURVE_FILE, chat_template_sha256, library_versions, plot_loss_curve, write_meta
+from expertkit.train.selection import BestCheckpointSelector
 
-if TYPE_CHECKING:
-    from expertkit.train.run import TrainJob, TrainResult
+PUBLISHED_SUFFIXES = (".safetensors", ".json", ".txt", ".jinja")
 
 
 def peak_memory() -> dict[str, Any]:
@@ -58,9 +64,41 @@ def base_model_record(job: TrainJob) -> dict[str, Any]:
     }
 
 
-def finish_run(job: TrainJob, trainer: Any) -> TrainResult:
-    from expertkit.train.run import TrainResult, chosen_checkpoint, publish_weights, selection_summary
+def publish_weights(best_checkpoint: Path, weights_dir: Path) -> None:
+    """Copy the chosen checkpoint's adapter (or full model) and soft prompts into ``weights_dir``."""
+    for name in (ADAPTER_SUBDIR, FULL_SUBDIR, SOFT_PROMPT_DIR):
+        source = best_checkpoint / name
+        if not source.is_dir():
+            continue
+        with atomic_directory(weights_dir / name, replace=True) as staged:
+            for file in source.iterdir():
+                if file.suffix in PUBLISHED_SUFFIXES:  # not PEFT's boilerplate model card
+                    shutil.copy2(file, staged / file.name)
 
+
+def selection_summary(selector: BestCheckpointSelector) -> dict[str, Any]:
+    best = selector.best
+    return {
+        "best_step": best.step if best else None,
+        "reason": best.reason if best else "no evaluation passed the guards",
+        "stopped_early": selector.should_stop,
+        "guards": selector.guards.model_dump(mode="json"),
+        "history": selector.to_json(),
+    }
+
+
+def chosen_checkpoint(checkpoints: Path, selector: BestCheckpointSelector) -> Path:
+    best = selector.best
+    candidates = sorted(checkpoints.glob(f"checkpoint-{best.step}-*")) if best else []
+    if candidates:
+        return candidates[-1]
+    newest = newest_checkpoint(checkpoints)
+    if newest is None:
+        raise UsageError(f"no checkpoint was written in {checkpoints}", "train for at least one step")
+    return newest
+
+
+def finish_run(job: TrainJob, trainer: Any) -> TrainResult:
     if not trainer.args.should_save:  # non-zero ranks under accelerate launch
         return TrainResult(job.weights_dir, {}, None)
     clear_staging(job.checkpoints)

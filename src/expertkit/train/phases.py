@@ -1,12 +1,12 @@
 """A curriculum (MyPT's phased SFT): ``training.phases`` trained in order, each phase starting from
 the adapter the one before it published.
 
-A phase is an ordinary run of :func:`~expertkit.train.run.train_expert` with the phase's sources
-(plus its replay share of earlier phases' examples, :mod:`expertkit.data.replay`) and its own
-learning rate and length; its published weights are kept in ``weights/<model>/phases/<NN>-<name>/``
-and recorded in ``phases.json``. ``after_phase`` (the evaluation gate, given by the caller: training
-does not import evaluation) may stop the curriculum by returning failures. With ``resume``, phases
-already finished on the same data are skipped and the interrupted one resumes from its checkpoint.
+This module holds what a phase *is* (its config, its directory, the ledger); running the phases in
+order with a gate after each is a workflow (:mod:`expertkit.workflows.curriculum`). A phase is an
+ordinary run of :func:`~expertkit.train.run.train_expert` with the phase's sources (plus its replay
+share of earlier phases' examples, :mod:`expertkit.data.replay`) and its own learning rate and
+length; its published weights are kept in ``weights/<model>/phases/<NN>-<name>/`` and recorded in
+``phases.json``.
 """
 
 from __future__ import annotations
@@ -14,20 +14,15 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from expertkit.errors import ExpertkitError
 from expertkit.fsutil import atomic_directory, write_text_atomic
-from expertkit.layout import ADAPTER_SUBDIR, SOFT_PROMPT_DIR, TRAINING_META
+from expertkit.layout import ADAPTER_SUBDIR, PHASES_DIR, SOFT_PROMPT_DIR, TRAINING_META
 from expertkit.manifest.sections import TrainingConfig, TrainingPhase
-from expertkit.train.checkpoints import newest_checkpoint
 
-if TYPE_CHECKING:
-    from expertkit.train.run import TrainRequest
-
-PHASES_DIR = "phases"
 PHASES_LEDGER = "phases.json"
 
 
@@ -105,53 +100,3 @@ def finished_phases(weights_dir: Path, phases: list[TrainingPhase]) -> list[dict
             break
         done.append(record)
     return done
-
-
-def run_phases(
-    request: TrainRequest,
-    phases: list[TrainingPhase],
-    after_phase: AfterPhase | None = None,
-    on_start: Callable[[Any, Any], None] | None = None,
-) -> list[PhaseOutcome]:
-    """Train every phase in order (the phases this call trained are returned); stop with
-    :class:`GateFailedError` when ``after_phase`` fails one.
-
-    ``request`` is for the whole curriculum; each phase runs it with ``phase`` and ``init_from`` set.
-    """
-    from expertkit.train.run import CHECKPOINT_DIR, train_expert
-
-    weights_dir = _weights_dir(request)
-    ledger = finished_phases(weights_dir, phases) if request.resume else []
-    init_from = phase_dir(weights_dir, len(ledger) - 1, phases[len(ledger) - 1]) if ledger else None
-    outcomes: list[PhaseOutcome] = []
-    for index in range(len(ledger), len(phases)):
-        phase = phases[index]
-        resume = request.resume and newest_checkpoint(weights_dir / CHECKPOINT_DIR) is not None
-        phase_request = replace(request, phase=phase.name, init_from=init_from, resume=resume)
-        result = train_expert(phase_request, on_start=on_start)
-        target = phase_dir(result.weights_dir, index, phase)
-        snapshot_phase(result.weights_dir, target)
-        # the phase is kept in its snapshot; its checkpoints would only confuse the next phase's --resume
-        shutil.rmtree(result.weights_dir / CHECKPOINT_DIR, ignore_errors=True)
-        outcome = PhaseOutcome(index, phase, result.weights_dir, result.meta)
-        if phase.gate and after_phase is not None:
-            outcome = replace(outcome, gate_failures=after_phase(outcome))
-        outcomes.append(outcome)
-        ledger.append(outcome.to_json())
-        write_ledger(result.weights_dir, ledger)
-        if outcome.gate_failures:
-            raise GateFailedError(
-                f"phase {index + 1} ({phase.name}) missed the evaluation gate:\n  "
-                + "\n  ".join(outcome.gate_failures),
-                f"its weights are in {target}; later phases were not trained",
-            )
-        init_from = target
-    return outcomes
-
-
-def _weights_dir(request: TrainRequest) -> Path:
-    from expertkit.manifest.load import load_manifest
-    from expertkit.train.run import weights_dir_for
-
-    loaded = load_manifest(request.target)
-    return weights_dir_for(loaded, loaded.manifest.base_model(request.model))

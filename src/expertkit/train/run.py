@@ -11,58 +11,33 @@ import dataclasses
 import math
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from expertkit.data.expert_data import prepare_expert_data
-from expertkit.errors import ExpertkitError, UsageError
-from expertkit.fsutil import atomic_directory
-from expertkit.layout import ADAPTER_SUBDIR, FULL_SUBDIR, SOFT_PROMPT_DIR, WEIGHTS_DIR
+from expertkit.errors import UsageError
+from expertkit.layout import CHECKPOINT_DIR
 from expertkit.manifest.load import LoadedManifest
 from expertkit.manifest.model import BaseModelEntry
 from expertkit.manifest.sections import TrainingPhase
 from expertkit.models.pull import ensure_ready
 from expertkit.models.resolve import ResolvedModel, resolve_model
 from expertkit.models.targets import load_checked_manifest
-from expertkit.naming import normalise_model_name
 from expertkit.train.adapters import adapter_to_train
 from expertkit.train.checkpoints import clear_staging, newest_checkpoint, read_ledger
+from expertkit.train.job import (
+    TrainingInterruptedError,
+    TrainJob,
+    TrainRequest,
+    TrainResult,
+    epoch_shape,
+    weights_dir_for,
+)
 from expertkit.train.phases import phase_config
 from expertkit.train.plan import TrainPlan, resolve_plan
 from expertkit.train.selection import BestCheckpointSelector
 
-CHECKPOINT_DIR = "checkpoints"
 EVAL_BUDGET = 0.2
-PUBLISHED_SUFFIXES = (".safetensors", ".json", ".txt", ".jinja")
-
-
-class TrainingInterruptedError(ExpertkitError):
-    exit_code = 130
-
-
-@dataclass(frozen=True)
-class TrainRequest:
-    target: Path
-    model: str | None = None
-    resume: bool = False
-    max_steps: int | None = None
-    progress: bool = True
-    phase: str | None = None  # one phase of training.phases (see expertkit.train.phases)
-    init_from: Path | None = None  # start from these published weights (the previous phase's)
-    eval_steps: int | None = None  # overrides training.config.eval_steps (evaluate + checkpoint every N steps)
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    weights_dir: Path
-    meta: dict[str, Any]
-    curve: Path | None
-
-
-def weights_dir_for(loaded: LoadedManifest, entry: BaseModelEntry) -> Path:
-    """``weights/<normalised-model>/`` beside the manifest: one directory per base model."""
-    return loaded.root / WEIGHTS_DIR / normalise_model_name(entry.name)
 
 
 def resolved_base(loaded: LoadedManifest, entry: BaseModelEntry) -> ResolvedModel:
@@ -102,40 +77,6 @@ def resume_point(
     return newest, ledger
 
 
-MIN_UPDATES_PER_EPOCH = 4  # fewer, and a small dataset is learned in a handful of optimizer updates
-
-
-@dataclass(frozen=True)
-class EpochShape:
-    """How the training rows fall into optimizer updates: what ``--max-steps N`` amounts to."""
-
-    rows: int  # training rows (packed rows when packing is on)
-    rows_per_update: int
-    updates_per_epoch: int
-    packed: bool  # several examples share a row
-
-    def epochs(self, steps: int) -> float:
-        return steps / self.updates_per_epoch
-
-    def advice(self) -> str | None:
-        """A note when an epoch is so few updates that a small dataset will barely be learned."""
-        if self.updates_per_epoch >= MIN_UPDATES_PER_EPOCH:
-            return None
-        fix = "set training.config.packing to false, or lower" if self.packed else "lower"
-        return (
-            f"an epoch is {self.updates_per_epoch} optimizer update(s) ({self.rows} training rows, "
-            f"{self.rows_per_update} per update): with this little data, {fix} "
-            "training.config.gradient_accumulation_steps"
-        )
-
-
-def epoch_shape(plan: TrainPlan, packing: dict[str, Any], world_size: int) -> EpochShape:
-    rows_per_update = plan.batch_size * plan.gradient_accumulation_steps * world_size
-    rows = max(packing["train"]["rows"], 1)
-    packed = packing["train"]["rows"] < packing["train"]["examples"]
-    return EpochShape(rows, rows_per_update, math.ceil(rows / rows_per_update), packed)
-
-
 def default_eval_steps(plan: TrainPlan, packing: dict[str, Any], world_size: int) -> tuple[int, int]:
     """(total optimizer steps, eval interval).
 
@@ -152,40 +93,6 @@ def default_eval_steps(plan: TrainPlan, packing: dict[str, Any], world_size: int
     eval_tokens = max(packing["eval"]["real_tokens"], 1)
     evaluations = min(10, max(2, int(EVAL_BUDGET * 3 * total * tokens_per_step / eval_tokens)))
     return total, max(1, math.ceil(total / evaluations))
-
-
-def publish_weights(best_checkpoint: Path, weights_dir: Path) -> None:
-    """Copy the chosen checkpoint's adapter (or full model) and soft prompts into ``weights_dir``."""
-    for name in (ADAPTER_SUBDIR, FULL_SUBDIR, SOFT_PROMPT_DIR):
-        source = best_checkpoint / name
-        if not source.is_dir():
-            continue
-        with atomic_directory(weights_dir / name, replace=True) as staged:
-            for file in source.iterdir():
-                if file.suffix in PUBLISHED_SUFFIXES:  # not PEFT's boilerplate model card
-                    shutil.copy2(file, staged / file.name)
-
-
-def selection_summary(selector: BestCheckpointSelector) -> dict[str, Any]:
-    best = selector.best
-    return {
-        "best_step": best.step if best else None,
-        "reason": best.reason if best else "no evaluation passed the guards",
-        "stopped_early": selector.should_stop,
-        "guards": selector.guards.model_dump(mode="json"),
-        "history": selector.to_json(),
-    }
-
-
-def chosen_checkpoint(checkpoints: Path, selector: BestCheckpointSelector) -> Path:
-    best = selector.best
-    candidates = sorted(checkpoints.glob(f"checkpoint-{best.step}-*")) if best else []
-    if candidates:
-        return candidates[-1]
-    newest = newest_checkpoint(checkpoints)
-    if newest is None:
-        raise UsageError(f"no checkpoint was written in {checkpoints}", "train for at least one step")
-    return newest
 
 
 def training_arguments(plan: TrainPlan, checkpoints: Path, total_steps: int, eval_steps: int) -> Any:
@@ -221,30 +128,6 @@ def training_arguments(plan: TrainPlan, checkpoints: Path, total_steps: int, eva
         disable_tqdm=True,
         ddp_find_unused_parameters=False,
     )
-
-
-@dataclass
-class TrainJob:
-    """Everything resolved before the loop starts."""
-
-    loaded: LoadedManifest
-    entry: BaseModelEntry
-    resolved: ResolvedModel
-    plan: TrainPlan
-    prepared: Any
-    tokenizer: Any
-    trainable: Any
-    weights_dir: Path
-    resume_from: Path | None
-    selector: BestCheckpointSelector
-    run_info: dict[str, Any]
-    total_steps: int
-    eval_steps: int
-    shape: EpochShape
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.weights_dir / CHECKPOINT_DIR
 
 
 def prepare_job(request: TrainRequest) -> TrainJob:

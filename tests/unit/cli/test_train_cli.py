@@ -155,7 +155,7 @@ def test_a_packed_small_dataset_is_named_as_few_updates_per_epoch() -> None:
     """150 short examples packed into 7 rows of 1,024 tokens at 16 rows per update: 1 update per epoch."""
     from types import SimpleNamespace
 
-    from expertkit.train.run import epoch_shape
+    from expertkit.train.job import epoch_shape
 
     sixteen = SimpleNamespace(batch_size=2, gradient_accumulation_steps=8)
     shape = epoch_shape(sixteen, {"train": {"rows": 7, "examples": 143}}, 1)  # type: ignore[arg-type]

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from expertkit.eval.defog import gold_alternatives
 from expertkit.eval.postgres import pg_bindir, shared_server
 from expertkit.eval.sets import load_set
+from expertkit.eval.sets.defog import gold_alternatives
 from expertkit.eval.sql_exec import execute, execution_match
 
 needs_postgres = pytest.mark.skipif(

@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from expertkit.train.run import TrainRequest, TrainResult, train_expert
+from expertkit.train.job import TrainRequest, TrainResult
+from expertkit.train.run import train_expert
 
 LORA = {"type": "lora", "r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}
 FAST = {"max_steps": 6, "batch_size": 2, "eval_steps": 6, "logging_steps": 2, "learning_rate": 5e-3, "bf16": False}

@@ -72,7 +72,8 @@ def test_adapter_trains_saves_and_reloads(kind: str, tmp_path: Path, tiny_llama_
 
 
 def test_trainable_parameters_change_frozen_do_not(tmp_path: Path, tiny_llama_dir: Path) -> None:
-    from expertkit.train.run import TrainRequest, train_expert
+    from expertkit.train.job import TrainRequest
+    from expertkit.train.run import train_expert
 
     expert = write_tiny_expert(tmp_path / "expert", [tiny_llama_dir])
     captured = {}

@@ -14,7 +14,8 @@ import torch
 from safetensors.torch import load_file
 
 from expertkit.train.checkpoints import checkpoint_step, complete_checkpoints
-from expertkit.train.run import TrainRequest, train_expert
+from expertkit.train.job import TrainRequest
+from expertkit.train.run import train_expert
 
 from .helpers import write_tiny_expert
 
@@ -23,7 +24,8 @@ SLOW_RUN = """
 import sys, time
 from pathlib import Path
 from transformers import TrainerCallback
-from expertkit.train.run import TrainRequest, TrainingInterruptedError, train_expert
+from expertkit.train.job import TrainingInterruptedError, TrainRequest
+from expertkit.train.run import train_expert
 
 class Slow(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):

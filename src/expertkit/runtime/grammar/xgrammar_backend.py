@@ -11,14 +11,9 @@ from typing import Any
 
 import torch
 
-from expertkit.runtime.grammar import (
-    GRAMMAR_BACKENDS,
-    CompileCache,
-    GrammarError,
-    GrammarSpec,
-    _compile_error,
-    tokenizer_key,
-)
+from expertkit.runtime.grammar.cache import CompileCache, tokenizer_key
+from expertkit.runtime.grammar.errors import GrammarError
+from expertkit.runtime.grammar.spec import GrammarSpec, compile_error
 
 
 class XGrammarMask:
@@ -66,7 +61,6 @@ class XGrammarCompiled:
         return bool(matcher.accept_string(text)) and bool(matcher.is_completed() or matcher.is_terminated())
 
 
-@GRAMMAR_BACKENDS.register("xgrammar")
 class XGrammarBackend:
     """Compiles per tokenizer; XGrammar's compiler caches grammars it has seen."""
 
@@ -102,7 +96,7 @@ class XGrammarBackend:
             else:
                 compiled = compiler.compile_grammar(spec.text)
         except (RuntimeError, ValueError) as exc:
-            raise _compile_error(spec, exc) from exc
+            raise compile_error(spec, exc) from exc
         result = XGrammarCompiled(compiled)
         self._compiled.put(key, result, int(getattr(compiled, "memory_size_bytes", 0)) or len(spec.text) + 1)
         return result

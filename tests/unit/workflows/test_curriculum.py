@@ -12,10 +12,10 @@ from safetensors.torch import load_file
 
 from expertkit.data.replay import Replay, replay_count, replay_mix
 from expertkit.errors import DataError
-from expertkit.eval.curriculum import train_with_gates
 from expertkit.manifest.validate import validate_manifest
+from expertkit.train.job import TrainRequest
 from expertkit.train.phases import GateFailedError, read_ledger
-from expertkit.train.run import TrainRequest
+from expertkit.workflows.curriculum import train_with_gates
 from unit.train.helpers import qa_records, write_tiny_expert
 
 

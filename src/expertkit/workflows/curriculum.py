@@ -2,22 +2,36 @@
 them in order and evaluates the gate (``evaluation.thresholds`` on ``evaluation.sets``) after every
 phase with ``gate: true``, stopping on the first failure; a manifest without phases is one run.
 
-It lives in the evaluation stage because the gate is an evaluation; training knows only that a
-callback may stop the curriculum.
+A workflow: it calls training and evaluation, which never import each other. With ``resume``,
+phases already finished on the same data are skipped and the interrupted one resumes from its
+checkpoint.
 """
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from expertkit.errors import UsageError
 from expertkit.eval.job import EvalRequest, run_eval
+from expertkit.layout import CHECKPOINT_DIR
 from expertkit.manifest.load import load_manifest
-from expertkit.manifest.sections import Evaluation
-from expertkit.train.phases import PhaseOutcome, run_phases
-from expertkit.train.run import TrainRequest, TrainResult, train_expert
+from expertkit.manifest.sections import Evaluation, TrainingPhase
+from expertkit.train.checkpoints import newest_checkpoint
+from expertkit.train.job import TrainRequest, TrainResult, weights_dir_for
+from expertkit.train.phases import (
+    AfterPhase,
+    GateFailedError,
+    PhaseOutcome,
+    finished_phases,
+    phase_dir,
+    snapshot_phase,
+    write_ledger,
+)
+from expertkit.train.run import train_expert
 
 
 @dataclass(frozen=True)
@@ -77,3 +91,48 @@ def train_with_gates(request: TrainRequest, on_start: Callable[[Any, Any], None]
     last = outcomes[-1] if outcomes else None
     final = TrainResult(last.weights_dir, last.meta, None) if last else None
     return CurriculumResult(final, outcomes, evaluations)
+
+
+def run_phases(
+    request: TrainRequest,
+    phases: list[TrainingPhase],
+    after_phase: AfterPhase | None = None,
+    on_start: Callable[[Any, Any], None] | None = None,
+) -> list[PhaseOutcome]:
+    """Train every phase in order (the phases this call trained are returned); stop with
+    :class:`GateFailedError` when ``after_phase`` fails one.
+
+    ``request`` is for the whole curriculum; each phase runs it with ``phase`` and ``init_from`` set.
+    """
+    weights_dir = _weights_dir(request)
+    ledger = finished_phases(weights_dir, phases) if request.resume else []
+    init_from = phase_dir(weights_dir, len(ledger) - 1, phases[len(ledger) - 1]) if ledger else None
+    outcomes: list[PhaseOutcome] = []
+    for index in range(len(ledger), len(phases)):
+        phase = phases[index]
+        resume = request.resume and newest_checkpoint(weights_dir / CHECKPOINT_DIR) is not None
+        phase_request = replace(request, phase=phase.name, init_from=init_from, resume=resume)
+        result = train_expert(phase_request, on_start=on_start)
+        target = phase_dir(result.weights_dir, index, phase)
+        snapshot_phase(result.weights_dir, target)
+        # the phase is kept in its snapshot; its checkpoints would only confuse the next phase's --resume
+        shutil.rmtree(result.weights_dir / CHECKPOINT_DIR, ignore_errors=True)
+        outcome = PhaseOutcome(index, phase, result.weights_dir, result.meta)
+        if phase.gate and after_phase is not None:
+            outcome = replace(outcome, gate_failures=after_phase(outcome))
+        outcomes.append(outcome)
+        ledger.append(outcome.to_json())
+        write_ledger(result.weights_dir, ledger)
+        if outcome.gate_failures:
+            raise GateFailedError(
+                f"phase {index + 1} ({phase.name}) missed the evaluation gate:\n  "
+                + "\n  ".join(outcome.gate_failures),
+                f"its weights are in {target}; later phases were not trained",
+            )
+        init_from = target
+    return outcomes
+
+
+def _weights_dir(request: TrainRequest) -> Path:
+    loaded = load_manifest(request.target)
+    return weights_dir_for(loaded, loaded.manifest.base_model(request.model))

@@ -22,7 +22,7 @@ from typing import Any
 
 from expertkit.errors import DataError
 from expertkit.eval.postgres import PostgresServer, shared_server
-from expertkit.eval.sets import SET_LOADERS, EvalItem
+from expertkit.eval.sets.base import EvalItem
 from expertkit.eval.tasks import create_tables, sql_messages, sqlite_type
 from expertkit.fsutil import atomic_directory
 from expertkit.home import expertkit_home
@@ -101,7 +101,6 @@ def sqlite_copy(server: PostgresServer, database: str, dump: Path) -> Path:
     return target / f"{database}.sqlite"
 
 
-@SET_LOADERS.register("defog")
 def load_defog(path: Path, answers: Path | None) -> list[EvalItem]:
     """``questions_gen_<dialect>.csv`` (``--answers``: the databases directory, default
     ``../databases``); bucket = query category, split = database."""

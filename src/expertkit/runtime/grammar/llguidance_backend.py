@@ -12,14 +12,10 @@ from typing import Any
 
 import torch
 
-from expertkit.runtime.grammar import (
-    GRAMMAR_BACKENDS,
-    CompileCache,
-    GrammarError,
-    GrammarSpec,
-    apply_bitmask,
-    tokenizer_key,
-)
+from expertkit.runtime.grammar.bitmask import apply_bitmask
+from expertkit.runtime.grammar.cache import CompileCache, tokenizer_key
+from expertkit.runtime.grammar.errors import GrammarError
+from expertkit.runtime.grammar.spec import GrammarSpec
 
 
 class LLGuidanceMask:
@@ -64,7 +60,6 @@ class LLGuidanceCompiled:
         return bool(matcher.consume_tokens(ids)) and bool(matcher.is_accepting())
 
 
-@GRAMMAR_BACKENDS.register("llguidance")
 class LLGuidanceBackend:
     def __init__(self) -> None:
         self._tokenizers: dict[str, Any] = {}

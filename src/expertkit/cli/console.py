@@ -1,0 +1,41 @@
+"""The CLI's consoles and its one way of reporting a user's error (``error:`` + ``hint:``, an exit
+code, never a traceback). Every command module imports these from here; ``app`` registers them."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from expertkit.errors import ExpertkitError
+
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+out_console = Console(highlight=False, soft_wrap=True)
+
+
+def fail(error: ExpertkitError) -> None:
+    """Print a user-facing error (message and hint, no traceback) and exit with its code."""
+    err_console.print(f"[bold red]error:[/] {error.message}", markup=True, highlight=False)
+    if error.hint:
+        err_console.print(f"[dim]hint:[/] {error.hint}")
+    raise typer.Exit(error.exit_code)
+
+
+Command = TypeVar("Command", bound=Callable[..., Any])
+
+
+def reports_errors(command: Command) -> Command:
+    """Run ``command``; an :class:`ExpertkitError` it raises becomes :func:`fail` (``typer`` reads the
+    wrapped signature, so options are unchanged)."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except ExpertkitError as error:
+            fail(error)
+
+    return wrapper  # type: ignore[return-value]
