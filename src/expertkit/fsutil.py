@@ -8,6 +8,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 def current_umask() -> int:
@@ -36,6 +37,26 @@ def write_text_atomic(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def save_figure_atomic(figure: Any, path: Path) -> Path:
+    """Save a matplotlib ``figure`` as ``path`` (the format from its suffix) through a temp file, then
+    rename; the figure is closed and the temp file removed whatever happens."""
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    shareable(fd)
+    os.close(fd)
+    try:
+        figure.savefig(tmp)
+        Path(tmp).replace(path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(figure)
+    return path
 
 
 @contextlib.contextmanager

@@ -7,6 +7,8 @@ with the trained ``adapter/`` (or ``model/`` for a full fine-tune), ``soft_promp
 
 from __future__ import annotations
 
+MANIFEST_FILE = "manifest.json"  # in an expert directory and at the root of a package
+LOCK_FILE = "expert.lock.json"  # written by package, beside the manifest in a package and an installed expert
 WEIGHTS_DIR = "weights"
 ADAPTER_SUBDIR = "adapter"
 FULL_SUBDIR = "model"

@@ -50,3 +50,27 @@ def test_write_text_atomic(tmp_path: Path) -> None:
     write_text_atomic(path, '{"x": 1}')
     assert path.read_text() == '{"x": 1}'
     assert [p.name for p in path.parent.iterdir()] == ["b.json"]
+
+
+def test_a_failed_figure_save_leaves_no_temp_file_and_no_open_figure(tmp_path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from expertkit.fsutil import save_figure_atomic
+
+    figure, axes = plt.subplots()
+    axes.plot([0, 1], [1, 0])
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    figure.savefig = broken  # type: ignore[method-assign]
+    with pytest.raises(OSError, match="disk full"):
+        save_figure_atomic(figure, tmp_path / "curve.png")
+    assert list(tmp_path.iterdir()) == []
+    assert not plt.fignum_exists(figure.number)
+    good, axes = plt.subplots()
+    assert save_figure_atomic(good, tmp_path / "ok.png").read_bytes().startswith(b"\x89PNG")
+    assert [p.name for p in tmp_path.iterdir()] == ["ok.png"]

@@ -9,6 +9,7 @@ import typer
 
 from expertkit.cli.console import out_console
 from expertkit.errors import ExpertkitError, UsageError
+from expertkit.layout import MANIFEST_FILE
 
 
 def _target(path: Path | None, expert: Path | None, manifest: Path | None) -> Path:
@@ -17,7 +18,7 @@ def _target(path: Path | None, expert: Path | None, manifest: Path | None) -> Pa
         raise UsageError("give one of PATH, --expert or --manifest")
     if given:
         return given[0]
-    return Path("manifest.json")
+    return Path(MANIFEST_FILE)
 
 
 def validate(

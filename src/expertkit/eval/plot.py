@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from expertkit.fsutil import shareable
+from expertkit.fsutil import save_figure_atomic
 
 
 def plot_buckets(result: dict[str, Any], path: Path) -> Path:
@@ -42,11 +40,4 @@ def plot_buckets(result: dict[str, Any], path: Path) -> Path:
     axes.set_title(f"{result.get('expert_system')} on {result.get('set')}: {result.get('metric')} per bucket")
     axes.legend()
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    shareable(fd)
-    os.close(fd)
-    figure.savefig(tmp)
-    plt.close(figure)
-    Path(tmp).replace(path)
-    return path
+    return save_figure_atomic(figure, path)

@@ -10,12 +10,12 @@ from typing import Any
 from pydantic import ValidationError
 
 from expertkit.errors import ManifestError
+from expertkit.layout import MANIFEST_FILE
 from expertkit.manifest.model import SCHEMA_VERSIONS, BaseModelEntry, ManifestV1, ManifestV2
 from expertkit.manifest.report import Problem, describe, json_path
 from expertkit.manifest.schema import load_schema
 from expertkit.manifest.schema_errors import schema_problems
 
-MANIFEST_FILE = "manifest.json"
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 
 

@@ -18,6 +18,7 @@ from typing import Any
 from expertkit.errors import ScaffoldError
 from expertkit.fsutil import atomic_directory
 from expertkit.grammars import grammar_text
+from expertkit.layout import MANIFEST_FILE
 from expertkit.manifest.model import NAME_PATTERN
 from expertkit.manifest.presets import TASK_PRESETS, TaskPreset
 from expertkit.manifest.samples import task_samples
@@ -171,7 +172,7 @@ def scaffold_expert(
             _use_data(manifest, data, tmp)
         else:
             (tmp / "data" / "train.jsonl").write_text(_sample_records(task), encoding="utf-8")
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         (tmp / "README.md").write_text(_readme(name, task, preset), encoding="utf-8")
         year = dt.date.today().year
         (tmp / "LICENSE").write_text(

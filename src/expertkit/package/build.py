@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from expertkit.layout import ADAPTER_CONFIG, ADAPTER_SUBDIR, ADAPTER_WEIGHTS, WEIGHTS_DIR
+from expertkit.layout import ADAPTER_CONFIG, ADAPTER_SUBDIR, ADAPTER_WEIGHTS, MANIFEST_FILE, WEIGHTS_DIR
 from expertkit.manifest.load import LoadedManifest
 from expertkit.models.fingerprint import Fingerprint, fingerprint, sha256_file, text_sha256
 from expertkit.models.load import load_tokenizer
@@ -39,7 +39,6 @@ from expertkit.package.contents import (
 )
 from expertkit.package.lock import LOCK_FILE, LockInputs, build_lock, lock_bytes
 
-MANIFEST_MEMBER = "manifest.json"
 PACKAGE_SUFFIX = ".expert"
 
 
@@ -132,7 +131,7 @@ def gather_members(loaded: LoadedManifest, weights: ExpertWeights) -> dict[str, 
     members.update(soft_prompt_files(loaded, weights))
     members.update(evaluation_files(weights))
     manifest = resolved_manifest(loaded, weights, set(members))
-    members[MANIFEST_MEMBER] = (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    members[MANIFEST_FILE] = (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
     return members
 
 

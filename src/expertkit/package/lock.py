@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from expertkit.errors import ExpertkitError
+from expertkit.layout import LOCK_FILE
 from expertkit.models.fingerprint import Fingerprint, text_sha256
 from expertkit.models.template_probe import first_difference, probe_record
 
-LOCK_FILE = "expert.lock.json"
 LOCK_VERSION = 1
 REQUIRED_KEYS = ("lock_version", "expert", "base_model", "chat_template", "probe", "special_tokens", "files")
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from expertkit.fsutil import atomic_directory
 from expertkit.home import expertkit_home
-from expertkit.layout import ADAPTER_SUBDIR, SOFT_PROMPT_DIR, TRAINING_META, WEIGHTS_DIR
+from expertkit.layout import ADAPTER_SUBDIR, MANIFEST_FILE, SOFT_PROMPT_DIR, TRAINING_META, WEIGHTS_DIR
 from expertkit.manifest.load import LoadedManifest, load_manifest
 from expertkit.naming import normalise_model_name
 from expertkit.package.archive import PackageError, extract_archive
@@ -119,7 +119,7 @@ def _from_directory(
 ) -> ExpertFiles:
     """The expert in ``directory``. An unpacked package (it has a lock) is untrusted and re-checked
     in full (files, lock, manifest paths, signature): the one loading path for every reference."""
-    if not (directory / "manifest.json").is_file():
+    if not (directory / MANIFEST_FILE).is_file():
         raise PackageError(f"{directory} has no manifest.json", "give an expert directory, package or installed name")
     loaded = load_manifest(directory)
     lock_path = directory / LOCK_FILE

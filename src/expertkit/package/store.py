@@ -18,11 +18,12 @@ from typing import Any
 
 from expertkit.fsutil import atomic_directory, write_text_atomic
 from expertkit.home import expertkit_home
+from expertkit.layout import MANIFEST_FILE
 from expertkit.package.archive import PackageError, extract_archive
 from expertkit.package.consistency import lock_problems, packaged_manifest
 from expertkit.package.recheck import INSTALL_RECORD, SIGNATURE_COPY
 from expertkit.package.signing import PublicKey, default_trusted_keys_dir, signature_path, trusted_keys
-from expertkit.package.verify import MANIFEST_MEMBER, verify_package
+from expertkit.package.verify import verify_package
 
 _SEMVER = re.compile(r"^(\d+)\.(\d+)\.(\d+)(?:-([0-9A-Za-z.-]+))?(?:\+.*)?$")
 
@@ -76,7 +77,7 @@ def install_package(
             of this name and version is installed (without ``force``).
     """
     report = verify_package(package, _keys(require_signature, trusted_keys_dir), require_signature)
-    manifest = packaged_manifest(report.scan.contents.get(MANIFEST_MEMBER), package.name)
+    manifest = packaged_manifest(report.scan.contents.get(MANIFEST_FILE), package.name)
     if report.lock is None:  # verify_package already refuses this; kept explicit for the type checker
         raise PackageError(f"{package.name} has no readable expert.lock.json", "re-package the expert")
     configs = {n: report.scan.contents[n] for n in report.scan.contents if n.endswith("adapter_config.json")}

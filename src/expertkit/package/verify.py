@@ -10,13 +10,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from expertkit.layout import MANIFEST_FILE
 from expertkit.models.fingerprint import sha256_file
 from expertkit.package.archive import DEFAULT_LIMITS, ArchiveScan, Limits, PackageError, scan_archive
 from expertkit.package.checksum import checksum_path, read_checksum
 from expertkit.package.lock import LOCK_FILE, LockMismatchError, parse_lock
 from expertkit.package.signing import PublicKey, Signature, read_signature, signature_path, write_signature
-
-MANIFEST_MEMBER = "manifest.json"
 
 
 @dataclass
@@ -133,7 +132,7 @@ def _check_signed_content(report: VerifyReport, signature: Signature) -> None:
 
 
 def _small_member(name: str) -> bool:
-    return name in (LOCK_FILE, MANIFEST_MEMBER) or name.endswith("/adapter_config.json")
+    return name in (LOCK_FILE, MANIFEST_FILE) or name.endswith("/adapter_config.json")
 
 
 def inspect_package(

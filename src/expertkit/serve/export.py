@@ -19,6 +19,7 @@ from pathlib import Path
 
 from expertkit.errors import UsageError
 from expertkit.fsutil import atomic_directory, write_text_atomic
+from expertkit.layout import LOCK_FILE, MANIFEST_FILE
 from expertkit.models.resolve import resolve_model
 from expertkit.package.references import ExpertFiles, resolve_expert
 
@@ -108,7 +109,7 @@ def export_merged(reference: str, out: Path, force: bool = False) -> Path:
     with atomic_directory(out, replace=force) as staged:
         merged.save_pretrained(str(staged), safe_serialization=True)
         tokenizer.save_pretrained(str(staged))
-        for name in ("manifest.json", "expert.lock.json"):
+        for name in (MANIFEST_FILE, LOCK_FILE):
             if (files.root / name).is_file():
                 shutil.copy2(files.root / name, staged / f"expert-{name}")
     return out

@@ -18,8 +18,6 @@ from expertkit.registry import Registry
 AdapterBuilder = Callable[[Adapter, list[int] | None], Any]
 ADAPTERS: Registry[AdapterBuilder] = Registry()
 
-ADAPTER_DIR = "adapter"
-
 
 def _rank(adapter: Adapter) -> int:
     rank = adapter.r or adapter.rank

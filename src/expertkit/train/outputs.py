@@ -5,12 +5,10 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from expertkit.fsutil import shareable, write_text_atomic
+from expertkit.fsutil import save_figure_atomic, write_text_atomic
 from expertkit.layout import TRAINING_META
 
 META_FILE = TRAINING_META
@@ -69,10 +67,4 @@ def plot_loss_curve(log_history: list[dict[str, Any]], best_step: int | None, pa
     axes.grid(alpha=0.3)
     axes.legend()
     figure.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    shareable(fd)
-    os.close(fd)
-    figure.savefig(tmp)
-    plt.close(figure)
-    Path(tmp).replace(path)
-    return path
+    return save_figure_atomic(figure, path)
