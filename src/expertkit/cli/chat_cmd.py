@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from expertkit.cli.console import err_console, fail, out_console
+from expertkit.cli.console import err_console, out_console, reports_errors
 from expertkit.errors import ExpertkitError
 
 HELP = "commands: /reset  /expert NAME|auto|base  /params  /help  /quit"
@@ -22,6 +22,7 @@ def _overrides(**values: Any) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None} | ({"stop_sequences": stops} if stops else {})
 
 
+@reports_errors
 def chat(
     experts: str = typer.Option("", "--experts", "-e", help="Comma-separated experts: names, name@version, paths."),
     prompt: str | None = typer.Option(
@@ -63,12 +64,8 @@ def chat(
         dtype=dtype,
         router_embedder=router_embedder,
     )
-    try:
-        with err_console.status("loading the base model and experts…"):
-            session, notes = open_session(request)
-    except ExpertkitError as error:
-        fail(error)
-        return
+    with err_console.status("loading the base model and experts…"):
+        session, notes = open_session(request)
     for note in notes:
         err_console.print(f"[yellow]note:[/] {escape(note)}")
     text = prompt if prompt is not None else (sys.stdin.read() if not sys.stdin.isatty() else None)
@@ -100,16 +97,13 @@ def _show_routing(routing: dict[str, Any] | None) -> None:
     err_console.print(f"[dim]{escape(routing['reason'])}[/]")
 
 
+@reports_errors
 def _one_shot(session: Any, text: str, as_json: bool, verbose: bool, explain: bool) -> None:
-    try:
-        if as_json:
-            answer = session.respond(text)
-        else:
-            answer = session.respond(text, on_text=lambda piece: out_console.print(piece, end="", markup=False))
-            out_console.print()
-    except ExpertkitError as error:
-        fail(error)
-        return
+    if as_json:
+        answer = session.respond(text)
+    else:
+        answer = session.respond(text, on_text=lambda piece: out_console.print(piece, end="", markup=False))
+        out_console.print()
     if as_json:
         print(json.dumps(answer.to_json(), ensure_ascii=False))
     if verbose:

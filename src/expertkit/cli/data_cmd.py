@@ -7,8 +7,7 @@ from pathlib import Path
 
 import typer
 
-from expertkit.cli.console import fail, out_console
-from expertkit.errors import ExpertkitError
+from expertkit.cli.console import fail, out_console, reports_errors
 
 data_app = typer.Typer(help="Training data: prepare (cache + lineage sidecar) and inspect.", no_args_is_help=True)
 
@@ -22,6 +21,7 @@ MODEL = typer.Option(None, "--model", help="Base model of a multi-model manifest
 
 
 @data_app.command("prepare")
+@reports_errors
 def prepare(
     expert: Path = EXPERT,
     model: str | None = MODEL,
@@ -32,11 +32,7 @@ def prepare(
     from expertkit.data.expert_data import prepare_expert_data, validators_error
     from expertkit.data.summary import summary_view
 
-    try:
-        prepared, _ = prepare_expert_data(expert, model, force=force, progress=not as_json, enforce=False)
-    except ExpertkitError as error:
-        fail(error)
-        return
+    prepared, _ = prepare_expert_data(expert, model, force=force, progress=not as_json, enforce=False)
     if as_json:
         print(json.dumps(prepared.meta, indent=2, ensure_ascii=False))
     else:
@@ -46,6 +42,7 @@ def prepare(
 
 
 @data_app.command("inspect")
+@reports_errors
 def inspect(
     expert: Path = EXPERT,
     model: str | None = MODEL,
@@ -55,11 +52,7 @@ def inspect(
     from expertkit.data.expert_data import prepare_expert_data, validators_error
     from expertkit.data.summary import example_view, summary_view
 
-    try:
-        prepared, tokenizer = prepare_expert_data(expert, model, progress=True, enforce=False)
-    except ExpertkitError as error:
-        fail(error)
-        return
+    prepared, tokenizer = prepare_expert_data(expert, model, progress=True, enforce=False)
     examples = prepared.load("examples")
     markers = out_console.color_system is None  # piped or NO_COLOR: bracket trained text instead
     for index in range(min(count, len(examples))):

@@ -11,13 +11,13 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from expertkit.cli.console import err_console, fail, out_console
-from expertkit.errors import ExpertkitError
+from expertkit.cli.console import err_console, out_console, reports_errors
 from expertkit.manifest.sections import EvalFormat
 
 PLAIN_EVERY = 5  # answers between progress lines when stderr is not a terminal
 
 
+@reports_errors
 def eval_expert(
     expert: str = typer.Option(..., "--expert", help="Expert: name, name@version, directory or package."),
     set_path: Path | None = typer.Option(None, "--set", help="Evaluation set file (default: the manifest's)."),
@@ -71,13 +71,9 @@ def eval_expert(
             elapsed = time.monotonic() - started
             err_console.print(f"eval {system}: {counts[system]} answers, {elapsed:.0f} s", highlight=False)
 
-    try:
-        with Progress(*columns, console=err_console, transient=True, disable=plain) as progress:
-            task = progress.add_task("evaluating", total=None)
-            results = run_eval(request, on_item=lambda system, r: on_item(progress, task, system))
-    except ExpertkitError as error:
-        fail(error)
-        return
+    with Progress(*columns, console=err_console, transient=True, disable=plain) as progress:
+        task = progress.add_task("evaluating", total=None)
+        results = run_eval(request, on_item=lambda system, r: on_item(progress, task, system))
     failures = []
     for result in results:
         if as_json:

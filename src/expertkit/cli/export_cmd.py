@@ -7,8 +7,7 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from expertkit.cli.console import err_console, fail, out_console
-from expertkit.errors import ExpertkitError
+from expertkit.cli.console import err_console, out_console, reports_errors
 
 export_app = typer.Typer(
     help="Serve beyond one machine: vLLM multi-LoRA, or a merged standalone model.", no_args_is_help=True
@@ -16,6 +15,7 @@ export_app = typer.Typer(
 
 
 @export_app.command("vllm")
+@reports_errors
 def vllm(
     experts: list[str] = typer.Argument(None, help="Experts (names, name@version, paths)."),
     all_installed: bool = typer.Option(False, "--all-installed", help="Every installed expert (newest versions)."),
@@ -29,17 +29,14 @@ def vllm(
     references = list(experts or [])
     if all_installed:
         references += sorted({r.name for r in list_installed()})
-    try:
-        result = export_vllm(references, out, port)
-    except ExpertkitError as error:
-        fail(error)
-        return
+    result = export_vllm(references, out, port)
     for name, why in result.skipped.items():
         err_console.print(f"[yellow]skipped {escape(name)}:[/] {escape(why)}")
     out_console.print(f"wrote {escape(str(result.script))} ({len(result.modules)} LoRA modules)")
 
 
 @export_app.command("merged")
+@reports_errors
 def merged(
     expert: str = typer.Argument(..., help="Expert (name, name@version, path)."),
     out: Path = typer.Option(..., "--out", help="Directory for the merged model."),
@@ -48,10 +45,6 @@ def merged(
     """Merge the expert's adapter into its base model and save a standalone safetensors model."""
     from expertkit.serve.export import export_merged
 
-    try:
-        with err_console.status("merging…"):
-            path = export_merged(expert, out, force)
-    except ExpertkitError as error:
-        fail(error)
-        return
+    with err_console.status("merging…"):
+        path = export_merged(expert, out, force)
     out_console.print(f"wrote {escape(str(path))}")

@@ -7,10 +7,10 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from expertkit.cli.console import fail, out_console
-from expertkit.errors import ExpertkitError
+from expertkit.cli.console import out_console, reports_errors
 
 
+@reports_errors
 def init(
     name: Path = typer.Argument(..., help="Directory to create; its last part is the expert's name."),
     task: str = typer.Option("generic", "--task", help="sql, json, cypher, typescript or generic."),
@@ -25,11 +25,7 @@ def init(
     """Scaffold a new expert (manifest, README, LICENSE, sample data, grammar)."""
     from expertkit.manifest.scaffold import scaffold_expert
 
-    try:
-        directory = scaffold_expert(name, task, base_model=base_model, force=force, data=data)
-    except ExpertkitError as error:
-        fail(error)
-        return
+    directory = scaffold_expert(name, task, base_model=base_model, force=force, data=data)
     from expertkit.manifest.scaffold import next_steps
 
     what = f"your data ({escape(data.name)})" if data is not None else "sample data"

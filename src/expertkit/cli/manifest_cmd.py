@@ -8,13 +8,13 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from expertkit.cli.console import fail, out_console
-from expertkit.errors import ExpertkitError
+from expertkit.cli.console import out_console, reports_errors
 
 manifest_app = typer.Typer(help="The manifest's fields: explain PATH.", no_args_is_help=True)
 
 
 @manifest_app.command("explain")
+@reports_errors
 def explain(
     path: str = typer.Argument(..., help="A field path, e.g. training.dataset.checks or base_models.adapters.r."),
     as_json: bool = typer.Option(False, "--json", help="Print the rows as JSON."),
@@ -22,11 +22,7 @@ def explain(
     """Type, default, allowed values and meaning of a manifest field and the fields below it."""
     from expertkit.manifest.reference import explain as explain_path
 
-    try:
-        rows = explain_path(path)
-    except ExpertkitError as error:
-        fail(error)
-        return
+    rows = explain_path(path)
     if as_json:
         print(json.dumps([row.to_json() for row in rows], indent=2, ensure_ascii=False))
         return

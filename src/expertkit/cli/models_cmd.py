@@ -8,8 +8,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from expertkit.cli.console import err_console, fail, out_console
-from expertkit.errors import ExpertkitError
+from expertkit.cli.console import err_console, out_console, reports_errors
 
 models_app = typer.Typer(
     help="Base models: list, pull (make a model ready offline, once), info (fingerprint), run.", no_args_is_help=True
@@ -37,6 +36,7 @@ def list_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) 
 
 
 @models_app.command("pull")
+@reports_errors
 def pull(
     name: str = typer.Argument(..., help="Embedded model name, .gguf path, directory or hub id."),
 ) -> None:
@@ -46,16 +46,13 @@ def pull(
     Commands that need the embedded model prepare it themselves on first use."""
     from expertkit.models.pull import pull_model
 
-    try:
-        with err_console.status("pulling…") as status:
-            resolved = pull_model(name, report=lambda text: status.update(escape(text)))
-    except ExpertkitError as error:
-        fail(error)
-        return
+    with err_console.status("pulling…") as status:
+        resolved = pull_model(name, report=lambda text: status.update(escape(text)))
     out_console.print(f"{resolved.name} ready at {escape(str(resolved.path))}")
 
 
 @models_app.command("info")
+@reports_errors
 def info(
     name: str = typer.Argument(..., help="Model name or path."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
@@ -63,12 +60,8 @@ def info(
     """Fingerprint (weights hash, template hash, vocabulary, architecture) and target-module names."""
     from expertkit.models.info import model_info
 
-    try:
-        with err_console.status("resolving and fingerprinting…"):
-            result = model_info(name)
-    except ExpertkitError as error:
-        fail(error)
-        return
+    with err_console.status("resolving and fingerprinting…"):
+        result = model_info(name)
     data = result.to_json()
     if as_json:
         print(json.dumps(data, indent=2))
@@ -95,6 +88,7 @@ def info(
 
 
 @models_app.command("run")
+@reports_errors
 def run(
     name: str = typer.Argument(..., help="Model name or path."),
     prompt: str = typer.Option(..., "--prompt", "-p", help="One user message."),
@@ -107,10 +101,6 @@ def run(
     from expertkit.models.load import load_model
     from expertkit.models.pull import pull_model
 
-    try:
-        with err_console.status(f"loading {escape(name)}…"):
-            model, tokenizer = load_model(pull_model(name))
-    except ExpertkitError as error:
-        fail(error)
-        return
+    with err_console.status(f"loading {escape(name)}…"):
+        model, tokenizer = load_model(pull_model(name))
     out_console.print(generate_reply(model, tokenizer, prompt, max_new_tokens), highlight=False, markup=False)

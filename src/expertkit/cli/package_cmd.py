@@ -8,10 +8,10 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from expertkit.cli.console import err_console, fail, out_console
-from expertkit.errors import ExpertkitError
+from expertkit.cli.console import err_console, out_console, reports_errors
 
 
+@reports_errors
 def package(
     manifest: Path = typer.Option(
         Path(),
@@ -28,12 +28,8 @@ def package(
     """Build <name>-<model>.v<version>.expert (deterministic tar.gz with expert.lock.json) and its .sha256."""
     from expertkit.package.build import PackageRequest, package_expert
 
-    try:
-        with err_console.status("packaging…"):
-            result = package_expert(PackageRequest(manifest, weights, model, output, require_gate))
-    except ExpertkitError as error:
-        fail(error)
-        return
+    with err_console.status("packaging…"):
+        result = package_expert(PackageRequest(manifest, weights, model, output, require_gate))
     if as_json:
         files = {"package": str(result.path), "sha256": result.sha256, "checksum": str(result.checksum_path)}
         print(json.dumps({**files, "files": result.files}, indent=2))
@@ -44,6 +40,7 @@ def package(
         out_console.print(f"  {escape(name)}")
 
 
+@reports_errors
 def keygen(
     out: Path = typer.Option(..., "--out", help="Directory for expert.key (private, 0600) and expert.pub."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing keys."),
@@ -51,16 +48,13 @@ def keygen(
     """Create an Ed25519 signing key pair."""
     from expertkit.package.signing import keygen as make_keys
 
-    try:
-        key, pub, key_id = make_keys(out, force)
-    except ExpertkitError as error:
-        fail(error)
-        return
+    key, pub, key_id = make_keys(out, force)
     out_console.print(
         f"private key {escape(str(key))} (keep it secret)\npublic key  {escape(str(pub))}\nkey id      {key_id}"
     )
 
 
+@reports_errors
 def sign(
     package_path: Path = typer.Argument(..., metavar="PACKAGE", help="The .expert file."),
     key: Path = typer.Option(..., "--key", help="Private key (expert.key from keygen)."),
@@ -68,14 +62,11 @@ def sign(
     """Sign a package's file digests; writes PACKAGE.sig and never changes the package."""
     from expertkit.package.verify import sign_package
 
-    try:
-        path, key_id = sign_package(package_path, key)
-    except ExpertkitError as error:
-        fail(error)
-        return
+    path, key_id = sign_package(package_path, key)
     out_console.print(f"signed {escape(package_path.name)} with {key_id} → {escape(str(path))}")
 
 
+@reports_errors
 def verify(
     package_path: Path = typer.Argument(..., metavar="PACKAGE", help="The .expert file."),
     key: Path | None = typer.Option(None, "--key", help="The signer's public key (expert.pub)."),
@@ -87,12 +78,8 @@ def verify(
     from expertkit.package.signing import trusted_keys as load_trusted
     from expertkit.package.verify import inspect_package
 
-    try:
-        keys = ([load_public_key(key)] if key else []) + (load_trusted(trusted_keys) if trusted_keys else [])
-        report = inspect_package(package_path, keys or None, require_signature=bool(keys))
-    except ExpertkitError as error:
-        fail(error)
-        return
+    keys = ([load_public_key(key)] if key else []) + (load_trusted(trusted_keys) if trusted_keys else [])
+    report = inspect_package(package_path, keys or None, require_signature=bool(keys))
     if as_json:
         print(json.dumps(report.to_json(), indent=2))
         raise typer.Exit(0 if report.ok else 1)

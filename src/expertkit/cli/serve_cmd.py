@@ -7,10 +7,10 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from expertkit.cli.console import err_console, fail
-from expertkit.errors import ExpertkitError
+from expertkit.cli.console import err_console, reports_errors
 
 
+@reports_errors
 def serve(
     experts: str = typer.Option("", "--experts", "-e", help="Comma-separated experts: names, name@version, paths."),
     all_installed: bool = typer.Option(False, "--all-installed", help="Serve every installed expert version."),
@@ -60,12 +60,8 @@ def serve(
     )
 
     notes: list[str] = []
-    try:
-        with err_console.status("loading the base model and experts…"):
-            app, _ = build_server_app(request, notes)
-    except ExpertkitError as error:
-        fail(error)
-        return
+    with err_console.status("loading the base model and experts…"):
+        app, _ = build_server_app(request, notes)
     for note in notes:
         err_console.print(f"[yellow]note:[/] {escape(note)}")
     err_console.print(f"serving on http://{escape(host)}:{port}/v1 (Ctrl-C or SIGTERM to stop)")

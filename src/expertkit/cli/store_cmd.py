@@ -9,10 +9,10 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from expertkit.cli.console import fail, out_console
-from expertkit.errors import ExpertkitError
+from expertkit.cli.console import out_console, reports_errors
 
 
+@reports_errors
 def install(
     package_path: Path = typer.Argument(..., metavar="PACKAGE", help="The .expert file."),
     require_signature: bool = typer.Option(
@@ -26,11 +26,7 @@ def install(
     """Verify a package and install it into $EXPERTKIT_HOME/experts/<name>/<version>/."""
     from expertkit.package.store import install_package
 
-    try:
-        record, written = install_package(package_path, require_signature, trusted_keys, force)
-    except ExpertkitError as error:
-        fail(error)
-        return
+    record, written = install_package(package_path, require_signature, trusted_keys, force)
     signer = f", signed by {record.signer}{' (trusted)' if record.trusted else ''}" if record.signer else ", unsigned"
     verb = "installed" if written else "already installed"
     out_console.print(f"{verb} {record.name}@{record.version}{signer} → {escape(record.path)}")
@@ -51,14 +47,11 @@ def list_experts(as_json: bool = typer.Option(False, "--json", help="Print JSON.
     out_console.print(table if records else "no experts installed (expert-cli install PACKAGE)")
 
 
+@reports_errors
 def remove(reference: str = typer.Argument(..., metavar="NAME[@VERSION]", help="Expert to remove.")) -> None:
     """Remove one installed version, or every version of an expert."""
     from expertkit.package.store import remove_installed
 
-    try:
-        removed = remove_installed(reference)
-    except ExpertkitError as error:
-        fail(error)
-        return
+    removed = remove_installed(reference)
     for record in removed:
         out_console.print(f"removed {record.name}@{record.version}")

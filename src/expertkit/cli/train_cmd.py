@@ -10,8 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from expertkit.cli.console import err_console, fail, out_console
-from expertkit.errors import ExpertkitError
+from expertkit.cli.console import err_console, out_console, reports_errors
 
 MANIFEST = typer.Option(
     Path(),
@@ -64,6 +63,7 @@ def summary_table(meta: dict[str, Any], weights_dir: Path) -> Table:
     return table
 
 
+@reports_errors
 def train(
     manifest: Path = MANIFEST,
     model: str | None = MODEL,
@@ -85,11 +85,7 @@ def train(
     from expertkit.workflows.curriculum import train_with_gates
 
     request = TrainRequest(manifest, model, resume, max_steps, progress=not as_json, eval_steps=eval_steps)
-    try:
-        outcome = train_with_gates(request, on_start=None if as_json else _print_start)
-    except ExpertkitError as error:
-        fail(error)
-        return
+    outcome = train_with_gates(request, on_start=None if as_json else _print_start)
     result = outcome.final
     if as_json:
         final = result.meta if result else None
@@ -124,6 +120,7 @@ def phases_table(outcome: Any) -> Table:
     return table
 
 
+@reports_errors
 def estimate(
     manifest: Path = MANIFEST,
     model: str | None = MODEL,
@@ -134,11 +131,7 @@ def estimate(
     """Expected peak training memory, and how far it was from the last real run's measured peak."""
     from expertkit.train.estimate import estimate_expert
 
-    try:
-        report = estimate_expert(manifest, model, batch_size, max_seq_length)
-    except ExpertkitError as error:
-        fail(error)
-        return
+    report = estimate_expert(manifest, model, batch_size, max_seq_length)
     if as_json:
         print(json.dumps(report.to_json(), indent=2))
         return

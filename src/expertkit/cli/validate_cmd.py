@@ -7,8 +7,8 @@ from pathlib import Path
 
 import typer
 
-from expertkit.cli.console import out_console
-from expertkit.errors import ExpertkitError, UsageError
+from expertkit.cli.console import out_console, reports_errors
+from expertkit.errors import UsageError
 from expertkit.layout import MANIFEST_FILE
 
 
@@ -21,6 +21,7 @@ def _target(path: Path | None, expert: Path | None, manifest: Path | None) -> Pa
     return Path(MANIFEST_FILE)
 
 
+@reports_errors
 def validate(
     path: Path | None = typer.Argument(None, help="Expert directory, manifest file or .expert package."),
     expert: Path | None = typer.Option(None, "--expert", help="Expert directory (holding manifest.json)."),
@@ -33,17 +34,12 @@ def validate(
     ),
 ) -> None:
     """Check a manifest and report every problem at once (exit 0 valid, 1 invalid, 2 usage)."""
-    from expertkit.cli.console import fail
     from expertkit.manifest.load import manifest_file, no_manifest
     from expertkit.manifest.validate import ExtraCheck, validate_manifest
 
-    try:
-        target = _target(path, expert, manifest)
-        if not manifest_file(target).exists():
-            raise no_manifest(target)
-    except ExpertkitError as error:
-        fail(error)
-        return
+    target = _target(path, expert, manifest)
+    if not manifest_file(target).exists():
+        raise no_manifest(target)
     extra: tuple[ExtraCheck, ...] = ()
     if model_check:
         from expertkit.models.targets import check_target_modules
