@@ -1,4 +1,4 @@
-"""Prepare the data of an expert directory: manifest → base model's tokenizer → prepared data."""
+"""Prepare the data of an expert: its manifest and base model's tokenizer (opened once) → prepared data."""
 
 from __future__ import annotations
 
@@ -7,20 +7,11 @@ from typing import Any
 
 from expertkit.data.prepare import PreparedData, data_job, prepare_data
 from expertkit.errors import DataError
-from expertkit.manifest.load import load_manifest
-from expertkit.models.load import load_tokenizer
-from expertkit.models.resolve import resolve_model
-
-
-def expert_tokenizer(target: Path, model: str | None = None) -> tuple[Any, Any]:
-    """(loaded manifest, tokenizer of the chosen base model); the model must be available locally."""
-    loaded = load_manifest(target)
-    entry = loaded.manifest.base_model(model)
-    return loaded, load_tokenizer(resolve_model(entry.name, loaded.root))  # an embedded model is prepared once
+from expertkit.models.context import ExpertContext, open_expert
 
 
 def prepare_expert_data(
-    target: Path,
+    expert: ExpertContext | Path,
     model: str | None = None,
     *,
     force: bool = False,
@@ -28,14 +19,16 @@ def prepare_expert_data(
     enforce: bool = True,
     phase: str | None = None,
 ) -> tuple[PreparedData, Any]:
-    """Prepared data of the expert at ``target`` (or of one curriculum ``phase``) and the
+    """Prepared data of an opened expert (or of the expert directory at a path, opened here without
+    the validate checks; ``model`` picks its base model) or of one curriculum ``phase``, and the
     tokenizer it was rendered with.
 
     Raises:
         DataError: bad records under ``on_error: fail``, or (with ``enforce``) a failed validator.
     """
-    loaded, tokenizer = expert_tokenizer(target, model)
-    job = data_job(loaded, tokenizer, phase)
+    context = expert if isinstance(expert, ExpertContext) else open_expert(expert, model, check=False)
+    tokenizer = context.tokenizer()
+    job = data_job(context.loaded, tokenizer, phase)
     prepared = prepare_data(job, force=force, progress=progress)
     if enforce and prepared.failed_checks:
         raise validators_error(prepared.failed_checks)

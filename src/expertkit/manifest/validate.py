@@ -42,12 +42,29 @@ def validate_manifest(
     except ManifestError as exc:
         report.add([Problem("$", exc.message)])
         return report, None
-    ctx = CheckContext(root=path.resolve().parent, source_version=version, packaged=packaged)
-    report.add(semantic_problems(manifest, ctx))
     loaded = LoadedManifest(manifest=manifest, path=path.resolve(), source_version=version)
+    return check_loaded(loaded, extra_checks, packaged=packaged, report=report), manifest
+
+
+def check_loaded(
+    loaded: LoadedManifest,
+    extra_checks: tuple[ExtraCheck, ...] = (),
+    *,
+    packaged: bool = False,
+    report: ValidationReport | None = None,
+) -> ValidationReport:
+    """The semantic checks (and ``extra_checks``) on a manifest already loaded: what ``validate`` adds
+    to structure, without reading the file again."""
+    report = report or ValidationReport(source=str(loaded.path))
+    ctx = check_context(loaded, packaged)
+    report.add(semantic_problems(loaded.manifest, ctx))
     for check in extra_checks:
         problems, notes = check(loaded, ctx)
         report.add(problems)
         report.notes.extend(notes)
     report.problems.sort(key=lambda p: (p.severity != "error", p.path))
-    return report, manifest
+    return report
+
+
+def check_context(loaded: LoadedManifest, packaged: bool = False) -> CheckContext:
+    return CheckContext(root=loaded.path.parent, source_version=loaded.source_version, packaged=packaged)

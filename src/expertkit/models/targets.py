@@ -7,11 +7,12 @@ from pathlib import Path
 from expertkit.errors import ExpertkitError, ManifestError
 from expertkit.manifest.checks import CheckContext
 from expertkit.manifest.load import LoadedManifest, load_manifest
+from expertkit.manifest.model import BaseModelEntry
 from expertkit.manifest.report import Problem
 from expertkit.manifest.schema_errors import suggest
 from expertkit.manifest.validate import validate_manifest
 from expertkit.models.fingerprint import fingerprint, read_chat_template
-from expertkit.models.resolve import resolve_model
+from expertkit.models.resolve import ResolvedModel, resolve_model
 
 
 def check_target_modules(loaded: LoadedManifest, ctx: CheckContext) -> tuple[list[Problem], list[str]]:
@@ -34,24 +35,31 @@ def check_target_modules(loaded: LoadedManifest, ctx: CheckContext) -> tuple[lis
                 f" command that loads it prepares it (about 20 s), or: expert-cli models pull {entry.name}"
             )
             continue
-        problems += template_family_problems(entry.prompt_template, read_chat_template(resolved.path), m, entry.name)
-        names = fingerprint(resolved.path).module_names
-        for a, adapter in enumerate(entry.adapters):
-            for t, module in enumerate(adapter.target_modules):
-                if module in names:
-                    continue
-                guess = suggest(module, names)
-                problems.append(
-                    Problem(
-                        f"{ctx.adapter(m, a)}.target_modules[{t}]",
-                        f"module '{module}' does not exist in {entry.name}"
-                        + (f"; did you mean '{guess}'?" if guess else ""),
-                        "one of: " + ", ".join(names),
-                        f"'{module}'",
-                    )
-                )
+        problems += entry_problems(m, entry, resolved, ctx)
         notes.append(f"target modules checked against {entry.name} ({resolved.path})")
     return problems, notes
+
+
+def entry_problems(m: int, entry: BaseModelEntry, resolved: ResolvedModel, ctx: CheckContext) -> list[Problem]:
+    """What base model ``m`` (``entry``, already resolved and prepared) says about the manifest: its
+    chat template's family against ``prompt_template``, and every adapter's target modules."""
+    problems = template_family_problems(entry.prompt_template, read_chat_template(resolved.path), m, entry.name)
+    names = fingerprint(resolved.path).module_names
+    for a, adapter in enumerate(entry.adapters):
+        for t, module in enumerate(adapter.target_modules):
+            if module in names:
+                continue
+            guess = suggest(module, names)
+            problems.append(
+                Problem(
+                    f"{ctx.adapter(m, a)}.target_modules[{t}]",
+                    f"module '{module}' does not exist in {entry.name}"
+                    + (f"; did you mean '{guess}'?" if guess else ""),
+                    "one of: " + ", ".join(names),
+                    f"'{module}'",
+                )
+            )
+    return problems
 
 
 # What each family's template text contains (its turn markers).

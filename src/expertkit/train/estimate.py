@@ -203,21 +203,20 @@ def estimate_expert(
     from dataclasses import replace
 
     from expertkit.data.prepare import DEFAULT_MAX_SEQ_LENGTH
-    from expertkit.models.targets import load_checked_manifest
+    from expertkit.models.context import open_expert
     from expertkit.train.adapters import adapter_to_train
     from expertkit.train.job import weights_dir_for
     from expertkit.train.outputs import META_FILE
     from expertkit.train.plan import resolve_plan
-    from expertkit.train.run import resolved_base
 
-    loaded = load_checked_manifest(target)
-    entry = loaded.manifest.base_model(model)
+    context = open_expert(target, model)
+    loaded, entry = context.loaded, context.entry
     config = loaded.manifest.training.config if loaded.manifest.training else None
     plan = resolve_plan(config, entry)
     plan = replace(plan, batch_size=batch_size or plan.batch_size)
     length = max_seq_length or (config.max_seq_length if config else None) or DEFAULT_MAX_SEQ_LENGTH
     adapter = None if plan.full_finetune else adapter_to_train(entry.adapters)
-    estimate = estimate_memory(resolved_base(loaded, entry).path, adapter, plan, length)
+    estimate = estimate_memory(context.resolved.path, adapter, plan, length)
     meta_path = weights_dir_for(loaded, entry) / META_FILE
     measured = last_run_peak(meta_path, plan.batch_size, length, plan.precision.device)
     source = str(meta_path) if measured is not None else None

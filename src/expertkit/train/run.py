@@ -17,12 +17,8 @@ from typing import Any
 from expertkit.data.expert_data import prepare_expert_data
 from expertkit.errors import UsageError
 from expertkit.layout import CHECKPOINT_DIR
-from expertkit.manifest.load import LoadedManifest
-from expertkit.manifest.model import BaseModelEntry
 from expertkit.manifest.sections import TrainingPhase
-from expertkit.models.pull import ensure_ready
-from expertkit.models.resolve import ResolvedModel, resolve_model
-from expertkit.models.targets import load_checked_manifest
+from expertkit.models.context import ExpertContext, open_expert
 from expertkit.train.adapters import adapter_to_train
 from expertkit.train.checkpoints import clear_staging, newest_checkpoint, read_ledger
 from expertkit.train.job import (
@@ -38,13 +34,6 @@ from expertkit.train.plan import TrainPlan, resolve_plan
 from expertkit.train.selection import BestCheckpointSelector
 
 EVAL_BUDGET = 0.2
-
-
-def resolved_base(loaded: LoadedManifest, entry: BaseModelEntry) -> ResolvedModel:
-    resolved = ensure_ready(resolve_model(entry.name, loaded.root))
-    if not resolved.ready:
-        raise UsageError(f"base model {entry.name} is not prepared", f"run: expert-cli models pull {entry.name}")
-    return resolved
 
 
 def _phase(phases: list[TrainingPhase] | None, name: str) -> TrainingPhase:
@@ -130,13 +119,12 @@ def training_arguments(plan: TrainPlan, checkpoints: Path, total_steps: int, eva
     )
 
 
-def prepare_job(request: TrainRequest) -> TrainJob:
+def prepare_job(request: TrainRequest, context: ExpertContext) -> TrainJob:
     from accelerate import PartialState
 
     from expertkit.train.build import build_trainable
 
-    loaded = load_checked_manifest(request.target)
-    entry = loaded.manifest.base_model(request.model)
+    loaded, entry, resolved = context.loaded, context.entry, context.resolved
     training = loaded.manifest.training
     config = training.config if training else None
     if request.phase is not None:
@@ -145,12 +133,9 @@ def prepare_job(request: TrainRequest) -> TrainJob:
     if request.eval_steps is not None:
         plan = dataclasses.replace(plan, eval_steps=request.eval_steps)
     adapter = None if plan.full_finetune else adapter_to_train(entry.adapters)
-    resolved = resolved_base(loaded, entry)
     state = PartialState()
     with state.main_process_first():  # under accelerate launch, rank 0 builds the data cache, others read it
-        prepared, tokenizer = prepare_expert_data(
-            request.target, request.model, progress=request.progress, phase=request.phase
-        )
+        prepared, tokenizer = prepare_expert_data(context, progress=request.progress, phase=request.phase)
     data_hash = prepared.meta["key"]
     weights_dir = weights_dir_for(loaded, entry)
     with state.main_process_first():
@@ -213,8 +198,9 @@ def build_trainer(job: TrainJob, interrupt: Any, progress: bool) -> Any:
     return trainer
 
 
-def train_expert(request: TrainRequest, on_start: Any = None) -> TrainResult:
-    """Train the expert at ``request.target``; ``on_start(job, trainer)`` is called before the loop.
+def train_expert(request: TrainRequest, on_start: Any = None, context: ExpertContext | None = None) -> TrainResult:
+    """Train the expert ``context`` holds (opened from ``request.target`` when not given: a caller that
+    already opened it passes it along); ``on_start(job, trainer)`` is called before the loop.
 
     Raises:
         ManifestError, UsageError, DataError: before any training step.
@@ -223,7 +209,7 @@ def train_expert(request: TrainRequest, on_start: Any = None) -> TrainResult:
     from expertkit.train.callbacks import InterruptCallback
     from expertkit.train.finish import finish_run
 
-    job = prepare_job(request)
+    job = prepare_job(request, context or open_expert(request.target, request.model))
     interrupt = InterruptCallback()
     trainer = build_trainer(job, interrupt, request.progress)
     if request.init_from is not None and job.resume_from is None:

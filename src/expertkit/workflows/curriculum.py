@@ -12,14 +12,13 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 from expertkit.errors import UsageError
 from expertkit.eval.job import EvalRequest, run_eval
 from expertkit.layout import CHECKPOINT_DIR
-from expertkit.manifest.load import load_manifest
 from expertkit.manifest.sections import Evaluation, TrainingPhase
+from expertkit.models.context import ExpertContext, open_expert
 from expertkit.train.checkpoints import newest_checkpoint
 from expertkit.train.job import TrainRequest, TrainResult, weights_dir_for
 from expertkit.train.phases import (
@@ -53,12 +52,12 @@ def needs_baseline(evaluation: Evaluation) -> bool:
 
 
 def phase_gate(
-    request: TrainRequest, evaluations: dict[str, list[dict[str, Any]]]
+    request: TrainRequest, context: ExpertContext, evaluations: dict[str, list[dict[str, Any]]]
 ) -> Callable[[PhaseOutcome], list[str]]:
     """The after-phase callback: evaluate the just-published weights; return the gate failures."""
 
     def gate(outcome: PhaseOutcome) -> list[str]:
-        evaluation = load_manifest(request.target).manifest.evaluation or Evaluation()
+        evaluation = context.manifest.evaluation or Evaluation()
         baseline = "base" if needs_baseline(evaluation) else None
         results = run_eval(EvalRequest(expert=str(request.target), baseline=baseline))
         evaluations[outcome.phase.name] = [{k: v for k, v in r.items() if k != "items"} for r in results]
@@ -67,18 +66,24 @@ def phase_gate(
     return gate
 
 
-def train_with_gates(request: TrainRequest, on_start: Callable[[Any, Any], None] | None = None) -> CurriculumResult:
-    """Train the expert at ``request.target``: its phases with their gates, or one plain run.
+def train_with_gates(
+    request: TrainRequest,
+    on_start: Callable[[Any, Any], None] | None = None,
+    context: ExpertContext | None = None,
+) -> CurriculumResult:
+    """Train the expert at ``request.target`` (opened once here, unless ``context`` is given): its
+    phases with their gates, or one plain run.
 
     Raises:
         GateFailedError: a phase missed its gate (its weights are kept; later phases are not trained).
         ManifestError, UsageError, DataError, TrainingInterruptedError: as :func:`train_expert`.
     """
-    loaded = load_manifest(request.target)
+    context = context or open_expert(request.target, request.model)
+    loaded = context.loaded
     training = loaded.manifest.training
     phases = training.phases if training else None
     if not phases:
-        return CurriculumResult(train_expert(request, on_start=on_start))
+        return CurriculumResult(train_expert(request, on_start=on_start, context=context))
     gated = [p.name for p in phases if p.gate]
     evaluation = loaded.manifest.evaluation
     if gated and (evaluation is None or not evaluation.sets or not evaluation.thresholds):
@@ -87,7 +92,7 @@ def train_with_gates(request: TrainRequest, on_start: Callable[[Any, Any], None]
             'add them, or set "gate": false on those phases',
         )
     evaluations: dict[str, list[dict[str, Any]]] = {}
-    outcomes = run_phases(request, list(phases), phase_gate(request, evaluations), on_start)
+    outcomes = run_phases(request, context, list(phases), phase_gate(request, context, evaluations), on_start)
     last = outcomes[-1] if outcomes else None
     final = TrainResult(last.weights_dir, last.meta, None) if last else None
     return CurriculumResult(final, outcomes, evaluations)
@@ -95,6 +100,7 @@ def train_with_gates(request: TrainRequest, on_start: Callable[[Any, Any], None]
 
 def run_phases(
     request: TrainRequest,
+    context: ExpertContext,
     phases: list[TrainingPhase],
     after_phase: AfterPhase | None = None,
     on_start: Callable[[Any, Any], None] | None = None,
@@ -104,7 +110,7 @@ def run_phases(
 
     ``request`` is for the whole curriculum; each phase runs it with ``phase`` and ``init_from`` set.
     """
-    weights_dir = _weights_dir(request)
+    weights_dir = weights_dir_for(context.loaded, context.entry)
     ledger = finished_phases(weights_dir, phases) if request.resume else []
     init_from = phase_dir(weights_dir, len(ledger) - 1, phases[len(ledger) - 1]) if ledger else None
     outcomes: list[PhaseOutcome] = []
@@ -112,7 +118,7 @@ def run_phases(
         phase = phases[index]
         resume = request.resume and newest_checkpoint(weights_dir / CHECKPOINT_DIR) is not None
         phase_request = replace(request, phase=phase.name, init_from=init_from, resume=resume)
-        result = train_expert(phase_request, on_start=on_start)
+        result = train_expert(phase_request, on_start=on_start, context=context)
         target = phase_dir(result.weights_dir, index, phase)
         snapshot_phase(result.weights_dir, target)
         # the phase is kept in its snapshot; its checkpoints would only confuse the next phase's --resume
@@ -131,8 +137,3 @@ def run_phases(
             )
         init_from = target
     return outcomes
-
-
-def _weights_dir(request: TrainRequest) -> Path:
-    loaded = load_manifest(request.target)
-    return weights_dir_for(loaded, loaded.manifest.base_model(request.model))
