@@ -9,7 +9,7 @@ XGRAMMAR_VERSION ?= 0.2.8
 STAMP := $(VENV)/.expertkit-installed
 DEMO_DIR ?= demo-out
 
-.PHONY: venv test lint types unit integration demo fmt clean system-deps
+.PHONY: venv test lint types unit integration quick demo fmt clean system-deps
 
 venv: $(STAMP)
 
@@ -34,6 +34,10 @@ unit: $(STAMP)
 
 integration: $(STAMP)
 	$(BIN)/pytest -m integration -q
+
+# A quick pass while working: no subprocess-heavy tests (DDP, SIGKILL + resume, pty) and no embedded model.
+quick: $(STAMP)
+	$(BIN)/pytest -q -m "not slow and not integration"
 
 # Servers the tests start themselves (a private PostgreSQL for SQL evaluation): installed here when
 # missing, so a fresh machine fails loudly at set-up rather than skipping what it cannot run.

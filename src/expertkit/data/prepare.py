@@ -278,7 +278,7 @@ def _build(job: DataJob, work: Path, progress: bool) -> dict[str, Any]:
 
 
 def _meta(job: DataJob, outcome: _Outcome) -> dict[str, Any]:
-    from expertkit import __version__
+    from expertkit.version import __version__
 
     report, (train_idx, eval_idx), mixed = outcome.report, outcome.split, outcome.mixed
     lengths, trained = outcome.lengths, outcome.trained

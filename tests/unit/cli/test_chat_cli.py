@@ -61,6 +61,7 @@ def test_chat_errors_are_clean(tmp_path: Path, expert_dir: Path) -> None:
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="pseudo-terminal test")
+@pytest.mark.slow  # subprocesses (make test runs every tier; -m "not slow" for a quick pass)
 def test_interactive_session_in_a_pseudo_terminal(expert_dir: Path) -> None:
     expert = with_decoding(expert_dir, temperature=0.0, max_tokens=5)
     env = {**os.environ, "COLUMNS": "200", "TERM": "dumb"}

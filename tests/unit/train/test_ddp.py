@@ -7,11 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from expertkit.naming import normalise_model_name
 
 from .helpers import write_tiny_expert
 
 
+@pytest.mark.slow  # subprocesses (make test runs every tier; -m "not slow" for a quick pass)
 def test_two_process_ddp_trains_and_counts_tokens_across_ranks(tmp_path: Path, tiny_llama_dir: Path) -> None:
     config = {"max_steps": None, "epochs": 1, "eval_steps": 2, "logging_steps": 1}
     single = write_tiny_expert(tmp_path / "single", [tiny_llama_dir], config=config)

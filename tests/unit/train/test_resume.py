@@ -74,6 +74,7 @@ def wait_for_checkpoint(expert: Path, process: subprocess.Popen, min_step: int, 
     pytest.fail("no checkpoint appeared in time")
 
 
+@pytest.mark.slow  # subprocesses (make test runs every tier; -m "not slow" for a quick pass)
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path: Path, tiny_llama_dir: Path) -> None:
     reference = write_tiny_expert(tmp_path / "reference", [tiny_llama_dir], config=CONFIG)
     train_expert(TrainRequest(reference, progress=False))
