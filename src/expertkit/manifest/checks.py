@@ -184,6 +184,16 @@ def check_training(manifest: ManifestV2, ctx: CheckContext) -> list[Problem]:
                 "both",
             )
         )
+    if config and config.save_steps and config.eval_steps and config.save_steps != config.eval_steps:
+        problems.append(
+            Problem(
+                "$.training.config.save_steps",
+                "checkpoints are chosen by eval loss, so one is written at every evaluation: save_steps "
+                f"{config.save_steps} cannot differ from eval_steps {config.eval_steps}",
+                "the same value as eval_steps, or only one of them",
+                str(config.save_steps),
+            )
+        )
     if dataset and (dataset.path is None) == (dataset.datasets is None):
         found = "both" if dataset.path else "neither"
         problems.append(Problem("$.training.dataset", "give either path or datasets[]", "exactly one of them", found))

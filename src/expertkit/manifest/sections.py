@@ -162,7 +162,7 @@ class TrainingConfig(Section):
     eval_steps: int | None = Field(default=None, ge=1)
     """Evaluate and checkpoint every N steps; default: 2 to 10 times a run."""
     save_steps: int | None = Field(default=None, ge=1)
-    """Accepted but not read: checkpoints are written at every evaluation (eval_steps)."""
+    """Checkpoint every N steps; every checkpoint is evaluated, so this is eval_steps by another name."""
     logging_steps: int | None = Field(default=None, ge=1)
     """Log loss and learning rate every N steps."""
     seed: int | None = Field(default=None, ge=0)
@@ -388,13 +388,13 @@ class Runtime(Section):
 
 class Constraints(Section):
     max_chain: int | None = Field(default=None, ge=1)
-    """Most experts that may answer one request in a chain (validated, not yet enforced)."""
+    """Most experts that may answer one request in a chain; always met: one expert answers each request."""
     load_order: int | None = None
-    """Where this expert goes when several are loaded, lower first (validated, not yet enforced)."""
+    """Where this expert goes when several are loaded together, lower first (routing ties, listing order)."""
     requires: list[str] | None = None
-    """Experts that must be loaded with this one (validated, not yet enforced)."""
+    """Experts that must be loaded with this one (chat, serve and eval refuse to load it alone)."""
     incompatible_with: list[str] | None = None
-    """Experts that must not be loaded with this one (validated, not yet enforced)."""
+    """Experts that must not be loaded with this one (chat, serve and eval refuse to load both)."""
 
 
 class EvalSet(Section):

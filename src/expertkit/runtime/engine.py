@@ -23,6 +23,7 @@ from expertkit.models.resolve import ResolvedModel, resolve_model
 from expertkit.models.tokens import add_control_tokens
 from expertkit.package.lock import check_base_model, check_template, lock_from_meta
 from expertkit.package.references import ExpertFiles, resolve_expert
+from expertkit.runtime.constraints import ordered_by_constraints
 from expertkit.runtime.generate import Decoder, GenerationRequest, GenerationResult, end_token_ids, generate
 from expertkit.runtime.hf_decoder import HFDecoder
 from expertkit.runtime.lean import LeanDecoder, lean_supported
@@ -101,6 +102,7 @@ class Engine:
                     else f"train it first: expert-cli train --expert {item.loaded.root} (--max-steps N: a short run)"
                 )
                 raise UsageError(missing, hint, exit_code=1)
+        files = ordered_by_constraints(files)
         first = files[0] if files else None
         name = options.base or (first.loaded.manifest.base_models[0].name if first else "")
         engine = cls(resolve_model(name, first.model_base_dir if first else None), options)

@@ -143,7 +143,7 @@ def resolve_plan(config: TrainingConfig | None, entry: BaseModelEntry, max_steps
         full_finetune=full,
         quantization=quantization,
         precision=resolve_precision(c.bf16 if c.bf16 is not None else "auto", device),
-        eval_steps=c.eval_steps,
+        eval_steps=c.eval_steps or c.save_steps,  # a checkpoint at every evaluation: one cadence
         logging_steps=c.logging_steps or 10,
         seed=c.seed if c.seed is not None else DEFAULT_SEED,
         selection=c.selection or Selection(),

@@ -164,3 +164,20 @@ def test_a_packed_small_dataset_is_named_as_few_updates_per_epoch() -> None:
     eight = SimpleNamespace(batch_size=2, gradient_accumulation_steps=4)
     unpacked = epoch_shape(eight, {"train": {"rows": 143, "examples": 143}}, 1)  # type: ignore[arg-type]
     assert unpacked.updates_per_epoch == 18 and unpacked.advice() is None
+
+
+def test_save_steps_is_the_checkpoint_cadence_and_cannot_disagree_with_eval_steps(
+    tmp_path: Path, tiny_llama_dir: Path
+) -> None:
+    expert = write_tiny_expert(tmp_path / "e", [tiny_llama_dir], config={"max_steps": 4, "eval_steps": None})
+    manifest = json.loads((expert / "manifest.json").read_text())
+    manifest["training"]["config"] |= {"save_steps": 2}
+    (expert / "manifest.json").write_text(json.dumps(manifest))
+    result = invoke("train", "--expert", str(expert))
+    assert result.exit_code == 0, result.output
+    assert "4 steps, eval + checkpoint every 2 " in result.output
+    manifest["training"]["config"] |= {"eval_steps": 3}
+    (expert / "manifest.json").write_text(json.dumps(manifest))
+    refused = invoke("validate", "--expert", str(expert))
+    assert refused.exit_code == 1
+    assert "save_steps 2 cannot differ from eval_steps 3" in " ".join(refused.output.split())
