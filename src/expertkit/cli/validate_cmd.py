@@ -46,7 +46,7 @@ def validate(
 
         extra = (check_target_modules,)
     if target.suffix == ".expert" and target.is_file():
-        from expertkit.package.validate import validate_package
+        from expertkit.package.package_checks import validate_package
 
         report = validate_package(target, extra)
     else:

@@ -23,6 +23,7 @@ from expertkit.data.collect import (
     mapping_advice,
     source_plans,
 )
+from expertkit.data.dataset_checks import CheckInput, CheckResult, run_validators
 from expertkit.data.lineage import (
     META_FILE,
     cache_key,
@@ -38,7 +39,6 @@ from expertkit.data.replay import Replay, phase_plans, replay_mix
 from expertkit.data.split import hash_split, weighted_mix
 from expertkit.data.stats import length_histogram, token_stats
 from expertkit.data.tokenise import LengthRules, render_batch
-from expertkit.data.validators import CheckInput, CheckResult, run_validators
 from expertkit.errors import DataError
 from expertkit.fsutil import atomic_directory, write_text_atomic
 from expertkit.manifest.load import LoadedManifest

@@ -13,8 +13,8 @@ from expertkit.manifest.sections import DecodingConfig
 from expertkit.runtime.engine import Engine
 from expertkit.runtime.generate import GenerationRequest, GenerationResult
 from expertkit.runtime.grammar import CompiledGrammar, GrammarSpec, compile_grammar, grammar_for
+from expertkit.runtime.output_checks import Validation, ValidationContext, validate_output
 from expertkit.runtime.settings import DecodingSettings, Source, resolve_settings
-from expertkit.runtime.validation import Validation, ValidationContext, validate_output
 
 
 @dataclass

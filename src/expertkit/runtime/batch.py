@@ -18,7 +18,7 @@ import torch
 
 from expertkit.runtime.engine import Engine
 from expertkit.runtime.generate import GenerationRequest, GenerationResult, SequenceState
-from expertkit.runtime.lean import KVCache, LeanDecoder
+from expertkit.runtime.llama_decoder import KVCache, LeanDecoder
 
 Done = Callable[[GenerationResult | BaseException], None]
 

@@ -11,7 +11,8 @@ from expertkit.models.hardware import best_dtype
 from expertkit.package.signing import default_trusted_keys_dir, trusted_keys
 from expertkit.runtime.engine import Engine
 from expertkit.runtime.options import LoadOptions
-from expertkit.runtime.session import ChatSession, build_router
+from expertkit.runtime.routing import build_router
+from expertkit.runtime.session import ChatSession
 
 DTYPES = ("auto", "bfloat16", "float32")
 

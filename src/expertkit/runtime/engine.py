@@ -26,7 +26,7 @@ from expertkit.package.references import ExpertFiles, resolve_expert
 from expertkit.runtime.constraints import ordered_by_constraints
 from expertkit.runtime.generate import Decoder, GenerationRequest, GenerationResult, end_token_ids, generate
 from expertkit.runtime.hf_decoder import HFDecoder
-from expertkit.runtime.lean import LeanDecoder, lean_supported
+from expertkit.runtime.llama_decoder import LeanDecoder, lean_supported
 from expertkit.runtime.options import LoadOptions
 from expertkit.runtime.settings import DecodingSettings, resolve_settings
 from expertkit.safepath import UnsafePathError, read_bounded

@@ -1,4 +1,4 @@
-"""The decoder for architectures :mod:`expertkit.runtime.lean` does not cover: transformers'
+"""The decoder for architectures :mod:`expertkit.runtime.llama_decoder` does not cover: transformers'
 own forward with a fresh ``DynamicCache`` per generation (same interface, slower)."""
 
 from __future__ import annotations

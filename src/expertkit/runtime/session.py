@@ -11,48 +11,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from expertkit.errors import ModelLoadError, UsageError
-from expertkit.models.embedder import Embedder, hidden_state_embedder, minilm_embedder
-from expertkit.registry import Registry
+from expertkit.errors import UsageError
 from expertkit.runtime.answer import Answer, AskOptions, ask
 from expertkit.runtime.engine import Engine
 from expertkit.runtime.routing import Router, RoutingDecision
 from expertkit.runtime.settings import resolve_settings
-
-EmbedderFactory = Callable[[Engine], Embedder | None]
-EMBEDDERS: Registry[EmbedderFactory] = Registry()
-
-
-@EMBEDDERS.register("minilm")
-def _minilm(engine: Engine) -> Embedder | None:
-    return minilm_embedder()
-
-
-@EMBEDDERS.register("base")
-def _base_model(engine: Engine) -> Embedder | None:
-    model = engine.model.get_base_model() if engine.experts else engine.model
-    return hidden_state_embedder(model, engine.tokenizer)
-
-
-@EMBEDDERS.register("none")
-def _no_embedder(engine: Engine) -> Embedder | None:
-    return None
-
-
-def build_router(engine: Engine, embedder: str = "minilm", notes: list[str] | None = None) -> Router:
-    """A router over the engine's experts; MiniLM falls back to the base model's hidden states."""
-    if embedder not in EMBEDDERS:
-        raise UsageError(f"unknown router embedder {embedder!r}", f"choose one of: {', '.join(EMBEDDERS)}")
-    try:
-        embed = EMBEDDERS[embedder](engine)
-    except ModelLoadError as exc:
-        if notes is not None:
-            notes.append(f"router: {exc.message}; using the base model's hidden states instead")
-        embed = EMBEDDERS["base"](engine)
-    from expertkit.manifest.sections import Routing
-
-    routing = {name: e.files.loaded.manifest.routing or Routing() for name, e in engine.experts.items()}
-    return Router(routing, embed)
 
 
 @dataclass

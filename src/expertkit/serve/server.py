@@ -24,7 +24,7 @@ from expertkit.package.store import list_installed
 from expertkit.runtime.answer import expert_grammar
 from expertkit.runtime.engine import Engine
 from expertkit.runtime.options import LoadOptions
-from expertkit.runtime.session import build_router
+from expertkit.runtime.routing import build_router
 from expertkit.serve.app import ServerConfig, create_app
 
 LOOPBACK_NAMES = ("localhost",)

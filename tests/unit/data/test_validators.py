@@ -7,10 +7,10 @@ import json
 import pytest
 from transformers import AutoTokenizer
 
+from expertkit.data.dataset_checks import VALIDATORS, CheckInput, run_validators
 from expertkit.data.mapping import to_conversation
 from expertkit.data.packing import best_fit_decreasing, pack_rows
 from expertkit.data.render import IGNORE_INDEX, ConversationRenderer
-from expertkit.data.validators import VALIDATORS, CheckInput, run_validators
 from expertkit.manifest.sections import DataChecks
 
 from .helpers import MULTI_TURN_TOOL, SINGLE_TURN, qa_record

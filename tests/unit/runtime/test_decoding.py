@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from expertkit.manifest.sections import DecodingConfig
 from expertkit.runtime.generate import GenerationRequest, generate
 from expertkit.runtime.hf_decoder import HFDecoder
-from expertkit.runtime.lean import LeanDecoder, lean_supported
+from expertkit.runtime.llama_decoder import LeanDecoder, lean_supported
 from expertkit.runtime.sampling import Sampler
 from expertkit.runtime.settings import resolve_settings
 from expertkit.runtime.stops import StopMatcher

@@ -17,7 +17,7 @@ from expertkit.grammars import grammar_text
 from expertkit.manifest.sections import DecodingConfig
 from expertkit.runtime.generate import GenerationRequest, generate
 from expertkit.runtime.grammar import GrammarError, GrammarSpec, compile_grammar, grammar_for
-from expertkit.runtime.lean import LeanDecoder
+from expertkit.runtime.llama_decoder import LeanDecoder
 from expertkit.runtime.settings import resolve_settings
 
 REPO = Path(__file__).resolve().parents[3]

@@ -16,10 +16,10 @@ from expertkit.manifest.sections import DecodingConfig, Routing
 from expertkit.runtime.batch import BatchScheduler
 from expertkit.runtime.engine import Engine
 from expertkit.runtime.options import LoadOptions
+from expertkit.runtime.output_checks import VALIDATORS, ValidationContext, validate_output
 from expertkit.runtime.routing import Router
 from expertkit.runtime.settings import resolve_settings
 from expertkit.runtime.stops import StopMatcher
-from expertkit.runtime.validation import VALIDATORS, ValidationContext, validate_output
 
 
 @pytest.mark.timeout(30)

@@ -11,11 +11,11 @@ import torch
 from transformers import AutoTokenizer
 
 from expertkit.manifest.sections import DecodingConfig, Routing
-from expertkit.runtime import validation
+from expertkit.runtime import output_checks
 from expertkit.runtime.answer import AskOptions, ask
 from expertkit.runtime.engine import Engine
+from expertkit.runtime.output_checks import ValidationContext, validate_output
 from expertkit.runtime.routing import Router
-from expertkit.runtime.validation import ValidationContext, validate_output
 
 
 def ctx(**decoding) -> ValidationContext:
@@ -63,7 +63,7 @@ def test_cypher_validation_uses_the_grammar(tiny_llama_dir: Path) -> None:
 
 
 def test_typescript_validator_unavailable_without_tsc(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(validation, "tsc_command", lambda: None)
+    monkeypatch.setattr(output_checks, "tsc_command", lambda: None)
     result = validate_output("const x: number = 1;", True, ctx(validation="tsc"))
     assert result.valid is None and "validator unavailable" in result.error
 

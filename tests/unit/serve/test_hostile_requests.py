@@ -66,7 +66,7 @@ def test_a_remote_ref_is_a_400_and_never_fetched(live, listener) -> None:
 def test_output_validation_never_resolves_a_remote_ref(listener) -> None:
     """The same guarantee where a manifest's schema (from a package) validates model output."""
     from expertkit.manifest.sections import DecodingConfig
-    from expertkit.runtime.validation import ValidationContext, validate_output
+    from expertkit.runtime.output_checks import ValidationContext, validate_output
 
     url, hits = listener
     schema = {"type": "object", "properties": {"a": {"$ref": url}}}

@@ -18,7 +18,7 @@ from expertkit.safepath import UnsafePathError, read_bounded, read_contained
 
 GrammarKind = Literal["gbnf", "lark", "json", "json_schema"]
 # Which backend compiles each kind: XGrammar for GBNF and JSON (microsecond masks for JSON),
-# llguidance for Lark (the shipped SQL and Cypher grammars; see grammar_llguidance).
+# llguidance for Lark (the shipped SQL and Cypher grammars; see llguidance_backend).
 DEFAULT_BACKEND: dict[str, str] = {
     "gbnf": "xgrammar",
     "lark": "llguidance",
