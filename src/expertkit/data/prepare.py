@@ -51,7 +51,6 @@ from expertkit.manifest.sections import (
 )
 from expertkit.models.tokens import add_control_tokens
 
-DEFAULT_MAX_SEQ_LENGTH = 1024
 PARALLEL_THRESHOLD = 2000
 KEPT = ("ok", "truncated")
 
@@ -98,7 +97,7 @@ class DataJob:
     @property
     def rules(self) -> LengthRules:
         p = self.preprocessing
-        length = self.training.max_seq_length or DEFAULT_MAX_SEQ_LENGTH
+        length = self.training.setting("max_seq_length")
         return LengthRules(length, self.config.overflow, p.min_tokens, p.max_tokens)
 
     def key(self) -> str:
@@ -106,7 +105,7 @@ class DataJob:
             {
                 "sources": [[p.name, p.display, sha256_path(p.path)] for p in self.plans],
                 "dataset": self.config.model_dump(mode="json"),
-                "rows": [self.rules.max_seq_length, self.training.packing is not False],
+                "rows": [self.rules.max_seq_length, bool(self.training.setting("packing"))],
                 "weighting": self.training.loss_weighting.model_dump() if self.training.loss_weighting else None,
                 "hook": self.hook.sha256 if self.hook else None,
                 "tokenizer": tokenizer_sha256(self.tokenizer),
@@ -258,7 +257,7 @@ def _build(job: DataJob, work: Path, progress: bool) -> dict[str, Any]:
     if job.replay is not None:
         mixed, replay_counts = replay_mix(job.replay, groups, mixed, job.config.seed)
         counts = {**counts, **replay_counts}
-    packing = job.training.packing is not False
+    packing = bool(job.training.setting("packing"))
     train_rows, train_pack = _pack(records, mixed, job.rules.max_seq_length, packing)
     eval_rows, eval_pack = _pack(records, eval_idx, job.rules.max_seq_length, packing)
     allowed = frozenset(job.tokenizer.convert_tokens_to_ids(job.config.special_tokens))
@@ -308,7 +307,7 @@ def _meta(job: DataJob, outcome: _Outcome) -> dict[str, Any]:
         "parameters": {
             "dataset": job.config.model_dump(mode="json", exclude_none=True),
             "max_seq_length": job.rules.max_seq_length,
-            "packing": job.training.packing is not False,
+            "packing": bool(job.training.setting("packing")),
         },
         "steps": {
             "records_read": sum(report.records.values()),

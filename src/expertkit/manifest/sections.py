@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from expertkit.manifest.base import Section
+from expertkit.manifest.base import Section, unset_means
 
 AdapterType = Literal["lora", "dora", "ia3", "lokr"]
 DatasetFormat = Literal["jsonl", "json", "huggingface", "csv", "parquet"]
@@ -113,62 +113,62 @@ class Selection(Section):
 
 
 class TrainingConfig(Section):
-    epochs: float | None = Field(default=None, gt=0)
+    epochs: float | None = unset_means(1.0, gt=0)
     """Passes over the training data."""
     max_steps: int | None = Field(default=None, ge=1)
     """Stop after this many optimizer steps (overrides epochs)."""
     learning_rate: float | None = Field(default=None, gt=0)
-    """Peak learning rate."""
-    batch_size: int | None = Field(default=None, ge=1)
+    """Peak learning rate; unset: 2e-4 for an adapter, 2e-5 for a full fine-tune."""
+    batch_size: int | None = unset_means(8, ge=1)
     """Packed rows per step on each device."""
-    gradient_accumulation_steps: int | None = Field(default=None, ge=1)
+    gradient_accumulation_steps: int | None = unset_means(1, ge=1)
     """Steps whose gradients add up before each update (effective batch = batch_size × this)."""
-    max_seq_length: int | None = Field(default=None, ge=16)
+    max_seq_length: int | None = unset_means(1024, ge=16)
     """Tokens per packed row; longer examples are dropped or their prompt cut."""
-    packing: bool | None = None
+    packing: bool | None = unset_means(True)
     """Pack several examples per row (best-fit decreasing), each isolated by its position ids."""
-    use_sdpa: bool | None = None
+    use_sdpa: bool | None = unset_means(True)
     """Use PyTorch's scaled-dot-product attention."""
     warmup_steps: int | None = Field(default=None, ge=0)
     """Steps of linear learning-rate warm-up."""
-    warmup_ratio: float | None = Field(default=None, ge=0, lt=1)
+    warmup_ratio: float | None = unset_means(0.03, ge=0, lt=1)
     """Warm-up as a share of all steps (when warmup_steps is not set)."""
-    scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] | None = None
+    scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] | None = unset_means("cosine")
     """Learning-rate schedule after warm-up: cosine, linear or constant."""
-    weight_decay: float | None = Field(default=None, ge=0)
+    weight_decay: float | None = unset_means(0.0, ge=0)
     """AdamW weight decay."""
-    max_grad_norm: float | None = Field(default=None, gt=0)
+    max_grad_norm: float | None = unset_means(1.0, gt=0)
     """Clip the gradient norm to this."""
-    optimizer: OptimizerConfig | Literal["adamw", "muon", "paged_adamw_8bit"] | None = None
+    optimizer: OptimizerConfig | Literal["adamw", "muon", "paged_adamw_8bit"] | None = unset_means("adamw")
     """The optimizer, by name or with settings."""
     neftune_alpha: float | None = Field(default=None, ge=0)
     """NEFTune noise on input embeddings during training; unset turns it off."""
     loss_weighting: LossWeighting | None = None
     """Per-token loss weights (control tokens may count more)."""
-    quantization: Literal["none", "int8", "int4"] | None = None
+    quantization: Literal["none", "int8", "int4"] | None = unset_means("none")
     """Train on a quantized base (QLoRA, CUDA only): none, int8 or int4."""
-    bf16: bool | Literal["auto"] | None = None
+    bf16: bool | Literal["auto"] | None = unset_means("auto")
     """bf16 autocast: auto uses it where the device runs it natively."""
-    gradient_checkpointing: bool | None = None
+    gradient_checkpointing: bool | None = unset_means(False)
     """Recompute activations in the backward pass: far less memory, about a third slower."""
-    dataloader_num_workers: int | None = Field(default=None, ge=0)
+    dataloader_num_workers: int | None = unset_means(0, ge=0)
     """Data-loading worker processes."""
-    dataloader_pin_memory: bool | None = None
+    dataloader_pin_memory: bool | None = unset_means(False)
     """Pin host memory for faster copies to a GPU."""
     dataloader_prefetch_factor: int | None = Field(default=None, ge=1)
     """Batches each worker loads ahead."""
-    dataloader_persistent_workers: bool | None = None
+    dataloader_persistent_workers: bool | None = unset_means(False)
     """Keep data-loading workers between epochs."""
     eval_steps: int | None = Field(default=None, ge=1)
     """Evaluate and checkpoint every N steps; default: 2 to 10 times a run."""
     save_steps: int | None = Field(default=None, ge=1)
     """Checkpoint every N steps; every checkpoint is evaluated, so this is eval_steps by another name."""
-    logging_steps: int | None = Field(default=None, ge=1)
+    logging_steps: int | None = unset_means(10, ge=1)
     """Log loss and learning rate every N steps."""
-    seed: int | None = Field(default=None, ge=0)
+    seed: int | None = unset_means(42, ge=0)
     """Seed of initialisation, shuffling and dropout."""
-    full_finetune: bool | None = Field(
-        default=None, description="Train every weight of the base model instead of an adapter (small models)."
+    full_finetune: bool | None = unset_means(
+        False, description="Train every weight of the base model instead of an adapter (small models)."
     )
     selection: Selection | None = None
     """Which checkpoint is published: the best eval loss, guarded against overfitting."""
@@ -298,21 +298,21 @@ class DatasetConfig(Section):
 
 
 class DecodingConfig(Section):
-    temperature: float | None = Field(default=None, ge=0)
+    temperature: float | None = unset_means(0.0, ge=0)
     """Sampling temperature; 0 decodes greedily."""
-    top_p: float | None = Field(default=None, gt=0, le=1)
+    top_p: float | None = unset_means(1.0, gt=0, le=1)
     """Nucleus sampling: keep the smallest set of tokens with this much probability."""
-    top_k: int | None = Field(default=None, ge=0)
+    top_k: int | None = unset_means(0, ge=0)
     """Sample among the k likeliest tokens; 0 keeps all."""
-    max_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = unset_means(256, ge=1)
     """Most tokens to generate per answer."""
-    repetition_penalty: float | None = Field(default=None, gt=0)
+    repetition_penalty: float | None = unset_means(1.0, gt=0)
     """Penalty on tokens already seen; 1 turns it off."""
     seed: int | None = Field(default=None, ge=0)
     """Seed for reproducible sampling."""
     stop_sequences: list[str] | None = None
     """Strings that end an answer (not included in it)."""
-    use_grammar: bool | None = None
+    use_grammar: bool | None = unset_means(False)
     """Constrain every generated token by the grammar (grammar_file or grammar_type)."""
     grammar_type: str | None = Field(default=None, pattern=r"^(json|json_schema|gbnf|cypher|sql(-[a-z0-9]+)?)$")
     """A shipped grammar: sql-<dialect>, cypher, json or json_schema."""
@@ -320,9 +320,11 @@ class DecodingConfig(Section):
     """Your own grammar (GBNF, or Lark with .lark), relative to the manifest."""
     json_schema: dict[str, Any] | None = None
     """The JSON Schema answers must follow (grammar_type or validation json_schema)."""
-    validation: Literal["none", "parser", "parser-strict", "json", "json_schema", "cypher", "tsc"] | None = None
+    validation: Literal["none", "parser", "parser-strict", "json", "json_schema", "cypher", "tsc"] | None = unset_means(
+        "none"
+    )
     """The output validator run after generation: parser, parser-strict, json, json_schema, cypher or tsc."""
-    retries: int | None = Field(default=None, ge=0)
+    retries: int | None = unset_means(0, ge=0)
     """Resample an invalid answer this many times with another seed."""
 
 

@@ -17,12 +17,14 @@ Source = Literal["cli", "request", "manifest", "default", "context"]
 
 @dataclass(frozen=True)
 class DecodingSettings:
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    max_tokens: int = 256
+    """Resolved decoding values; the defaults are the ones the manifest model declares."""
+
+    temperature: float = DecodingConfig.default_of("temperature")
+    top_p: float = DecodingConfig.default_of("top_p")
+    top_k: int = DecodingConfig.default_of("top_k")
+    max_tokens: int = DecodingConfig.default_of("max_tokens")
     stop_sequences: tuple[str, ...] = ()
-    repetition_penalty: float = 1.0
+    repetition_penalty: float = DecodingConfig.default_of("repetition_penalty")
     seed: int | None = None
     sources: dict[str, Source] = field(default_factory=dict, compare=False)
 

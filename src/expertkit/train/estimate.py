@@ -202,7 +202,7 @@ def estimate_expert(
     measured peak of its last run when that run used the same settings."""
     from dataclasses import replace
 
-    from expertkit.data.prepare import DEFAULT_MAX_SEQ_LENGTH
+    from expertkit.manifest.sections import TrainingConfig
     from expertkit.models.context import open_expert
     from expertkit.train.adapters import adapter_to_train
     from expertkit.train.job import weights_dir_for
@@ -214,7 +214,7 @@ def estimate_expert(
     config = loaded.manifest.training.config if loaded.manifest.training else None
     plan = resolve_plan(config, entry)
     plan = replace(plan, batch_size=batch_size or plan.batch_size)
-    length = max_seq_length or (config.max_seq_length if config else None) or DEFAULT_MAX_SEQ_LENGTH
+    length = max_seq_length or (config or TrainingConfig()).setting("max_seq_length")
     adapter = None if plan.full_finetune else adapter_to_train(entry.adapters)
     estimate = estimate_memory(context.resolved.path, adapter, plan, length)
     meta_path = weights_dir_for(loaded, entry) / META_FILE

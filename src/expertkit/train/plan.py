@@ -18,8 +18,6 @@ from expertkit.models.hardware import cpu_supports_bf16
 
 DEFAULT_LR_ADAPTER = 2e-4
 DEFAULT_LR_FULL = 2e-5
-DEFAULT_BATCH_SIZE = 8
-DEFAULT_SEED = 42
 
 
 @dataclass(frozen=True)
@@ -103,10 +101,10 @@ def resolve_plan(config: TrainingConfig | None, entry: BaseModelEntry, max_steps
     """Resolve the manifest's training config (plus a ``--max-steps`` override) into a plan."""
     c = config or TrainingConfig()
     optimizer = (
-        c.optimizer if isinstance(c.optimizer, OptimizerConfig) else OptimizerConfig(type=c.optimizer or "adamw")
+        c.optimizer if isinstance(c.optimizer, OptimizerConfig) else OptimizerConfig(type=c.setting("optimizer"))
     )
-    full = bool(c.full_finetune)
-    quantization = c.quantization or entry.quantization or "none"
+    full = bool(c.setting("full_finetune"))
+    quantization = c.quantization or entry.quantization or c.setting("quantization")
     if full and quantization != "none":
         raise UsageError(
             "training.config.full_finetune cannot train a quantized base model",
@@ -127,30 +125,30 @@ def resolve_plan(config: TrainingConfig | None, entry: BaseModelEntry, max_steps
         raise UsageError('report_to ["tensorboard"] needs the tensorboard package', "pip install tensorboard")
     steps = max_steps or c.max_steps
     return TrainPlan(
-        epochs=c.epochs or 1.0,
+        epochs=c.setting("epochs"),
         max_steps=steps,
         learning_rate=c.learning_rate or (DEFAULT_LR_FULL if full else DEFAULT_LR_ADAPTER),
-        batch_size=c.batch_size or DEFAULT_BATCH_SIZE,
-        gradient_accumulation_steps=c.gradient_accumulation_steps or 1,
-        scheduler=c.scheduler or "cosine",
+        batch_size=c.setting("batch_size"),
+        gradient_accumulation_steps=c.setting("gradient_accumulation_steps"),
+        scheduler=c.setting("scheduler"),
         warmup_steps=c.warmup_steps,
-        warmup_ratio=c.warmup_ratio if c.warmup_ratio is not None else 0.03,
-        weight_decay=c.weight_decay or 0.0,
-        max_grad_norm=c.max_grad_norm or 1.0,
+        warmup_ratio=c.setting("warmup_ratio"),
+        weight_decay=c.setting("weight_decay"),
+        max_grad_norm=c.setting("max_grad_norm"),
         optimizer=optimizer,
         neftune_alpha=c.neftune_alpha or None,
-        gradient_checkpointing=bool(c.gradient_checkpointing),
+        gradient_checkpointing=bool(c.setting("gradient_checkpointing")),
         full_finetune=full,
         quantization=quantization,
-        precision=resolve_precision(c.bf16 if c.bf16 is not None else "auto", device),
+        precision=resolve_precision(c.setting("bf16"), device),
         eval_steps=c.eval_steps or c.save_steps,  # a checkpoint at every evaluation: one cadence
-        logging_steps=c.logging_steps or 10,
-        seed=c.seed if c.seed is not None else DEFAULT_SEED,
+        logging_steps=c.setting("logging_steps"),
+        seed=c.setting("seed"),
         selection=c.selection or Selection(),
         report_to=list(c.report_to or []),
-        attention="eager" if c.use_sdpa is False else "sdpa",
-        dataloader_num_workers=c.dataloader_num_workers or 0,
-        dataloader_pin_memory=bool(c.dataloader_pin_memory) and device == "cuda",
+        attention="sdpa" if c.setting("use_sdpa") else "eager",
+        dataloader_num_workers=c.setting("dataloader_num_workers"),
+        dataloader_pin_memory=bool(c.setting("dataloader_pin_memory")) and device == "cuda",
         dataloader_prefetch_factor=c.dataloader_prefetch_factor if c.dataloader_num_workers else None,
         dataloader_persistent_workers=bool(c.dataloader_persistent_workers) and bool(c.dataloader_num_workers),
     )

@@ -38,3 +38,23 @@ def test_explain_prints_one_path_and_refuses_unknown_ones() -> None:
     assert explain("base_models.adapters.r")[0].path == "base_models[].adapters[].r"
     unknown = runner.invoke(app, ["manifest", "explain", "training.nope"])
     assert unknown.exit_code == 2 and "no manifest field 'training.nope'" in unknown.stderr
+
+
+def test_defaults_live_in_the_typed_model_and_are_what_training_and_decoding_use() -> None:
+    """One source for a default: the schema shows it, and an empty config resolves to it."""
+    from expertkit.manifest.model import BaseModelEntry
+    from expertkit.manifest.schema import generate_schema
+    from expertkit.manifest.sections import DecodingConfig, TrainingConfig
+    from expertkit.runtime.settings import resolve_settings
+    from expertkit.train.plan import resolve_plan
+
+    entry = BaseModelEntry(name="m", adapters=[{"type": "lora", "r": 4, "alpha": 8, "target_modules": ["q_proj"]}])
+    plan = resolve_plan(TrainingConfig(), entry)
+    for name in ("epochs", "batch_size", "gradient_accumulation_steps", "scheduler", "warmup_ratio", "weight_decay"):
+        assert getattr(plan, name) == TrainingConfig.default_of(name), name
+    assert (plan.max_grad_norm, plan.logging_steps, plan.seed) == (1.0, 10, 42)
+    settings = resolve_settings(None, DecodingConfig())
+    for name in ("temperature", "top_p", "top_k", "max_tokens", "repetition_penalty"):
+        assert getattr(settings, name) == DecodingConfig.default_of(name) and settings.sources[name] == "default"
+    schema = json.dumps(generate_schema())
+    assert '"default": 1024' in schema and '"default": "cosine"' in schema and '"default": 256' in schema
