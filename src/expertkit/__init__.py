@@ -10,7 +10,7 @@ layer over it. The handful of names a library user needs are here, imported on f
 
     expert = expertkit.open_expert(Path("my-expert"))               # manifest + base model, once
     result = expertkit.train_expert(expertkit.TrainRequest(expert.path), context=expert)
-    report = expertkit.run_eval(expertkit.EvalRequest("./my-expert", set_path=Path("held-out.jsonl"),
+    results = expertkit.run_eval(expertkit.EvalRequest("./my-expert", set_path=Path("held-out.jsonl"),
                                                       set_format="jsonl"))
     package = expertkit.package_expert(expertkit.PackageRequest(expert.root, output=Path("dist")))
     expertkit.install_package(package.path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, get_args
+from typing import TYPE_CHECKING, Any, get_args
 
 import typer
 from rich.markup import escape
@@ -13,6 +13,9 @@ from rich.table import Table
 
 from expertkit.cli.console import err_console, out_console, reports_errors
 from expertkit.manifest.sections import EvalFormat
+
+if TYPE_CHECKING:
+    from expertkit.eval.job import EvalResult
 
 PLAIN_EVERY = 5  # answers between progress lines when stderr is not a terminal
 
@@ -77,12 +80,12 @@ def eval_expert(
     failures = []
     for result in results:
         if as_json:
-            print(json.dumps({k: v for k, v in result.items() if k != "items"}, ensure_ascii=False))
+            print(json.dumps(result.to_json(items=False), ensure_ascii=False))
         else:
-            _print_table(result)
-        if plot is not None and "buckets" in result:
-            _plot(result, plot, len(results) > 1)
-        failures += [f"{result['set']}: {failure}" for failure in result.get("gate", {}).get("failures", [])]
+            _print_result(result)
+        if plot is not None and "buckets" in result.body:
+            _plot(result.to_json(), plot, len(results) > 1)
+        failures += [f"{result.set}: {failure}" for failure in result.gate_failures]
     for failure in failures:
         err_console.print(f"[red]gate:[/] {escape(failure)}")
     if gate and failures:
@@ -102,26 +105,23 @@ def _split_buckets(result: dict) -> list[tuple[str, dict]]:
     return list(buckets.items()) if len(buckets) > 1 else []
 
 
-def _print_table(result: dict) -> None:
-    if "base" in result:
-        _print_base_table(result)
-        return
-    summary = result.get("expert_summary", {})
-    table = Table("bucket", "n", "expert", "baseline", title=f"{summary.get('metric')} on {result['set']}")
-    for bucket, row in _split_buckets(result):
-        base = row.get("baseline")
-        table.add_row(escape(bucket), str(row["n"]), f"{row['expert']:.1%}", "-" if base is None else f"{base:.1%}")
-    if "delta" in result:
-        low, high = result["ci95"]
-        table.add_row("all", str(result["n"]), f"{result['expert']:.1%}", f"{result['baseline']:.1%}")
-        out_console.print(table)
-        out_console.print(
-            f"delta {result['delta']:+.1%} (95% CI {low:+.1%} … {high:+.1%}); written {escape(result['written'])}"
-        )
+def _print_result(result: EvalResult) -> None:
+    """The table for the result's kind: the base model alone, the expert alone, or the two compared."""
+    body, written = result.body, escape(str(result.written))
+    if result.kind == "base_only":
+        _print_base_table(result.to_json())
+    elif result.kind == "expert":
+        out_console.print(f"{result.metric}: {result.score:.1%} on {result.n} items; written {written}")
     else:
-        out_console.print(
-            f"{summary['metric']}: {summary['score']:.1%} on {summary['n']} items; written {escape(result['written'])}"
-        )
+        table = Table("bucket", "n", "expert", "baseline", title=f"{result.metric} on {result.set}")
+        for bucket, row in _split_buckets(body):
+            base = row.get("baseline")
+            base_text = "-" if base is None else f"{base:.1%}"
+            table.add_row(escape(bucket), str(row["n"]), f"{row['expert']:.1%}", base_text)
+        table.add_row("all", str(result.n), f"{result.score:.1%}", f"{result.baseline or 0.0:.1%}")
+        out_console.print(table)
+        low, high = body["ci95"]
+        out_console.print(f"delta {result.delta or 0.0:+.1%} (95% CI {low:+.1%} … {high:+.1%}); written {written}")
 
 
 def _print_base_table(result: dict) -> None:

@@ -10,7 +10,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from expertkit.errors import UsageError
 from expertkit.eval.gate import gate_failures
@@ -43,6 +43,46 @@ class EvalRequest:
     base_only: bool = False  # the base model under the expert's contract (before any training)
     sample: int | None = None  # a seeded random sample of N items (in set order), instead of the first N
     batch: int = DEFAULT_BATCH  # items decoded together; 1: one at a time
+
+
+EvalKind = Literal["base_only", "expert", "compared"]
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """One evaluation set's result. ``body`` is exactly what was written to ``written`` (its JSON
+    shape is unchanged); the fields are what callers read from it."""
+
+    kind: EvalKind  # the base model alone, the expert alone, or the expert against a baseline
+    set: str
+    metric: str
+    n: int
+    score: float  # the expert's (the base model's, for base_only)
+    baseline: float | None
+    delta: float | None
+    gate_failures: list[str]
+    written: Path
+    body: dict[str, Any]
+
+    @classmethod
+    def from_body(cls, kind: EvalKind, body: dict[str, Any], written: Path) -> EvalResult:
+        summary = body["baseline_summary"] if kind == "base_only" else body["expert_summary"]
+        return cls(
+            kind,
+            body["set"],
+            summary["metric"],
+            body["n"],
+            summary["score"],
+            body.get("baseline") if kind == "compared" else None,
+            body.get("delta"),
+            list(body.get("gate", {}).get("failures", [])),
+            written,
+            body,
+        )
+
+    def to_json(self, items: bool = True) -> dict[str, Any]:
+        """The written JSON plus ``written`` (without the per-item answers unless ``items``)."""
+        return {k: v for k, v in self.body.items() if items or k != "items"} | {"written": str(self.written)}
 
 
 @dataclass(frozen=True)
@@ -102,7 +142,7 @@ def result_path(files: ExpertFiles, set_name: str) -> Path:
     return child_file(directory, set_name, ".json", "evaluation set name")
 
 
-def run_eval(request: EvalRequest, on_item: Callable[[str, ItemResult], None] | None = None) -> list[dict[str, Any]]:
+def run_eval(request: EvalRequest, on_item: Callable[[str, ItemResult], None] | None = None) -> list[EvalResult]:
     """Evaluate the expert (and its baseline) on each chosen set; one result per set, each written
     as JSON beside the weights (``eval/<set>.json``) with the adapter's sha256 and the gate."""
     files = resolve_expert(request.expert)
@@ -124,7 +164,7 @@ def _run_base(
     chosen: EvalSetChoice,
     on_item: Callable[[str, ItemResult], None] | None,
     batch: int,
-) -> dict[str, Any]:
+) -> EvalResult:
     """The base model alone under the expert's contract; written to ``$EXPERTKIT_HOME/evals/<expert>/base/``
     (never beside the weights, where a gate would read it)."""
     progress = (lambda r: on_item("base", r)) if on_item else None
@@ -144,8 +184,7 @@ def _run_base(
     directory = expertkit_home() / "evals" / files.loaded.manifest.name / "base"
     path = child_file(directory, chosen.name, ".json", "evaluation set name")
     write_text_atomic(path, json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-    result["written"] = str(path)
-    return result
+    return EvalResult.from_body("base_only", result, path)
 
 
 def _run_set(
@@ -154,7 +193,7 @@ def _run_set(
     engine: Engine,
     chosen: EvalSetChoice,
     on_item: Callable[[str, ItemResult], None] | None,
-) -> dict[str, Any]:
+) -> EvalResult:
     name = files.loaded.manifest.name
     mine = (lambda r: on_item(name, r)) if on_item else None
     report = evaluate(engine, name, chosen.items, on_item=mine, batch=request.batch)
@@ -180,8 +219,7 @@ def _run_set(
     result["gate"] = {"passed": not failures, "failures": failures}
     path = result_path(files, chosen.name)
     write_text_atomic(path, json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-    result["written"] = str(path)
-    return result
+    return EvalResult.from_body("expert" if request.baseline is None else "compared", result, path)
 
 
 def _item_rows(report: EvalReport) -> list[dict[str, Any]]:

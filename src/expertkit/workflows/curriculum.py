@@ -60,8 +60,8 @@ def phase_gate(
         evaluation = context.manifest.evaluation or Evaluation()
         baseline = "base" if needs_baseline(evaluation) else None
         results = run_eval(EvalRequest(expert=str(request.target), baseline=baseline))
-        evaluations[outcome.phase.name] = [{k: v for k, v in r.items() if k != "items"} for r in results]
-        return [f"{r['set']}: {failure}" for r in results for failure in r["gate"]["failures"]]
+        evaluations[outcome.phase.name] = [r.to_json(items=False) for r in results]
+        return [f"{r.set}: {failure}" for r in results for failure in r.gate_failures]
 
     return gate
 

@@ -160,18 +160,20 @@ def test_base_only_eval_needs_no_weights(tmp_path: Path, tiny_llama_dir: Path, m
     assert table.exit_code == 0 and "base model, expert's contract" in table.stdout
 
 
-def test_one_bucket_is_not_shown_twice() -> None:
+def test_one_bucket_is_not_shown_twice(tmp_path: Path) -> None:
     from expertkit.cli.app import out_console
-    from expertkit.cli.eval_cmd import _print_table
+    from expertkit.cli.eval_cmd import _print_result
+    from expertkit.eval.job import EvalResult
 
-    result = {
-        "set": "held-out", "n": 30, "expert": 0.5, "baseline": 0.1, "delta": 0.4, "ci95": [0.2, 0.6], "written": "x",
-        "buckets": {"all": {"n": 30, "expert": 0.5, "baseline": 0.1}}, "expert_summary": {"metric": "exact_match"},
+    body = {
+        "set": "held-out", "n": 30, "expert": 0.5, "baseline": 0.1, "delta": 0.4, "ci95": [0.2, 0.6],
+        "buckets": {"all": {"n": 30, "expert": 0.5, "baseline": 0.1}},
+        "expert_summary": {"metric": "exact_match", "score": 0.5},
     }  # fmt: skip
     with out_console.capture() as one:
-        _print_table(result)
-    assert one.get().count("│ all") == 1
-    result["buckets"] = {"easy": {"n": 10, "expert": 0.9, "baseline": 0.2}, "hard": {"n": 20, "expert": 0.3}}
+        _print_result(EvalResult.from_body("compared", body, tmp_path / "r.json"))
+    assert one.get().count("│ all") == 1 and "delta +40.0%" in one.get()
+    body["buckets"] = {"easy": {"n": 10, "expert": 0.9, "baseline": 0.2}, "hard": {"n": 20, "expert": 0.3}}
     with out_console.capture() as two:
-        _print_table(result)
+        _print_result(EvalResult.from_body("compared", body, tmp_path / "r.json"))
     assert "│ easy" in two.get() and "│ hard" in two.get() and two.get().count("│ all") == 1
