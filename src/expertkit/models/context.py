@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from expertkit.errors import ManifestError, UsageError
+from expertkit.errors import ManifestError, ModelNotFoundError, UsageError
 from expertkit.manifest.load import LoadedManifest, load_manifest
 from expertkit.manifest.model import BaseModelEntry, ManifestV2
 from expertkit.manifest.report import Problem, ValidationReport
@@ -60,13 +60,17 @@ def open_expert(target: Path, model: str | None = None, *, check: bool = True) -
 
     Raises:
         ManifestError: the manifest is missing, malformed or invalid (every problem listed).
-        ModelError: the base model cannot be found locally.
+        ModelNotFoundError: the base model cannot be found locally.
     """
     loaded = load_manifest(target)
     entry = loaded.manifest.base_model(model)
-    found = resolve_model(entry.name, loaded.root)
+    report = check_loaded(loaded) if check else ValidationReport(source=str(loaded.path))
+    try:
+        found = resolve_model(entry.name, loaded.root)
+    except ModelNotFoundError:
+        _refuse_invalid(report, target)  # the manifest's own problems first
+        raise
     if check:  # before preparing any model: a manifest validate refuses costs nothing here
-        report = check_loaded(loaded)
         if found.ready:
             report.add(_entry_problems(loaded, entry, found))
         _refuse_invalid(report, target)
