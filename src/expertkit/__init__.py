@@ -38,7 +38,8 @@ _PUBLIC: dict[str, str] = {
     "train_expert": "expertkit.train.run",
     "train_with_gates": "expertkit.workflows.curriculum",
     "EvalRequest": "expertkit.eval.job",
-    "run_eval": "expertkit.eval.job",
+    "EvalResult": "expertkit.eval.job",
+    "run_eval": "expertkit.eval.run",
     "PackageRequest": "expertkit.package.build",
     "PackageResult": "expertkit.package.build",
     "package_expert": "expertkit.package.build",
@@ -52,6 +53,7 @@ _PUBLIC: dict[str, str] = {
 __all__ = [
     "Engine",
     "EvalRequest",
+    "EvalResult",
     "ExpertContext",
     "ExpertkitError",
     "LoadOptions",
@@ -75,7 +77,8 @@ __all__ = [
 
 if TYPE_CHECKING:
     from expertkit.data.expert_data import prepare_expert_data
-    from expertkit.eval.job import EvalRequest, run_eval
+    from expertkit.eval.job import EvalRequest, EvalResult
+    from expertkit.eval.run import run_eval
     from expertkit.manifest.load import load_manifest
     from expertkit.manifest.validate import validate_manifest
     from expertkit.models.context import ExpertContext, open_expert

@@ -47,7 +47,8 @@ def eval_expert(
     per set, one per line."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    from expertkit.eval.job import EvalRequest, run_eval
+    from expertkit.eval.job import EvalRequest
+    from expertkit.eval.run import run_eval
 
     request = EvalRequest(
         expert,

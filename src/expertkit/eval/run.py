@@ -1,221 +1,167 @@
-"""``evaluate``: run an expert (or the base model) over evaluation items under its decoding
-contract, score each answer with the task's metric, and summarise per bucket; ``compare`` adds the
-paired difference against a baseline with a bootstrap interval."""
+"""``run_eval``: what ``expert-cli eval`` does: load the expert (and a baseline on the same base
+model), the set (``--set``/``--format`` or the manifest's ``evaluation.sets``), evaluate both on
+the same items, and write the result JSON beside the expert."""
 
 from __future__ import annotations
 
-import time
+import json
+import random
+import re
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
-from expertkit.eval.bfcl import check_answer
-from expertkit.eval.sets import EvalItem
-from expertkit.eval.sql_exec import execution_match
-from expertkit.eval.sql_match import cypher_match, sql_match
-from expertkit.eval.stats import bootstrap_ci, mean, paired_delta_ci
-from expertkit.manifest.sections import DecodingConfig
-from expertkit.package.references import ExpertFiles
-from expertkit.runtime.answer import Answer, AskOptions, AskPlan, ask, expert_grammar, plan_answer
-from expertkit.runtime.batch import BatchScheduler
+from expertkit.errors import UsageError
+from expertkit.eval.evaluate import EvalReport, ItemResult, compare, evaluate
+from expertkit.eval.gate import gate_failures
+from expertkit.eval.job import EvalRequest, EvalResult, EvalSetChoice
+from expertkit.eval.sets import EvalItem, load_set
+from expertkit.fsutil import write_text_atomic
+from expertkit.home import expertkit_home
+from expertkit.layout import ADAPTER_WEIGHTS
+from expertkit.models.fingerprint import sha256_file
+from expertkit.models.hardware import best_dtype
+from expertkit.package.references import ExpertFiles, resolve_expert
 from expertkit.runtime.engine import Engine
-from expertkit.runtime.generate import GenerationResult
-from expertkit.runtime.grammar import CompiledGrammar, compile_grammar, grammar_for
-from expertkit.runtime.settings import resolve_settings
+from expertkit.runtime.options import LoadOptions
+from expertkit.safepath import child_file, contained
 
-GREEDY = {"temperature": 0.0, "seed": 0}
-DEFAULT_BATCH = 8  # items decoded together (``eval --batch``); 1: one at a time
-
-
-@dataclass(frozen=True)
-class ItemResult:
-    id: str
-    bucket: str
-    correct: bool
-    valid: bool | None
-    stopped: bool
-    latency_s: float
-    tokens: int
-    text: str
-    reason: str
+_SET_NAME_DISALLOWED = re.compile(r"[^A-Za-z0-9_.-]+")
+SAMPLE_SEED = 0  # --sample draws the same items every run
 
 
-@dataclass
-class EvalReport:
-    metric: str
-    system: str
-    items: list[ItemResult] = field(default_factory=list)
-    wall_s: float = 0.0  # the whole run, start to finish (items overlap when decoded in batches)
-
-    @property
-    def scores(self) -> list[float]:
-        return [1.0 if r.correct else 0.0 for r in self.items]
-
-    def summary(self) -> dict[str, Any]:
-        buckets: dict[str, list[float]] = {}
-        for result in self.items:
-            buckets.setdefault(result.bucket, []).append(1.0 if result.correct else 0.0)
-        seconds = sum(r.latency_s for r in self.items)
-        return {
-            "metric": self.metric,
-            "system": self.system,
-            "n": len(self.items),
-            "score": round(mean(self.scores), 4),
-            "ci95": [round(v, 4) for v in bootstrap_ci(self.scores)],
-            "buckets": {b: {"n": len(v), "score": round(mean(v), 4)} for b, v in sorted(buckets.items())},
-            "validity": round(mean([1.0 if r.valid else 0.0 for r in self.items]), 4),
-            "stop_rate": round(mean([1.0 if r.stopped else 0.0 for r in self.items]), 4),
-            "mean_latency_s": round(seconds / max(len(self.items), 1), 3),
-            "tokens_per_s": round(sum(r.tokens for r in self.items) / seconds, 1) if seconds else 0.0,
-            "throughput_tokens_per_s": (
-                round(sum(r.tokens for r in self.items) / self.wall_s, 1) if self.wall_s else None
-            ),
-        }
+def _selected(
+    items: list[EvalItem], split: str | None, limit: int | None, where: str, sample: int | None = None
+) -> list[EvalItem]:
+    if split is not None:
+        items = [i for i in items if i.split == split]
+    if not items:
+        splits = f" in split {split!r}" if split else ""
+        raise UsageError(f"{where}: no evaluation items{splits}", "check --split / the set's split")
+    if sample is not None and sample < len(items):
+        chosen = sorted(random.Random(SAMPLE_SEED).sample(range(len(items)), sample))
+        items = [items[i] for i in chosen]
+    return items[:limit] if limit else items
 
 
-def metric_name(items: list[EvalItem]) -> str:
-    task = items[0].task if items else "text"
-    if task == "sql":
-        return "execution_accuracy" if items[0].database is not None else "exact_match"
-    return {"function": "call_accuracy", "cypher": "exact_match"}.get(task, "exact_match")
+def _set_file(files: ExpertFiles, relative: str, what: str) -> Path:
+    """A set file the manifest names: anywhere for the user's own expert, inside the expert's
+    directory for a packaged or installed one (its manifest is untrusted)."""
+    return contained(files.root, relative, what) if files.packaged else files.root / relative
 
 
-def score(item: EvalItem, text: str) -> tuple[bool, str]:
-    if item.task == "sql" and item.database is not None:
-        result = execution_match(item.database, item.alternatives or item.gold, text, dialect=item.dialect)
-        return result.correct, result.reason
-    if item.task == "sql":
-        return (True, "same query") if sql_match(item.gold, text) else (False, "different query")
-    if item.task == "function" and item.truth is not None:
-        call = check_answer(text, item.truth, item.functions or [])
-        return call.correct, call.reason
-    if item.task == "cypher":
-        return (True, "same query") if cypher_match(item.gold, text) else (False, "different query")
-    return (text.strip() == item.gold.strip(), "exact")
+def eval_sets(request: EvalRequest, files: ExpertFiles) -> list[EvalSetChoice]:
+    """The sets to run: ``--set``/``--format``, or every one of the manifest's ``evaluation.sets``
+    (each with its own ``split`` and ``limit``; ``--split`` and ``--limit`` override them)."""
+    if request.set_path is not None:
+        if request.set_format is None:
+            raise UsageError("--set needs --format", "e.g. --format spider|geoquery|bfcl|text2cypher|jsonl")
+        items = load_set(request.set_path, request.set_format, request.answers)
+        name = _SET_NAME_DISALLOWED.sub("-", request.set_path.stem).strip("-.")[:100] or "set"
+        return [EvalSetChoice(name, _selected(items, request.split, request.limit, name, request.sample))]
+    sets = files.loaded.manifest.evaluation.sets if files.loaded.manifest.evaluation else []
+    if not sets:
+        raise UsageError(f"{files.loaded.manifest.name} lists no evaluation.sets", "pass --set FILE --format FMT")
+    chosen = []
+    for spec in sets:
+        answers = _set_file(files, spec.answers, f"evaluation set {spec.name} answers") if spec.answers else None
+        items = load_set(_set_file(files, spec.path, f"evaluation set {spec.name} path"), spec.format, answers)
+        split, limit = request.split or spec.split, request.limit or spec.limit
+        where = f"evaluation set {spec.name}"
+        chosen.append(EvalSetChoice(spec.name, _selected(items, split, limit, where, request.sample)))
+    return chosen
 
 
-def contract_options(files: ExpertFiles) -> AskOptions:
-    """The decoding contract of the expert in ``files`` (settings, grammar, validator) as options,
-    to run the base model under it: a baseline with the same prompt, grammar and stops."""
-    training = files.loaded.manifest.training
-    decoding = (training.decoding if training else None) or DecodingConfig()
-    settings = resolve_settings(None, decoding).to_json()
-    overrides = {name: item["value"] for name, item in settings.items() if item["source"] == "manifest"}
-    grammar = grammar_for(decoding, files.root, untrusted=files.packaged)
-    return AskOptions(overrides=overrides, grammar=grammar, validation=decoding)
+def result_path(files: ExpertFiles, set_name: str) -> Path:
+    """Beside the weights for an expert directory; in $EXPERTKIT_HOME/evals for a package."""
+    manifest = files.loaded.manifest
+    if files.model_dir.is_dir() and not files.packaged:
+        return child_file(files.model_dir / "eval", set_name, ".json", "evaluation set name")
+    directory = expertkit_home() / "evals" / manifest.name / manifest.version
+    return child_file(directory, set_name, ".json", "evaluation set name")
 
 
-def evaluate(
+def run_eval(request: EvalRequest, on_item: Callable[[str, ItemResult], None] | None = None) -> list[EvalResult]:
+    """Evaluate the expert (and its baseline) on each chosen set; one result per set, each written
+    as JSON beside the weights (``eval/<set>.json``) with the adapter's sha256 and the gate."""
+    files = resolve_expert(request.expert)
+    dtype = best_dtype() if request.dtype == "auto" else request.dtype
+    if request.base_only:
+        options = LoadOptions(dtype=dtype, base=files.loaded.manifest.base_models[0].name)  # type: ignore[arg-type]
+        engine = Engine.for_files([], options)
+        return [_run_base(files, engine, chosen, on_item, request.batch) for chosen in eval_sets(request, files)]
+    references = [request.expert]
+    if request.baseline not in (None, "base"):
+        references.append(request.baseline)
+    engine = Engine.for_experts(references, LoadOptions(dtype=dtype))  # type: ignore[arg-type]
+    return [_run_set(request, files, engine, chosen, on_item) for chosen in eval_sets(request, files)]
+
+
+def _run_base(
+    files: ExpertFiles,
     engine: Engine,
-    expert: str | None,
-    items: list[EvalItem],
-    contract: ExpertFiles | None = None,
-    on_item: Callable[[ItemResult], None] | None = None,
-    batch: int = DEFAULT_BATCH,
-) -> EvalReport:
-    """Greedy and seeded (reproducible). An expert decodes under its own contract; the base model
-    (``expert`` None) under ``contract``'s, when given, so the comparison isolates the adapter.
-
-    ``batch`` > 1 decodes up to that many items together (continuous batching, as ``serve`` does):
-    on a memory-bound CPU a step for 8 sequences costs little more than a step for one. Results are
-    reproducible for the same ``batch``; the batched matrix products round differently from single
-    ones, so a bf16 answer can differ in a late token from ``--batch 1``'s (same order, same seeds).
-    """
-    report = EvalReport(metric_name(items), expert or "base")
-    base = contract_options(contract) if expert is None and contract else AskOptions()
-    options = replace(base, overrides={**(base.overrides or {}), **GREEDY})
-    options = replace(options, compiled_grammar=_compiled_grammar(engine, expert, options))  # once, not per item
-
-    results: list[ItemResult | None] = [None] * len(items)
-
-    def record(index: int, answer: Answer, seconds: float) -> None:
-        item = items[index]
-        correct, reason = score(item, answer.text)
-        result = ItemResult(
-            item.id,
-            item.bucket,
-            correct,
-            answer.validation.valid,
-            answer.result.stopped,
-            seconds,
-            answer.result.completion_tokens,
-            answer.text,
-            reason,
-        )
-        results[index] = result
-        if on_item is not None:
-            on_item(result)
-
-    started = time.perf_counter()
-    if batch <= 1:
-        for index, item in enumerate(items):
-            begun = time.perf_counter()
-            answer = ask(engine, expert, item.messages, options)
-            record(index, answer, time.perf_counter() - begun)
-    elif items:
-        _answer_batched(engine, [plan_answer(engine, expert, i.messages, options) for i in items], batch, record)
-    report.items = [r for r in results if r is not None]  # item order: paired comparisons rely on it
-    report.wall_s = time.perf_counter() - started
-    return report
-
-
-def _compiled_grammar(engine: Engine, expert: str | None, options: AskOptions) -> CompiledGrammar | None:
-    if options.grammar is not None:
-        return compile_grammar(engine.tokenizer, engine.vocab_size, options.grammar)
-    return expert_grammar(engine, expert) if options.use_grammar else None
-
-
-def _answer_batched(
-    engine: Engine, plans: list[AskPlan], batch: int, on_answer: Callable[[int, Answer, float], None]
-) -> None:
-    """Every plan's answer (with its retries) through one :class:`BatchScheduler`, reported as each
-    finishes; an item's seconds are its own generation time (admission to finish, over attempts)."""
-    room = max(len(p.prompt) + p.settings.max_tokens for p in plans) + engine.prefix_length(plans[0].name)
-    scheduler = BatchScheduler(engine, max_batch=batch, max_positions=min(room, engine.context_length))
-    seconds = [0.0] * len(plans)
-    errors: list[BaseException] = []
-
-    def submit(index: int, attempt: int) -> None:
-        def done(outcome: GenerationResult | BaseException) -> None:
-            if isinstance(outcome, BaseException):
-                errors.append(outcome)
-                return
-            seconds[index] += outcome.total_s
-            answer = plans[index].judge(attempt, outcome)
-            if answer is None:
-                submit(index, attempt + 1)
-            else:
-                on_answer(index, answer, seconds[index])
-
-        scheduler.submit(plans[index].request(attempt), done)
-
-    for index in range(len(plans)):
-        submit(index, 0)
-    while scheduler.busy and not errors:
-        scheduler.step()
-    if errors:
-        raise errors[0]
-
-
-def compare(expert: EvalReport, baseline: EvalReport) -> dict[str, Any]:
-    """The expert's summary with the baseline's, the paired delta and its 95 % interval."""
-    mine, theirs = expert.summary(), baseline.summary()
-    low, high = paired_delta_ci(expert.scores, baseline.scores)
-    return {
-        "metric": mine["metric"],
-        "expert": mine["score"],
-        "baseline": theirs["score"],
-        "delta": round(mine["score"] - theirs["score"], 4),
-        "ci95": [round(low, 4), round(high, 4)],
-        "n": mine["n"],
-        "buckets": {
-            bucket: {
-                "expert": value["score"],
-                "baseline": theirs["buckets"].get(bucket, {}).get("score"),
-                "n": value["n"],
-            }
-            for bucket, value in mine["buckets"].items()
-        },
-        "expert_summary": mine,
-        "baseline_summary": theirs,
+    chosen: EvalSetChoice,
+    on_item: Callable[[str, ItemResult], None] | None,
+    batch: int,
+) -> EvalResult:
+    """The base model alone under the expert's contract; written to ``$EXPERTKIT_HOME/evals/<expert>/base/``
+    (never beside the weights, where a gate would read it)."""
+    progress = (lambda r: on_item("base", r)) if on_item else None
+    report = evaluate(engine, None, chosen.items, contract=files, on_item=progress, batch=batch)
+    summary = report.summary()
+    result: dict[str, Any] = {
+        "metric": summary["metric"],
+        "base": summary["score"],
+        "ci95": summary["ci95"],
+        "n": len(chosen.items),
+        "buckets": {b: {"base": row["score"], "n": row["n"]} for b, row in summary["buckets"].items()},
+        "baseline_summary": summary,
+        "expert_system": files.loaded.manifest.name,
+        "set": chosen.name,
+        "items": _item_rows(report),
     }
+    directory = expertkit_home() / "evals" / files.loaded.manifest.name / "base"
+    path = child_file(directory, chosen.name, ".json", "evaluation set name")
+    write_text_atomic(path, json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    return EvalResult.from_body("base_only", result, path)
+
+
+def _run_set(
+    request: EvalRequest,
+    files: ExpertFiles,
+    engine: Engine,
+    chosen: EvalSetChoice,
+    on_item: Callable[[str, ItemResult], None] | None,
+) -> EvalResult:
+    name = files.loaded.manifest.name
+    mine = (lambda r: on_item(name, r)) if on_item else None
+    report = evaluate(engine, name, chosen.items, on_item=mine, batch=request.batch)
+    result: dict[str, Any]
+    if request.baseline is None:
+        result = {"expert_summary": report.summary(), "n": len(chosen.items)}
+    else:
+        baseline_name = None if request.baseline == "base" else request.baseline.split("@")[0]
+        progress = (lambda r: on_item("baseline", r)) if on_item else None
+        reference = evaluate(engine, baseline_name, chosen.items, contract=files, on_item=progress, batch=request.batch)
+        result = compare(report, reference)
+        result["baseline_system"] = reference.system
+    adapter = files.adapter_dir / ADAPTER_WEIGHTS
+    result.update(
+        {
+            "expert_system": name,
+            "set": chosen.name,
+            "adapter_sha256": sha256_file(adapter) if adapter.is_file() else None,
+            "items": _item_rows(report),
+        }
+    )
+    failures = gate_failures(files.loaded.manifest.evaluation, result)
+    result["gate"] = {"passed": not failures, "failures": failures}
+    path = result_path(files, chosen.name)
+    write_text_atomic(path, json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    return EvalResult.from_body("expert" if request.baseline is None else "compared", result, path)
+
+
+def _item_rows(report: EvalReport) -> list[dict[str, Any]]:
+    return [
+        {"id": r.id, "bucket": r.bucket, "correct": r.correct, "reason": r.reason, "text": r.text} for r in report.items
+    ]

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from expertkit.errors import UsageError
-from expertkit.eval.job import EvalRequest, run_eval
+from expertkit.eval.job import EvalRequest
+from expertkit.eval.run import run_eval
 from expertkit.layout import CHECKPOINT_DIR
 from expertkit.manifest.sections import Evaluation, TrainingPhase
 from expertkit.models.context import ExpertContext, open_expert

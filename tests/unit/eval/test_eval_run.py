@@ -11,7 +11,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from expertkit.cli.app import _register, app
-from expertkit.eval.run import compare, evaluate
+from expertkit.eval.evaluate import compare, evaluate
 from expertkit.eval.sets import EvalItem
 from expertkit.runtime.engine import Engine
 from expertkit.runtime.options import LoadOptions
