@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from expertkit.cli.console import err_console, out_console, reports_errors
+
+if TYPE_CHECKING:
+    from expertkit.train.job import TrainResult
 
 MANIFEST = typer.Option(
     Path(),
@@ -43,20 +46,21 @@ def _print_start(job: Any, trainer: Any) -> None:
         err_console.print(f"  resuming from {escape(job.resume_from.name)}")
 
 
-def summary_table(meta: dict[str, Any], weights_dir: Path) -> Table:
-    m, s = meta["metrics"], meta["selection"]
+def summary_table(result: TrainResult) -> Table:
+    m = result.metrics
     table = Table(title="training summary", show_header=False)
     table.add_column("what", style="bold")
     table.add_column("value")
+    best = f"{m.best_eval_loss:.4f} (step {m.best_step})" if m.best_eval_loss is not None else "-"
     rows = [
-        ("steps / epochs", f"{m['steps']} / {m['epochs']}"),
-        ("final train loss", f"{m['final_train_loss']:.4f}" if m["final_train_loss"] is not None else "-"),
-        ("best eval loss", f"{m['best_eval_loss']:.4f} (step {s['best_step']})" if m["best_eval_loss"] else "-"),
-        ("chosen checkpoint", f"{s['checkpoint']}: {s['reason']}"),
-        ("tokens seen, tokens/s", f"{m['tokens_seen']:,}, {m['tokens_per_s']:.1f}" if m["tokens_seen"] else "-"),
-        ("wall time", f"{m['wall_time_s']:.1f} s"),
-        ("peak memory (RSS)", f"{m['cpu_peak_rss_mib']:.0f} MiB"),
-        ("weights", str(weights_dir)),
+        ("steps / epochs", f"{m.steps} / {m.epochs}"),
+        ("final train loss", f"{m.final_train_loss:.4f}" if m.final_train_loss is not None else "-"),
+        ("best eval loss", best),
+        ("chosen checkpoint", f"{m.checkpoint}: {m.reason}"),
+        ("tokens seen, tokens/s", f"{m.tokens_seen:,}, {m.tokens_per_s or 0.0:.1f}" if m.tokens_seen else "-"),
+        ("wall time", f"{m.wall_time_s or 0.0:.1f} s"),
+        ("peak memory (RSS)", f"{m.peak_rss_mib or 0.0:.0f} MiB"),
+        ("weights", str(result.weights_dir)),
     ]
     for what, value in rows:
         table.add_row(what, escape(value))
@@ -98,7 +102,7 @@ def train(
     if result is None:
         out_console.print("every phase was already trained (nothing to resume)")
         return
-    out_console.print(summary_table(result.meta, result.weights_dir))
+    out_console.print(summary_table(result))
     if result.curve is not None:
         out_console.print(f"loss curve: {escape(str(result.curve))}")
 

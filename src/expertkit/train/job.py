@@ -37,9 +37,50 @@ class TrainRequest:
 
 @dataclass(frozen=True)
 class TrainResult:
+    """A finished run: where its weights are, what it measured, and ``meta``, exactly the
+    ``training_meta.json`` written beside the weights (empty on the non-main ranks of a DDP run)."""
+
     weights_dir: Path
     meta: dict[str, Any]
     curve: Path | None
+
+    @property
+    def metrics(self) -> RunMetrics:
+        return RunMetrics.from_meta(self.meta)
+
+
+@dataclass(frozen=True)
+class RunMetrics:
+    """What a run measured and which checkpoint it kept (read from its training meta)."""
+
+    steps: int | None
+    epochs: float | None
+    final_train_loss: float | None
+    best_eval_loss: float | None
+    best_step: int | None
+    checkpoint: str | None
+    reason: str | None
+    tokens_seen: int | None
+    tokens_per_s: float | None
+    wall_time_s: float | None
+    peak_rss_mib: float | None
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> RunMetrics:
+        m, s = meta.get("metrics", {}), meta.get("selection", {})
+        return cls(
+            m.get("steps"),
+            m.get("epochs"),
+            m.get("final_train_loss"),
+            m.get("best_eval_loss"),
+            s.get("best_step"),
+            s.get("checkpoint"),
+            s.get("reason"),
+            m.get("tokens_seen"),
+            m.get("tokens_per_s"),
+            m.get("wall_time_s"),
+            m.get("cpu_peak_rss_mib"),
+        )
 
 
 def weights_dir_for(loaded: LoadedManifest, entry: BaseModelEntry) -> Path:
