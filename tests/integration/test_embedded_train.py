@@ -9,6 +9,7 @@ import pytest
 
 from expertkit.train.job import TrainRequest
 from expertkit.train.run import train_expert
+from expertkit.training_meta import TrainingMeta
 
 pytestmark = pytest.mark.integration
 
@@ -46,9 +47,13 @@ def test_a_few_steps_on_the_embedded_model(tmp_path: Path, embedded_model) -> No
     (expert / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
     result = train_expert(TrainRequest(expert, progress=False))
     meta = result.meta
-    assert meta["base_model"]["architecture"] == "LlamaForCausalLM"
-    assert meta["metrics"]["steps"] == 3 and meta["metrics"]["best_eval_loss"] < 10
-    history = meta["selection"]["history"]
+    assert meta is not None and meta.base_model.architecture == "LlamaForCausalLM"
+    assert meta.metrics.steps == 3 and (meta.metrics.best_eval_loss or 10) < 10
+    written = json.loads((result.weights_dir / "training_meta.json").read_text(encoding="utf-8"))
+    assert meta.to_json() == written  # the typed result is the file, key for key
+    assert list(written) == list(TrainingMeta.model_fields)  # the order it was always written in
+    assert TrainingMeta.model_validate(written).to_json() == written  # and it reads back unchanged
+    history = meta.selection.history
     assert history and history[-1]["eval_loss"] < 5.0
     assert (result.weights_dir / "adapter" / "adapter_model.safetensors").is_file()
     assert (result.weights_dir / "loss_curve.png").is_file()

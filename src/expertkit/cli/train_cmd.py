@@ -92,7 +92,7 @@ def train(
     outcome = train_with_gates(request, on_start=None if as_json else _print_start)
     result = outcome.final
     if as_json:
-        final = result.meta if result else None
+        final = result.meta.to_json() if result and result.meta else None
         phases = [p.to_json() for p in outcome.phases]
         body = {"phases": phases, "evaluations": outcome.evaluations, "final": final} if phases else final
         print(json.dumps(body, indent=2, ensure_ascii=False))
@@ -110,15 +110,15 @@ def train(
 def phases_table(outcome: Any) -> Table:
     table = Table("phase", "steps", "tokens", "best eval loss", "wall s", "gate", title="curriculum")
     for phase in outcome.phases:
-        row = phase.to_json()
-        loss = row["best_eval_loss"]
-        gate = "-" if not phase.phase.gate else ("passed" if row["gate"]["passed"] else "FAILED")
+        row = phase.record()
+        loss = row.best_eval_loss
+        gate = "-" if not phase.phase.gate else ("passed" if row.gate.passed else "FAILED")
         table.add_row(
-            escape(f"{row['index'] + 1}. {row['name']}"),
-            str(row["steps"]),
-            f"{row['tokens_seen'] or 0:,}",
+            escape(f"{row.index + 1}. {row.name}"),
+            str(row.steps),
+            f"{row.tokens_seen or 0:,}",
             "-" if loss is None else f"{loss:.4f}",
-            f"{row['wall_time_s'] or 0:.0f}",
+            f"{row.wall_time_s or 0:.0f}",
             gate,
         )
     return table

@@ -37,7 +37,8 @@ from expertkit.package.contents import (
     side_files,
     soft_prompt_files,
 )
-from expertkit.package.lock import LOCK_FILE, LockInputs, build_lock, lock_bytes
+from expertkit.package.lock import LOCK_FILE, ExpertLock, LockInputs, build_lock
+from expertkit.training_meta import TrainingMeta
 
 PACKAGE_SUFFIX = ".expert"
 
@@ -57,7 +58,7 @@ class PackageResult:
     checksum_path: Path
     sha256: str
     files: dict[str, str]
-    lock: dict[str, Any]
+    lock: ExpertLock
 
 
 def package_name(name: str, model: str, version: str) -> str:
@@ -92,19 +93,19 @@ def _tokenizer_for(loaded: LoadedManifest, model_path: Path) -> Any:
     return tokenizer
 
 
-def check_trained_on(meta: dict[str, Any] | None, fp: Fingerprint, tokenizer: Any, probe: dict[str, Any]) -> None:
+def check_trained_on(meta: TrainingMeta | None, fp: Fingerprint, tokenizer: Any, probe: dict[str, Any]) -> None:
     """Refuse weights whose training_meta.json names another base model or chat template."""
     if meta is None:
         return
-    trained_base = meta.get("base_model", {}).get("weights_sha256")
+    trained_base = meta.base_model.weights_sha256
     if trained_base and trained_base != fp.weights_sha256:
         raise PackageError(
             f"the adapter was trained on base weights {trained_base[:12]}…, "
             f"this base model is {fp.weights_sha256[:12]}…",
             "package on the machine/model it was trained with, or re-train",
         )
-    trained_template = meta.get("chat_template_sha256")
-    difference = first_difference(meta["template_probe"], probe) if "template_probe" in meta else None
+    trained_template = meta.chat_template_sha256
+    difference = first_difference(meta.template_probe, probe) if meta.template_probe is not None else None
     if difference or (trained_template and trained_template != text_sha256(tokenizer.chat_template)):
         detail = difference.describe() if difference else "the template text differs"
         raise PackageError(
@@ -112,12 +113,14 @@ def check_trained_on(meta: dict[str, Any] | None, fp: Fingerprint, tokenizer: An
         )
 
 
-def _training_record(meta: dict[str, Any] | None) -> dict[str, Any] | None:
+def _training_record(meta: TrainingMeta | None) -> dict[str, Any] | None:
+    """The lock's ``training`` section: the run's libraries, selection (without its history), metrics, plan."""
     if meta is None:
         return None
+    written = meta.to_json()
     keys = ("libraries", "selection", "metrics", "plan", "chat_template_sha256")
-    record = {key: meta[key] for key in keys if key in meta}
-    record["data_lineage_hash"] = meta.get("data", {}).get("lineage_hash")
+    record = {key: written[key] for key in keys if key in meta.model_fields_set}
+    record["data_lineage_hash"] = meta.data.lineage_hash
     record.get("selection", {}).pop("history", None)
     return record
 
@@ -135,7 +138,7 @@ def gather_members(loaded: LoadedManifest, weights: ExpertWeights) -> dict[str, 
     return members
 
 
-def make_lock(loaded: LoadedManifest, weights: ExpertWeights, members: dict[str, Path | bytes]) -> dict[str, Any]:
+def make_lock(loaded: LoadedManifest, weights: ExpertWeights, members: dict[str, Path | bytes]) -> ExpertLock:
     resolved = ensure_ready(resolve_model(weights.entry.name, loaded.root))
     if not resolved.ready:
         raise PackageError(f"base model {weights.entry.name} is not prepared", "run: expert-cli models pull NAME")
@@ -151,7 +154,7 @@ def make_lock(loaded: LoadedManifest, weights: ExpertWeights, members: dict[str,
         base_name=weights.entry.name,
         fingerprint=fp,
         chat_template=tokenizer.chat_template,
-        probe=meta["template_probe"] if meta and "template_probe" in meta else probe,
+        probe=meta.template_probe if meta and meta.template_probe is not None else probe,
         special_tokens=special_tokens_record(tokenizer),
         adapter={**adapter, "peft_type": adapter_config.get("peft_type")},
         files={name: _digest(source) for name, source in members.items()},
@@ -203,9 +206,9 @@ def package_expert(request: PackageRequest) -> PackageResult:
         require_passed_gate(weights.directory)
     members = gather_members(loaded, weights)
     lock = make_lock(loaded, weights, members)
-    members[LOCK_FILE] = lock_bytes(lock)
+    members[LOCK_FILE] = lock.to_bytes()
     output = request.output or Path.cwd()
     path = output / package_name(loaded.manifest.name, weights.entry.name, loaded.manifest.version)
     write_archive(path, members)
     checksum, digest = write_checksum(path)
-    return PackageResult(path, checksum, digest, lock["files"], lock)
+    return PackageResult(path, checksum, digest, lock.files, lock)

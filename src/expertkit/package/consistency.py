@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from pydantic import ValidationError
 
@@ -13,6 +12,7 @@ from expertkit.manifest.model import ManifestV2
 from expertkit.models.fingerprint import text_sha256
 from expertkit.package.adapter_check import adapter_mismatches
 from expertkit.package.archive import PackageError
+from expertkit.package.lock import ExpertLock
 
 ADAPTER_CONFIG_SUFFIX = "/adapter/adapter_config.json"
 
@@ -32,20 +32,19 @@ def packaged_manifest(raw: bytes | None, where: str) -> ManifestV2:
         raise PackageError(f"{where}: manifest.json cannot be read: {exc}", "re-package the expert") from exc
 
 
-def lock_problems(manifest: ManifestV2, lock: dict[str, Any], contents: dict[str, bytes]) -> list[str]:
+def lock_problems(manifest: ManifestV2, lock: ExpertLock, contents: dict[str, bytes]) -> list[str]:
     """Every disagreement between the lock, the manifest and the shipped adapter config."""
     problems = [f"manifest.json {p.render()}" for p in untrusted_path_problems(manifest)]
-    expert = lock.get("expert", {})
-    if (expert.get("name"), expert.get("version")) != (manifest.name, manifest.version):
+    expert = lock.expert
+    if (expert.name, expert.version) != (manifest.name, manifest.version):
         problems.append(
-            f"the lock is for {expert.get('name')}@{expert.get('version')}, "
-            f"the manifest is {manifest.name}@{manifest.version}"
+            f"the lock is for {expert.name}@{expert.version}, the manifest is {manifest.name}@{manifest.version}"
         )
     names = manifest.model_names()
-    if lock["base_model"].get("name") not in names:
-        problems.append(f"the lock's base model {lock['base_model'].get('name')!r} is not in the manifest ({names})")
-    template = lock["chat_template"]
-    if text_sha256(template.get("text")) != template.get("sha256"):
+    if lock.base_model.name not in names:
+        problems.append(f"the lock's base model {lock.base_model.name!r} is not in the manifest ({names})")
+    template = lock.chat_template
+    if text_sha256(template.text) != template.sha256:
         problems.append("the lock's chat template text does not match its sha256")
     configs = [name for name in contents if name.endswith(ADAPTER_CONFIG_SUFFIX)]
     if len(configs) != 1 or len(manifest.base_models) != 1:

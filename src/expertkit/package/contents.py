@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from expertkit.layout import (
     ADAPTER_CONFIG,
@@ -18,7 +17,6 @@ from expertkit.layout import (
     ADAPTER_WEIGHTS,
     FULL_SUBDIR,
     SOFT_PROMPT_DIR,
-    TRAINING_META,
 )
 from expertkit.manifest.load import LoadedManifest
 from expertkit.manifest.model import BaseModelEntry
@@ -26,6 +24,7 @@ from expertkit.models.fingerprint import sha256_file
 from expertkit.naming import normalise_model_name
 from expertkit.package.adapter_check import adapter_mismatches
 from expertkit.package.archive import PackageError
+from expertkit.training_meta import TrainingMeta, read_training_meta
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz")
 README, LICENSE, GRAMMAR = "README.md", "LICENSE", "grammar.gbnf"
@@ -43,15 +42,8 @@ class ExpertWeights:
     def adapter_dir(self) -> Path:
         return self.directory / ADAPTER_SUBDIR
 
-    def meta(self) -> dict[str, Any] | None:
-        path = self.directory / TRAINING_META
-        if not path.is_file():
-            return None
-        try:
-            value = json.loads(path.read_text(encoding="utf-8"))
-        except ValueError as exc:
-            raise PackageError(f"{path} is not valid JSON: {exc}", "re-run expert-cli train") from exc
-        return value if isinstance(value, dict) else None
+    def meta(self) -> TrainingMeta | None:
+        return read_training_meta(self.directory)
 
 
 def trained_models(weights_root: Path) -> list[str]:

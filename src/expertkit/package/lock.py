@@ -15,10 +15,13 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 from expertkit.errors import ExpertkitError
 from expertkit.layout import LOCK_FILE
 from expertkit.models.fingerprint import Fingerprint, text_sha256
 from expertkit.models.template_probe import first_difference, probe_record
+from expertkit.training_meta import BaseModelRecord, TrainingMeta
 
 LOCK_VERSION = 1
 REQUIRED_KEYS = ("lock_version", "expert", "base_model", "chat_template", "probe", "special_tokens", "files")
@@ -26,6 +29,64 @@ REQUIRED_KEYS = ("lock_version", "expert", "base_model", "chat_template", "probe
 
 class LockMismatchError(ExpertkitError):
     """The base model or chat template at hand is not the one the expert was trained with."""
+
+
+class _Part(BaseModel):
+    model_config = ConfigDict(extra="allow")  # kept, so a lock read and written again is unchanged
+
+
+class LockedExpert(_Part):
+    name: str
+    version: str
+
+
+class LockedBaseModel(_Part):
+    name: str | None = None
+    weights_sha256: str | None = None
+    architecture: str | None = None
+    model_type: str | None = None
+    vocab_size: int | None = None
+    num_parameters: int | None = None
+
+
+class LockedTemplate(_Part):
+    sha256: str | None = None
+    text: str | None = None
+
+
+class ExpertLock(_Part):
+    """``expert.lock.json``; the file is ``to_bytes()`` (sorted keys, so it is deterministic)."""
+
+    lock_version: int
+    expert: LockedExpert
+    base_model: LockedBaseModel
+    chat_template: LockedTemplate
+    probe: dict[str, Any] | None
+    special_tokens: dict[str, Any]
+    adapter: dict[str, Any] = Field(default_factory=dict)
+    files: dict[str, str]
+    training: dict[str, Any] | None = None
+    packaged_with: dict[str, str] = Field(default_factory=dict)
+
+    def trained_with(self) -> TrainedWith:
+        return TrainedWith(self.base_model, self.chat_template, self.probe)
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_bytes(self) -> bytes:
+        return (json.dumps(self.to_json(), indent=2, ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8")
+
+
+@dataclass(frozen=True)
+class TrainedWith:
+    """The checkable part of a lock: what the base model and chat template must be at load time.
+    A packaged expert's comes from its lock, an unpackaged one's from its ``training_meta.json``;
+    ``template`` is ``None`` when nothing recorded it (then the template is not checked)."""
+
+    base_model: LockedBaseModel
+    template: LockedTemplate | None
+    probe: dict[str, Any] | None
 
 
 @dataclass(frozen=True)
@@ -44,35 +105,31 @@ class LockInputs:
     packaged_with: dict[str, str] = field(default_factory=dict)
 
 
-def build_lock(inputs: LockInputs) -> dict[str, Any]:
+def build_lock(inputs: LockInputs) -> ExpertLock:
     fp = inputs.fingerprint
-    return {
-        "lock_version": LOCK_VERSION,
-        "expert": inputs.expert,
-        "base_model": {
-            "name": inputs.base_name,
-            "weights_sha256": fp.weights_sha256,
-            "architecture": fp.architecture,
-            "model_type": fp.model_type,
-            "vocab_size": fp.vocab_size,
-            "num_parameters": fp.num_parameters,
-        },
-        "chat_template": {"sha256": text_sha256(inputs.chat_template), "text": inputs.chat_template},
-        "probe": inputs.probe,
-        "special_tokens": inputs.special_tokens,
-        "adapter": inputs.adapter,
-        "files": dict(sorted(inputs.files.items())),
-        "training": inputs.training,
-        "packaged_with": inputs.packaged_with,
-    }
+    return ExpertLock(
+        lock_version=LOCK_VERSION,
+        expert=LockedExpert.model_validate(inputs.expert),
+        base_model=LockedBaseModel(
+            name=inputs.base_name,
+            weights_sha256=fp.weights_sha256,
+            architecture=fp.architecture,
+            model_type=fp.model_type,
+            vocab_size=fp.vocab_size,
+            num_parameters=fp.num_parameters,
+        ),
+        chat_template=LockedTemplate(sha256=text_sha256(inputs.chat_template), text=inputs.chat_template),
+        probe=inputs.probe,
+        special_tokens=inputs.special_tokens,
+        adapter=inputs.adapter,
+        files=dict(sorted(inputs.files.items())),
+        training=inputs.training,
+        packaged_with=inputs.packaged_with,
+    )
 
 
-def lock_bytes(lock: dict[str, Any]) -> bytes:
-    return (json.dumps(lock, indent=2, ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8")
-
-
-def parse_lock(raw: bytes, where: str) -> dict[str, Any]:
-    """The lock as a dict, or a clear error naming what is wrong with it."""
+def parse_lock(raw: bytes, where: str) -> ExpertLock:
+    """The lock, or a clear error naming what is wrong with it (the key path for a wrong type)."""
     try:
         lock = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
@@ -87,26 +144,31 @@ def parse_lock(raw: bytes, where: str) -> dict[str, Any]:
             f"{where}: {LOCK_FILE} has lock_version {lock['lock_version']!r}; this expertkit reads {LOCK_VERSION}",
             "upgrade expertkit or re-package the expert",
         )
-    return lock
+    try:
+        return ExpertLock.model_validate(lock)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        path = ".".join(str(p) for p in first["loc"])
+        raise LockMismatchError(f"{where}: {LOCK_FILE}: {path}: {first['msg']}", "re-package the expert") from exc
 
 
-def check_base_model(lock: dict[str, Any], fp: Fingerprint, where: str) -> None:
+def check_base_model(trained: TrainedWith, fp: Fingerprint, where: str) -> None:
     """Refuse a base model whose weights, architecture or vocabulary differ from the lock's."""
-    locked = lock["base_model"]
+    locked = trained.base_model
     for key, current in (
         ("weights_sha256", fp.weights_sha256),
         ("architecture", fp.architecture),
         ("vocab_size", fp.vocab_size),
     ):
-        if locked.get(key) != current:
+        if getattr(locked, key) != current:
             raise LockMismatchError(
                 f"{where}: the base model differs from the one this expert was trained on: "
-                f"{key} is {current!r}, the lock says {locked.get(key)!r} ({locked.get('name')})",
+                f"{key} is {current!r}, the lock says {getattr(locked, key)!r} ({locked.name})",
                 "load the expert on the base model it was trained with",
             )
 
 
-def check_template(lock: dict[str, Any], tokenizer: Any, where: str, allow_drift: bool = False) -> str | None:
+def check_template(trained: TrainedWith, tokenizer: Any, where: str, allow_drift: bool = False) -> str | None:
     """Compare the tokenizer's chat template and probe tokenisation with the lock's.
 
     Returns:
@@ -116,12 +178,11 @@ def check_template(lock: dict[str, Any], tokenizer: Any, where: str, allow_drift
         LockMismatchError: they differ and drift is not allowed; the message shows the first
             differing probe token.
     """
-    if lock.get("chat_template") is None:  # an unpackaged expert whose meta recorded no template
+    if trained.template is None:  # an unpackaged expert whose meta recorded no template
         return None
     current_sha = text_sha256(getattr(tokenizer, "chat_template", None))
-    locked_sha = lock["chat_template"].get("sha256")
-    difference = first_difference(lock["probe"], probe_record(tokenizer)) if lock.get("probe") else None
-    if difference is None and current_sha == locked_sha:
+    difference = first_difference(trained.probe, probe_record(tokenizer)) if trained.probe else None
+    if difference is None and current_sha == trained.template.sha256:
         return None
     detail = (
         difference.describe()
@@ -137,10 +198,8 @@ def check_template(lock: dict[str, Any], tokenizer: Any, where: str, allow_drift
     )
 
 
-def lock_from_meta(meta: dict[str, Any]) -> dict[str, Any]:
+def lock_from_meta(meta: TrainingMeta) -> TrainedWith:
     """The checkable part of a lock, from an unpackaged expert's ``training_meta.json``."""
-    return {
-        "base_model": meta.get("base_model", {}),
-        "chat_template": {"sha256": meta["chat_template_sha256"]} if "chat_template_sha256" in meta else None,
-        "probe": meta.get("template_probe"),
-    }
+    base: BaseModelRecord = meta.base_model
+    template = LockedTemplate(sha256=meta.chat_template_sha256) if meta.records_template else None
+    return TrainedWith(LockedBaseModel.model_validate(base.model_dump()), template, meta.template_probe)

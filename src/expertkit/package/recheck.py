@@ -17,12 +17,11 @@ import hashlib
 import os
 import stat
 from pathlib import Path
-from typing import Any
 
 from expertkit.manifest.model import ManifestV2
 from expertkit.package.archive import PackageError
 from expertkit.package.consistency import ADAPTER_CONFIG_SUFFIX, lock_problems
-from expertkit.package.lock import LOCK_FILE
+from expertkit.package.lock import LOCK_FILE, ExpertLock
 from expertkit.package.signing import PublicKey, read_signature
 from expertkit.package.verify import digest_problems
 
@@ -68,7 +67,7 @@ def _small(root: Path, relative: str) -> bytes:
 def recheck_directory(
     root: Path,
     manifest: ManifestV2,
-    lock: dict[str, Any],
+    lock: ExpertLock,
     expected: dict[str, str] | None = None,
     keys: list[PublicKey] | None = None,
     require_signature: bool = False,
@@ -84,7 +83,7 @@ def recheck_directory(
     """
     actual = directory_digests(root)
     if expected is None:
-        expected = {**lock.get("files", {}), LOCK_FILE: actual.get(LOCK_FILE, "")}
+        expected = {**lock.files, LOCK_FILE: actual.get(LOCK_FILE, "")}
     problems = digest_problems(expected, actual, "what was installed")
     configs = {n: _small(root, n) for n in actual if n.endswith(ADAPTER_CONFIG_SUFFIX)}
     problems += lock_problems(manifest, lock, configs)

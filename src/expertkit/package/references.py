@@ -8,23 +8,22 @@ assembled from ``training_meta.json`` by the loader.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from expertkit.fsutil import atomic_directory
 from expertkit.home import expertkit_home
-from expertkit.layout import ADAPTER_SUBDIR, MANIFEST_FILE, SOFT_PROMPT_DIR, TRAINING_META, WEIGHTS_DIR
+from expertkit.layout import ADAPTER_SUBDIR, MANIFEST_FILE, SOFT_PROMPT_DIR, WEIGHTS_DIR
 from expertkit.manifest.load import LoadedManifest, load_manifest
 from expertkit.naming import normalise_model_name
 from expertkit.package.archive import PackageError, extract_archive
 from expertkit.package.build import PACKAGE_SUFFIX
-from expertkit.package.lock import LOCK_FILE, parse_lock
+from expertkit.package.lock import LOCK_FILE, ExpertLock, parse_lock
 from expertkit.package.recheck import recheck_directory
 from expertkit.package.signing import PublicKey, default_trusted_keys_dir, trusted_keys
 from expertkit.package.store import find_installed
 from expertkit.package.verify import verify_package
+from expertkit.training_meta import TrainingMeta, read_training_meta
 
 
 @dataclass(frozen=True)
@@ -33,7 +32,7 @@ class ExpertFiles:
 
     root: Path
     loaded: LoadedManifest
-    lock: dict[str, Any] | None
+    lock: ExpertLock | None
     source: str
     signer: str | None = None  # key id of a signature verified at load against the keys trusted then
 
@@ -86,9 +85,8 @@ class ExpertFiles:
             return f"{self.source} is missing {missing[0].relative_to(self.root)}"
         return f"{manifest.name} has no trained weights for {base} (looked for {missing[0]})"
 
-    def training_meta(self) -> dict[str, Any] | None:
-        path = self.model_dir / TRAINING_META
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    def training_meta(self) -> TrainingMeta | None:
+        return read_training_meta(self.model_dir)
 
 
 def packages_cache() -> Path:

@@ -97,7 +97,7 @@ def install_package(
         name=manifest.name,
         version=manifest.version,
         path=str(target),
-        base_model=report.lock["base_model"]["name"],
+        base_model=report.lock.base_model.name or "",
         adapter_type=manifest.base_models[0].adapters[0].type,
         signer=report.signer,
         trusted=report.trusted,

@@ -14,7 +14,7 @@ from expertkit.layout import MANIFEST_FILE
 from expertkit.models.fingerprint import sha256_file
 from expertkit.package.archive import DEFAULT_LIMITS, ArchiveScan, Limits, PackageError, scan_archive
 from expertkit.package.checksum import checksum_path, read_checksum
-from expertkit.package.lock import LOCK_FILE, LockMismatchError, parse_lock
+from expertkit.package.lock import LOCK_FILE, ExpertLock, LockMismatchError, parse_lock
 from expertkit.package.signing import PublicKey, Signature, read_signature, signature_path, write_signature
 
 
@@ -23,7 +23,7 @@ class VerifyReport:
     package: Path
     archive_sha256: str
     scan: ArchiveScan
-    lock: dict[str, Any] | None = None
+    lock: ExpertLock | None = None
     signer: str | None = None
     trusted: bool = False
     trusted_source: str | None = None
@@ -35,7 +35,7 @@ class VerifyReport:
         return not self.problems
 
     def to_json(self) -> dict[str, Any]:
-        expert = (self.lock or {}).get("expert", {})
+        expert = self.lock.expert.model_dump(mode="json") if self.lock else {}
         return {
             "package": str(self.package),
             "ok": self.ok,
@@ -87,7 +87,7 @@ def _check_lock(report: VerifyReport) -> None:
         report.problems.append(exc.message)
         return
     actual = {name: m.sha256 for name, m in report.scan.members.items() if name != LOCK_FILE}
-    report.problems += digest_problems(report.lock["files"], actual, LOCK_FILE)
+    report.problems += digest_problems(report.lock.files, actual, LOCK_FILE)
 
 
 def _check_signature(report: VerifyReport, keys: list[PublicKey] | None, require: bool) -> None:
@@ -185,7 +185,7 @@ def sign_package(package: Path, key_path: Path) -> tuple[Path, str]:
     payload = {
         "package": package.name,
         "archive_sha256": report.archive_sha256,
-        "expert": (report.lock or {}).get("expert", {}),
+        "expert": report.lock.expert.model_dump(mode="json") if report.lock else {},
         "files": {name: m.sha256 for name, m in sorted(report.scan.members.items())},
     }
     return write_signature(package, payload, key_path)

@@ -21,7 +21,7 @@ from expertkit.models.fingerprint import fingerprint
 from expertkit.models.load import load_model
 from expertkit.models.resolve import ResolvedModel, resolve_model
 from expertkit.models.tokens import add_control_tokens
-from expertkit.package.lock import check_base_model, check_template, lock_from_meta
+from expertkit.package.lock import TrainedWith, check_base_model, check_template, lock_from_meta
 from expertkit.package.references import ExpertFiles, resolve_expert
 from expertkit.runtime.constraints import ordered_by_constraints
 from expertkit.runtime.generate import Decoder, GenerationRequest, GenerationResult, end_token_ids, generate
@@ -45,9 +45,9 @@ class Expert:
         return self.files.loaded.manifest.name
 
 
-def _lock_of(files: ExpertFiles, notes: list[str]) -> dict[str, Any] | None:
+def _lock_of(files: ExpertFiles, notes: list[str]) -> TrainedWith | None:
     if files.lock is not None:
-        return files.lock
+        return files.lock.trained_with()
     meta = files.training_meta()
     if meta is None:
         notes.append(f"{files.root}: no expert.lock.json or training_meta.json; base model and template unchecked")

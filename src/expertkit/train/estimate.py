@@ -24,6 +24,7 @@ from expertkit.manifest.sections import Adapter
 from expertkit.models.hardware import device_memory_mib
 from expertkit.train.adapters import attach_adapter
 from expertkit.train.plan import TrainPlan
+from expertkit.training_meta import read_training_meta
 
 MIB = 2**20
 ADAMW_STATE_BYTES = 8  # exp_avg + exp_avg_sq, fp32
@@ -181,17 +182,10 @@ class EstimateReport:
 
 def last_run_peak(meta_path: Path, batch_size: int, seq_length: int, device: str) -> float | None:
     """Measured peak from ``training_meta.json`` when that run used the same batch, length and device."""
-    import json
-
-    if not meta_path.is_file():
+    meta = read_training_meta(meta_path.parent) if meta_path.is_file() else None
+    if meta is None or meta.plan.get("batch_size") != batch_size or meta.max_seq_length() != seq_length:
         return None
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    plan, metrics = meta.get("plan", {}), meta.get("metrics", {})
-    length = meta.get("manifest", {}).get("training", {}).get("config", {}).get("max_seq_length")
-    if plan.get("batch_size") != batch_size or length != seq_length:
-        return None
-    key = "cuda_max_allocated_mib" if device == "cuda" else "cpu_peak_rss_mib"
-    value = metrics.get(key)
+    value = meta.metrics.cuda_max_allocated_mib if device == "cuda" else meta.metrics.cpu_peak_rss_mib
     return float(value) if value is not None else None
 
 

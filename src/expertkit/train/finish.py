@@ -19,49 +19,59 @@ from expertkit.train.checkpoints import clear_staging, newest_checkpoint
 from expertkit.train.job import TrainJob, TrainResult
 from expertkit.train.outputs import CURVE_FILE, chat_template_sha256, library_versions, plot_loss_curve, write_meta
 from expertkit.train.selection import BestCheckpointSelector
+from expertkit.training_meta import (
+    BaseModelRecord,
+    DataRecord,
+    ExpertRecord,
+    FinalMetrics,
+    ParameterCount,
+    PhaseRecord,
+    SelectionRecord,
+    TrainingMeta,
+)
 
 PUBLISHED_SUFFIXES = (".safetensors", ".json", ".txt", ".jinja")
 
 
-def peak_memory() -> dict[str, Any]:
-    """Peak resident memory of this process (CPU) and CUDA's max allocated, in MiB."""
+def peak_memory() -> tuple[float, float | None]:
+    """Peak resident memory of this process (CPU) and CUDA's max allocated (``None`` without CUDA), in MiB."""
     import torch
 
     rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     rss = rss_kib / 1024 if sys.platform != "darwin" else rss_kib / 2**20
-    peak = {"cpu_peak_rss_mib": round(rss, 1)}
-    if torch.cuda.is_available():
-        peak["cuda_max_allocated_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    return peak
+    cuda = round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None
+    return round(rss, 1), cuda
 
 
-def final_metrics(job: TrainJob, trainer: Any) -> dict[str, Any]:
+def final_metrics(job: TrainJob, trainer: Any) -> FinalMetrics:
     history = trainer.state.log_history
-    train_logs = [e for e in history if "loss" in e]
+    last: dict[str, Any] = next((e for e in reversed(history) if "loss" in e), {})
     best = job.selector.best
-    return {
-        "steps": trainer.state.global_step,
-        "epochs": round(trainer.state.epoch or 0.0, 4),
-        "final_train_loss": train_logs[-1]["loss"] if train_logs else None,
-        "final_eval_loss": trainer.last_eval_loss,
-        "best_eval_loss": best.eval_loss if best else None,
-        "tokens_seen": train_logs[-1].get("tokens_seen") if train_logs else None,
-        "tokens_per_s": train_logs[-1].get("tokens_per_s") if train_logs else None,
-        "wall_time_s": round(time.time() - job.run_info["started"], 2),
-        **peak_memory(),
-    }
+    rss, cuda = peak_memory()
+    return FinalMetrics(
+        steps=trainer.state.global_step,
+        epochs=round(trainer.state.epoch or 0.0, 4),
+        final_train_loss=last.get("loss"),
+        final_eval_loss=trainer.last_eval_loss,
+        best_eval_loss=best.eval_loss if best else None,
+        tokens_seen=last.get("tokens_seen"),
+        tokens_per_s=last.get("tokens_per_s"),
+        wall_time_s=round(time.time() - job.run_info["started"], 2),
+        cpu_peak_rss_mib=rss,
+        cuda_max_allocated_mib=cuda,
+    )
 
 
-def base_model_record(job: TrainJob) -> dict[str, Any]:
+def base_model_record(job: TrainJob) -> BaseModelRecord:
     fp = fingerprint(job.resolved.path)
-    return {
-        "name": job.entry.name,
-        "path": str(job.resolved.path),
-        "weights_sha256": fp.weights_sha256,
-        "architecture": fp.architecture,
-        "vocab_size": fp.vocab_size,
-        "num_parameters": fp.num_parameters,
-    }
+    return BaseModelRecord(
+        name=job.entry.name,
+        path=str(job.resolved.path),
+        weights_sha256=fp.weights_sha256,
+        architecture=fp.architecture,
+        vocab_size=fp.vocab_size,
+        num_parameters=fp.num_parameters,
+    )
 
 
 def publish_weights(best_checkpoint: Path, weights_dir: Path) -> None:
@@ -76,15 +86,16 @@ def publish_weights(best_checkpoint: Path, weights_dir: Path) -> None:
                     shutil.copy2(file, staged / file.name)
 
 
-def selection_summary(selector: BestCheckpointSelector) -> dict[str, Any]:
+def selection_summary(selector: BestCheckpointSelector, checkpoint: str | None = None) -> SelectionRecord:
     best = selector.best
-    return {
-        "best_step": best.step if best else None,
-        "reason": best.reason if best else "no evaluation passed the guards",
-        "stopped_early": selector.should_stop,
-        "guards": selector.guards.model_dump(mode="json"),
-        "history": selector.to_json(),
-    }
+    return SelectionRecord(
+        best_step=best.step if best else None,
+        reason=best.reason if best else "no evaluation passed the guards",
+        stopped_early=selector.should_stop,
+        guards=selector.guards.model_dump(mode="json"),
+        history=selector.to_json(),
+        checkpoint=checkpoint,
+    )
 
 
 def chosen_checkpoint(checkpoints: Path, selector: BestCheckpointSelector) -> Path:
@@ -98,35 +109,38 @@ def chosen_checkpoint(checkpoints: Path, selector: BestCheckpointSelector) -> Pa
     return newest
 
 
+def training_meta(job: TrainJob, trainer: Any, checkpoint: str) -> TrainingMeta:
+    manifest = job.loaded.manifest
+    phase = job.run_info.get("phase")
+    return TrainingMeta(
+        expert=ExpertRecord(name=manifest.name, version=manifest.version),
+        manifest=manifest.model_dump(mode="json", exclude_none=True),
+        base_model=base_model_record(job),
+        chat_template_sha256=chat_template_sha256(job.tokenizer),
+        template_probe=probe_record(job.tokenizer),
+        special_tokens=special_tokens_record(job.tokenizer),
+        data=DataRecord(lineage_hash=job.prepared.meta["key"], cache=str(job.prepared.directory)),
+        plan=job.plan.to_json(),
+        optimizer=trainer.optimizer_description,
+        parameters=ParameterCount(trainable=job.trainable.trainable, total=job.trainable.total),
+        new_token_ids=job.trainable.new_token_ids,
+        resumed_from=job.resume_from.name if job.resume_from else None,
+        phase=PhaseRecord(name=phase, init_from=job.run_info["init_from"]) if phase else None,
+        selection=selection_summary(job.selector, checkpoint),
+        metrics=final_metrics(job, trainer),
+        libraries=library_versions(),
+    )
+
+
 def finish_run(job: TrainJob, trainer: Any) -> TrainResult:
     if not trainer.args.should_save:  # non-zero ranks under accelerate launch
-        return TrainResult(job.weights_dir, {}, None)
+        return TrainResult(job.weights_dir, None, None)
     clear_staging(job.checkpoints)
     chosen = chosen_checkpoint(job.checkpoints, job.selector)
     publish_weights(chosen, job.weights_dir)
-    selection = selection_summary(job.selector)
-    selection["checkpoint"] = chosen.name
-    meta = {
-        "expert": {"name": job.loaded.manifest.name, "version": job.loaded.manifest.version},
-        "manifest": job.loaded.manifest.model_dump(mode="json", exclude_none=True),
-        "base_model": base_model_record(job),
-        "chat_template_sha256": chat_template_sha256(job.tokenizer),
-        "template_probe": probe_record(job.tokenizer),
-        "special_tokens": special_tokens_record(job.tokenizer),
-        "data": {"lineage_hash": job.prepared.meta["key"], "cache": str(job.prepared.directory)},
-        "plan": job.plan.to_json(),
-        "optimizer": trainer.optimizer_description,
-        "parameters": {"trainable": job.trainable.trainable, "total": job.trainable.total},
-        "new_token_ids": job.trainable.new_token_ids,
-        "resumed_from": job.resume_from.name if job.resume_from else None,
-        "phase": {"name": job.run_info["phase"], "init_from": job.run_info["init_from"]}
-        if job.run_info.get("phase")
-        else None,
-        "selection": selection,
-        "metrics": final_metrics(job, trainer),
-        "libraries": library_versions(),
-    }
-    write_meta(job.weights_dir, meta)
+    meta = training_meta(job, trainer, chosen.name)
+    write_meta(job.weights_dir, meta.to_json())
     title = f"{job.loaded.manifest.name} on {job.entry.name}"
-    curve = plot_loss_curve(trainer.state.log_history, selection["best_step"], job.weights_dir / CURVE_FILE, title)
+    best_step = meta.selection.best_step
+    curve = plot_loss_curve(trainer.state.log_history, best_step, job.weights_dir / CURVE_FILE, title)
     return TrainResult(job.weights_dir, meta, curve)

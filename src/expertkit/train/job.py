@@ -17,6 +17,7 @@ from expertkit.models.resolve import ResolvedModel
 from expertkit.naming import normalise_model_name
 from expertkit.train.plan import TrainPlan
 from expertkit.train.selection import BestCheckpointSelector
+from expertkit.training_meta import TrainingMeta
 
 
 class TrainingInterruptedError(ExpertkitError):
@@ -37,16 +38,16 @@ class TrainRequest:
 
 @dataclass(frozen=True)
 class TrainResult:
-    """A finished run: where its weights are, what it measured, and ``meta``, exactly the
-    ``training_meta.json`` written beside the weights (empty on the non-main ranks of a DDP run)."""
+    """A finished run: where its weights are, what it measured, and ``meta``, the
+    ``training_meta.json`` written beside the weights (``None`` on the non-main ranks of a DDP run)."""
 
     weights_dir: Path
-    meta: dict[str, Any]
+    meta: TrainingMeta | None
     curve: Path | None
 
     @property
     def metrics(self) -> RunMetrics:
-        return RunMetrics.from_meta(self.meta)
+        return RunMetrics.from_meta(self.meta or TrainingMeta())
 
 
 @dataclass(frozen=True)
@@ -66,20 +67,20 @@ class RunMetrics:
     peak_rss_mib: float | None
 
     @classmethod
-    def from_meta(cls, meta: dict[str, Any]) -> RunMetrics:
-        m, s = meta.get("metrics", {}), meta.get("selection", {})
+    def from_meta(cls, meta: TrainingMeta) -> RunMetrics:
+        m, s = meta.metrics, meta.selection
         return cls(
-            m.get("steps"),
-            m.get("epochs"),
-            m.get("final_train_loss"),
-            m.get("best_eval_loss"),
-            s.get("best_step"),
-            s.get("checkpoint"),
-            s.get("reason"),
-            m.get("tokens_seen"),
-            m.get("tokens_per_s"),
-            m.get("wall_time_s"),
-            m.get("cpu_peak_rss_mib"),
+            m.steps,
+            m.epochs,
+            m.final_train_loss,
+            m.best_eval_loss,
+            s.best_step,
+            s.checkpoint,
+            s.reason,
+            m.tokens_seen,
+            m.tokens_per_s,
+            m.wall_time_s,
+            m.cpu_peak_rss_mib,
         )
 
 

@@ -18,10 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 from expertkit.errors import ExpertkitError
 from expertkit.fsutil import atomic_directory, write_text_atomic
 from expertkit.layout import ADAPTER_SUBDIR, PHASES_DIR, SOFT_PROMPT_DIR, TRAINING_META
 from expertkit.manifest.sections import TrainingConfig, TrainingPhase
+from expertkit.training_meta import TrainingMeta
 
 PHASES_LEDGER = "phases.json"
 
@@ -30,27 +33,51 @@ class GateFailedError(ExpertkitError):
     """A phase missed the evaluation gate: the curriculum stops there."""
 
 
+class GateRecord(BaseModel):
+    passed: bool
+    failures: list[str] = Field(default_factory=list)
+
+
+class PhaseLedgerEntry(BaseModel):
+    """One trained phase in ``phases.json``: what it ran on and whether it passed its gate."""
+
+    model_config = ConfigDict(extra="allow")
+
+    index: int
+    name: str
+    phase: dict[str, Any]
+    data_hash: str | None = None
+    steps: int | None = None
+    tokens_seen: int | None = None
+    wall_time_s: float | None = None
+    best_eval_loss: float | None = None
+    gate: GateRecord
+
+
 @dataclass(frozen=True)
 class PhaseOutcome:
     index: int
     phase: TrainingPhase
     weights_dir: Path
-    meta: dict[str, Any]
+    meta: TrainingMeta
     gate_failures: list[str] = field(default_factory=list)
 
+    def record(self) -> PhaseLedgerEntry:
+        metrics = self.meta.metrics
+        return PhaseLedgerEntry(
+            index=self.index,
+            name=self.phase.name,
+            phase=self.phase.model_dump(mode="json"),
+            data_hash=self.meta.data.lineage_hash,
+            steps=metrics.steps,
+            tokens_seen=metrics.tokens_seen,
+            wall_time_s=metrics.wall_time_s,
+            best_eval_loss=metrics.best_eval_loss,
+            gate=GateRecord(passed=not self.gate_failures, failures=self.gate_failures),
+        )
+
     def to_json(self) -> dict[str, Any]:
-        metrics = self.meta.get("metrics", {})
-        return {
-            "index": self.index,
-            "name": self.phase.name,
-            "phase": self.phase.model_dump(mode="json"),
-            "data_hash": self.meta.get("data", {}).get("lineage_hash"),
-            "steps": metrics.get("steps"),
-            "tokens_seen": metrics.get("tokens_seen"),
-            "wall_time_s": metrics.get("wall_time_s"),
-            "best_eval_loss": metrics.get("best_eval_loss"),
-            "gate": {"passed": not self.gate_failures, "failures": self.gate_failures},
-        }
+        return self.record().model_dump(mode="json")
 
 
 AfterPhase = Callable[[PhaseOutcome], list[str]]
@@ -81,22 +108,36 @@ def snapshot_phase(weights_dir: Path, target: Path) -> None:
         shutil.copy2(weights_dir / TRAINING_META, staged / TRAINING_META)
 
 
-def read_ledger(weights_dir: Path) -> list[dict[str, Any]]:
+class PhaseLedger(BaseModel):
+    phases: list[PhaseLedgerEntry] = Field(default_factory=list)
+
+
+def read_ledger(weights_dir: Path) -> list[PhaseLedgerEntry]:
+    """``phases.json``'s entries; an unreadable ledger is an error naming the file (it gates resume)."""
     path = weights_dir / PHASES_DIR / PHASES_LEDGER
-    return json.loads(path.read_text(encoding="utf-8"))["phases"] if path.is_file() else []
+    if not path.is_file():
+        return []
+    try:
+        return PhaseLedger.model_validate_json(path.read_bytes()).phases
+    except ValidationError as exc:
+        raise ExpertkitError(
+            f"{path}: not a phase ledger: {exc.errors()[0]['msg']}",
+            "delete it to train every phase again, or restore the file",
+        ) from exc
 
 
-def write_ledger(weights_dir: Path, outcomes: list[dict[str, Any]]) -> None:
+def write_ledger(weights_dir: Path, entries: list[PhaseLedgerEntry]) -> None:
     path = weights_dir / PHASES_DIR / PHASES_LEDGER
-    write_text_atomic(path, json.dumps({"phases": outcomes}, indent=2, ensure_ascii=False) + "\n")
+    text = json.dumps(PhaseLedger(phases=entries).model_dump(mode="json"), indent=2, ensure_ascii=False)
+    write_text_atomic(path, text + "\n")
 
 
-def finished_phases(weights_dir: Path, phases: list[TrainingPhase]) -> list[dict[str, Any]]:
+def finished_phases(weights_dir: Path, phases: list[TrainingPhase]) -> list[PhaseLedgerEntry]:
     """The ledger's leading phases that match the manifest's and passed their gate (for resume)."""
     done = []
     for index, (record, phase) in enumerate(zip(read_ledger(weights_dir), phases, strict=False)):
-        same = record.get("phase") == phase.model_dump(mode="json")
-        if not same or not record["gate"]["passed"] or not phase_dir(weights_dir, index, phase).is_dir():
+        same = record.phase == phase.model_dump(mode="json")
+        if not same or not record.gate.passed or not phase_dir(weights_dir, index, phase).is_dir():
             break
         done.append(record)
     return done

@@ -32,6 +32,7 @@ from expertkit.train.phases import (
     write_ledger,
 )
 from expertkit.train.run import train_expert
+from expertkit.training_meta import TrainingMeta
 
 
 @dataclass(frozen=True)
@@ -124,11 +125,11 @@ def run_phases(
         snapshot_phase(result.weights_dir, target)
         # the phase is kept in its snapshot; its checkpoints would only confuse the next phase's --resume
         shutil.rmtree(result.weights_dir / CHECKPOINT_DIR, ignore_errors=True)
-        outcome = PhaseOutcome(index, phase, result.weights_dir, result.meta)
+        outcome = PhaseOutcome(index, phase, result.weights_dir, result.meta or TrainingMeta())
         if phase.gate and after_phase is not None:
             outcome = replace(outcome, gate_failures=after_phase(outcome))
         outcomes.append(outcome)
-        ledger.append(outcome.to_json())
+        ledger.append(outcome.record())
         write_ledger(result.weights_dir, ledger)
         if outcome.gate_failures:
             raise GateFailedError(

@@ -14,6 +14,7 @@ from expertkit.errors import ManifestError
 from expertkit.naming import normalise_model_name
 from expertkit.package.archive import PackageError
 from expertkit.package.build import PackageRequest, package_expert
+from expertkit.package.lock import parse_lock
 
 
 def test_package_contents_name_and_lock(built, expert_dir: Path, tiny_llama_dir: Path) -> None:
@@ -23,7 +24,9 @@ def test_package_contents_name_and_lock(built, expert_dir: Path, tiny_llama_dir:
         infos = tar.getmembers()
         names = [i.name for i in infos]
         manifest = json.loads(tar.extractfile("manifest.json").read())
-        lock = json.loads(tar.extractfile("expert.lock.json").read())
+        raw_lock = tar.extractfile("expert.lock.json").read()
+        lock = json.loads(raw_lock)
+    assert built.lock.to_bytes() == raw_lock == parse_lock(raw_lock, "here").to_bytes()  # typed, same bytes
     assert (
         names
         == sorted(names)

@@ -33,7 +33,7 @@ def test_ten_step_loss_curve_matches_the_golden_one(tmp_path: Path, tiny_llama_d
     result = train_expert(TrainRequest(expert, progress=False), on_start=keep)
     metrics = result.metrics  # typed, read from the training_meta.json written beside the weights
     assert (metrics.steps, metrics.best_step) == (10, 10) and metrics.checkpoint.startswith("checkpoint-10-")
-    assert metrics.best_eval_loss == pytest.approx(result.meta["metrics"]["best_eval_loss"])
+    assert result.meta is not None and metrics.best_eval_loss == pytest.approx(result.meta.metrics.best_eval_loss)
     history = captured["trainer"].state.log_history
     actual = {
         "train_loss": [round(row["loss"], 6) for row in history if "loss" in row],

@@ -116,5 +116,6 @@ def test_same_seed_gives_the_same_loss_curve(tmp_path: Path, tiny_llama_dir: Pat
     for name in ("first", "second"):
         expert = write_tiny_expert(tmp_path / name, [tiny_llama_dir], config={"logging_steps": 1})
         meta = train_expert(TrainRequest(expert, progress=False)).meta
-        curves.append([o["eval_loss"] for o in meta["selection"]["history"]] + [meta["metrics"]["final_train_loss"]])
+        assert meta is not None
+        curves.append([o["eval_loss"] for o in meta.selection.history] + [meta.metrics.final_train_loss])
     assert curves[0] == curves[1]

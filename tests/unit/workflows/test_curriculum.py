@@ -83,7 +83,7 @@ def test_phases_train_in_order_from_the_previous_adapter(
     assert [p.phase.name for p in result.phases] == ["basics", "advanced"]
     weights = result.phases[0].weights_dir
     ledger = read_ledger(weights)
-    assert [(r["name"], r["steps"], r["gate"]["passed"]) for r in ledger] == [
+    assert [(r.name, r.steps, r.gate.passed) for r in ledger] == [
         ("basics", 3, True),
         ("advanced", 2, True),
     ]
@@ -104,7 +104,8 @@ def test_phases_train_in_order_from_the_previous_adapter(
     write_ledger(weights, ledger[:1])
     resumed = train_with_gates(TrainRequest(expert, progress=False, resume=True))
     assert [p.phase.name for p in resumed.phases] == ["advanced"]
-    assert resumed.phases[0].meta["phase"]["init_from"] == str(weights / "phases/01-basics")
+    phase = resumed.phases[0].meta.phase
+    assert phase is not None and phase.init_from == str(weights / "phases/01-basics")
 
 
 def test_a_failed_gate_stops_the_curriculum(tmp_path: Path, tiny_llama_dir: Path, monkeypatch: Any) -> None:
@@ -114,7 +115,7 @@ def test_a_failed_gate_stops_the_curriculum(tmp_path: Path, tiny_llama_dir: Path
         train_with_gates(TrainRequest(expert, progress=False))
     assert "say: exact_match: 0.0000 is below the minimum 1.0100" in str(caught.value)
     weights = next((expert / "weights").iterdir())
-    assert [r["name"] for r in read_ledger(weights)] == ["basics"]
+    assert [r.name for r in read_ledger(weights)] == ["basics"]
     assert not (weights / "phases/02-advanced").exists()
 
 
