@@ -87,15 +87,15 @@ def spider_conversations(count: int) -> list[dict[str, Any]]:
 
 
 def train_expertkit(expert: Path) -> tuple[Any, dict[str, Any]]:
-    from expertkit.train.run import TrainRequest, train_expert
+    from expertkit.train.job import TrainRequest
+    from expertkit.train.run import train_expert
 
     captured: dict[str, Any] = {}
     result = train_expert(TrainRequest(expert, progress=True), on_start=lambda job, _: captured.update(job=job))
-    metrics = result.meta["metrics"]  # logged at the last step, before the final evaluation
-    return captured["job"], {
-        "tokens": metrics["tokens_seen"],
-        "seconds": metrics["tokens_seen"] / metrics["tokens_per_s"],
-    }
+    assert result.meta is not None
+    metrics = result.meta.metrics  # logged at the last step, before the final evaluation
+    tokens, rate = metrics.tokens_seen or 0, metrics.tokens_per_s or float("nan")
+    return captured["job"], {"tokens": tokens, "seconds": tokens / rate}
 
 
 def split_conversations(job: Any) -> list[dict[str, Any]]:

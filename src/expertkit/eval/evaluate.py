@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from expertkit.eval.bfcl import check_answer
@@ -51,25 +51,87 @@ class EvalReport:
     def scores(self) -> list[float]:
         return [1.0 if r.correct else 0.0 for r in self.items]
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> EvalSummary:
         buckets: dict[str, list[float]] = {}
         for result in self.items:
             buckets.setdefault(result.bucket, []).append(1.0 if result.correct else 0.0)
         seconds = sum(r.latency_s for r in self.items)
+        tokens = sum(r.tokens for r in self.items)
+        low, high = bootstrap_ci(self.scores)
+        return EvalSummary(
+            metric=self.metric,
+            system=self.system,
+            n=len(self.items),
+            score=round(mean(self.scores), 4),
+            ci95=(round(low, 4), round(high, 4)),
+            buckets={b: BucketScore(len(v), round(mean(v), 4)) for b, v in sorted(buckets.items())},
+            validity=round(mean([1.0 if r.valid else 0.0 for r in self.items]), 4),
+            stop_rate=round(mean([1.0 if r.stopped else 0.0 for r in self.items]), 4),
+            mean_latency_s=round(seconds / max(len(self.items), 1), 3),
+            tokens_per_s=round(tokens / seconds, 1) if seconds else 0.0,
+            throughput_tokens_per_s=round(tokens / self.wall_s, 1) if self.wall_s else None,
+        )
+
+
+@dataclass(frozen=True)
+class BucketScore:
+    n: int
+    score: float
+
+
+@dataclass(frozen=True)
+class EvalSummary:
+    """One system's score on one set: the mean, its bootstrap 95 % interval, per bucket, and how it decoded."""
+
+    metric: str
+    system: str
+    n: int
+    score: float
+    ci95: tuple[float, float]
+    buckets: dict[str, BucketScore]
+    validity: float  # share of answers that passed the output validator
+    stop_rate: float  # share that ended on a stop (not at max_tokens)
+    mean_latency_s: float  # each item's own generation time (inside its batch)
+    tokens_per_s: float  # per stream
+    throughput_tokens_per_s: float | None  # all streams together, wall clock
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["ci95"] = list(self.ci95)
+        return data
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """An expert against a baseline on the same items: the paired delta and its 95 % interval."""
+
+    expert: EvalSummary
+    baseline: EvalSummary
+    ci95: tuple[float, float]
+
+    @property
+    def delta(self) -> float:
+        return round(self.expert.score - self.baseline.score, 4)
+
+    def to_json(self) -> dict[str, Any]:
+        theirs = self.baseline.buckets
         return {
-            "metric": self.metric,
-            "system": self.system,
-            "n": len(self.items),
-            "score": round(mean(self.scores), 4),
-            "ci95": [round(v, 4) for v in bootstrap_ci(self.scores)],
-            "buckets": {b: {"n": len(v), "score": round(mean(v), 4)} for b, v in sorted(buckets.items())},
-            "validity": round(mean([1.0 if r.valid else 0.0 for r in self.items]), 4),
-            "stop_rate": round(mean([1.0 if r.stopped else 0.0 for r in self.items]), 4),
-            "mean_latency_s": round(seconds / max(len(self.items), 1), 3),
-            "tokens_per_s": round(sum(r.tokens for r in self.items) / seconds, 1) if seconds else 0.0,
-            "throughput_tokens_per_s": (
-                round(sum(r.tokens for r in self.items) / self.wall_s, 1) if self.wall_s else None
-            ),
+            "metric": self.expert.metric,
+            "expert": self.expert.score,
+            "baseline": self.baseline.score,
+            "delta": self.delta,
+            "ci95": list(self.ci95),
+            "n": self.expert.n,
+            "buckets": {
+                bucket: {
+                    "expert": value.score,
+                    "baseline": theirs[bucket].score if bucket in theirs else None,
+                    "n": value.n,
+                }
+                for bucket, value in self.expert.buckets.items()
+            },
+            "expert_summary": self.expert.to_json(),
+            "baseline_summary": self.baseline.to_json(),
         }
 
 
@@ -197,25 +259,7 @@ def _answer_batched(
         raise errors[0]
 
 
-def compare(expert: EvalReport, baseline: EvalReport) -> dict[str, Any]:
+def compare(expert: EvalReport, baseline: EvalReport) -> Comparison:
     """The expert's summary with the baseline's, the paired delta and its 95 % interval."""
-    mine, theirs = expert.summary(), baseline.summary()
     low, high = paired_delta_ci(expert.scores, baseline.scores)
-    return {
-        "metric": mine["metric"],
-        "expert": mine["score"],
-        "baseline": theirs["score"],
-        "delta": round(mine["score"] - theirs["score"], 4),
-        "ci95": [round(low, 4), round(high, 4)],
-        "n": mine["n"],
-        "buckets": {
-            bucket: {
-                "expert": value["score"],
-                "baseline": theirs["buckets"].get(bucket, {}).get("score"),
-                "n": value["n"],
-            }
-            for bucket, value in mine["buckets"].items()
-        },
-        "expert_summary": mine,
-        "baseline_summary": theirs,
-    }
+    return Comparison(expert.summary(), baseline.summary(), (round(low, 4), round(high, 4)))

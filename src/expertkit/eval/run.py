@@ -110,12 +110,12 @@ def _run_base(
     report = evaluate(engine, None, chosen.items, contract=files, on_item=progress, batch=batch)
     summary = report.summary()
     result: dict[str, Any] = {
-        "metric": summary["metric"],
-        "base": summary["score"],
-        "ci95": summary["ci95"],
+        "metric": summary.metric,
+        "base": summary.score,
+        "ci95": list(summary.ci95),
         "n": len(chosen.items),
-        "buckets": {b: {"base": row["score"], "n": row["n"]} for b, row in summary["buckets"].items()},
-        "baseline_summary": summary,
+        "buckets": {b: {"base": row.score, "n": row.n} for b, row in summary.buckets.items()},
+        "baseline_summary": summary.to_json(),
         "expert_system": files.loaded.manifest.name,
         "set": chosen.name,
         "items": _item_rows(report),
@@ -138,12 +138,12 @@ def _run_set(
     report = evaluate(engine, name, chosen.items, on_item=mine, batch=request.batch)
     result: dict[str, Any]
     if request.baseline is None:
-        result = {"expert_summary": report.summary(), "n": len(chosen.items)}
+        result = {"expert_summary": report.summary().to_json(), "n": len(chosen.items)}
     else:
         baseline_name = None if request.baseline == "base" else request.baseline.split("@")[0]
         progress = (lambda r: on_item("baseline", r)) if on_item else None
         reference = evaluate(engine, baseline_name, chosen.items, contract=files, on_item=progress, batch=request.batch)
-        result = compare(report, reference)
+        result = compare(report, reference).to_json()
         result["baseline_system"] = reference.system
     adapter = files.adapter_dir / ADAPTER_WEIGHTS
     result.update(

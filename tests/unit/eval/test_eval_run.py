@@ -36,15 +36,18 @@ def test_evaluate_scores_buckets_and_compares(trained_source: Path, tmp_path: Pa
     items = sql_items(tmp_path)
     report = evaluate(engine, "expert-tiny", items)
     summary = report.summary()
-    assert summary["metric"] == "execution_accuracy" and summary["n"] == 4
-    assert set(summary["buckets"]) == {"easy", "hard"} and 0 <= summary["score"] <= 1
+    assert summary.metric == "execution_accuracy" and summary.n == 4
+    assert set(summary.buckets) == {"easy", "hard"} and 0 <= summary.score <= 1
     assert all(r.reason.startswith(("same result", "different result", "prediction fails")) for r in report.items)
     again = evaluate(engine, "expert-tiny", items)
     assert [r.text for r in again.items] == [r.text for r in report.items]  # greedy + seeded: reproducible
     baseline = evaluate(engine, None, items, contract=engine.experts["expert-tiny"].files)
     result = compare(report, baseline)
-    assert result["delta"] == round(result["expert"] - result["baseline"], 4)
-    assert result["ci95"][0] <= result["delta"] <= result["ci95"][1]
+    assert result.delta == round(result.expert.score - result.baseline.score, 4)
+    assert result.ci95[0] <= result.delta <= result.ci95[1]
+    written = result.to_json()
+    assert written["delta"] == result.delta and written["expert_summary"]["ci95"] == list(summary.ci95)
+    assert set(written["buckets"]) == {"easy", "hard"} and written["baseline_summary"]["n"] == 4
 
 
 def test_batched_evaluation_answers_as_one_at_a_time_in_item_order(trained_source: Path, tmp_path: Path) -> None:
@@ -63,7 +66,7 @@ def test_batched_evaluation_answers_as_one_at_a_time_in_item_order(trained_sourc
         (r.text, r.correct, r.stopped, r.tokens) for r in one.items
     ]
     assert sorted(seen) == sorted(r.id for r in items)  # progress as each item finishes
-    assert together.summary()["throughput_tokens_per_s"] > 0
+    assert (together.summary().throughput_tokens_per_s or 0) > 0
     base = evaluate(engine, None, items, contract=engine.experts["expert-tiny"].files, batch=3)
     alone = evaluate(engine, None, items, contract=engine.experts["expert-tiny"].files, batch=1)
     assert [r.text for r in base.items] == [r.text for r in alone.items]
