@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import typer
 from rich.markup import escape
@@ -14,12 +14,17 @@ from rich.table import Table
 from expertkit.cli.console import err_console, out_console, reports_errors
 from expertkit.errors import ExpertkitError
 
+if TYPE_CHECKING:
+    from expertkit.runtime.settings import DecodingOverrides
+
 HELP = "commands: /reset  /expert NAME|auto|base  /params  /help  /quit"
 
 
-def _overrides(**values: Any) -> dict[str, Any]:
+def _overrides(**values: Any) -> DecodingOverrides:
+    """The flags given, by setting name (the flags are named as the settings are)."""
     stops = values.pop("stop")
-    return {k: v for k, v in values.items() if v is not None} | ({"stop_sequences": stops} if stops else {})
+    given = {k: v for k, v in values.items() if v is not None} | ({"stop_sequences": stops} if stops else {})
+    return cast("DecodingOverrides", given)
 
 
 @reports_errors
@@ -128,7 +133,7 @@ def _command(session: Any, line: str) -> bool:
         except ExpertkitError as error:
             err_console.print(f"[red]error:[/] {escape(error.message)} [dim]({escape(error.hint)})[/]")
     elif word == "params":
-        _show_params(session.params())
+        _show_params(session.params().to_json())
     else:
         err_console.print(HELP)
     return True

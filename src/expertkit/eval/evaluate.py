@@ -21,9 +21,9 @@ from expertkit.runtime.batch import BatchScheduler
 from expertkit.runtime.engine import Engine
 from expertkit.runtime.generate import GenerationResult
 from expertkit.runtime.grammar import CompiledGrammar, compile_grammar, grammar_for
-from expertkit.runtime.settings import resolve_settings
+from expertkit.runtime.settings import DecodingOverrides, resolve_settings
 
-GREEDY = {"temperature": 0.0, "seed": 0}
+GREEDY = DecodingOverrides(temperature=0.0, seed=0)
 DEFAULT_BATCH = 8  # items decoded together (``eval --batch``); 1: one at a time
 
 
@@ -161,8 +161,9 @@ def contract_options(files: ExpertFiles) -> AskOptions:
     to run the base model under it: a baseline with the same prompt, grammar and stops."""
     training = files.loaded.manifest.training
     decoding = (training.decoding if training else None) or DecodingConfig()
-    settings = resolve_settings(None, decoding).to_json()
-    overrides = {name: item["value"] for name, item in settings.items() if item["source"] == "manifest"}
+    settings = resolve_settings(None, decoding)
+    manifest = [name for name, source in settings.sources.items() if source == "manifest"]
+    overrides = DecodingOverrides(**{name: getattr(settings, name) for name in manifest})  # type: ignore[typeddict-item]
     grammar = grammar_for(decoding, files.root, untrusted=files.packaged)
     return AskOptions(overrides=overrides, grammar=grammar, validation=decoding)
 
@@ -185,7 +186,7 @@ def evaluate(
     """
     report = EvalReport(metric_name(items), expert or "base")
     base = contract_options(contract) if expert is None and contract else AskOptions()
-    options = replace(base, overrides={**(base.overrides or {}), **GREEDY})
+    options = replace(base, overrides=DecodingOverrides(**{**(base.overrides or {}), **GREEDY}))
     options = replace(options, compiled_grammar=_compiled_grammar(engine, expert, options))  # once, not per item
 
     results: list[ItemResult | None] = [None] * len(items)

@@ -16,6 +16,7 @@ from typing import Any
 
 from expertkit.layout import ADAPTER_CONFIG, ADAPTER_SUBDIR, ADAPTER_WEIGHTS, MANIFEST_FILE, WEIGHTS_DIR
 from expertkit.manifest.load import LoadedManifest
+from expertkit.manifest.model import ManifestV2
 from expertkit.models.fingerprint import Fingerprint, fingerprint, sha256_file, text_sha256
 from expertkit.models.load import load_tokenizer
 from expertkit.models.pull import ensure_ready
@@ -66,22 +67,22 @@ def package_name(name: str, model: str, version: str) -> str:
     return f"{name}-{normalise_model_name(model)}.v{version}{PACKAGE_SUFFIX}"
 
 
-def resolved_manifest(loaded: LoadedManifest, weights: ExpertWeights, shipped: set[str]) -> dict[str, Any]:
+def resolved_manifest(loaded: LoadedManifest, weights: ExpertWeights, shipped: set[str]) -> ManifestV2:
     """The manifest as shipped: v2.0 shape, the packaged base model only, file names as in the package."""
-    data = loaded.manifest.model_dump(mode="json", exclude_none=True)
-    entry = weights.entry.model_dump(mode="json", exclude_none=True)
-    local = loaded.root / weights.entry.name
-    if not Path(weights.entry.name).is_absolute() and local.is_dir():
-        entry["name"] = str(local.resolve())  # a relative model path would not resolve from the store
-    data["base_models"] = [entry]
-    for key, member in (("readme", README), ("license_file", LICENSE)):
-        data.pop(key, None)
-        if member in shipped:
-            data[key] = member
-    decoding = data.get("training", {}).get("decoding")
-    if decoding is not None and decoding.get("grammar_file"):
-        decoding["grammar_file"] = GRAMMAR
-    return data
+    manifest, entry = loaded.manifest, weights.entry
+    local = loaded.root / entry.name
+    if not Path(entry.name).is_absolute() and local.is_dir():
+        entry = entry.model_copy(update={"name": str(local.resolve())})  # a relative path would not resolve later
+    update: dict[str, Any] = {
+        "base_models": [entry],
+        "readme": README if README in shipped else None,
+        "license_file": LICENSE if LICENSE in shipped else None,
+    }
+    training = manifest.training
+    if training is not None and training.decoding is not None and training.decoding.grammar_file:
+        decoding = training.decoding.model_copy(update={"grammar_file": GRAMMAR})
+        update["training"] = training.model_copy(update={"decoding": decoding})
+    return manifest.model_copy(update=update)
 
 
 def _tokenizer_for(loaded: LoadedManifest, model_path: Path) -> Any:
@@ -133,7 +134,7 @@ def gather_members(loaded: LoadedManifest, weights: ExpertWeights) -> dict[str, 
     members: dict[str, Path | bytes] = {**side_files(loaded), **adapter_files(weights)}
     members.update(soft_prompt_files(loaded, weights))
     members.update(evaluation_files(weights))
-    manifest = resolved_manifest(loaded, weights, set(members))
+    manifest = resolved_manifest(loaded, weights, set(members)).model_dump(mode="json", exclude_none=True)
     members[MANIFEST_FILE] = (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
     return members
 

@@ -14,7 +14,7 @@ from expertkit.runtime.engine import Engine
 from expertkit.runtime.generate import GenerationRequest, GenerationResult
 from expertkit.runtime.grammar import CompiledGrammar, GrammarSpec, compile_grammar, grammar_for
 from expertkit.runtime.output_checks import Validation, ValidationContext, validate_output
-from expertkit.runtime.settings import DecodingSettings, Source, resolve_settings
+from expertkit.runtime.settings import DecodingOverrides, DecodingSettings, Source, resolve_settings
 
 
 @dataclass
@@ -51,7 +51,7 @@ class Answer:
 
 @dataclass
 class AskOptions:
-    overrides: dict[str, Any] | None = None
+    overrides: DecodingOverrides | None = None
     use_grammar: bool = True
     on_text: Callable[[str], None] | None = None
     on_retry: Callable[[int, Validation], None] | None = None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from expertkit.errors import UsageError
 from expertkit.models.hardware import best_dtype
@@ -13,6 +12,7 @@ from expertkit.runtime.engine import Engine
 from expertkit.runtime.options import LoadOptions
 from expertkit.runtime.routing import build_router
 from expertkit.runtime.session import ChatSession
+from expertkit.runtime.settings import DecodingOverrides
 
 DTYPES = ("auto", "bfloat16", "float32")
 
@@ -20,7 +20,7 @@ DTYPES = ("auto", "bfloat16", "float32")
 @dataclass(frozen=True)
 class ChatRequest:
     experts: list[str]
-    overrides: dict[str, Any] = field(default_factory=dict)
+    overrides: DecodingOverrides = field(default_factory=lambda: DecodingOverrides())
     use_grammar: bool = True
     allow_template_drift: bool = False
     require_signature: bool = False
@@ -51,5 +51,7 @@ def open_session(request: ChatRequest) -> tuple[ChatSession, list[str]]:
     notes = [f"using {expert.files.origin}" for expert in engine.experts.values()]
     notes += [note for expert in engine.experts.values() for note in expert.warnings]
     router = build_router(engine, request.router_embedder, notes) if len(engine.experts) > 1 else None
-    session = ChatSession(engine, router, overrides=dict(request.overrides), use_grammar=request.use_grammar)
+    session = ChatSession(
+        engine, router, overrides=DecodingOverrides(**request.overrides), use_grammar=request.use_grammar
+    )
     return session, notes

@@ -28,7 +28,7 @@ from expertkit.runtime.generate import Decoder, GenerationRequest, GenerationRes
 from expertkit.runtime.hf_decoder import HFDecoder
 from expertkit.runtime.llama_decoder import LeanDecoder, lean_supported
 from expertkit.runtime.options import LoadOptions
-from expertkit.runtime.settings import DecodingSettings, resolve_settings
+from expertkit.runtime.settings import DecodingOverrides, DecodingSettings, resolve_settings
 from expertkit.safepath import UnsafePathError, read_bounded
 
 MAX_CONTROL_TOKENS, MAX_CONTROL_TOKEN_CHARS = 256, 64
@@ -268,7 +268,7 @@ class Engine:
         return (training.decoding if training else None) or DecodingConfig()
 
     def generate(
-        self, name: str | None, messages: list[dict[str, str]], overrides: dict[str, Any] | None = None, **extra: Any
+        self, name: str | None, messages: list[dict[str, str]], overrides: DecodingOverrides | None = None, **extra: Any
     ) -> GenerationResult:
         """One completion, decoding settings resolved in three levels (overrides > manifest > defaults)."""
         settings = resolve_settings(overrides, self.decoding_of(name))

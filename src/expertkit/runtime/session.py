@@ -15,7 +15,7 @@ from expertkit.errors import UsageError
 from expertkit.runtime.answer import Answer, AskOptions, ask
 from expertkit.runtime.engine import Engine
 from expertkit.runtime.routing import Router, RoutingDecision
-from expertkit.runtime.settings import resolve_settings
+from expertkit.runtime.settings import DecodingOverrides, DecodingSettings, resolve_settings
 
 
 @dataclass
@@ -23,7 +23,7 @@ class ChatSession:
     engine: Engine
     router: Router | None = None
     pinned: str | None = None  # an expert name, "base", or None (route / the only expert)
-    overrides: dict[str, Any] = field(default_factory=dict)
+    overrides: DecodingOverrides = field(default_factory=lambda: DecodingOverrides())
     use_grammar: bool = True
     history: list[dict[str, str]] = field(default_factory=list)
     last_routing: RoutingDecision | None = None
@@ -45,7 +45,7 @@ class ChatSession:
     def respond(self, prompt: str, on_text: Callable[[str], None] | None = None, **hooks: Any) -> Answer:
         name = self.choose(prompt)
         messages = [*self.history, {"role": "user", "content": prompt}]
-        options = AskOptions(dict(self.overrides), self.use_grammar, on_text, hooks.get("on_retry"))
+        options = AskOptions(DecodingOverrides(**self.overrides), self.use_grammar, on_text, hooks.get("on_retry"))
         answer = ask(self.engine, name, messages, options)
         answer.routing = self.last_routing.to_json() if self.last_routing else None
         self.history = [*messages, {"role": "assistant", "content": answer.text}]
@@ -60,8 +60,8 @@ class ChatSession:
         self.pinned = name
         return f"answering with {name}"
 
-    def params(self) -> dict[str, Any]:
+    def params(self) -> DecodingSettings:
         name = self.pinned if self.pinned not in (None, "base") else None
         if name is None and self.pinned is None and len(self.engine.experts) == 1:
             name = next(iter(self.engine.experts))
-        return resolve_settings(self.overrides, self.engine.decoding_of(name)).to_json()
+        return resolve_settings(self.overrides, self.engine.decoding_of(name))

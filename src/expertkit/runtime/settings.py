@@ -6,13 +6,25 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 from expertkit.manifest.sections import DecodingConfig
 
 # "cli": a command-line flag; "request": an API request's field; "context": lowered to what the
 # context window leaves after the prompt.
 Source = Literal["cli", "request", "manifest", "default", "context"]
+
+
+class DecodingOverrides(TypedDict, total=False):
+    """Values that win over the manifest's (CLI flags, API request fields); ``None`` or absent: no override."""
+
+    temperature: float | None
+    top_p: float | None
+    top_k: int | None
+    max_tokens: int | None
+    stop_sequences: list[str] | tuple[str, ...] | None
+    repetition_penalty: float | None
+    seed: int | None
 
 
 @dataclass(frozen=True)
@@ -41,17 +53,17 @@ _MANIFEST_NAMES = {"stop_sequences": "stop_sequences"}
 
 
 def resolve_settings(
-    overrides: dict[str, Any] | None, manifest: DecodingConfig | None, override_source: Source = "cli"
+    overrides: DecodingOverrides | None, manifest: DecodingConfig | None, override_source: Source = "cli"
 ) -> DecodingSettings:
     """Resolve each setting: an override that is not ``None`` (reported as ``override_source``), else
     the manifest's, else the default."""
-    overrides = overrides or {}
+    given: dict[str, Any] = dict(overrides or {})
     values: dict[str, Any] = {}
     sources: dict[str, Source] = {}
     for name in SETTING_NAMES:
         from_manifest = getattr(manifest, _MANIFEST_NAMES.get(name, name), None) if manifest else None
-        if overrides.get(name) is not None:
-            values[name], sources[name] = overrides[name], override_source
+        if given.get(name) is not None:
+            values[name], sources[name] = given[name], override_source
         elif from_manifest is not None:
             values[name], sources[name] = from_manifest, "manifest"
         else:

@@ -32,6 +32,7 @@ from expertkit.serve.errors import APIError, install_error_handlers
 from expertkit.serve.guards import RequestGuard
 from expertkit.serve.metrics import ServerMetrics
 from expertkit.serve.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
+from expertkit.serve.responses import Health, ModelCard, ModelList, ResponseBody
 from expertkit.serve.worker import GenerationWorker, Job
 
 OPEN_PATHS = ("/health",)
@@ -144,21 +145,21 @@ async def _guarded(request: Request, call_next: Any, state: ServerState) -> Resp
     return response
 
 
-def _model_card(state: ServerState, ident: str, **extra: Any) -> dict[str, Any]:
-    return {"id": ident, "object": "model", "created": state.started, "owned_by": "expertkit", **extra}
+def _model_card(state: ServerState, ident: str, **extra: Any) -> ModelCard:
+    return ModelCard(id=ident, created=state.started, **extra)
 
 
 def _install_routes(app: FastAPI, state: ServerState) -> None:
     @app.get("/health")
-    async def health() -> dict[str, Any]:
-        return {"status": "shutting_down" if state.worker.closing else "ok", "queue_depth": state.worker.depth()}
+    async def health() -> Health:
+        return Health(status="shutting_down" if state.worker.closing else "ok", queue_depth=state.worker.depth())
 
     @app.get("/metrics")
     async def metrics() -> Response:
         return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
 
     @app.get("/v1/models")
-    async def models() -> dict[str, Any]:
+    async def models() -> ModelList:
         cards = [_model_card(state, state.config.base_id, parent=None)]
         for name, expert in state.engine.experts.items():
             manifest = expert.files.loaded.manifest
@@ -173,7 +174,7 @@ def _install_routes(app: FastAPI, state: ServerState) -> None:
                 )
             )
         cards.append(_model_card(state, "auto", parent=state.config.base_id))
-        return {"object": "list", "data": cards}
+        return ModelList(data=cards)
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request, body: ChatCompletionRequest) -> Response:
@@ -269,9 +270,9 @@ async def _complete(
     job = state.worker.submit(start, state.config.timeout_s)
     outcome = await _await_job(request, job)
     _count_tokens(state, outcome)
-    request.state.log["completion_tokens"] = outcome.usage()["completion_tokens"]
+    request.state.log["completion_tokens"] = outcome.usage().completion_tokens
     shape = comp.chat_response if chat else comp.text_response
-    return JSONResponse(shape(outcome, created, ident))
+    return JSONResponse(shape(outcome, created, ident).to_json())
 
 
 async def _await_job(request: Request, job: Job) -> Any:
@@ -290,7 +291,7 @@ async def _await_job(request: Request, job: Job) -> Any:
 
 def _count_tokens(state: ServerState, outcome: comp.Outcome) -> None:
     usage = outcome.usage()
-    state.metrics.tokens.labels(expert=outcome.target.expert or "base").inc(usage["completion_tokens"])
+    state.metrics.tokens.labels(expert=outcome.target.expert or "base").inc(usage.completion_tokens)
     result = outcome.answers[-1].result if outcome.answers else None
     if result is not None and result.total_s > 0:
         state.metrics.tokens_per_s.set(result.completion_tokens / result.total_s)
@@ -319,8 +320,8 @@ def _stream(
     job = state.worker.submit(start, state.config.timeout_s)
 
     async def events() -> AsyncIterator[str]:
-        def sse(payload: dict[str, Any]) -> str:
-            return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+        def sse(payload: ResponseBody) -> str:
+            return f"data: {json.dumps(payload.to_json(), ensure_ascii=False)}\n\n"
 
         try:
             if chat:
@@ -341,16 +342,10 @@ def _stream(
             _count_tokens(state, outcome)
             finish = comp.FINISH[outcome.answers[0].result.finish_reason]
             last = comp.chunk(ident, created, target.model_id, {}, finish, chat)
-            last["expertkit"] = outcome.extension()
-            yield sse(last)
+            yield sse(last.model_copy(update={"expertkit": outcome.extension()}))
             if body.include_usage:
-                yield sse(
-                    {
-                        **comp.chunk(ident, created, target.model_id, {}, None, chat),
-                        "choices": [],
-                        "usage": outcome.usage(),
-                    }
-                )
+                usage = comp.chunk(ident, created, target.model_id, None, None, chat)
+                yield sse(usage.model_copy(update={"usage": outcome.usage()}))
             yield "data: [DONE]\n\n"
         finally:
             if not job.future.done():

@@ -7,7 +7,7 @@ import json
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from expertkit.jsonschema_guard import DEFAULT_SCHEMA_LIMITS, SchemaLimits, schema_problem
 from expertkit.manifest.sections import DecodingConfig
@@ -19,6 +19,18 @@ from expertkit.runtime.grammar import GrammarSpec
 from expertkit.runtime.routing import Router, RoutingDecision
 from expertkit.serve.errors import APIError
 from expertkit.serve.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields, lone_surrogate
+from expertkit.serve.responses import (
+    AssistantMessage,
+    ChatChoice,
+    ChatCompletion,
+    ChunkChoice,
+    CompletionChunk,
+    ExpertkitExtension,
+    TextChoice,
+    TextCompletion,
+    Usage,
+    ValidationRecord,
+)
 from expertkit.serve.worker import Job
 
 FINISH = {"stop": "stop", "eos": "stop", "grammar": "stop", "length": "length"}
@@ -84,20 +96,19 @@ class Outcome:
     target: Target
     answers: list[Answer] = field(default_factory=list)
 
-    def usage(self) -> dict[str, int]:
+    def usage(self) -> Usage:
         prompt = self.answers[0].result.prompt_tokens if self.answers else 0
         completion = sum(a.result.completion_tokens for a in self.answers)
-        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+        return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
 
-    def extension(self) -> dict[str, Any]:
-        first = self.answers[0]
-        return {
-            "expert": self.target.expert,
-            "routing": self.target.routing.to_json() if self.target.routing else None,
-            "validation": [{"valid": a.validation.valid, "error": a.validation.error} for a in self.answers],
-            "decoding": first.settings.to_json(),
-            "attempts": [a.attempts for a in self.answers],
-        }
+    def extension(self) -> ExpertkitExtension:
+        return ExpertkitExtension(
+            expert=self.target.expert,
+            routing=self.target.routing.to_json() if self.target.routing else None,
+            validation=[ValidationRecord(valid=a.validation.valid, error=a.validation.error) for a in self.answers],
+            decoding=self.answers[0].settings.to_json(),
+            attempts=[a.attempts for a in self.answers],
+        )
 
 
 def ask_options(request: SamplingFields, **extra: Any) -> AskOptions:
@@ -167,48 +178,36 @@ def completion_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
 
-def _response(outcome: Outcome, created: int, ident: str, kind: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "id": ident,
-        "object": kind,
-        "created": created,
-        "model": outcome.target.model_id,
-        "choices": choices,
-        "usage": outcome.usage(),
-        "expertkit": outcome.extension(),
-    }
-
-
-def chat_response(outcome: Outcome, created: int, ident: str) -> dict[str, Any]:
+def chat_response(outcome: Outcome, created: int, ident: str) -> ChatCompletion:
     choices = [
-        {
-            "index": i,
-            "message": {"role": "assistant", "content": a.text},
-            "logprobs": None,
-            "finish_reason": FINISH[a.result.finish_reason],
-        }
+        ChatChoice(index=i, message=AssistantMessage(content=a.text), finish_reason=FINISH[a.result.finish_reason])
         for i, a in enumerate(outcome.answers)
     ]
-    return _response(outcome, created, ident, "chat.completion", choices)
+    model, usage, extension = outcome.target.model_id, outcome.usage(), outcome.extension()
+    return ChatCompletion(id=ident, created=created, model=model, choices=choices, usage=usage, expertkit=extension)
 
 
-def text_response(outcome: Outcome, created: int, ident: str) -> dict[str, Any]:
+def text_response(outcome: Outcome, created: int, ident: str) -> TextCompletion:
     choices = [
-        {"index": i, "text": a.text, "logprobs": None, "finish_reason": FINISH[a.result.finish_reason]}
+        TextChoice(index=i, text=a.text, finish_reason=FINISH[a.result.finish_reason])
         for i, a in enumerate(outcome.answers)
     ]
-    return _response(outcome, created, ident, "text_completion", choices)
+    model, usage, extension = outcome.target.model_id, outcome.usage(), outcome.extension()
+    return TextCompletion(id=ident, created=created, model=model, choices=choices, usage=usage, expertkit=extension)
 
 
 def chunk(
-    ident: str, created: int, model: str, delta: dict[str, Any], finish: str | None, chat: bool
-) -> dict[str, Any]:
-    if chat:
-        choice: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-        return {"id": ident, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [choice]}
-    text = delta.get("content", "")
-    choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
-    return {"id": ident, "object": "text_completion", "created": created, "model": model, "choices": [choice]}
+    ident: str, created: int, model: str, delta: dict[str, str] | None, finish: str | None, chat: bool
+) -> CompletionChunk:
+    """One stream chunk; ``delta`` ``None`` gives a chunk without choices (the closing usage chunk)."""
+    if delta is None:
+        choices = []
+    elif chat:
+        choices = [ChunkChoice(delta=delta, finish_reason=finish)]
+    else:
+        choices = [ChunkChoice(text=delta.get("content", ""), finish_reason=finish)]
+    kind: Literal["chat.completion.chunk", "text_completion"] = "chat.completion.chunk" if chat else "text_completion"
+    return CompletionChunk(id=ident, object=kind, created=created, model=model, choices=choices)
 
 
 def now() -> int:

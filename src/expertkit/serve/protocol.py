@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from expertkit.runtime.settings import DecodingOverrides
+
 MAX_N = 8
 MAX_STOPS = 8
 MAX_STOP_CHARS = 128  # each stop string is searched for after every token: bound the work
@@ -100,7 +102,7 @@ class SamplingFields(BaseModel):
             return "tools"
         return None
 
-    def overrides(self) -> dict[str, Any]:
+    def overrides(self) -> DecodingOverrides:
         """Request parameters as decoding overrides (``None`` leaves the expert's manifest value)."""
         stops = [self.stop] if isinstance(self.stop, str) else self.stop
         return {

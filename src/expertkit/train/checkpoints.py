@@ -15,6 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from expertkit.errors import UsageError
 from expertkit.fsutil import write_text_atomic
 
 LEDGER_FILE = ".ledger.json"
@@ -44,15 +47,37 @@ def newest_checkpoint(root: Path) -> Path | None:
     return checkpoints[-1] if checkpoints else None
 
 
-def read_ledger(checkpoint: Path) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((checkpoint / LEDGER_FILE).read_text(encoding="utf-8"))
-    return data
+class CheckpointLedger(BaseModel):
+    """``.ledger.json``: where the run stood when the checkpoint was written (what ``--resume`` reads)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    step: int
+    train_loss: float | None = None
+    eval_loss: float | None = None
+    tokens_seen: int = 0
+    learning_rate: float | None = None
+    wall_time_s: float | None = None
+    data_hash: str | None = None
+    best_step: int | None = None
+    selection: list[dict[str, Any]] = Field(default_factory=list)
 
 
-def publish_checkpoint(staged: Path, root: Path, ledger: dict[str, Any]) -> Path:
+def read_ledger(checkpoint: Path) -> CheckpointLedger:
+    path = checkpoint / LEDGER_FILE
+    try:
+        return CheckpointLedger.model_validate_json(path.read_bytes())
+    except ValidationError as exc:
+        raise UsageError(
+            f"{path}: not a checkpoint ledger: {exc.errors()[0]['msg']}",
+            f"delete {checkpoint.name} to resume from an earlier checkpoint, or train without --resume",
+        ) from exc
+
+
+def publish_checkpoint(staged: Path, root: Path, ledger: CheckpointLedger) -> Path:
     """Write the ledger into ``staged`` and rename it into ``root`` under its final name."""
-    write_text_atomic(staged / LEDGER_FILE, json.dumps(ledger, indent=2) + "\n")
-    final = root / checkpoint_name(int(ledger["step"]))
+    write_text_atomic(staged / LEDGER_FILE, json.dumps(ledger.model_dump(mode="json"), indent=2) + "\n")
+    final = root / checkpoint_name(ledger.step)
     if final.exists():  # the same step published earlier in the same minute (e.g. a repeated resume)
         shutil.rmtree(final)
     staged.replace(final)

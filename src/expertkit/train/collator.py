@@ -24,7 +24,7 @@ from expertkit.data.render import IGNORE_INDEX
 ROW_FIELDS = ("input_ids", "labels", "weights", "position_ids", "seq_lens")
 
 
-def insert_virtual_slots(row: dict[str, Any], virtual_tokens: int, pad_token_id: int) -> dict[str, Any]:
+def insert_virtual_slots(row: dict[str, Any], virtual_tokens: int, pad_token_id: int) -> dict[str, list[Any]]:
     """``row`` with ``virtual_tokens`` prompt slots before each example, and a ``virtual_index``."""
     out: dict[str, list[Any]] = {"input_ids": [], "labels": [], "weights": [], "position_ids": [], "virtual_index": []}
     start = 0

@@ -13,7 +13,7 @@ token's *own* example, read from the position runs, not the packed row's length
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 import torch.nn.functional as F  # noqa: N812 (the conventional name)
@@ -59,12 +59,18 @@ def require_position_ids(module: Any, args: tuple[Any, ...], kwargs: dict[str, A
         )
 
 
+class LossSums(TypedDict):
+    """What the objective's forward returns (a dict: accelerate's autocast wrapper passes dicts through)."""
+
+    weighted: torch.Tensor  # the weighted CE summed over supervised tokens (differentiable)
+    ce: torch.Tensor  # the plain CE sum (detached, for the eval loss)
+    tokens: torch.Tensor  # supervised target tokens
+
+
 class SupervisedCausalLM(torch.nn.Module):
     """``model`` (a PEFT or plain causal LM) plus soft prompts and NEFTune; forward returns loss sums.
 
-    The forward returns a dict (accelerate's autocast wrapper passes dicts through): ``weighted``,
-    the weighted CE summed over supervised tokens (differentiable); ``ce``, the plain CE sum
-    (detached, for eval loss); ``tokens``, the number of supervised target tokens.
+    The forward returns :class:`LossSums`.
     """
 
     def __init__(
@@ -90,7 +96,7 @@ class SupervisedCausalLM(torch.nn.Module):
 
     def forward(
         self, input_ids: Any, labels: Any, weights: Any, position_ids: Any, virtual_index: Any | None = None
-    ) -> dict[str, Any]:
+    ) -> LossSums:
         lm = causal_lm_of(self.model)
         embeds = self.embed(input_ids, position_ids, virtual_index)
         # attention_mask=None + use_cache=False: transformers isolates packed runs by their position ids.
@@ -101,4 +107,4 @@ class SupervisedCausalLM(torch.nn.Module):
         keep = targets != IGNORE_INDEX
         logits = lm.get_output_embeddings()(hidden[:, :-1][keep]).float()  # (N, V), supervised positions only
         ce = F.cross_entropy(logits, targets[keep], reduction="none")  # (N,)
-        return {"weighted": (ce * weights[:, 1:][keep]).sum(), "ce": ce.detach().sum(), "tokens": keep.sum()}
+        return LossSums(weighted=(ce * weights[:, 1:][keep]).sum(), ce=ce.detach().sum(), tokens=keep.sum())

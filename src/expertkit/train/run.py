@@ -20,7 +20,7 @@ from expertkit.layout import CHECKPOINT_DIR
 from expertkit.manifest.sections import TrainingPhase
 from expertkit.models.context import ExpertContext, open_expert
 from expertkit.train.adapters import adapter_to_train
-from expertkit.train.checkpoints import clear_staging, newest_checkpoint, read_ledger
+from expertkit.train.checkpoints import CheckpointLedger, clear_staging, newest_checkpoint, read_ledger
 from expertkit.train.job import (
     TrainingInterruptedError,
     TrainJob,
@@ -45,7 +45,7 @@ def _phase(phases: list[TrainingPhase] | None, name: str) -> TrainingPhase:
 
 def resume_point(
     checkpoints: Path, resume: bool, data_hash: str, clear: bool = True
-) -> tuple[Path | None, dict[str, Any] | None]:
+) -> tuple[Path | None, CheckpointLedger | None]:
     """The newest complete checkpoint and its ledger when resuming; a fresh run clears old ones
     (``clear``: only the main process touches the directory)."""
     if clear:
@@ -58,9 +58,9 @@ def resume_point(
     if newest is None:
         raise UsageError(f"--resume: no complete checkpoint in {checkpoints}", "start a fresh run without --resume")
     ledger = read_ledger(newest)
-    if ledger.get("data_hash") != data_hash:
+    if ledger.data_hash != data_hash:
         raise UsageError(
-            f"--resume: {newest.name} was trained on data {ledger.get('data_hash')}, the data is now {data_hash}",
+            f"--resume: {newest.name} was trained on data {ledger.data_hash}, the data is now {data_hash}",
             "resuming on different data would mix two runs; start a fresh run without --resume",
         )
     return newest, ledger
@@ -144,10 +144,10 @@ def prepare_job(request: TrainRequest, context: ExpertContext) -> TrainJob:
         )
     selector = BestCheckpointSelector(plan.selection)
     if ledger is not None:
-        selector = BestCheckpointSelector.from_json(plan.selection, ledger.get("selection", []))
+        selector = BestCheckpointSelector.from_json(plan.selection, ledger.selection)
     trainable = build_trainable(resolved, tokenizer, adapter, list(loaded.manifest.soft_prompts), plan)
     total, eval_steps = default_eval_steps(plan, prepared.meta["packing"], state.num_processes)
-    run_info = {"started": time.time(), "data_hash": data_hash, "tokens_before": (ledger or {}).get("tokens_seen", 0)}
+    run_info = {"started": time.time(), "data_hash": data_hash, "tokens_before": ledger.tokens_seen if ledger else 0}
     run_info.update(phase=request.phase, init_from=str(request.init_from) if request.init_from else None)
     return TrainJob(
         loaded,

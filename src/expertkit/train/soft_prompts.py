@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from expertkit.errors import ModelLoadError
 from expertkit.manifest.sections import SoftPrompt
+
+if TYPE_CHECKING:
+    import torch
 
 TENSOR_NAME = "prompt_embeddings"
 
@@ -79,7 +82,7 @@ def save_soft_prompts(bank: Any, prompts: list[SoftPrompt], directory: Path) -> 
     return written
 
 
-def load_soft_prompts(prompts: list[SoftPrompt], directory: Path) -> dict[str, Any]:
+def load_soft_prompts(prompts: list[SoftPrompt], directory: Path) -> dict[str, torch.Tensor]:
     """name → ``[V, H]`` tensor for every configured prompt, checked against the manifest."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file

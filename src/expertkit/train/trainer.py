@@ -26,7 +26,7 @@ from transformers import Trainer
 
 from expertkit.errors import ModelLoadError
 from expertkit.layout import ADAPTER_SUBDIR, ADAPTER_WEIGHTS, FULL_SUBDIR, SOFT_PROMPT_DIR
-from expertkit.train.checkpoints import STAGING_DIR, publish_checkpoint, rotate_checkpoints
+from expertkit.train.checkpoints import STAGING_DIR, CheckpointLedger, publish_checkpoint, rotate_checkpoints
 from expertkit.train.objective import causal_lm_of
 from expertkit.train.selection import BestCheckpointSelector
 from expertkit.train.soft_prompts import load_soft_prompts, save_soft_prompts
@@ -163,17 +163,17 @@ class ExpertTrainer(Trainer):
         step = self.state.global_step
         staged = Path(self._get_output_dir(trial)) / f"checkpoint-{step}"
         best = self.selector.best
-        ledger = {
-            "step": step,
-            "train_loss": self.last_train_loss,
-            "eval_loss": self.last_eval_loss,
-            "tokens_seen": next((e["tokens_seen"] for e in reversed(self.state.log_history) if "tokens_seen" in e), 0),
-            "learning_rate": self._current_lr(),
-            "wall_time_s": round(time.time() - self.run_info["started"], 2),
-            "data_hash": self.run_info["data_hash"],
-            "best_step": best.step if best else None,
-            "selection": self.selector.to_json(),
-        }
+        ledger = CheckpointLedger(
+            step=step,
+            train_loss=self.last_train_loss,
+            eval_loss=self.last_eval_loss,
+            tokens_seen=next((e["tokens_seen"] for e in reversed(self.state.log_history) if "tokens_seen" in e), 0),
+            learning_rate=self._current_lr(),
+            wall_time_s=round(time.time() - self.run_info["started"], 2),
+            data_hash=self.run_info["data_hash"],
+            best_step=best.step if best else None,
+            selection=self.selector.to_json(),
+        )
         root = Path(self.args.output_dir)
         publish_checkpoint(staged, root, ledger)
         rotate_checkpoints(root, KEEP_LAST_CHECKPOINTS, {best.step} if best else set())

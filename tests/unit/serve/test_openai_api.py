@@ -81,6 +81,21 @@ def test_streaming_matches_the_full_answer_and_ends_with_done(live) -> None:
     ) as raw:
         lines = [line for line in raw.iter_lines() if line]
     assert lines[-1] == "data: [DONE]" and all(line.startswith("data: ") for line in lines)
+    events = [json.loads(line.removeprefix("data: ")) for line in lines[:-1]]
+    assert events[0]["choices"] == [
+        {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+    ]
+    assert [list(e) for e in events[:-1]] == [["id", "object", "created", "model", "choices"]] * (len(events) - 1)
+    assert list(events[-1]) == ["id", "object", "created", "model", "choices", "expertkit"]  # no nulls sent
+    assert events[-1]["choices"][0]["delta"] == {} and events[-1]["choices"][0]["finish_reason"]
+
+
+def test_health_and_raw_model_list_shapes(live) -> None:
+    health = httpx.get(f"{live.url}/health").json()
+    assert health == {"status": "ok", "queue_depth": 0}
+    cards = httpx.get(f"{live.url}/v1/models").json()
+    assert cards["object"] == "list" and [c["object"] for c in cards["data"]] == ["model"] * 3
+    assert cards["data"][0]["parent"] is None and cards["data"][1]["signer"] is None
 
 
 def test_json_schema_response_format_is_enforced(live) -> None:

@@ -9,10 +9,12 @@ from expertkit.manifest.sections import Selection
 from expertkit.train.checkpoints import (
     LEDGER_FILE,
     STAGING_DIR,
+    CheckpointLedger,
     checkpoint_name,
     checkpoint_step,
     newest_checkpoint,
     publish_checkpoint,
+    read_ledger,
     rotate_checkpoints,
 )
 from expertkit.train.selection import BestCheckpointSelector
@@ -52,11 +54,12 @@ def test_checkpoint_names_and_publication(tmp_path: Path) -> None:
     for step in (10, 20, 30):
         staged = root / STAGING_DIR / f"checkpoint-{step}"
         staged.mkdir(parents=True)
-        publish_checkpoint(staged, root, {"step": step})
+        publish_checkpoint(staged, root, CheckpointLedger(step=step, data_hash="d"))
     half_written = root / checkpoint_name(99)
     half_written.mkdir()  # no ledger: never picked for resume
     newest = newest_checkpoint(root)
     assert newest is not None and checkpoint_step(newest) == 30 and (newest / LEDGER_FILE).is_file()
+    assert read_ledger(newest) == CheckpointLedger(step=30, data_hash="d")  # typed, read back unchanged
     rotate_checkpoints(root, keep_last=1, keep_steps={10})
     kept = sorted(checkpoint_step(p) for p in root.iterdir() if checkpoint_step(p) is not None)
     assert kept == [10, 30, 99]
