@@ -32,7 +32,7 @@ time "$cli" train --expert "$expert" --max-steps "$steps" --eval-steps "$steps" 
 step "6. after: the trained expert on the same 30 questions (the base model's answers from step 3 are reused)"
 time "$cli" eval --expert "$expert" "${questions[@]}" --baseline none --plot "$out/geoquery.png" --json | tee "$out/after.json" | cut -c1-400
 
-step "7. package it: deterministic .expert (manifest, adapter, grammar, evaluation, expert.lock.json) + .sha256"
+step "7. package it: deterministic .expert (manifest with measured perf, adapter, grammar, evaluation, expert.lock.json) + .sha256"
 "$cli" package --expert "$expert" --output "$out/dist"
 pkg="$(ls "$out"/dist/expert-sql-smollm2-135m-instruct.v*.expert)"
 (cd "$out/dist" && sha256sum -c "$(basename "$pkg").sha256")

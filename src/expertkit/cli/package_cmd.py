@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.markup import escape
@@ -24,20 +25,45 @@ def package(
     output: Path | None = typer.Option(None, "--output", help="Directory to write the package to (default: .)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     require_gate: bool = typer.Option(False, "--require-gate", help="Refuse unless the last eval passed its gate."),
+    measure: bool = typer.Option(
+        True,
+        "--measure/--no-measure",
+        help="Measure the expert on this machine (speed, latency and memory against the base model) "
+        "and ship it as the manifest's perf; --no-measure ships no perf.",
+    ),
+    dtype: str = typer.Option("auto", "--dtype", help="dtype to measure in: auto (bf16 where the CPU has it), ..."),
 ) -> None:
     """Build <name>-<model>.v<version>.expert (deterministic tar.gz with expert.lock.json) and its .sha256."""
-    from expertkit.package.build import PackageRequest, package_expert
+    from expertkit.package.build import PackageRequest
+    from expertkit.workflows.ship import package_measured
 
-    with err_console.status("packaging…"):
-        result = package_expert(PackageRequest(manifest, weights, model, output, require_gate))
+    request = PackageRequest(manifest, weights, model, output, require_gate)
+    with err_console.status("packaging and measuring on this machine…" if measure else "packaging…"):
+        result = package_measured(request, measure=measure, dtype=dtype)  # type: ignore[arg-type]
+    perf = result.manifest.perf
     if as_json:
         files = {"package": str(result.path), "sha256": result.sha256, "checksum": str(result.checksum_path)}
-        print(json.dumps({**files, "files": result.files}, indent=2))
+        measured = perf.model_dump(mode="json", exclude_none=True) if perf else None
+        print(json.dumps({**files, "files": result.files, "perf": measured}, indent=2))
         return
     out_console.print(f"wrote {escape(str(result.path))} ({result.path.stat().st_size:,} bytes)")
     out_console.print(f"  sha256 {result.sha256} → {escape(result.checksum_path.name)}")
     for name in sorted(result.files):
         out_console.print(f"  {escape(name)}")
+    if perf is not None:
+        out_console.print(perf_line(perf))
+
+
+def perf_line(perf: Any) -> str:
+    """One line of the measured figures, e.g. ``perf (cpu, bfloat16): 41.2 tokens/s at batch 1 ...``."""
+    machine = perf.measured_on
+    rates = ", ".join(f"{rate:g} tokens/s at batch {batch}" for batch, rate in (perf.tokens_per_s or {}).items())
+    memory = f"+{perf.memory_mb_overhead:g} MiB" if perf.memory_mb_overhead is not None else "memory not measured"
+    where = f"{machine.device}, {machine.dtype}" if machine else "this machine"
+    return (
+        f"perf ({escape(where)}): {rates} (base model {perf.base_tokens_per_s:g} at batch 1); "
+        f"+{perf.latency_ms_overhead:g} ms per request; {memory}"
+    )
 
 
 @reports_errors

@@ -309,6 +309,14 @@ def check_files(manifest: ManifestV2, ctx: CheckContext) -> list[Problem]:
     return problems
 
 
+def check_perf(manifest: ManifestV2, ctx: CheckContext) -> list[Problem]:
+    """``perf`` is measured at package time; one written by hand never ships, so say so."""
+    if ctx.packaged or manifest.perf is None:
+        return []
+    message = "perf is measured by expert-cli package on the packaging machine; values written here are replaced"
+    return [Problem("$.perf", message, "no perf in a source manifest", "hand-written figures", "warning")]
+
+
 CHECKS: dict[str, Check] = {
     "adapters": check_adapters,
     "base_models": check_base_models,
@@ -317,6 +325,7 @@ CHECKS: dict[str, Check] = {
     "phases": check_phases,
     "routing": check_routing,
     "files": check_files,
+    "perf": check_perf,
 }
 
 

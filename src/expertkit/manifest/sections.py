@@ -370,13 +370,53 @@ class Routing(Section):
     """Least similarity score for model 'auto' to pick this expert."""
 
 
+class PerfMachine(Section):
+    """Where and how ``perf`` was measured."""
+
+    device: str | None = Field(default=None, max_length=64)
+    """Torch device: cpu, cuda, cuda:1, ..."""
+    device_name: str | None = Field(default=None, max_length=200)
+    """The GPU's name, or the CPU's architecture."""
+    cpu_count: int | None = Field(default=None, ge=0)
+    """Logical CPUs of the machine."""
+    platform: str | None = Field(default=None, max_length=200)
+    """Operating system and version."""
+    dtype: str | None = Field(default=None, max_length=32)
+    """Weights dtype the runtime decoded in."""
+    torch: str | None = Field(default=None, max_length=64)
+    """torch version."""
+    expertkit: str | None = Field(default=None, max_length=64)
+    """expertkit version that measured."""
+    prompt_tokens: int | None = Field(default=None, ge=0)
+    """Prompt length of the fixed measurement request."""
+    new_tokens: int | None = Field(default=None, ge=0)
+    """Tokens generated per request (end tokens and stops ignored)."""
+    measured_at: str | None = Field(default=None, max_length=40)
+    """When, in UTC (ISO 8601)."""
+
+
 class Perf(Section):
+    """Measured by ``expert-cli package`` on the packaging machine (``--no-measure`` leaves it out);
+    the packaged manifest carries the measurement, and values written here by hand are replaced."""
+
     latency_ms_overhead: float | None = Field(default=None, ge=0)
-    """Added latency per request, in milliseconds."""
+    """Added time per request against the base model, in milliseconds (batch 1, greedy)."""
     vram_mb_overhead: float | None = Field(default=None, ge=0)
-    """Added accelerator memory, in MB."""
-    supported_batch_sizes: list[int] | None = None
-    """Batch sizes the expert was measured with."""
+    """CUDA memory allocated by attaching the expert and building its decoder, in MiB (CUDA only)."""
+    memory_mb_overhead: float | None = Field(default=None, ge=0)
+    """Memory the expert's tensors hold while it decodes (adapter, merged decoder weights), in MiB."""
+    supported_batch_sizes: list[int] | None = Field(default=None, max_length=16)
+    """Batch sizes the expert was measured with (the keys of tokens_per_s)."""
+    tokens_per_s: dict[str, float] | None = Field(default=None, max_length=16)
+    """Decode throughput of the expert by batch size (all streams, wall clock)."""
+    base_tokens_per_s: float | None = Field(default=None, ge=0)
+    """Decode throughput of the base model alone at batch size 1, for comparison."""
+    adapter_parameters: int | None = Field(default=None, ge=0)
+    """Parameters the adapter adds."""
+    adapter_bytes: int | None = Field(default=None, ge=0)
+    """Size of the adapter's weights file."""
+    measured_on: PerfMachine | None = None
+    """The machine and request shape of the measurement."""
 
 
 class Runtime(Section):

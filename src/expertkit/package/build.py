@@ -10,6 +10,9 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import shutil
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,7 @@ from typing import Any
 from expertkit.layout import ADAPTER_CONFIG, ADAPTER_SUBDIR, ADAPTER_WEIGHTS, MANIFEST_FILE, WEIGHTS_DIR
 from expertkit.manifest.load import LoadedManifest
 from expertkit.manifest.model import ManifestV2
+from expertkit.manifest.sections import Perf
 from expertkit.models.fingerprint import Fingerprint, fingerprint, sha256_file, text_sha256
 from expertkit.models.load import load_tokenizer
 from expertkit.models.pull import ensure_ready
@@ -44,6 +48,9 @@ from expertkit.training_meta import TrainingMeta
 PACKAGE_SUFFIX = ".expert"
 
 
+Measure = Callable[[Path], Perf]  # an unpacked package's directory → what it costs to run
+
+
 @dataclass(frozen=True)
 class PackageRequest:
     target: Path
@@ -60,6 +67,7 @@ class PackageResult:
     sha256: str
     files: dict[str, str]
     lock: ExpertLock
+    manifest: ManifestV2  # as shipped (with perf when measured)
 
 
 def package_name(name: str, model: str, version: str) -> str:
@@ -67,8 +75,11 @@ def package_name(name: str, model: str, version: str) -> str:
     return f"{name}-{normalise_model_name(model)}.v{version}{PACKAGE_SUFFIX}"
 
 
-def resolved_manifest(loaded: LoadedManifest, weights: ExpertWeights, shipped: set[str]) -> ManifestV2:
-    """The manifest as shipped: v2.0 shape, the packaged base model only, file names as in the package."""
+def resolved_manifest(
+    loaded: LoadedManifest, weights: ExpertWeights, shipped: set[str], perf: Perf | None = None
+) -> ManifestV2:
+    """The manifest as shipped: v2.0 shape, the packaged base model only, file names as in the package,
+    and ``perf`` as measured now (a hand-written ``perf`` never ships: it is replaced or left out)."""
     manifest, entry = loaded.manifest, weights.entry
     local = loaded.root / entry.name
     if not Path(entry.name).is_absolute() and local.is_dir():
@@ -77,6 +88,7 @@ def resolved_manifest(loaded: LoadedManifest, weights: ExpertWeights, shipped: s
         "base_models": [entry],
         "readme": README if README in shipped else None,
         "license_file": LICENSE if LICENSE in shipped else None,
+        "perf": perf,
     }
     training = manifest.training
     if training is not None and training.decoding is not None and training.decoding.grammar_file:
@@ -130,13 +142,17 @@ def _digest(source: Path | bytes) -> str:
     return hashlib.sha256(source).hexdigest() if isinstance(source, bytes) else sha256_file(source)
 
 
-def gather_members(loaded: LoadedManifest, weights: ExpertWeights) -> dict[str, Path | bytes]:
+def gather_members(
+    loaded: LoadedManifest, weights: ExpertWeights, perf: Perf | None = None
+) -> tuple[dict[str, Path | bytes], ManifestV2]:
+    """Every member of the package (name → file or bytes) and the manifest it ships."""
     members: dict[str, Path | bytes] = {**side_files(loaded), **adapter_files(weights)}
     members.update(soft_prompt_files(loaded, weights))
     members.update(evaluation_files(weights))
-    manifest = resolved_manifest(loaded, weights, set(members)).model_dump(mode="json", exclude_none=True)
-    members[MANIFEST_FILE] = (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
-    return members
+    shipped = resolved_manifest(loaded, weights, set(members), perf)
+    data = shipped.model_dump(mode="json", exclude_none=True)
+    members[MANIFEST_FILE] = (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    return members, shipped
 
 
 def make_lock(loaded: LoadedManifest, weights: ExpertWeights, members: dict[str, Path | bytes]) -> ExpertLock:
@@ -193,8 +209,29 @@ def require_passed_gate(weights_dir: Path) -> None:
         )
 
 
-def package_expert(request: PackageRequest) -> PackageResult:
+def _measured(measure: Measure, members: dict[str, Path | bytes], lock: ExpertLock, weights: ExpertWeights) -> Perf:
+    """Lay the package out unpacked in a temporary directory, as ``install`` would, and measure it there."""
+    with tempfile.TemporaryDirectory(prefix="expertkit-measure-") as tmp:
+        root = Path(tmp)
+        for name, source in {**members, LOCK_FILE: lock.to_bytes()}.items():
+            target = root / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(source, bytes):
+                target.write_bytes(source)
+            else:
+                shutil.copyfile(source, target)
+        perf = measure(root)
+    adapter = weights.adapter_dir / ADAPTER_WEIGHTS
+    return perf.model_copy(update={"adapter_bytes": adapter.stat().st_size if adapter.is_file() else None})
+
+
+def package_expert(request: PackageRequest, measure: Measure | None = None) -> PackageResult:
     """Build the package and its checksum file.
+
+    Args:
+        measure: measures the package laid out unpacked in a directory (the workflow above the
+            stages passes the runtime's :func:`~expertkit.runtime.perf.measure_perf`); its result
+            ships as the manifest's ``perf``. ``None``: no ``perf`` is shipped.
 
     Raises:
         ManifestError: the manifest fails ``validate``.
@@ -205,11 +242,14 @@ def package_expert(request: PackageRequest) -> PackageResult:
     weights = select_weights(loaded, request.weights or loaded.root / WEIGHTS_DIR, request.model)
     if request.require_gate:
         require_passed_gate(weights.directory)
-    members = gather_members(loaded, weights)
+    members, shipped = gather_members(loaded, weights)
     lock = make_lock(loaded, weights, members)
+    if measure is not None:
+        members, shipped = gather_members(loaded, weights, _measured(measure, members, lock, weights))
+        lock = lock.model_copy(update={"files": dict(sorted((n, _digest(s)) for n, s in members.items()))})
     members[LOCK_FILE] = lock.to_bytes()
     output = request.output or Path.cwd()
     path = output / package_name(loaded.manifest.name, weights.entry.name, loaded.manifest.version)
     write_archive(path, members)
     checksum, digest = write_checksum(path)
-    return PackageResult(path, checksum, digest, lock.files, lock)
+    return PackageResult(path, checksum, digest, lock.files, lock, shipped)

@@ -235,6 +235,13 @@ class Engine:
             self.model.set_adapter(name)
         return HFDecoder(self.model)
 
+    def expert_nbytes(self, name: str) -> int:
+        """Bytes expert ``name`` holds beyond the base model: its adapter's parameters, and the merged
+        weight copy its decoder keeps while cached (the lean decoder; the HF path merges nothing)."""
+        adapter = sum(p.numel() * p.element_size() for n, p in self.model.named_parameters() if f".{name}." in n)
+        decoder = self._lean_decoders.get(name)
+        return adapter + (decoder.nbytes() if decoder is not None else 0)
+
     def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
         """The conversation rendered with the chat template (generation prompt on), as training did."""
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

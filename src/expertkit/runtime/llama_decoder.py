@@ -123,6 +123,13 @@ class LeanDecoder:
         self.dtype = self.embed.dtype
         self._cos = self._sin = torch.empty(0)
 
+    def nbytes(self) -> int:
+        """Bytes of the weights this decoder holds (its private copy of the model's)."""
+        linears = [self.head] + [m for layer in self.layers for m in (layer.qkv, layer.out, layer.gate_up, layer.down)]
+        norms = [t for layer in self.layers for t in (layer.norm1, layer.norm2, layer.q_norm, layer.k_norm)]
+        tensors = [self.embed, self.norm, *norms] + [t for m in linears for t in (m.weight, m.packed, m.bias)]
+        return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
     def new_cache(self, capacity: int) -> KVCache:
         """A fresh cache for one generation of at most ``capacity`` positions."""
         shape = (len(self.layers), self.kv_heads, min(capacity, self.max_positions), self.head_dim)

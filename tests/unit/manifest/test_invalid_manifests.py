@@ -357,8 +357,16 @@ def test_dora_alpha_warning_is_not_an_error(tmp_path: Path) -> None:
     )
     assert report.ok
     assert [(p.path, p.message) for p in report.warnings] == [
-        ("$.base_models[0].adapters[0].alpha", "DoRA usually uses alpha = 2·r")
+        ("$.base_models[0].adapters[0].alpha", "DoRA usually uses alpha = 2·r"),
+        ("$.perf", "perf is measured by expert-cli package on the packaging machine; values written here are replaced"),
     ]
+
+
+def test_a_hand_written_perf_is_a_warning_and_none_is_silent(tmp_path: Path) -> None:
+    data = load_valid()
+    data.pop("perf")
+    report, _ = validate_manifest(write_manifest(tmp_path, data))
+    assert report.ok and report.warnings == []
 
 
 def test_unsafe_target_allowed_explicitly(tmp_path: Path) -> None:
