@@ -317,6 +317,15 @@ def check_perf(manifest: ManifestV2, ctx: CheckContext) -> list[Problem]:
     return [Problem("$.perf", message, "no perf in a source manifest", "hand-written figures", "warning")]
 
 
+def check_runtime(manifest: ManifestV2, ctx: CheckContext) -> list[Problem]:
+    """``runtime`` is metadata for other runtimes: say, once per field set, that nothing checks it."""
+    if ctx.packaged or manifest.runtime is None:
+        return []
+    given = sorted(manifest.runtime.model_dump(exclude_none=True))
+    message = "informational for other runtimes: expertkit ships it as written but neither reads nor checks it"
+    return [Problem(f"$.runtime.{name}", message, "", "", "warning") for name in given]
+
+
 CHECKS: dict[str, Check] = {
     "adapters": check_adapters,
     "base_models": check_base_models,
@@ -326,6 +335,7 @@ CHECKS: dict[str, Check] = {
     "routing": check_routing,
     "files": check_files,
     "perf": check_perf,
+    "runtime": check_runtime,
 }
 
 

@@ -420,6 +420,9 @@ class Perf(Section):
 
 
 class Runtime(Section):
+    """Claims for runtimes other than expertkit's, shipped in the package as written: expertkit neither
+    reads nor checks them (``validate`` says so); its own decoder settings are under training.decoding."""
+
     candle_compatible: bool | None = None
     """Whether the adapter loads in candle (informational)."""
     requires_kv_cache_persistence: bool | None = None

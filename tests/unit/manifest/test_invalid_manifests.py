@@ -359,12 +359,19 @@ def test_dora_alpha_warning_is_not_an_error(tmp_path: Path) -> None:
     assert [(p.path, p.message) for p in report.warnings] == [
         ("$.base_models[0].adapters[0].alpha", "DoRA usually uses alpha = 2·r"),
         ("$.perf", "perf is measured by expert-cli package on the packaging machine; values written here are replaced"),
+    ] + [
+        (
+            f"$.runtime.{name}",
+            "informational for other runtimes: expertkit ships it as written but neither reads nor checks it",
+        )
+        for name in ("attention_kernel", "candle_compatible", "requires_kv_cache_persistence")
     ]
 
 
 def test_a_hand_written_perf_is_a_warning_and_none_is_silent(tmp_path: Path) -> None:
     data = load_valid()
     data.pop("perf")
+    data.pop("runtime")
     report, _ = validate_manifest(write_manifest(tmp_path, data))
     assert report.ok and report.warnings == []
 
