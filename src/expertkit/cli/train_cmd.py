@@ -79,6 +79,13 @@ def train(
         min=1,
         help="Evaluate and checkpoint every N steps (default: the manifest's, else 2 to 10 times a run).",
     ),
+    eval_samples: int = typer.Option(
+        2,
+        "--eval-samples",
+        min=0,
+        max=16,
+        help="Greedy generations from the eval split at each evaluation, written to events.jsonl (0: none).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print training_meta.json instead of the table."),
 ) -> None:
     """Train the expert's adapter from its manifest; weights go to weights/<model>/ beside it.
@@ -88,7 +95,9 @@ def train(
     from expertkit.train.job import TrainRequest
     from expertkit.workflows.curriculum import train_with_gates
 
-    request = TrainRequest(manifest, model, resume, max_steps, progress=not as_json, eval_steps=eval_steps)
+    request = TrainRequest(
+        manifest, model, resume, max_steps, progress=not as_json, eval_steps=eval_steps, eval_samples=eval_samples
+    )
     outcome = train_with_gates(request, on_start=None if as_json else _print_start)
     result = outcome.final
     if as_json:

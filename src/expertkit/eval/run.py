@@ -8,6 +8,7 @@ import json
 import random
 import re
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from expertkit.eval.evaluate import EvalReport, ItemResult, compare, evaluate
 from expertkit.eval.gate import gate_failures
 from expertkit.eval.job import EvalRequest, EvalResult, EvalSetChoice
 from expertkit.eval.sets import EvalItem, load_set
+from expertkit.events import RunEvents
 from expertkit.fsutil import write_text_atomic
 from expertkit.home import expertkit_home
 from expertkit.layout import ADAPTER_WEIGHTS
@@ -81,6 +83,26 @@ def result_path(files: ExpertFiles, set_name: str) -> Path:
     return child_file(directory, set_name, ".json", "evaluation set name")
 
 
+def events_path(result: Path) -> Path:
+    """``<set>.events.jsonl`` beside the set's result file: every item as it is judged."""
+    return result.parent / f"{result.stem}.events.jsonl"
+
+
+def _item_writer(
+    path: Path, chosen: EvalSetChoice, systems: list[str], on_item: Callable[[str, ItemResult], None] | None
+) -> tuple[RunEvents, Callable[[str, ItemResult], None]]:
+    """A fresh events file for one set, and an ``on_item`` that writes each judged item, then calls ``on_item``."""
+    events = RunEvents(path, fresh=True)
+    events.write("start", set=chosen.name, items=len(chosen.items), systems=systems)
+
+    def record(system: str, result: ItemResult) -> None:
+        events.write("item", system=system, **asdict(result))
+        if on_item is not None:
+            on_item(system, result)
+
+    return events, record
+
+
 def run_eval(request: EvalRequest, on_item: Callable[[str, ItemResult], None] | None = None) -> list[EvalResult]:
     """Evaluate the expert (and its baseline) on each chosen set; one result per set, each written
     as JSON beside the weights (``eval/<set>.json``) with the adapter's sha256 and the gate."""
@@ -106,8 +128,10 @@ def _run_base(
 ) -> EvalResult:
     """The base model alone under the expert's contract; written to ``$EXPERTKIT_HOME/evals/<expert>/base/``
     (never beside the weights, where a gate would read it)."""
-    progress = (lambda r: on_item("base", r)) if on_item else None
-    report = evaluate(engine, None, chosen.items, contract=files, on_item=progress, batch=batch)
+    directory = expertkit_home() / "evals" / files.loaded.manifest.name / "base"
+    path = child_file(directory, chosen.name, ".json", "evaluation set name")
+    events, record = _item_writer(events_path(path), chosen, ["base"], on_item)
+    report = evaluate(engine, None, chosen.items, contract=files, on_item=lambda r: record("base", r), batch=batch)
     summary = report.summary()
     result: dict[str, Any] = {
         "metric": summary.metric,
@@ -120,9 +144,9 @@ def _run_base(
         "set": chosen.name,
         "items": _item_rows(report),
     }
-    directory = expertkit_home() / "evals" / files.loaded.manifest.name / "base"
-    path = child_file(directory, chosen.name, ".json", "evaluation set name")
     write_text_atomic(path, json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    events.write("end", status="finished", score=summary.score, written=str(path))
+    events.close()
     return EvalResult.from_body("base_only", result, path)
 
 
@@ -134,14 +158,16 @@ def _run_set(
     on_item: Callable[[str, ItemResult], None] | None,
 ) -> EvalResult:
     name = files.loaded.manifest.name
-    mine = (lambda r: on_item(name, r)) if on_item else None
-    report = evaluate(engine, name, chosen.items, on_item=mine, batch=request.batch)
+    path = result_path(files, chosen.name)
+    systems = [name] if request.baseline is None else [name, "baseline"]
+    events, record = _item_writer(events_path(path), chosen, systems, on_item)
+    report = evaluate(engine, name, chosen.items, on_item=lambda r: record(name, r), batch=request.batch)
     result: dict[str, Any]
     if request.baseline is None:
         result = {"expert_summary": report.summary().to_json(), "n": len(chosen.items)}
     else:
         baseline_name = None if request.baseline == "base" else request.baseline.split("@")[0]
-        progress = (lambda r: on_item("baseline", r)) if on_item else None
+        progress = lambda r: record("baseline", r)  # noqa: E731
         reference = evaluate(engine, baseline_name, chosen.items, contract=files, on_item=progress, batch=request.batch)
         result = compare(report, reference).to_json()
         result["baseline_system"] = reference.system
@@ -156,8 +182,9 @@ def _run_set(
     )
     failures = gate_failures(files.loaded.manifest.evaluation, result)
     result["gate"] = {"passed": not failures, "failures": failures}
-    path = result_path(files, chosen.name)
     write_text_atomic(path, json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    events.write("end", status="finished", gate=result["gate"], written=str(path))
+    events.close()
     return EvalResult.from_body("expert" if request.baseline is None else "compared", result, path)
 
 

@@ -34,6 +34,7 @@ class TrainRequest:
     phase: str | None = None  # one phase of training.phases (see expertkit.train.phases)
     init_from: Path | None = None  # start from these published weights (the previous phase's)
     eval_steps: int | None = None  # overrides training.config.eval_steps (evaluate + checkpoint every N steps)
+    eval_samples: int = 2  # greedy generations from the eval split at each evaluation, into events.jsonl
 
 
 @dataclass(frozen=True)

@@ -167,7 +167,29 @@ def prepare_job(request: TrainRequest, context: ExpertContext) -> TrainJob:
     )
 
 
-def build_trainer(job: TrainJob, interrupt: Any, progress: bool) -> Any:
+def events_callback(job: TrainJob, trainer: Any, samples: int) -> Any:
+    """The run's ``events.jsonl`` writer: a fresh file for a fresh run (the first phase of a curriculum),
+    appended to on --resume and by later phases."""
+    from expertkit.events import EVENTS_FILE, RunEvents
+    from expertkit.train.events import EventsCallback, eval_examples, greedy_sampler
+
+    fresh = job.resume_from is None and job.run_info.get("init_from") is None
+    events = RunEvents(job.weights_dir / EVENTS_FILE, fresh, writer=trainer.args.should_save)
+    sampler, examples = None, []
+    if samples > 0 and not job.loaded.manifest.soft_prompts:  # generate() would leave the soft prompt out
+        examples = eval_examples(trainer.eval_dataset, samples)
+        sampler = greedy_sampler(lambda: trainer._objective().model, job.tokenizer, examples)
+    start = {
+        "data_hash": job.run_info["data_hash"],
+        "resumed_from": job.resume_from.name if job.resume_from else None,
+        "phase": job.run_info.get("phase"),
+        "eval_steps": job.eval_steps,
+        "samples": len(examples),
+    }
+    return EventsCallback(events, job.selector, sampler, start)
+
+
+def build_trainer(job: TrainJob, interrupt: Any, progress: bool, eval_samples: int = 0) -> Any:
     """The ExpertTrainer for a resolved job."""
     from transformers import PrinterCallback
 
@@ -193,6 +215,7 @@ def build_trainer(job: TrainJob, interrupt: Any, progress: bool) -> Any:
     trainer.remove_callback(PrinterCallback)
     trainer.add_callback(FinalStepCallback())
     trainer.add_callback(interrupt)
+    trainer.add_callback(events_callback(job, trainer, eval_samples))
     if progress:
         trainer.add_callback(RichProgressCallback())
     return trainer
@@ -211,7 +234,7 @@ def train_expert(request: TrainRequest, on_start: Any = None, context: ExpertCon
 
     job = prepare_job(request, context or open_expert(request.target, request.model))
     interrupt = InterruptCallback()
-    trainer = build_trainer(job, interrupt, request.progress)
+    trainer = build_trainer(job, interrupt, request.progress, request.eval_samples)
     if request.init_from is not None and job.resume_from is None:
         trainer._load_from_checkpoint(str(request.init_from))  # the previous phase's adapter
     if on_start is not None:

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from expertkit.cli.app import _register, app
 from expertkit.eval.evaluate import compare, evaluate
 from expertkit.eval.sets import EvalItem
+from expertkit.events import read_events
 from expertkit.runtime.engine import Engine
 from expertkit.runtime.options import LoadOptions
 
@@ -102,6 +103,20 @@ def test_eval_cli_jsonl_set_writes_the_result(expert_dir: Path, tmp_path: Path) 
     written = Path(body["written"])
     assert written == next((expert_dir / "weights").iterdir()) / "eval" / "set.json"
     assert len(json.loads(written.read_text())["items"]) == 3
+    events = read_events(written.parent / "set.events.jsonl")  # each item as it was judged, both systems
+    assert events[0] == {
+        **events[0],
+        "event": "start",
+        "set": "set",
+        "items": 3,
+        "systems": ["expert-tiny", "baseline"],
+    }
+    items = [e for e in events if e["event"] == "item"]
+    assert sorted((e["system"], e["id"]) for e in items) == sorted(
+        (system, r["id"]) for system in ("expert-tiny", "baseline") for r in json.loads(written.read_text())["items"]
+    )
+    assert all({"correct", "text", "latency_s", "tokens", "reason"} <= set(e) for e in items)
+    assert events[-1]["event"] == "end" and events[-1]["written"] == str(written)
     bad = CliRunner().invoke(app, ["eval", "--expert", str(expert_dir), "--set", str(path)], catch_exceptions=False)
     assert bad.exit_code == 2 and "--set needs --format" in bad.stderr
 
@@ -135,7 +150,12 @@ def test_eval_runs_every_manifest_set_with_its_split_and_limit(expert_dir: Path,
     lines = [json.loads(line) for line in result.stdout.strip().splitlines()]
     assert [(r["set"], r["n"]) for r in lines] == [("first", 2), ("second", 2)]
     weights = next((expert_dir / "weights").iterdir())
-    assert sorted(p.name for p in (weights / "eval").iterdir()) == ["first.json", "second.json"]
+    assert sorted(p.name for p in (weights / "eval").iterdir()) == [
+        "first.events.jsonl",
+        "first.json",
+        "second.events.jsonl",
+        "second.json",
+    ]
     adapter = json.loads((weights / "eval" / "first.json").read_text())["adapter_sha256"]
     from expertkit.models.fingerprint import sha256_file
 

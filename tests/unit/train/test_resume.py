@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from expertkit.events import EVENTS_FILE, read_events
 from expertkit.train.checkpoints import checkpoint_step, complete_checkpoints
 from expertkit.train.job import TrainRequest
 from expertkit.train.run import train_expert
@@ -109,6 +110,8 @@ def test_ctrl_c_saves_a_checkpoint_and_stops(tmp_path: Path, tiny_llama_dir: Pat
     assert "expert-cli train --resume" in output
     checkpoints = checkpoints_of(expert)
     assert len(checkpoints) == 1 and 2 <= (checkpoint_step(checkpoints[0]) or 0) < CONFIG["max_steps"]
+    events = read_events(checkpoints[0].parents[1] / EVENTS_FILE)
+    assert events[-1]["event"] == "end" and events[-1]["status"] == "interrupted"  # watchers see why it stopped
 
 
 def test_same_seed_gives_the_same_loss_curve(tmp_path: Path, tiny_llama_dir: Path) -> None:
