@@ -24,7 +24,21 @@ ALLOWED: dict[str, set[str]] = {
     "eval": {"manifest", "models", "data", "package", "runtime", "grammars"},
     # orchestration across stages (the curriculum: train, evaluate, gate) lives above them
     "workflows": {"manifest", "models", "data", "train", "package", "runtime", "eval", "grammars"},
-    "cli": {"manifest", "models", "data", "train", "package", "runtime", "serve", "eval", "workflows", "grammars"},
+    # jobs run the stages as child processes (``python -m expertkit KIND``): they import none of them
+    "jobs": set(),
+    "cli": {
+        "manifest",
+        "models",
+        "data",
+        "train",
+        "package",
+        "runtime",
+        "serve",
+        "eval",
+        "workflows",
+        "grammars",
+        "jobs",
+    },
 }
 STAGES = set(ALLOWED)
 

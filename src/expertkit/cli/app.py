@@ -49,6 +49,7 @@ def _register() -> None:
         eval_cmd,
         export_cmd,
         init_cmd,
+        jobs_cmd,
         manifest_cmd,
         models_cmd,
         package_cmd,
@@ -76,6 +77,9 @@ def _register() -> None:
     app.command("serve")(serve_cmd.serve)
     app.add_typer(export_cmd.export_app, name="export")
     app.command("eval")(eval_cmd.eval_expert)
+    app.add_typer(jobs_cmd.jobs_app, name="jobs")
+    app.command("worker")(jobs_cmd.worker)
+    app.add_typer(jobs_cmd.workers_app, name="workers")
 
 
 def _quiet_library_bars() -> None:

@@ -1,0 +1,269 @@
+"""A worker: claims jobs from the queue and runs each as a child process, heartbeating all along.
+
+- The child is ``python -m expertkit KIND --expert DIR OPTIONS`` in its own process group, its output
+  appended to ``$EXPERTKIT_HOME/jobs/<id>.log``; it dies with the worker (killed on exit).
+- Exit 0: succeeded (jobs waiting on it are queued; the next step of its pipeline is submitted).
+  Exit 1 or 2 (a user error: invalid manifest, bad data, failed gate): failed, never retried. Killed
+  by a signal (SIGKILL, the OOM killer) or anything else: retried with backoff while retries last.
+- Leases: every worker heartbeats ``worker:<name>``; any worker reaps a running job whose worker has
+  not beaten for ``lease_s`` and requeues it; a training job that starts again resumes from its newest
+  complete checkpoint (``--resume``), which ends with the same weights as an uninterrupted run.
+- Cancel: SIGINT to the child (training checkpoints and exits 130), SIGKILL after ``grace_s``.
+  SIGTERM to the worker: the same to its child, the job is requeued, and the worker exits 0.
+- One job per expert directory at a time (a lock in the backend): a job whose directory is busy
+  waits in the queue.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from expertkit.home import expertkit_home
+from expertkit.jobs.model import Attempt, Job
+from expertkit.jobs.store import JobQueue, WorkerInfo
+from expertkit.layout import CHECKPOINT_DIR, MANIFEST_FILE, WEIGHTS_DIR
+from expertkit.version import __version__
+
+COMMANDS = {"train": ["train"], "eval": ["eval"], "package": ["package"], "prepare": ["data", "prepare"]}
+PERMANENT_EXIT_CODES = (1, 2)  # expertkit's user errors: retrying cannot help
+INTERRUPTED = 130
+
+
+@dataclass
+class WorkerConfig:
+    name: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    device: str = "cpu"
+    once: bool = False  # run one job (or none, if the queue is empty) and exit
+    poll_s: float = 1.0
+    heartbeat_s: float = 2.0
+    lease_s: float = 30.0  # a worker silent this long is lost; its job is requeued
+    grace_s: float = 30.0  # after SIGINT, how long a cancelled child may take to checkpoint
+    backoff_s: float = 5.0  # first retry delay; doubles each attempt
+    # What runs a job, before its command and options: a wrapper goes here (nice, a container runtime).
+    launcher: list[str] = field(default_factory=lambda: [sys.executable, "-m", "expertkit"])
+
+
+def job_log(job: Job) -> Path:
+    return expertkit_home() / "jobs" / f"{job.id}.log"
+
+
+def expert_dir(job: Job) -> Path:
+    path = Path(job.manifest)
+    return path.parent if path.name == MANIFEST_FILE or path.is_file() else path
+
+
+def command(job: Job, launcher: list[str]) -> list[str]:
+    """The child's command line; a training job that ran before resumes from its newest checkpoint."""
+    argv = [*launcher, *COMMANDS[job.kind], "--expert", job.manifest, *job.options]
+    checkpoints = list((expert_dir(job) / WEIGHTS_DIR).glob(f"*/{CHECKPOINT_DIR}/checkpoint-*/.ledger.json"))
+    if job.kind == "train" and len(job.attempts) > 1 and checkpoints and "--resume" not in job.options:
+        argv.append("--resume")
+    return argv
+
+
+class Worker:
+    def __init__(
+        self, queue: JobQueue, config: WorkerConfig | None = None, say: Callable[[str], None] | None = None
+    ) -> None:
+        """``say`` receives one line per job started and finished (the CLI prints them)."""
+        self.queue, self.config = queue, config or WorkerConfig()
+        self.say = say or (lambda line: None)
+        self.stopping = False
+        self.child: subprocess.Popen[bytes] | None = None
+        self.started = time.time()
+        self.last_beat = 0.0
+        self.current: Job | None = None
+
+    # -- the loop -------------------------------------------------------------------------
+    def run(self) -> int:
+        """Run jobs until SIGTERM/SIGINT (or after one with ``once``); 0 on a clean stop."""
+        main = threading.current_thread() is threading.main_thread()  # signals reach the main thread only
+        previous = {s: signal.signal(s, self._stop) for s in (signal.SIGTERM, signal.SIGINT)} if main else {}
+        try:
+            while not self.stopping:
+                self.beat(force=True)
+                reap(self.queue, self.config.lease_s)
+                job = self.queue.claim(self.config.name)
+                if job is not None:
+                    self.run_job(job)
+                if self.config.once:
+                    break
+                if job is None:
+                    self._sleep(self.config.poll_s)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self.queue.beat(self.info(stopping=True))
+        return 0
+
+    def _stop(self, signum: int, frame: object) -> None:
+        self.stopping = True
+        if self.child is not None and self.child.poll() is None:
+            os.killpg(self.child.pid, signal.SIGINT)
+
+    def _sleep(self, seconds: float) -> None:
+        end = time.time() + seconds
+        while not self.stopping and time.time() < end:
+            time.sleep(min(0.1, seconds))
+
+    # -- heartbeat ------------------------------------------------------------------------
+    def info(self, stopping: bool = False) -> WorkerInfo:
+        return WorkerInfo(
+            name=self.config.name,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            devices=[self.config.device],
+            memory_mib=_memory_mib(),
+            version=__version__,
+            started_at=self.started,
+            heartbeat=time.time(),
+            job=self.current.id if self.current else None,
+            stopping=stopping,
+        )
+
+    def beat(self, force: bool = False) -> None:
+        if force or time.time() - self.last_beat >= self.config.heartbeat_s:
+            self.queue.beat(self.info())
+            self.last_beat = time.time()
+
+    # -- one job --------------------------------------------------------------------------
+    def run_job(self, job: Job) -> Job:
+        directory = str(expert_dir(job))
+        if not Path(job.manifest).exists():
+            return self._finish(job, None, "failed", f"worker {self.config.name} cannot see {job.manifest}")
+        holder = self.queue.lock(directory, job.id)
+        if holder is not None:  # another job writes into this expert directory: wait for it
+            self.queue.requeue(job, at=time.time() + self.config.poll_s * 2)
+            return job
+        try:
+            attempt = Attempt(number=len(job.attempts) + 1, worker=self.config.name, started_at=time.time())
+            job = job.model_copy(update={"state": "running", "attempts": [*job.attempts, attempt]})
+            job = job.model_copy(update={"log": str(job_log(job))})
+            self.queue.save(job)
+            self.current = job
+            self.say(f"job {job.id}: {job.kind} {job.manifest} (attempt {attempt.number}) started")
+            code = self._supervise(job)
+            settled = self._settle(job, code)
+            took = time.time() - attempt.started_at
+            self.say(f"job {job.id}: exit {code} after {took:.0f} s: {settled.state} ({settled.attempts[-1].outcome})")
+            return settled
+        finally:
+            self.current = None
+            self.queue.unlock(directory, job.id)
+
+    def _supervise(self, job: Job) -> int:
+        """Run the child to its end, heartbeating; interrupt it on cancel."""
+        log = job_log(job)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if self.config.device.startswith("cuda:"):
+            env["CUDA_VISIBLE_DEVICES"] = self.config.device.split(":", 1)[1]
+        with log.open("ab") as out:
+            out.write(f"== job {job.id} attempt {len(job.attempts)} on {self.config.name}\n".encode())
+            out.flush()
+            self.child = subprocess.Popen(
+                command(job, self.config.launcher),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,  # its own process group: signals reach the whole job
+                preexec_fn=_die_with_parent,  # a SIGKILLed worker must not leave its job running
+            )
+            interrupted_at: float | None = None
+            while (code := self.child.poll()) is None:
+                self.beat()
+                if interrupted_at is None and self.queue.get(job.id).cancel_requested:
+                    os.killpg(self.child.pid, signal.SIGINT)
+                    interrupted_at = time.time()
+                if interrupted_at is not None and time.time() - interrupted_at > self.config.grace_s:
+                    os.killpg(self.child.pid, signal.SIGKILL)
+                time.sleep(0.2)
+            self.child = None
+        return code
+
+    def _settle(self, job: Job, code: int) -> Job:
+        cancelled = self.queue.get(job.id).cancel_requested
+        if code == 0:
+            return self._finish(job, code, "succeeded")
+        if cancelled:
+            return self._finish(job, code, "cancelled", "cancelled")
+        if code == INTERRUPTED and self.stopping:  # the worker is stopping: checkpointed, run it elsewhere
+            job = _closed(job, code, "interrupted")
+            return self.queue.requeue(job)
+        if code in PERMANENT_EXIT_CODES:
+            return self._finish(job, code, "failed", f"exit {code}: see {job.log}")
+        if len(job.attempts) > job.max_retries:
+            return self._finish(job, code, "failed", f"exit {code} after {len(job.attempts)} attempts: see {job.log}")
+        delay = self.config.backoff_s * 2 ** (len(job.attempts) - 1)
+        return self.queue.requeue(_closed(job, code, "retrying"), at=time.time() + delay)
+
+    def _finish(self, job: Job, code: int | None, state: str, error: str | None = None) -> Job:
+        job = _closed(job, code, state).model_copy(update={"state": state, "error": error})
+        self.queue.save(job)
+        follow_up(self.queue, job)
+        return job
+
+
+def _closed(job: Job, code: int | None, outcome: str) -> Job:
+    if not job.attempts:
+        return job
+    last = job.attempts[-1].model_copy(update={"finished_at": time.time(), "exit_code": code, "outcome": outcome})
+    return job.model_copy(update={"attempts": [*job.attempts[:-1], last]})
+
+
+def follow_up(queue: JobQueue, job: Job) -> None:
+    """After ``job`` finished: queue the jobs waiting on it, or mark them (and theirs) as not run."""
+    for waiting in [j for j in queue.jobs() if j.after == job.id and j.state == "waiting"]:
+        if job.state == "succeeded":
+            queue.requeue(waiting)
+        else:
+            reason = f"job {job.id} ({job.kind}) {job.state}: {job.error or ''}".rstrip(": ")
+            queue.save(waiting.model_copy(update={"state": "cancelled", "error": f"not run: {reason}"}))
+            follow_up(queue, queue.get(waiting.id))
+
+
+def reap(queue: JobQueue, lease_s: float) -> list[Job]:
+    """Requeue running jobs whose worker stopped heartbeating (any worker may call this)."""
+    alive = {w.name: w for w in queue.workers()}
+    now, reaped = time.time(), []
+    for job in [j for j in queue.jobs() if j.state == "running"]:
+        worker = alive.get(job.worker or "")
+        if worker is not None and now - worker.heartbeat < lease_s:
+            continue
+        if not queue.storage.put_if_empty(f"reaped:{job.id}:{job.token}", b"1"):
+            continue  # another worker reaped it
+        queue.unlock(str(expert_dir(job)), job.id)
+        job = _closed(job, None, "lost")
+        if len(job.attempts) <= job.max_retries:
+            reaped.append(queue.requeue(job))
+            continue
+        failed = job.model_copy(update={"state": "failed", "error": f"worker {job.attempts[-1].worker} was lost"})
+        queue.save(failed)
+        follow_up(queue, failed)
+        reaped.append(failed)
+    return reaped
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: on Linux, SIGKILL it when the worker dies (however it dies)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1  # noqa: N806 (the kernel's name)
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _memory_mib() -> float | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
+    except (ValueError, OSError):
+        return None
