@@ -16,8 +16,8 @@ from expertkit.jobs.worker import reap
 
 
 @pytest.fixture
-def queue(tmp_path: Path) -> JobQueue:
-    return JobQueue(f"sqlite:///{tmp_path / 'queue.db'}")
+def queue(queue_url: str) -> JobQueue:
+    return JobQueue(queue_url)  # every test runs on SQLite and on a real Redis server
 
 
 def drain(queue: JobQueue) -> list[int]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -138,11 +139,11 @@ def test_cancel_interrupts_with_a_checkpoint_and_retry_resumes(
 
 @pytest.mark.slow
 def test_a_killed_worker_is_lost_and_its_training_finishes_elsewhere_with_the_same_adapter(
-    tmp_path: Path, tiny_llama_dir: Path, home: Path
+    tmp_path: Path, tiny_llama_dir: Path, home: Path, queue_url: str
 ) -> None:
     reference = write_tiny_expert(tmp_path / "reference", [tiny_llama_dir], config=CONFIG)
     train_expert(TrainRequest(reference, progress=False, eval_samples=0))
-    url = f"sqlite:///{tmp_path / 'q.db'}"
+    url = queue_url  # SQLite and a real Redis server
     queue = JobQueue(url)
     expert = write_tiny_expert(tmp_path / "e", [tiny_llama_dir], config=CONFIG)
     job = queue.submit("train", expert, ["--eval-samples", "0"])
@@ -190,3 +191,24 @@ def test_sigterm_checkpoints_requeues_and_exits_0(tmp_path: Path, tiny_llama_dir
     requeued = queue.get(job.id)
     assert requeued.state == "queued" and requeued.attempts[-1].outcome == "interrupted"
     assert requeued.attempts[-1].exit_code == 130 and checkpointed(expert, 2)
+
+
+@pytest.mark.slow
+def test_two_workers_drain_twenty_jobs_each_run_once(tmp_path: Path, home: Path, queue_url: str) -> None:
+    queue = JobQueue(queue_url)
+    runs = tmp_path / "runs.txt"
+    for i in range(20):
+        (tmp_path / f"e{i}").mkdir()
+        queue.submit("prepare", tmp_path / f"e{i}", [])
+    launcher = shlex.join(["sh", "-c", f'echo "$4" >> {runs}; sleep 0.05', "sh"])
+    cli = [sys.executable, "-m", "expertkit", "worker", "--queue", queue_url, "--launcher", launcher]
+    workers = [subprocess.Popen([*cli, "--name", name], stdout=subprocess.DEVNULL) for name in ("a", "b")]
+    wait_until(lambda: all(j.state == "succeeded" for j in queue.jobs()), what="the queue to drain")
+    listed = {w.name for w in queue.workers()}
+    for worker in workers:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=30) == 0
+    lines = runs.read_text().split()
+    assert sorted(lines) == sorted(str((tmp_path / f"e{i}").resolve()) for i in range(20))  # each once
+    assert all(len(j.attempts) == 1 for j in queue.jobs())
+    assert listed == {"a", "b"} and {j.attempts[0].worker for j in queue.jobs()} == {"a", "b"}
