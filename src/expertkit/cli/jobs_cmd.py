@@ -202,6 +202,7 @@ def worker(
     device: str = typer.Option("cpu", "--device", help="cpu or cuda:N (the child sees only that GPU)."),
     once: bool = typer.Option(False, "--once", help="Run at most one job, then exit."),
     lease: float = typer.Option(30.0, "--lease", min=2.0, help="Seconds without a heartbeat before a worker is lost."),
+    poll: float = typer.Option(0.5, "--poll", min=0.01, max=60.0, help="Seconds between looks at an empty queue."),
     launcher: str | None = typer.Option(
         None, "--launcher", help="What runs each job instead of 'python -m expertkit' (e.g. 'nice -n 10 expert-cli')."
     ),
@@ -209,7 +210,7 @@ def worker(
     """Run queued jobs until stopped; SIGTERM interrupts the current job (checkpointed, requeued) and exits 0."""
     from expertkit.jobs.worker import Worker, WorkerConfig
 
-    config = WorkerConfig(device=device, once=once, lease_s=lease)
+    config = WorkerConfig(device=device, once=once, lease_s=lease, poll_s=poll)
     if name:
         config.name = name
     if launcher:

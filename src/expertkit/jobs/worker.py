@@ -36,6 +36,7 @@ from expertkit.version import __version__
 COMMANDS = {"train": ["train"], "eval": ["eval"], "package": ["package"], "prepare": ["data", "prepare"]}
 PERMANENT_EXIT_CODES = (1, 2)  # expertkit's user errors: retrying cannot help
 INTERRUPTED = 130
+WATCH_S = 0.25  # how often a running job's cancel flag is read and the heartbeat considered
 
 
 @dataclass
@@ -43,7 +44,7 @@ class WorkerConfig:
     name: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     device: str = "cpu"
     once: bool = False  # run one job (or none, if the queue is empty) and exit
-    poll_s: float = 1.0
+    poll_s: float = 0.5  # how often an idle worker looks at the queue
     heartbeat_s: float = 2.0
     lease_s: float = 30.0  # a worker silent this long is lost; its job is requeued
     grace_s: float = 30.0  # after SIGINT, how long a cancelled child may take to checkpoint
@@ -179,14 +180,13 @@ class Worker:
                 preexec_fn=_die_with_parent,  # a SIGKILLed worker must not leave its job running
             )
             interrupted_at: float | None = None
-            while (code := self.child.poll()) is None:
+            while (code := _wait(self.child, WATCH_S)) is None:
                 self.beat()
                 if interrupted_at is None and self.queue.get(job.id).cancel_requested:
                     os.killpg(self.child.pid, signal.SIGINT)
                     interrupted_at = time.time()
                 if interrupted_at is not None and time.time() - interrupted_at > self.config.grace_s:
                     os.killpg(self.child.pid, signal.SIGKILL)
-                time.sleep(0.2)
             self.child = None
         return code
 
@@ -251,6 +251,14 @@ def reap(queue: JobQueue, lease_s: float) -> list[Job]:
         follow_up(queue, failed)
         reaped.append(failed)
     return reaped
+
+
+def _wait(child: subprocess.Popen[bytes], seconds: float) -> int | None:
+    """The child's exit code as soon as it exits, or ``None`` after ``seconds``."""
+    try:
+        return child.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        return None
 
 
 def _die_with_parent() -> None:
