@@ -17,4 +17,7 @@ TRAINING_META = "training_meta.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 CHECKPOINT_DIR = "checkpoints"  # weights/<model>/checkpoints/: guarded checkpoints while training
+EVALS_DIR = "evals"  # $EXPERTKIT_HOME/evals/<expert>/base/<set>.json: the base model's results under an expert
+BASE_EVALS = "base"
+STORE_DIR = "experts"  # $EXPERTKIT_HOME/experts/<name>/<version>/: installed experts
 PHASES_DIR = "phases"  # weights/<model>/phases/<NN>-<name>/: each curriculum phase's published weights

@@ -25,7 +25,8 @@ ALLOWED: dict[str, set[str]] = {
     # orchestration across stages (the curriculum: train, evaluate, gate) lives above them
     "workflows": {"manifest", "models", "data", "train", "package", "runtime", "eval", "grammars"},
     # jobs run the stages as child processes (``python -m expertkit KIND``): they import none of them
-    "jobs": set(),
+    # (the manifest, to find the background tasks installed experts need)
+    "jobs": {"manifest", "grammars"},
     "cli": {
         "manifest",
         "models",

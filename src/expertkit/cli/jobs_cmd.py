@@ -77,6 +77,23 @@ def _age(seconds: float) -> str:
     )
 
 
+@jobs_app.command("background")
+@reports_errors
+def background(queue: str | None = QUEUE, as_json: bool = JSON) -> None:
+    """Queue the built-in background tasks: base-model baselines for installed experts that lack them,
+    and re-verification of every installed expert. They run on a `worker --background` while it idles."""
+    from expertkit.jobs.housekeeping import submit_background_tasks
+
+    jobs = submit_background_tasks(_queue(queue))
+    if as_json:
+        print(json.dumps([j.model_dump(mode="json") for j in jobs], indent=2))
+        return
+    for job in jobs:
+        out_console.print(f"{job.id}: {job.kind} {escape(job.manifest)} {escape(' '.join(job.options))}".rstrip())
+    if not jobs:
+        out_console.print("nothing to add: every background task is queued or running already")
+
+
 @jobs_app.command("list")
 @reports_errors
 def list_jobs(
@@ -201,6 +218,12 @@ def worker(
     name: str | None = typer.Option(None, "--name", help="Worker name (default host-pid)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda:N (the child sees only that GPU)."),
     once: bool = typer.Option(False, "--once", help="Run at most one job, then exit."),
+    background: bool = typer.Option(
+        False, "--background", help="Also run background jobs, while nothing else waits and the device idles."
+    ),
+    max_load: float = typer.Option(
+        0.5, "--idle-below", min=0.0, help="Idle means: GPU utilisation, or CPU load per core, below this."
+    ),
     lease: float = typer.Option(30.0, "--lease", min=2.0, help="Seconds without a heartbeat before a worker is lost."),
     poll: float = typer.Option(0.5, "--poll", min=0.01, max=60.0, help="Seconds between looks at an empty queue."),
     launcher: str | None = typer.Option(
@@ -210,7 +233,9 @@ def worker(
     """Run queued jobs until stopped; SIGTERM interrupts the current job (checkpointed, requeued) and exits 0."""
     from expertkit.jobs.worker import Worker, WorkerConfig
 
-    config = WorkerConfig(device=device, once=once, lease_s=lease, poll_s=poll)
+    config = WorkerConfig(
+        device=device, once=once, lease_s=lease, poll_s=poll, background=background, max_load=max_load
+    )
     if name:
         config.name = name
     if launcher:

@@ -32,10 +32,37 @@ def install(
     out_console.print(f"{verb} {record.name}@{record.version}{signer} → {escape(record.path)}")
 
 
-def list_experts(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+def _reverify(trusted_keys: Path | None, as_json: bool) -> None:
+    from expertkit.package.reverify import reverify_installed
+
+    results = reverify_installed(trusted_keys)
+    if as_json:
+        print(json.dumps([r.to_json() for r in results], indent=2))
+    else:
+        for r in results:
+            mark = "[green]✓[/]" if r.ok else "[red]✗[/]"
+            detail = (f"signed by {r.signer}" if r.signer else "integrity") if r.ok else r.problem or ""
+            out_console.print(f"{mark} {escape(r.name)}@{escape(r.version)}: {escape(detail)}")
+        if not results:
+            out_console.print("no experts installed")
+    if any(not r.ok for r in results):
+        raise typer.Exit(1)
+
+
+@reports_errors
+def list_experts(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    verify: bool = typer.Option(
+        False, "--verify", help="Re-check every installed expert now (files, lock, signature vs keys trusted now)."
+    ),
+    trusted_keys: Path | None = typer.Option(None, "--trusted-keys", help="Trusted *.pub keys (default: the home's)."),
+) -> None:
     """Installed experts: name, version, base model, adapter type, signer, install date."""
     from expertkit.package.store import list_installed
 
+    if verify:
+        _reverify(trusted_keys, as_json)
+        return
     records = list_installed()
     if as_json:
         print(json.dumps([r.to_json() for r in records], indent=2))

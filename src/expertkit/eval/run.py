@@ -20,7 +20,7 @@ from expertkit.eval.sets import EvalItem, load_set
 from expertkit.events import RunEvents
 from expertkit.fsutil import write_text_atomic
 from expertkit.home import expertkit_home
-from expertkit.layout import ADAPTER_WEIGHTS
+from expertkit.layout import ADAPTER_WEIGHTS, BASE_EVALS, EVALS_DIR
 from expertkit.models.fingerprint import sha256_file
 from expertkit.models.hardware import best_dtype
 from expertkit.package.references import ExpertFiles, resolve_expert
@@ -79,7 +79,7 @@ def result_path(files: ExpertFiles, set_name: str) -> Path:
     manifest = files.loaded.manifest
     if files.model_dir.is_dir() and not files.packaged:
         return child_file(files.model_dir / "eval", set_name, ".json", "evaluation set name")
-    directory = expertkit_home() / "evals" / manifest.name / manifest.version
+    directory = expertkit_home() / EVALS_DIR / manifest.name / manifest.version
     return child_file(directory, set_name, ".json", "evaluation set name")
 
 
@@ -128,7 +128,7 @@ def _run_base(
 ) -> EvalResult:
     """The base model alone under the expert's contract; written to ``$EXPERTKIT_HOME/evals/<expert>/base/``
     (never beside the weights, where a gate would read it)."""
-    directory = expertkit_home() / "evals" / files.loaded.manifest.name / "base"
+    directory = expertkit_home() / EVALS_DIR / files.loaded.manifest.name / BASE_EVALS
     path = child_file(directory, chosen.name, ".json", "evaluation set name")
     events, record = _item_writer(events_path(path), chosen, ["base"], on_item)
     report = evaluate(engine, None, chosen.items, contract=files, on_item=lambda r: record("base", r), batch=batch)

@@ -7,11 +7,11 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-JobKind = Literal["train", "eval", "package", "prepare"]
+JobKind = Literal["train", "eval", "package", "prepare", "verify"]  # verify: every installed expert
 Level = Literal["high", "normal", "low", "background"]
 JobState = Literal["waiting", "queued", "running", "succeeded", "failed", "cancelled"]
 
-KINDS: tuple[str, ...] = ("train", "eval", "package", "prepare")
+KINDS: tuple[str, ...] = ("train", "eval", "package", "prepare")  # what `jobs submit` takes
 LEVELS: tuple[str, ...] = ("high", "normal", "low", "background")
 FINISHED: tuple[str, ...] = ("succeeded", "failed", "cancelled")
 # Each level's band of queue priorities; within a band, a smaller order comes first (FIFO unless moved).

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -23,6 +24,7 @@ from expertkit.jobs.model import FINISHED, Job, JobKind, Level, Step
 
 QUEUE_ENV = "EXPERTKIT_QUEUE"
 NAME = "expertkit"
+BACKGROUND = "expertkit-background"  # a queue of its own: foreground workers never see these messages
 
 
 class WorkerInfo(BaseModel):
@@ -42,7 +44,7 @@ def default_queue_url() -> str:
     return f"sqlite:///{expertkit_home() / 'queue.db'}"
 
 
-def open_storage(url: str) -> Any:
+def open_storage(url: str, name: str = NAME) -> Any:
     """Huey storage for ``sqlite:///PATH`` or ``redis://host:port/db`` (``unix:///path.sock?db=0`` too)."""
     parsed = urlparse(url)
     if parsed.scheme == "sqlite":
@@ -50,11 +52,11 @@ def open_storage(url: str) -> Any:
 
         path = Path(parsed.path if url.startswith("sqlite:////") or parsed.netloc == "" else parsed.netloc)
         path.parent.mkdir(parents=True, exist_ok=True)
-        return SqliteStorage(NAME, filename=str(path), timeout=30)
+        return SqliteStorage(name, filename=str(path), timeout=30)
     if parsed.scheme in ("redis", "rediss", "unix"):
         from huey.storage import PriorityRedisStorage
 
-        return PriorityRedisStorage(NAME, url=url, blocking=False)
+        return PriorityRedisStorage(name, url=url, blocking=False)
     raise UsageError(
         f"queue URL {url!r}: unknown scheme {parsed.scheme!r}",
         "use sqlite:///PATH (one machine) or redis://HOST:PORT/DB (several)",
@@ -69,6 +71,7 @@ class JobQueue:
 
         self.url = url or os.environ.get(QUEUE_ENV) or default_queue_url()
         self.storage = open_storage(self.url)
+        self.background = open_storage(self.url, BACKGROUND)
 
     # -- records --------------------------------------------------------------------------
     def save(self, job: Job) -> None:
@@ -122,10 +125,13 @@ class JobQueue:
             previous = self.submit(step.kind, manifest, step.options, level, retries, after=previous.id)
         return job
 
+    def _queue_of(self, job: Job) -> Any:
+        return self.background if job.level == "background" else self.storage
+
     def enqueue(self, job: Job, at: float | None = None) -> None:
         message = json.dumps({"id": job.id, "token": job.token}).encode("utf-8")
         if at is None:
-            self.storage.enqueue(message, priority=job.priority)
+            self._queue_of(job).enqueue(message, priority=job.priority)
         else:
             self.storage.add_to_schedule(message, _timestamp(at))
 
@@ -142,12 +148,24 @@ class JobQueue:
             body = json.loads(message)
             job = self.get(int(body["id"]))
             if job.state == "queued" and job.token == body["token"]:
-                self.storage.enqueue(message, priority=job.priority)
+                self._queue_of(job).enqueue(message, priority=job.priority)
 
-    def claim(self, worker: str) -> Job | None:
-        """The next job to run, now owned by ``worker``; stale messages are dropped on the way."""
+    def foreground_waiting(self) -> bool:
+        """Whether a foreground message waits (stale ones count: a background job yields a little early)."""
+        return bool(self.storage.queue_size())
+
+    def claim(self, worker: str, background: Callable[[], bool] | None = None) -> Job | None:
+        """The next job to run, now owned by ``worker``; stale messages are dropped on the way.
+        With ``background``, a background job is taken when no foreground job waits and it says yes
+        (the device is idle)."""
         self.release_due()
-        while (message := self.storage.dequeue()) is not None:
+        job = self._claim_from(self.storage, worker)
+        if job is None and background is not None and self.background.queue_size() and background():
+            job = self._claim_from(self.background, worker)
+        return job
+
+    def _claim_from(self, storage: Any, worker: str) -> Job | None:
+        while (message := storage.dequeue()) is not None:
             body = json.loads(message)
             try:
                 job = self.get(int(body["id"]))

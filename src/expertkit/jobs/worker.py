@@ -28,12 +28,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from expertkit.home import expertkit_home
+from expertkit.jobs.idle import DEFAULT_MAX_LOAD, idle_check
 from expertkit.jobs.model import Attempt, Job
 from expertkit.jobs.store import JobQueue, WorkerInfo
 from expertkit.layout import CHECKPOINT_DIR, MANIFEST_FILE, WEIGHTS_DIR
 from expertkit.version import __version__
 
-COMMANDS = {"train": ["train"], "eval": ["eval"], "package": ["package"], "prepare": ["data", "prepare"]}
+COMMANDS = {
+    "train": ["train"],
+    "eval": ["eval"],
+    "package": ["package"],
+    "prepare": ["data", "prepare"],
+    "verify": ["list", "--verify"],  # every installed expert, against the keys trusted now
+}
 PERMANENT_EXIT_CODES = (1, 2)  # expertkit's user errors: retrying cannot help
 INTERRUPTED = 130
 WATCH_S = 0.25  # how often a running job's cancel flag is read and the heartbeat considered
@@ -51,6 +58,9 @@ class WorkerConfig:
     backoff_s: float = 5.0  # first retry delay; doubles each attempt
     # What runs a job, before its command and options: a wrapper goes here (nice, a container runtime).
     launcher: list[str] = field(default_factory=lambda: [sys.executable, "-m", "expertkit"])
+    background: bool = False  # also run background jobs, while nothing else waits and the device idles
+    max_load: float = DEFAULT_MAX_LOAD
+    idle: Callable[[], bool] | None = None  # is the device idle? (default: NVML or the load average)
 
 
 def job_log(job: Job) -> Path:
@@ -64,7 +74,8 @@ def expert_dir(job: Job) -> Path:
 
 def command(job: Job, launcher: list[str]) -> list[str]:
     """The child's command line; a training job that ran before resumes from its newest checkpoint."""
-    argv = [*launcher, *COMMANDS[job.kind], "--expert", job.manifest, *job.options]
+    target = [] if job.kind == "verify" else ["--expert", job.manifest]
+    argv = [*launcher, *COMMANDS[job.kind], *target, *job.options]
     checkpoints = list((expert_dir(job) / WEIGHTS_DIR).glob(f"*/{CHECKPOINT_DIR}/checkpoint-*/.ledger.json"))
     if job.kind == "train" and len(job.attempts) > 1 and checkpoints and "--resume" not in job.options:
         argv.append("--resume")
@@ -83,6 +94,8 @@ class Worker:
         self.started = time.time()
         self.last_beat = 0.0
         self.current: Job | None = None
+        self.yielded = False  # the running background job was asked to make way for a foreground one
+        self.idle = self.config.idle or idle_check(self.config.device, self.config.max_load)
 
     # -- the loop -------------------------------------------------------------------------
     def run(self) -> int:
@@ -93,7 +106,7 @@ class Worker:
             while not self.stopping:
                 self.beat(force=True)
                 reap(self.queue, self.config.lease_s)
-                job = self.queue.claim(self.config.name)
+                job = self.queue.claim(self.config.name, self.idle if self.config.background else None)
                 if job is not None:
                     self.run_job(job)
                 if self.config.once:
@@ -182,7 +195,7 @@ class Worker:
             interrupted_at: float | None = None
             while (code := _wait(self.child, WATCH_S)) is None:
                 self.beat()
-                if interrupted_at is None and self.queue.get(job.id).cancel_requested:
+                if interrupted_at is None and self._should_interrupt(job):
                     os.killpg(self.child.pid, signal.SIGINT)
                     interrupted_at = time.time()
                 if interrupted_at is not None and time.time() - interrupted_at > self.config.grace_s:
@@ -190,12 +203,22 @@ class Worker:
             self.child = None
         return code
 
+    def _should_interrupt(self, job: Job) -> bool:
+        """Cancelled, or a background job while a foreground one waits (it stops at its next checkpoint)."""
+        if job.level == "background" and self.queue.foreground_waiting():
+            self.yielded = True
+            return True
+        return self.queue.get(job.id).cancel_requested
+
     def _settle(self, job: Job, code: int) -> Job:
         cancelled = self.queue.get(job.id).cancel_requested
+        yielded, self.yielded = self.yielded, False
         if code == 0:
             return self._finish(job, code, "succeeded")
         if cancelled:
             return self._finish(job, code, "cancelled", "cancelled")
+        if yielded:  # made way for foreground work: not a failure, it runs again when the device idles
+            return self.queue.requeue(_closed(job, code, "yielded"))
         if code == INTERRUPTED and self.stopping:  # the worker is stopping: checkpointed, run it elsewhere
             job = _closed(job, code, "interrupted")
             return self.queue.requeue(job)

@@ -18,7 +18,7 @@ from typing import Any
 
 from expertkit.fsutil import atomic_directory, write_text_atomic
 from expertkit.home import expertkit_home
-from expertkit.layout import MANIFEST_FILE
+from expertkit.layout import MANIFEST_FILE, STORE_DIR
 from expertkit.package.archive import PackageError, extract_archive
 from expertkit.package.consistency import lock_problems, packaged_manifest
 from expertkit.package.recheck import INSTALL_RECORD, SIGNATURE_COPY
@@ -46,7 +46,7 @@ class InstalledExpert:
 
 
 def experts_dir() -> Path:
-    return expertkit_home() / "experts"
+    return expertkit_home() / STORE_DIR
 
 
 def version_key(version: str) -> tuple[Any, ...]:
