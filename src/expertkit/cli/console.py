@@ -25,11 +25,17 @@ def fail(error: ExpertkitError) -> None:
 
 
 Command = TypeVar("Command", bound=Callable[..., Any])
+OUT_OF_MEMORY_EXIT = 75  # EX_TEMPFAIL: worth trying again later (a job queue retries it; see expertkit.jobs)
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """Python's MemoryError, or torch's OutOfMemoryError (CUDA or MPS), known without importing torch."""
+    return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
 
 
 def reports_errors(command: Command) -> Command:
     """Run ``command``; an :class:`ExpertkitError` it raises becomes :func:`fail` (``typer`` reads the
-    wrapped signature, so options are unchanged)."""
+    wrapped signature, so options are unchanged), and running out of memory exits 75 with a hint."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -37,5 +43,16 @@ def reports_errors(command: Command) -> Command:
             return command(*args, **kwargs)
         except ExpertkitError as error:
             fail(error)
+        except (MemoryError, RuntimeError) as exc:
+            if not _out_of_memory(exc):
+                raise
+            fail(
+                ExpertkitError(
+                    f"out of memory: {str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}",
+                    "lower training.config.batch_size or max_seq_length (or use gradient_accumulation_steps), "
+                    "or free the device; a queued job is retried",
+                    exit_code=OUT_OF_MEMORY_EXIT,
+                )
+            )
 
     return wrapper  # type: ignore[return-value]

@@ -41,7 +41,7 @@ COMMANDS = {
     "prepare": ["data", "prepare"],
     "verify": ["list", "--verify"],  # every installed expert, against the keys trusted now
 }
-PERMANENT_EXIT_CODES = (1, 2)  # expertkit's user errors: retrying cannot help
+PERMANENT_EXIT_CODES = (1, 2)  # expertkit's user errors: retrying cannot help (75, out of memory, is retried)
 INTERRUPTED = 130
 WATCH_S = 0.25  # how often a running job's cancel flag is read and the heartbeat considered
 

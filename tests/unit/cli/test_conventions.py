@@ -65,3 +65,31 @@ def test_a_missing_path_is_a_usage_error_naming_it(tmp_path: Path, monkeypatch: 
     assert inspect.exit_code == 2
     assert f"no manifest at {tmp_path.resolve() / 'manifest.json'}" in " ".join(inspect.stderr.split())
     assert "expert-cli validate" not in inspect.stderr and "expert-cli init" in inspect.stderr
+
+
+@pytest.mark.parametrize(
+    "error", [MemoryError(), __import__("torch").OutOfMemoryError("CUDA out of memory. Tried 2 GiB")]
+)
+def test_out_of_memory_is_an_error_with_a_hint_and_exit_75(error: BaseException) -> None:
+    """Running out of memory is worth retrying (a job queue does): exit 75, EX_TEMPFAIL, never a traceback."""
+    from expertkit.cli.console import reports_errors
+
+    def command() -> None:
+        raise error
+
+    oom = typer.Typer()
+    oom.command()(reports_errors(command))
+    result = CliRunner().invoke(oom, [])
+    assert result.exit_code == 75 and "error: out of memory" in result.stderr and "hint: lower" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_other_runtime_errors_are_not_called_out_of_memory() -> None:
+    from expertkit.cli.console import reports_errors
+
+    @reports_errors
+    def command() -> None:
+        raise RuntimeError("shape mismatch")
+
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        command()

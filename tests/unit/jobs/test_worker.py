@@ -212,3 +212,21 @@ def test_two_workers_drain_twenty_jobs_each_run_once(tmp_path: Path, home: Path,
     assert sorted(lines) == sorted(str((tmp_path / f"e{i}").resolve()) for i in range(20))  # each once
     assert all(len(j.attempts) == 1 for j in queue.jobs())
     assert listed == {"a", "b"} and {j.attempts[0].worker for j in queue.jobs()} == {"a", "b"}
+
+
+def test_out_of_memory_and_crashes_are_retried_with_backoff(tmp_path: Path, home: Path, queue_url: str) -> None:
+    queue = JobQueue(queue_url)
+    job = queue.submit("prepare", tmp_path, [], retries=1)
+    exits = tmp_path / "exits"
+    launcher = ["sh", "-c", f"echo x >> {exits}; exit 75", "sh"]  # 75: expertkit's "out of memory"
+    config = WorkerConfig(name="w", once=True, launcher=launcher, backoff_s=0.2)
+    Worker(queue, config).run()
+    retrying = queue.get(job.id)
+    assert retrying.state == "queued" and retrying.attempts[-1].outcome == "retrying" and retrying.retry_at
+    Worker(queue, config).run()  # the backoff has not passed: nothing to run
+    assert len(queue.get(job.id).attempts) == 1
+    time.sleep(0.3)
+    Worker(queue, config).run()
+    failed = queue.get(job.id)
+    assert failed.state == "failed" and [a.exit_code for a in failed.attempts] == [75, 75]
+    assert failed.error is not None and failed.error.startswith("exit 75 after 2 attempts")
