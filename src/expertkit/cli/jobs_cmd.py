@@ -217,7 +217,8 @@ def worker(
     queue: str | None = QUEUE,
     name: str | None = typer.Option(None, "--name", help="Worker name (default host-pid)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda:N (the child sees only that GPU)."),
-    once: bool = typer.Option(False, "--once", help="Run at most one job, then exit."),
+    once: bool = typer.Option(False, "--once", help="Run at most one job (per slot), then exit."),
+    concurrency: int = typer.Option(1, "--concurrency", min=1, max=64, help="Jobs run side by side."),
     background: bool = typer.Option(
         False, "--background", help="Also run background jobs, while nothing else waits and the device idles."
     ),
@@ -234,7 +235,13 @@ def worker(
     from expertkit.jobs.worker import Worker, WorkerConfig
 
     config = WorkerConfig(
-        device=device, once=once, lease_s=lease, poll_s=poll, background=background, max_load=max_load
+        device=device,
+        once=once,
+        lease_s=lease,
+        poll_s=poll,
+        background=background,
+        max_load=max_load,
+        concurrency=concurrency,
     )
     if name:
         config.name = name
@@ -266,6 +273,7 @@ def list_workers(
     for w in found:
         table.add_row(
             escape(w.name), escape(w.host), ",".join(w.devices), f"{(w.memory_mib or 0) / 1024:.0f} GiB",
-            w.version, str(w.job or "-"), f"{_age(now - w.heartbeat)} ago", worker_state(w, lease, now),
+            w.version, ",".join(map(str, w.jobs)) or str(w.job or "-"), f"{_age(now - w.heartbeat)} ago",
+            worker_state(w, lease, now),
         )  # fmt: skip
     out_console.print(table)

@@ -37,6 +37,7 @@ class WorkerInfo(BaseModel):
     started_at: float
     heartbeat: float
     job: int | None = None
+    jobs: list[int] = Field(default_factory=list)  # every job running now (with --concurrency > 1)
     stopping: bool = False
 
 

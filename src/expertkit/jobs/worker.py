@@ -58,6 +58,7 @@ class WorkerConfig:
     backoff_s: float = 5.0  # first retry delay; doubles each attempt
     # What runs a job, before its command and options: a wrapper goes here (nice, a container runtime).
     launcher: list[str] = field(default_factory=lambda: [sys.executable, "-m", "expertkit"])
+    concurrency: int = 1  # jobs run side by side (each in its own slot, one child each)
     background: bool = False  # also run background jobs, while nothing else waits and the device idles
     max_load: float = DEFAULT_MAX_LOAD
     idle: Callable[[], bool] | None = None  # is the device idle? (default: NVML or the load average)
@@ -90,39 +91,55 @@ class Worker:
         self.queue, self.config = queue, config or WorkerConfig()
         self.say = say or (lambda line: None)
         self.stopping = False
-        self.child: subprocess.Popen[bytes] | None = None
+        self.children: dict[int, subprocess.Popen[bytes]] = {}  # job id → its running child
         self.started = time.time()
         self.last_beat = 0.0
-        self.current: Job | None = None
-        self.yielded = False  # the running background job was asked to make way for a foreground one
+        self.running: dict[int, Job] = {}
+        self.yielded: set[int] = set()  # background jobs asked to make way for a foreground one
+        self.lock = threading.Lock()
         self.idle = self.config.idle or idle_check(self.config.device, self.config.max_load)
 
     # -- the loop -------------------------------------------------------------------------
     def run(self) -> int:
-        """Run jobs until SIGTERM/SIGINT (or after one with ``once``); 0 on a clean stop."""
+        """Run jobs until SIGTERM/SIGINT (or, with ``once``, one per slot); 0 on a clean stop.
+        ``concurrency`` slots each run one job at a time, side by side."""
         main = threading.current_thread() is threading.main_thread()  # signals reach the main thread only
         previous = {s: signal.signal(s, self._stop) for s in (signal.SIGTERM, signal.SIGINT)} if main else {}
         try:
-            while not self.stopping:
-                self.beat(force=True)
-                reap(self.queue, self.config.lease_s)
-                job = self.queue.claim(self.config.name, self.idle if self.config.background else None)
-                if job is not None:
-                    self.run_job(job)
-                if self.config.once:
-                    break
-                if job is None:
-                    self._sleep(self.config.poll_s)
+            if self.config.concurrency == 1:
+                self._slot()
+            else:
+                slots = [threading.Thread(target=self._slot, daemon=True) for _ in range(self.config.concurrency)]
+                for slot in slots:
+                    slot.start()
+                while any(slot.is_alive() for slot in slots):
+                    for slot in slots:
+                        slot.join(timeout=0.1)  # the main thread stays free for signals
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             self.queue.beat(self.info(stopping=True))
         return 0
 
+    def _slot(self) -> None:
+        while not self.stopping:
+            self.beat(force=True)
+            reap(self.queue, self.config.lease_s)
+            job = self.queue.claim(self.config.name, self.idle if self.config.background else None)
+            if job is not None:
+                self.run_job(job)
+            if self.config.once:
+                return
+            if job is None:
+                self._sleep(self.config.poll_s)
+
     def _stop(self, signum: int, frame: object) -> None:
         self.stopping = True
-        if self.child is not None and self.child.poll() is None:
-            os.killpg(self.child.pid, signal.SIGINT)
+        with self.lock:
+            children = list(self.children.values())
+        for child in children:
+            if child.poll() is None:
+                os.killpg(child.pid, signal.SIGINT)
 
     def _sleep(self, seconds: float) -> None:
         end = time.time() + seconds
@@ -131,6 +148,8 @@ class Worker:
 
     # -- heartbeat ------------------------------------------------------------------------
     def info(self, stopping: bool = False) -> WorkerInfo:
+        with self.lock:
+            running = sorted(self.running)
         return WorkerInfo(
             name=self.config.name,
             host=socket.gethostname(),
@@ -140,7 +159,8 @@ class Worker:
             version=__version__,
             started_at=self.started,
             heartbeat=time.time(),
-            job=self.current.id if self.current else None,
+            job=running[0] if running else None,
+            jobs=running,
             stopping=stopping,
         )
 
@@ -163,7 +183,8 @@ class Worker:
             job = job.model_copy(update={"state": "running", "attempts": [*job.attempts, attempt]})
             job = job.model_copy(update={"log": str(job_log(job))})
             self.queue.save(job)
-            self.current = job
+            with self.lock:
+                self.running[job.id] = job
             self.say(f"job {job.id}: {job.kind} {job.manifest} (attempt {attempt.number}) started")
             code = self._supervise(job)
             settled = self._settle(job, code)
@@ -171,7 +192,8 @@ class Worker:
             self.say(f"job {job.id}: exit {code} after {took:.0f} s: {settled.state} ({settled.attempts[-1].outcome})")
             return settled
         finally:
-            self.current = None
+            with self.lock:
+                self.running.pop(job.id, None)
             self.queue.unlock(directory, job.id)
 
     def _supervise(self, job: Job) -> int:
@@ -184,7 +206,7 @@ class Worker:
         with log.open("ab") as out:
             out.write(f"== job {job.id} attempt {len(job.attempts)} on {self.config.name}\n".encode())
             out.flush()
-            self.child = subprocess.Popen(
+            child = subprocess.Popen(
                 command(job, self.config.launcher),
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -192,27 +214,33 @@ class Worker:
                 start_new_session=True,  # its own process group: signals reach the whole job
                 preexec_fn=_die_with_parent,  # a SIGKILLed worker must not leave its job running
             )
+            with self.lock:
+                self.children[job.id] = child
+            if self.stopping:  # a SIGTERM that came while the child started
+                os.killpg(child.pid, signal.SIGINT)
             interrupted_at: float | None = None
-            while (code := _wait(self.child, WATCH_S)) is None:
+            while (code := _wait(child, WATCH_S)) is None:
                 self.beat()
                 if interrupted_at is None and self._should_interrupt(job):
-                    os.killpg(self.child.pid, signal.SIGINT)
+                    os.killpg(child.pid, signal.SIGINT)
                     interrupted_at = time.time()
                 if interrupted_at is not None and time.time() - interrupted_at > self.config.grace_s:
-                    os.killpg(self.child.pid, signal.SIGKILL)
-            self.child = None
+                    os.killpg(child.pid, signal.SIGKILL)
+            with self.lock:
+                self.children.pop(job.id, None)
         return code
 
     def _should_interrupt(self, job: Job) -> bool:
         """Cancelled, or a background job while a foreground one waits (it stops at its next checkpoint)."""
         if job.level == "background" and self.queue.foreground_waiting():
-            self.yielded = True
+            self.yielded.add(job.id)
             return True
         return self.queue.get(job.id).cancel_requested
 
     def _settle(self, job: Job, code: int) -> Job:
         cancelled = self.queue.get(job.id).cancel_requested
-        yielded, self.yielded = self.yielded, False
+        yielded = job.id in self.yielded
+        self.yielded.discard(job.id)
         if code == 0:
             return self._finish(job, code, "succeeded")
         if cancelled:

@@ -230,3 +230,21 @@ def test_out_of_memory_and_crashes_are_retried_with_backoff(tmp_path: Path, home
     failed = queue.get(job.id)
     assert failed.state == "failed" and [a.exit_code for a in failed.attempts] == [75, 75]
     assert failed.error is not None and failed.error.startswith("exit 75 after 2 attempts")
+
+
+def test_concurrency_runs_jobs_side_by_side(tmp_path: Path, home: Path, queue_url: str) -> None:
+    queue = JobQueue(queue_url)
+    spans = tmp_path / "spans"
+    for i in range(2):
+        (tmp_path / f"e{i}").mkdir()  # two expert directories: one job each at a time
+        queue.submit("prepare", tmp_path / f"e{i}", [])
+    launcher = [
+        "sh",
+        "-c",
+        f'echo "start $(date +%s.%N)" >> {spans}; sleep 1; echo "end $(date +%s.%N)" >> {spans}',
+        "sh",
+    ]
+    Worker(queue, WorkerConfig(name="w", once=True, concurrency=2, launcher=launcher)).run()
+    assert all(j.state == "succeeded" for j in queue.jobs())
+    marks = [line.split() for line in spans.read_text().splitlines()]
+    assert [kind for kind, _ in marks[:2]] == ["start", "start"]  # both started before either ended
