@@ -189,7 +189,9 @@ class Worker:
             code = self._supervise(job)
             settled = self._settle(job, code)
             took = time.time() - attempt.started_at
-            self.say(f"job {job.id}: exit {code} after {took:.0f} s: {settled.state} ({settled.attempts[-1].outcome})")
+            outcome = settled.attempts[-1].outcome
+            said = settled.state if outcome == settled.state else f"{settled.state} ({outcome})"
+            self.say(f"job {job.id}: exit {code} after {took:.0f} s: {said}")
             return settled
         finally:
             with self.lock:
