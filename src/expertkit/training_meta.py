@@ -31,15 +31,21 @@ class ExpertRecord(_Record):
     version: str | None = None
 
 
-class BaseModelRecord(_Record):
-    """The base model the run trained on, by content (its weights' sha256), not only by name."""
+class ModelIdentity(_Record):
+    """A base model by content (its weights' sha256), not only by name: what the training meta and
+    the lock both record, and what loading an expert checks."""
 
     name: str | None = None
-    path: str | None = None
     weights_sha256: str | None = None
     architecture: str | None = None
     vocab_size: int | None = None
     num_parameters: int | None = None
+
+
+class BaseModelRecord(ModelIdentity):
+    """The base model the run trained on, and where it was."""
+
+    path: str | None = None
 
 
 class DataRecord(_Record):

@@ -21,7 +21,7 @@ from expertkit.errors import ExpertkitError
 from expertkit.layout import LOCK_FILE
 from expertkit.models.fingerprint import Fingerprint, text_sha256
 from expertkit.models.template_probe import first_difference, probe_record
-from expertkit.training_meta import BaseModelRecord, TrainingMeta
+from expertkit.training_meta import BaseModelRecord, ModelIdentity, TrainingMeta
 
 LOCK_VERSION = 1
 REQUIRED_KEYS = ("lock_version", "expert", "base_model", "chat_template", "probe", "special_tokens", "files")
@@ -40,13 +40,8 @@ class LockedExpert(_Part):
     version: str
 
 
-class LockedBaseModel(_Part):
-    name: str | None = None
-    weights_sha256: str | None = None
-    architecture: str | None = None
+class LockedBaseModel(ModelIdentity):
     model_type: str | None = None
-    vocab_size: int | None = None
-    num_parameters: int | None = None
 
 
 class LockedTemplate(_Part):
