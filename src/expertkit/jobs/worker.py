@@ -42,7 +42,6 @@ COMMANDS = {
     "verify": ["list", "--verify"],  # every installed expert, against the keys trusted now
 }
 PERMANENT_EXIT_CODES = (1, 2)  # expertkit's user errors: retrying cannot help (75, out of memory, is retried)
-INTERRUPTED = 130
 WATCH_S = 0.25  # how often a running job's cancel flag is read and the heartbeat considered
 
 
@@ -249,9 +248,8 @@ class Worker:
             return self._finish(job, code, "cancelled", "cancelled")
         if yielded:  # made way for foreground work: not a failure, it runs again when the device idles
             return self.queue.requeue(_closed(job, code, "yielded"))
-        if code == INTERRUPTED and self.stopping:  # the worker is stopping: checkpointed, run it elsewhere
-            job = _closed(job, code, "interrupted")
-            return self.queue.requeue(job)
+        if self.stopping:  # the worker is stopping: a training job checkpointed (exit 130); any job runs again
+            return self.queue.requeue(_closed(job, code, "interrupted"))  # (click turns SIGINT into exit 1)
         if code in PERMANENT_EXIT_CODES:
             return self._finish(job, code, "failed", f"exit {code}: see {job.log}")
         if len(job.attempts) > job.max_retries:

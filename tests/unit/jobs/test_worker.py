@@ -248,3 +248,22 @@ def test_concurrency_runs_jobs_side_by_side(tmp_path: Path, home: Path, queue_ur
     assert all(j.state == "succeeded" for j in queue.jobs())
     marks = [line.split() for line in spans.read_text().splitlines()]
     assert [kind for kind, _ in marks[:2]] == ["start", "start"]  # both started before either ended
+
+
+def test_a_stopping_worker_requeues_any_interrupted_job(tmp_path: Path, home: Path, queue_url: str) -> None:
+    """click turns SIGINT into exit 1 ("Aborted!"): that is an interruption here, not a user error."""
+    import threading
+
+    queue = JobQueue(queue_url)
+    job = queue.submit("eval", tmp_path, [])
+    launcher = ["sh", "-c", 'trap "exit 1" INT; sleep 30 & wait', "sh"]
+    worker = Worker(queue, WorkerConfig(name="w", once=True, launcher=launcher))
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    wait_until(lambda: queue.get(job.id).state == "running", what="the job to start")
+    time.sleep(0.3)
+    worker._stop(signal.SIGTERM, None)
+    thread.join(timeout=30)
+    requeued = queue.get(job.id)
+    assert requeued.state == "queued" and requeued.attempts[-1].outcome == "interrupted"
+    assert requeued.attempts[-1].exit_code == 1
