@@ -80,8 +80,9 @@ def _age(seconds: float) -> str:
 @jobs_app.command("background")
 @reports_errors
 def background(queue: str | None = QUEUE, as_json: bool = JSON) -> None:
-    """Queue the built-in background tasks: base-model baselines for installed experts that lack them,
-    and re-verification of every installed expert. They run on a `worker --background` while it idles."""
+    """Queue the built-in background tasks (installed experts' re-verification and missing baselines).
+
+    They run on a `worker --background` while nothing else waits and the device idles."""
     from expertkit.jobs.housekeeping import submit_background_tasks
 
     jobs = submit_background_tasks(_queue(queue))
