@@ -156,7 +156,7 @@ def logs(
 ) -> None:
     """The job's log: every attempt's output, in order."""
     from expertkit.jobs.model import FINISHED
-    from expertkit.jobs.worker import job_log
+    from expertkit.jobs.outcomes import job_log
 
     jobs = _queue(queue)
     path, offset = job_log(jobs.get(job_id)), 0

@@ -7,8 +7,8 @@ from typing import Any
 
 from expertkit.events import EVENTS_FILE, read_events
 from expertkit.jobs.model import Job
+from expertkit.jobs.outcomes import expert_dir
 from expertkit.jobs.store import WorkerInfo
-from expertkit.jobs.worker import expert_dir
 from expertkit.layout import WEIGHTS_DIR
 
 STATE_ORDER = {"running": 0, "queued": 1, "waiting": 2, "succeeded": 3, "failed": 3, "cancelled": 3}

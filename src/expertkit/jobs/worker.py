@@ -27,11 +27,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from expertkit.home import expertkit_home
 from expertkit.jobs.idle import DEFAULT_MAX_LOAD, idle_check
 from expertkit.jobs.model import Attempt, Job
+from expertkit.jobs.outcomes import closed, expert_dir, follow_up, job_log, reap
 from expertkit.jobs.store import JobQueue, WorkerInfo
-from expertkit.layout import CHECKPOINT_DIR, MANIFEST_FILE, WEIGHTS_DIR
+from expertkit.layout import CHECKPOINT_DIR, WEIGHTS_DIR
 from expertkit.version import __version__
 
 COMMANDS = {
@@ -61,15 +61,6 @@ class WorkerConfig:
     background: bool = False  # also run background jobs, while nothing else waits and the device idles
     max_load: float = DEFAULT_MAX_LOAD
     idle: Callable[[], bool] | None = None  # is the device idle? (default: NVML or the load average)
-
-
-def job_log(job: Job) -> Path:
-    return expertkit_home() / "jobs" / f"{job.id}.log"
-
-
-def expert_dir(job: Job) -> Path:
-    path = Path(job.manifest)
-    return path.parent if path.name == MANIFEST_FILE or path.is_file() else path
 
 
 def command(job: Job, launcher: list[str]) -> list[str]:
@@ -247,61 +238,21 @@ class Worker:
         if cancelled:
             return self._finish(job, code, "cancelled", "cancelled")
         if yielded:  # made way for foreground work: not a failure, it runs again when the device idles
-            return self.queue.requeue(_closed(job, code, "yielded"))
+            return self.queue.requeue(closed(job, code, "yielded"))
         if self.stopping:  # the worker is stopping: a training job checkpointed (exit 130); any job runs again
-            return self.queue.requeue(_closed(job, code, "interrupted"))  # (click turns SIGINT into exit 1)
+            return self.queue.requeue(closed(job, code, "interrupted"))  # (click turns SIGINT into exit 1)
         if code in PERMANENT_EXIT_CODES:
             return self._finish(job, code, "failed", f"exit {code}: see {job.log}")
         if len(job.attempts) > job.max_retries:
             return self._finish(job, code, "failed", f"exit {code} after {len(job.attempts)} attempts: see {job.log}")
         delay = self.config.backoff_s * 2 ** (len(job.attempts) - 1)
-        return self.queue.requeue(_closed(job, code, "retrying"), at=time.time() + delay)
+        return self.queue.requeue(closed(job, code, "retrying"), at=time.time() + delay)
 
     def _finish(self, job: Job, code: int | None, state: str, error: str | None = None) -> Job:
-        job = _closed(job, code, state).model_copy(update={"state": state, "error": error})
+        job = closed(job, code, state).model_copy(update={"state": state, "error": error})
         self.queue.save(job)
         follow_up(self.queue, job)
         return job
-
-
-def _closed(job: Job, code: int | None, outcome: str) -> Job:
-    if not job.attempts:
-        return job
-    last = job.attempts[-1].model_copy(update={"finished_at": time.time(), "exit_code": code, "outcome": outcome})
-    return job.model_copy(update={"attempts": [*job.attempts[:-1], last]})
-
-
-def follow_up(queue: JobQueue, job: Job) -> None:
-    """After ``job`` finished: queue the jobs waiting on it, or mark them (and theirs) as not run."""
-    for waiting in [j for j in queue.jobs() if j.after == job.id and j.state == "waiting"]:
-        if job.state == "succeeded":
-            queue.requeue(waiting)
-        else:
-            reason = f"job {job.id} ({job.kind}) {job.state}: {job.error or ''}".rstrip(": ")
-            queue.save(waiting.model_copy(update={"state": "cancelled", "error": f"not run: {reason}"}))
-            follow_up(queue, queue.get(waiting.id))
-
-
-def reap(queue: JobQueue, lease_s: float) -> list[Job]:
-    """Requeue running jobs whose worker stopped heartbeating (any worker may call this)."""
-    alive = {w.name: w for w in queue.workers()}
-    now, reaped = time.time(), []
-    for job in [j for j in queue.jobs() if j.state == "running"]:
-        worker = alive.get(job.worker or "")
-        if worker is not None and now - worker.heartbeat < lease_s:
-            continue
-        if not queue.storage.put_if_empty(f"reaped:{job.id}:{job.token}", b"1"):
-            continue  # another worker reaped it
-        queue.unlock(str(expert_dir(job)), job.id)
-        job = _closed(job, None, "lost")
-        if len(job.attempts) <= job.max_retries:
-            reaped.append(queue.requeue(job))
-            continue
-        failed = job.model_copy(update={"state": "failed", "error": f"worker {job.attempts[-1].worker} was lost"})
-        queue.save(failed)
-        follow_up(queue, failed)
-        reaped.append(failed)
-    return reaped
 
 
 def _wait(child: subprocess.Popen[bytes], seconds: float) -> int | None:

@@ -10,9 +10,9 @@ import pytest
 
 from expertkit.errors import UsageError
 from expertkit.jobs.model import pipeline
+from expertkit.jobs.outcomes import reap
 from expertkit.jobs.store import JobQueue, WorkerInfo
 from expertkit.jobs.view import ordered, worker_state
-from expertkit.jobs.worker import reap
 
 
 @pytest.fixture
