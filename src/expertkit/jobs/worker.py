@@ -169,6 +169,9 @@ class Worker:
             self.queue.requeue(job, at=time.time() + self.config.poll_s * 2)
             return job
         try:
+            current = self.queue.get(job.id)  # cancelled or moved since it was claimed: leave it be
+            if current.token != job.token or current.state != "queued" or current.cancel_requested:
+                return current
             attempt = Attempt(number=len(job.attempts) + 1, worker=self.config.name, started_at=time.time())
             job = job.model_copy(update={"state": "running", "attempts": [*job.attempts, attempt]})
             job = job.model_copy(update={"log": str(job_log(job))})
