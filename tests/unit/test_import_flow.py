@@ -27,6 +27,8 @@ ALLOWED: dict[str, set[str]] = {
     # jobs run the stages as child processes (``python -m expertkit KIND``): they import none of them
     # (the manifest, to find the background tasks installed experts need)
     "jobs": {"manifest", "grammars"},
+    # the dashboard reads the queue and files; it borrows serve's request guards and never loads a model
+    "dashboard": {"jobs", "serve", "manifest", "grammars"},
     "cli": {
         "manifest",
         "models",
@@ -39,6 +41,7 @@ ALLOWED: dict[str, set[str]] = {
         "workflows",
         "grammars",
         "jobs",
+        "dashboard",
     },
 }
 STAGES = set(ALLOWED)

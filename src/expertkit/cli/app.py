@@ -45,6 +45,7 @@ def _register() -> None:
         return
     from expertkit.cli import (
         chat_cmd,
+        dashboard_cmd,
         data_cmd,
         eval_cmd,
         export_cmd,
@@ -80,6 +81,7 @@ def _register() -> None:
     app.add_typer(jobs_cmd.jobs_app, name="jobs")
     app.command("worker")(jobs_cmd.worker)
     app.add_typer(jobs_cmd.workers_app, name="workers")
+    app.command("dashboard")(dashboard_cmd.dashboard)
 
 
 def _quiet_library_bars() -> None:

@@ -12,9 +12,12 @@ request body's size, checked on the bytes actually received.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Awaitable, Callable, MutableMapping
+from pathlib import Path
 from typing import Any
 
+from expertkit.errors import UsageError
 from expertkit.serve.errors import APIError
 
 Scope = MutableMapping[str, Any]
@@ -24,6 +27,28 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
+LOOPBACK_NAMES = ("localhost",)
+
+
+def is_loopback(host: str) -> bool:
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def read_api_key(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        key = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise UsageError(f"cannot read the API key file {path}: {exc.strerror}", "give a readable file") from exc
+    if not key or any(c.isspace() for c in key):
+        raise UsageError(f"{path} must hold one API key (no spaces)", "write the key alone on one line")
+    return key
 
 
 def host_name(header: str) -> str:

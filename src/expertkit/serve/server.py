@@ -9,7 +9,6 @@ the process exits 0.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import logging
 import signal
 from collections.abc import Iterator
@@ -26,8 +25,7 @@ from expertkit.runtime.engine import Engine
 from expertkit.runtime.options import LoadOptions
 from expertkit.runtime.routing import build_router
 from expertkit.serve.app import ServerConfig, create_app
-
-LOOPBACK_NAMES = ("localhost",)
+from expertkit.serve.guards import is_loopback, read_api_key
 
 
 @dataclass(frozen=True)
@@ -50,27 +48,6 @@ class ServeRequest:
     allowed_hosts: tuple[str, ...] = ()  # Host header names accepted besides loopback ones
     compile_timeout_s: float = 10.0
     log_prompts: bool = False
-
-
-def is_loopback(host: str) -> bool:
-    if host in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def read_api_key(path: Path | None) -> str | None:
-    if path is None:
-        return None
-    try:
-        key = path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise UsageError(f"cannot read the API key file {path}: {exc.strerror}", "give a readable file") from exc
-    if not key or any(c.isspace() for c in key):
-        raise UsageError(f"{path} must hold one API key (no spaces)", "write the key alone on one line")
-    return key
 
 
 def build_server_app(request: ServeRequest, notes: list[str]) -> tuple[Any, ServerConfig]:

@@ -1,0 +1,34 @@
+"""``expert-cli dashboard``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+
+from expertkit.cli.console import out_console, reports_errors
+from expertkit.errors import UsageError
+
+
+@reports_errors
+def dashboard(
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (non-loopback needs --api-key-file)."),
+    port: int = typer.Option(8800, "--port", min=1, max=65535, help="Port to listen on."),
+    queue: str | None = typer.Option(None, "--queue", help="Queue URL (env EXPERTKIT_QUEUE; default the home's)."),
+    api_key_file: Path | None = typer.Option(None, "--api-key-file", help="File holding the key (sign-in, Bearer)."),
+    allowed_host: list[str] = typer.Option(
+        [], "--allowed-host", help="Host header name to accept besides loopback ones (repeatable; DNS-rebinding guard)."
+    ),
+) -> None:
+    """A web dashboard over the job queue and its workers (pages and a JSON API under /api/)."""
+    from expertkit.dashboard.app import DashboardConfig, run_dashboard
+    from expertkit.jobs.store import JobQueue
+    from expertkit.serve.guards import is_loopback, read_api_key
+
+    key = read_api_key(api_key_file)
+    if key is None and not is_loopback(host):
+        raise UsageError(f"--host {host} is not loopback: a key is required", "pass --api-key-file FILE")
+    config = DashboardConfig(host, port, JobQueue(queue).url, key, frozenset(allowed_host))
+    out_console.print(f"dashboard on http://{escape(host)}:{port}/ (queue {escape(config.queue_url or '')})")
+    run_dashboard(config)

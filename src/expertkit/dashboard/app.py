@@ -1,0 +1,248 @@
+"""The dashboard application: server-rendered pages (readable without JavaScript) and the JSON API
+under ``/api/`` that backs them, over the job queue and its worker registry."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from pydantic import BaseModel, Field
+
+from expertkit.dashboard.security import COOKIE, OPEN_PATHS, authorised, json_post, same_origin
+from expertkit.errors import ExpertkitError
+from expertkit.jobs.model import FINISHED, LEVELS, Job, pipeline
+from expertkit.jobs.outcomes import job_log
+from expertkit.jobs.store import JobQueue
+from expertkit.jobs.view import ordered, progress, worker_state
+from expertkit.serve.guards import RequestGuard
+
+TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+MAX_BODY = 64 * 1024
+LOG_LINES = 200
+
+
+@dataclass(frozen=True)
+class DashboardConfig:
+    host: str = "127.0.0.1"
+    port: int = 8800
+    queue_url: str | None = None
+    api_key: str | None = None
+    allowed_hosts: frozenset[str] = field(default_factory=frozenset)
+    lease_s: float = 30.0  # a worker silent this long is shown as lost
+
+
+class Submission(BaseModel):
+    kind: str
+    expert: str
+    options: list[str] = Field(default_factory=list, max_length=64)
+    priority: str = "normal"
+    retries: int = Field(default=2, ge=0, le=20)
+    after: int | None = None
+    then: list[str] = Field(default_factory=list, max_length=8)
+
+
+class Level(BaseModel):
+    level: str
+
+
+class Move(BaseModel):
+    before: int
+
+
+def _error(status: int, message: str, hint: str = "") -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "hint": hint}}, status_code=status)
+
+
+def _job_row(job: Job) -> dict[str, Any]:
+    now = progress(job) if job.state == "running" else {}
+    return {
+        "id": job.id,
+        "kind": job.kind,
+        "expert": Path(job.manifest).name,
+        "manifest": job.manifest,
+        "level": job.level,
+        "state": job.state,
+        "attempts": len(job.attempts),
+        "worker": job.worker,
+        "options": " ".join(job.options),
+        "progress": " · ".join(f"{k} {v}" for k, v in now.items()),
+    }
+
+
+def build_dashboard(config: DashboardConfig) -> Any:
+    """The ASGI app: guards (Host, body size) around the FastAPI routes."""
+    queue = JobQueue(config.queue_url)
+    app = FastAPI(title="expertkit dashboard", docs_url=None, redoc_url=None, openapi_url=None)
+    _install_guards(app, config)
+    _install_pages(app, queue, config)
+    _install_api(app, queue, config)
+    loopback_only = config.api_key is None
+    return RequestGuard(app, MAX_BODY, config.allowed_hosts, loopback_only, lambda kind: None)
+
+
+def _install_guards(app: FastAPI, config: DashboardConfig) -> None:
+    @app.middleware("http")
+    async def guard(request: Request, call_next: Any) -> Response:
+        api = request.url.path.startswith("/api/")
+        if request.url.path not in OPEN_PATHS and not authorised(request, config.api_key):
+            return _error(401, "missing or wrong key") if api else RedirectResponse("/login", status_code=303)
+        if request.method == "POST" and (not same_origin(request) or (api and not json_post(request))):
+            return _error(403, "cross-site or non-JSON request refused", "POST JSON from the dashboard or a script")
+        response: Response = await call_next(request)
+        return response
+
+    @app.exception_handler(ExpertkitError)
+    async def user_error(request: Request, exc: ExpertkitError) -> Response:
+        if request.url.path.startswith("/api/"):
+            return _error(404 if exc.message.startswith("no job") else 400, exc.message, exc.hint)
+        return _page(request, "error.html", "error", status=404, message=exc.message)
+
+
+def _page(request: Request, template: str, page: str, status: int = 200, **context: Any) -> HTMLResponse:
+    queue_url = request.app.state.queue_url
+    values = {"title": page, "page": page, "queue_url": queue_url, **context}
+    return TEMPLATES.TemplateResponse(request, template, values, status_code=status)
+
+
+def _install_pages(app: FastAPI, queue: JobQueue, config: DashboardConfig) -> None:
+    app.state.queue_url = queue.url
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/")
+    async def home() -> RedirectResponse:
+        return RedirectResponse("/jobs", status_code=303)
+
+    @app.get("/jobs", response_class=HTMLResponse)
+    async def jobs_page(request: Request) -> HTMLResponse:
+        rows = [_job_row(j) for j in ordered(queue.jobs())]
+        groups = [(s, [r for r in rows if r["state"] == s]) for s in ("running", "queued", "waiting", *FINISHED)]
+        return _page(request, "jobs.html", "jobs", groups=groups)
+
+    @app.get("/jobs/{job_id}", response_class=HTMLResponse)
+    async def job_page(request: Request, job_id: int) -> HTMLResponse:
+        job = queue.get(job_id)
+        attempts = [
+            {**a.model_dump(), "seconds": f"{(a.finished_at or time.time()) - a.started_at:.0f}"} for a in job.attempts
+        ]
+        context: dict[str, Any] = {"job": job, "attempts": attempts, "progress": progress(job), "log_lines": LOG_LINES}
+        return _page(request, "job.html", "jobs", log=log_tail(job_log(job)), **context)
+
+    @app.get("/workers", response_class=HTMLResponse)
+    async def workers_page(request: Request) -> HTMLResponse:
+        now = time.time()
+        rows = [
+            {
+                **w.model_dump(),
+                "memory": f"{(w.memory_mib or 0) / 1024:.0f} GiB",
+                "jobs": ", ".join(map(str, w.jobs)) or "-",
+                "heartbeat": f"{now - w.heartbeat:.0f} s ago",
+                "state": worker_state(w, config.lease_s, now),
+            }
+            for w in queue.workers()
+        ]
+        return _page(request, "workers.html", "workers", workers=rows)
+
+    @app.get("/login", response_class=HTMLResponse)
+    async def login_page(request: Request) -> HTMLResponse:
+        return _page(request, "login.html", "login")
+
+    @app.post("/login")
+    async def login(request: Request) -> Response:
+        given = parse_qs((await request.body()).decode("utf-8", errors="replace")).get("key", [""])[0]
+        if config.api_key is None or not authorised_key(given, config.api_key):
+            return _page(request, "login.html", "login", status=401, failed=True)
+        response = RedirectResponse("/jobs", status_code=303)
+        response.set_cookie(COOKIE, given, httponly=True, samesite="strict")
+        return response
+
+
+def log_tail(path: Path, lines: int = LOG_LINES, window: int = 64 * 1024) -> str:
+    """The last ``lines`` lines of a log, reading at most its last ``window`` bytes (logs can be large)."""
+    if not path.is_file():
+        return ""
+    with path.open("rb") as handle:
+        handle.seek(max(path.stat().st_size - window, 0))
+        text = handle.read().decode("utf-8", errors="replace")
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def authorised_key(given: str, key: str) -> bool:
+    import hmac
+
+    return hmac.compare_digest(given.encode(), key.encode())
+
+
+def _install_api(app: FastAPI, queue: JobQueue, config: DashboardConfig) -> None:
+    @app.get("/api/jobs")
+    async def list_jobs(state: str | None = None) -> list[dict[str, Any]]:
+        return [j.model_dump(mode="json") for j in ordered(queue.jobs()) if state is None or j.state == state]
+
+    @app.get("/api/jobs/{job_id}")
+    async def show_job(job_id: int) -> dict[str, Any]:
+        job = queue.get(job_id)
+        return {**job.model_dump(mode="json"), "progress": progress(job)}
+
+    @app.get("/api/workers")
+    async def list_workers() -> list[dict[str, Any]]:
+        now = time.time()
+        return [{**w.model_dump(mode="json"), "state": worker_state(w, config.lease_s, now)} for w in queue.workers()]
+
+    @app.post("/api/jobs", status_code=201)
+    async def submit(body: Submission) -> dict[str, Any]:
+        return _submit(queue, body).model_dump(mode="json")
+
+    @app.post("/api/jobs/{job_id}/cancel")
+    async def cancel(job_id: int) -> dict[str, Any]:
+        return queue.cancel(job_id).model_dump(mode="json")
+
+    @app.post("/api/jobs/{job_id}/retry")
+    async def retry(job_id: int) -> dict[str, Any]:
+        return queue.retry(job_id).model_dump(mode="json")
+
+    @app.post("/api/jobs/{job_id}/priority")
+    async def priority(job_id: int, body: Level) -> dict[str, Any]:
+        return queue.set_level(job_id, _level(body.level)).model_dump(mode="json")
+
+    @app.post("/api/jobs/{job_id}/move")
+    async def move(job_id: int, body: Move) -> dict[str, Any]:
+        return queue.move_before(job_id, body.before).model_dump(mode="json")
+
+
+def _level(value: str) -> Any:
+    from expertkit.errors import UsageError
+
+    if value not in LEVELS:
+        raise UsageError(f"priority {value!r} is not a level", f"one of: {', '.join(LEVELS)}")
+    return value
+
+
+def _submit(queue: JobQueue, body: Submission) -> Job:
+    from expertkit.errors import UsageError
+    from expertkit.jobs.model import KINDS
+
+    if body.kind not in KINDS:
+        raise UsageError(f"unknown job kind {body.kind!r}", f"one of: {', '.join(KINDS)}")
+    expert = Path(body.expert)
+    if not expert.is_absolute() or not expert.exists():
+        raise UsageError(f"{body.expert}: not an existing absolute path", "give the path every worker will see")
+    try:
+        steps = pipeline(body.then)
+    except ValueError as exc:
+        raise UsageError(str(exc), "e.g. then: [eval, gate, package]") from exc
+    return queue.submit(body.kind, expert, body.options, _level(body.priority), body.retries, body.after, steps)  # type: ignore[arg-type]
+
+
+def run_dashboard(config: DashboardConfig) -> None:
+    """Serve until stopped (uvicorn, one process: the pages are cheap reads of the queue and files)."""
+    import uvicorn
+
+    uvicorn.run(build_dashboard(config), host=config.host, port=config.port, log_level="warning", access_log=False)

@@ -1,0 +1,95 @@
+"""The dashboard over a real SQLite queue: pages (content, 404 pages, no tracebacks), the JSON API that
+backs them, and its guards (Host, key by header or sign-in cookie, no cross-site or non-JSON POSTs)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from expertkit.dashboard.app import DashboardConfig, build_dashboard
+from expertkit.jobs.model import Attempt
+from expertkit.jobs.outcomes import job_log
+from expertkit.jobs.store import JobQueue, WorkerInfo
+
+KEY = "s3cret-key-for-tests"
+
+
+@pytest.fixture
+def queue(tmp_path: Path) -> JobQueue:
+    return JobQueue(f"sqlite:///{tmp_path / 'queue.db'}")
+
+
+def client(queue: JobQueue, key: str | None = None, host: str = "127.0.0.1") -> TestClient:
+    app = build_dashboard(DashboardConfig(queue_url=queue.url, api_key=key))
+    return TestClient(app, base_url=f"http://{host}", follow_redirects=False)
+
+
+def test_pages_show_the_queue_jobs_and_workers(queue: JobQueue, tmp_path: Path) -> None:
+    (tmp_path / "sql").mkdir()
+    waiting = queue.submit("train", tmp_path / "sql", ["--max-steps", "8"], "high")
+    running = queue.claim("box-a")
+    assert running is not None
+    attempt = Attempt(number=1, worker="box-a", started_at=time.time() - 5)
+    queue.save(running.model_copy(update={"state": "running", "attempts": [attempt]}))
+    job_log(running).parent.mkdir(parents=True, exist_ok=True)
+    job_log(running).write_text("== job 1 attempt 1 on box-a\n" + "".join(f"line {i}\n" for i in range(500)))
+    queue.submit("eval", tmp_path / "sql", [], "low")
+    now = time.time()
+    queue.beat(WorkerInfo(name="box-a", host="h1", pid=1, version="0", started_at=now, heartbeat=now, jobs=[1]))
+    web = client(queue)
+    assert web.get("/").headers["location"] == "/jobs"
+    board = web.get("/jobs")
+    assert board.status_code == 200 and "<h2>running <span" in board.text and "box-a" in board.text
+    assert board.text.index("running") < board.text.index("queued")
+    page = web.get(f"/jobs/{waiting.id}")
+    assert page.status_code == 200 and "attempt" in page.text.lower() and "--max-steps 8" in page.text
+    assert "line 499" in page.text and "line 250" not in page.text  # the log's tail only
+    workers = web.get("/workers")
+    assert "box-a" in workers.text and "state-alive" in workers.text
+    missing = web.get("/jobs/999")
+    assert missing.status_code == 404 and "no job 999" in missing.text and "Traceback" not in missing.text
+    assert web.get("/api/jobs").json()[0]["state"] == "running"
+    assert web.get("/api/workers").json()[0]["state"] == "alive"
+
+
+def test_the_api_submits_and_controls_jobs(queue: JobQueue, tmp_path: Path) -> None:
+    web = client(queue)
+    made = web.post("/api/jobs", json={"kind": "train", "expert": str(tmp_path), "options": ["--max-steps", "2"]})
+    assert made.status_code == 201 and made.json()["state"] == "queued"
+    other = web.post("/api/jobs", json={"kind": "eval", "expert": str(tmp_path), "then": ["package"]}).json()
+    assert [j["kind"] for j in web.get("/api/jobs").json()] == ["train", "eval", "package"]
+    assert web.post(f"/api/jobs/{other['id']}/move", json={"before": made.json()["id"]}).json()["order"] < 1
+    assert web.post(f"/api/jobs/{made.json()['id']}/priority", json={"level": "high"}).json()["level"] == "high"
+    assert web.post(f"/api/jobs/{made.json()['id']}/cancel").status_code == 403  # not JSON: a form could send it
+    assert web.post(f"/api/jobs/{made.json()['id']}/cancel", json={}).json()["state"] == "cancelled"
+    assert web.post(f"/api/jobs/{made.json()['id']}/retry", json={}).json()["state"] == "queued"
+    bad = web.post("/api/jobs", json={"kind": "deploy", "expert": str(tmp_path)})
+    assert bad.status_code == 400 and bad.json()["error"]["message"] == "unknown job kind 'deploy'"
+    relative = web.post("/api/jobs", json={"kind": "train", "expert": "sql"})
+    assert relative.status_code == 400 and "absolute path" in relative.json()["error"]["message"]
+    assert web.post("/api/jobs/1/priority", json={"level": "urgent"}).status_code == 400
+    assert web.get("/api/jobs/999").status_code == 404
+
+
+def test_guards_host_key_and_cross_site_requests(queue: JobQueue, tmp_path: Path) -> None:
+    assert client(queue, host="rebound.evil.example").get("/jobs").status_code == 400  # DNS rebinding
+    web = client(queue, key=KEY)
+    assert web.get("/jobs").headers["location"] == "/login"
+    assert web.get("/api/jobs").status_code == 401
+    assert web.get("/api/jobs", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
+    assert web.post("/login", data={"key": "wrong"}).status_code == 401
+    signed = web.post("/login", data={"key": KEY})
+    assert signed.status_code == 303 and "httponly" in signed.headers["set-cookie"].lower()
+    assert "samesite=strict" in signed.headers["set-cookie"].lower()
+    page = web.get("/jobs")
+    assert page.status_code == 200 and KEY not in page.text  # the cookie works; the key is never shown
+    job = {"kind": "train", "expert": str(tmp_path)}
+    form = web.post("/api/jobs", data=job)  # a cross-site form can only send this
+    assert form.status_code == 403
+    foreign = web.post("/api/jobs", json=job, headers={"Origin": "http://evil.example"})
+    assert foreign.status_code == 403
+    assert web.post("/api/jobs", json=job, headers={"Origin": "http://127.0.0.1"}).status_code == 201
+    assert web.post("/login", data={"key": KEY}, headers={"Origin": "http://evil.example"}).status_code == 403
