@@ -3,14 +3,16 @@ under ``/api/`` that backs them, over the job queue and its worker registry."""
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, Field
 
@@ -25,6 +27,7 @@ from expertkit.serve.guards import RequestGuard
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 MAX_BODY = 64 * 1024
 LOG_LINES = 200
+STREAM_EVERY_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -123,9 +126,13 @@ def _install_pages(app: FastAPI, queue: JobQueue, config: DashboardConfig) -> No
 
     @app.get("/jobs", response_class=HTMLResponse)
     async def jobs_page(request: Request) -> HTMLResponse:
-        rows = [_job_row(j) for j in ordered(queue.jobs())]
-        groups = [(s, [r for r in rows if r["state"] == s]) for s in ("running", "queued", "waiting", *FINISHED)]
+        groups = await asyncio.to_thread(board_groups, queue)
         return _page(request, "jobs.html", "jobs", groups=groups)
+
+    @app.get("/api/stream/board")
+    async def board_stream(request: Request, max_events: int | None = None) -> StreamingResponse:
+        """Server-sent events: the board, rendered, whenever it changes (checked every second)."""
+        return StreamingResponse(_board_events(request, queue, max_events), media_type="text/event-stream")
 
     @app.get("/jobs/{job_id}", response_class=HTMLResponse)
     async def job_page(request: Request, job_id: int) -> HTMLResponse:
@@ -173,6 +180,26 @@ def log_tail(path: Path, lines: int = LOG_LINES, window: int = 64 * 1024) -> str
         handle.seek(max(path.stat().st_size - window, 0))
         text = handle.read().decode("utf-8", errors="replace")
     return "\n".join(text.splitlines()[-lines:])
+
+
+def board_groups(queue: JobQueue) -> list[tuple[str, list[dict[str, Any]]]]:
+    rows = [_job_row(j) for j in ordered(queue.jobs())]
+    return [(s, [r for r in rows if r["state"] == s]) for s in ("running", "queued", "waiting", *FINISHED)]
+
+
+async def _board_events(request: Request, queue: JobQueue, max_events: int | None) -> AsyncIterator[str]:
+    """One ``board`` event per change (the first at once); ``max_events`` ends the stream (scripts, tests)."""
+    template = TEMPLATES.get_template("board.html")
+    last, sent = None, 0
+    while not await request.is_disconnected():
+        groups = await asyncio.to_thread(board_groups, queue)  # reads the backend off the event loop
+        html = template.render(groups=groups)
+        if html != last:
+            last, sent = html, sent + 1
+            yield "event: board\n" + "".join(f"data: {line}\n" for line in html.splitlines()) + "\n"
+            if max_events is not None and sent >= max_events:
+                return
+        await asyncio.sleep(STREAM_EVERY_S)
 
 
 def authorised_key(given: str, key: str) -> bool:

@@ -93,3 +93,20 @@ def test_guards_host_key_and_cross_site_requests(queue: JobQueue, tmp_path: Path
     assert foreign.status_code == 403
     assert web.post("/api/jobs", json=job, headers={"Origin": "http://127.0.0.1"}).status_code == 201
     assert web.post("/login", data={"key": KEY}, headers={"Origin": "http://evil.example"}).status_code == 403
+
+
+def test_the_board_streams_each_change_as_a_server_sent_event(queue: JobQueue, tmp_path: Path) -> None:
+    import threading
+
+    web = client(queue)
+    page = web.get("/jobs")
+    assert 'new EventSource("/api/stream/board")' in page.text and 'id="board"' in page.text
+    threading.Timer(0.5, lambda: queue.submit("train", tmp_path, [], "high")).start()
+    body = web.get("/api/stream/board", params={"max_events": 2}).text
+    first, second = [e for e in body.split("\n\n") if e.strip()]
+    assert first.startswith("event: board\ndata: ") and all(
+        line.startswith(("event: ", "data: ")) for line in first.splitlines()
+    )
+    assert 'queued <span class="muted">(0)</span>' in first
+    assert 'queued <span class="muted">(1)</span>' in second and 'href="/jobs/1"' in second
+    assert client(queue, key=KEY).get("/api/stream/board").status_code == 401  # the stream needs the key too
