@@ -23,12 +23,14 @@ def dashboard(
 ) -> None:
     """A web dashboard over the job queue and its workers (pages and a JSON API under /api/)."""
     from expertkit.dashboard.app import DashboardConfig, run_dashboard
-    from expertkit.jobs.store import JobQueue
+    from expertkit.jobs.store import JobQueue, display_url
     from expertkit.serve.guards import is_loopback, read_api_key
 
     key = read_api_key(api_key_file)
     if key is None and not is_loopback(host):
         raise UsageError(f"--host {host} is not loopback: a key is required", "pass --api-key-file FILE")
     config = DashboardConfig(host, port, JobQueue(queue).url, key, frozenset(allowed_host))
-    out_console.print(f"dashboard on http://{escape(host)}:{port}/ (queue {escape(config.queue_url or '')})")
+    out_console.print(
+        f"dashboard on http://{escape(host)}:{port}/ (queue {escape(display_url(config.queue_url or ''))})"
+    )
     run_dashboard(config)

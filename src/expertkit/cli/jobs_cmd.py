@@ -233,6 +233,7 @@ def worker(
     ),
 ) -> None:
     """Run queued jobs until stopped; SIGTERM interrupts the current job (checkpointed, requeued) and exits 0."""
+    from expertkit.jobs.store import display_url
     from expertkit.jobs.worker import Worker, WorkerConfig
 
     config = WorkerConfig(
@@ -249,7 +250,7 @@ def worker(
     if launcher:
         config.launcher = shlex.split(launcher)
     jobs = _queue(queue)
-    out_console.print(f"worker {escape(config.name)} on {escape(jobs.url)} ({device})")
+    out_console.print(f"worker {escape(config.name)} on {escape(display_url(jobs.url))} ({device})")
     say = lambda line: out_console.print(escape(line))  # noqa: E731
     raise typer.Exit(Worker(jobs, config, say).run())
 

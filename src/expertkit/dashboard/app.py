@@ -15,12 +15,13 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from expertkit.dashboard.security import COOKIE, OPEN_PATHS, authorised, json_post, same_origin
 from expertkit.errors import ExpertkitError
 from expertkit.jobs.model import FINISHED, LEVELS, Job, pipeline
 from expertkit.jobs.outcomes import job_log
-from expertkit.jobs.store import JobQueue
+from expertkit.jobs.store import JobQueue, display_url
 from expertkit.jobs.view import ordered, progress, worker_state
 from expertkit.serve.guards import RequestGuard
 
@@ -100,6 +101,12 @@ def _install_guards(app: FastAPI, config: DashboardConfig) -> None:
         response: Response = await call_next(request)
         return response
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if request.url.path.startswith("/api/"):
+            return _error(exc.status_code, str(exc.detail))
+        return _page(request, "error.html", "error", status=exc.status_code, message=str(exc.detail))
+
     @app.exception_handler(ExpertkitError)
     async def user_error(request: Request, exc: ExpertkitError) -> Response:
         if request.url.path.startswith("/api/"):
@@ -109,12 +116,13 @@ def _install_guards(app: FastAPI, config: DashboardConfig) -> None:
 
 def _page(request: Request, template: str, page: str, status: int = 200, **context: Any) -> HTMLResponse:
     queue_url = request.app.state.queue_url
-    values = {"title": page, "page": page, "queue_url": queue_url, **context}
+    values = {"title": page, "page": page, "queue_url": queue_url, "status": status, **context}
     return TEMPLATES.TemplateResponse(request, template, values, status_code=status)
 
 
 def _install_pages(app: FastAPI, queue: JobQueue, config: DashboardConfig) -> None:
-    app.state.queue_url = queue.url
+    """Handlers that read the backend are plain functions: FastAPI runs them off the event loop."""
+    app.state.queue_url = display_url(queue.url)
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -135,7 +143,7 @@ def _install_pages(app: FastAPI, queue: JobQueue, config: DashboardConfig) -> No
         return StreamingResponse(_board_events(request, queue, max_events), media_type="text/event-stream")
 
     @app.get("/jobs/{job_id}", response_class=HTMLResponse)
-    async def job_page(request: Request, job_id: int) -> HTMLResponse:
+    def job_page(request: Request, job_id: int) -> HTMLResponse:
         job = queue.get(job_id)
         attempts = [
             {**a.model_dump(), "seconds": f"{(a.finished_at or time.time()) - a.started_at:.0f}"} for a in job.attempts
@@ -144,7 +152,7 @@ def _install_pages(app: FastAPI, queue: JobQueue, config: DashboardConfig) -> No
         return _page(request, "job.html", "jobs", log=log_tail(job_log(job)), **context)
 
     @app.get("/workers", response_class=HTMLResponse)
-    async def workers_page(request: Request) -> HTMLResponse:
+    def workers_page(request: Request) -> HTMLResponse:
         now = time.time()
         rows = [
             {
@@ -210,37 +218,37 @@ def authorised_key(given: str, key: str) -> bool:
 
 def _install_api(app: FastAPI, queue: JobQueue, config: DashboardConfig) -> None:
     @app.get("/api/jobs")
-    async def list_jobs(state: str | None = None) -> list[dict[str, Any]]:
+    def list_jobs(state: str | None = None) -> list[dict[str, Any]]:
         return [j.model_dump(mode="json") for j in ordered(queue.jobs()) if state is None or j.state == state]
 
     @app.get("/api/jobs/{job_id}")
-    async def show_job(job_id: int) -> dict[str, Any]:
+    def show_job(job_id: int) -> dict[str, Any]:
         job = queue.get(job_id)
         return {**job.model_dump(mode="json"), "progress": progress(job)}
 
     @app.get("/api/workers")
-    async def list_workers() -> list[dict[str, Any]]:
+    def list_workers() -> list[dict[str, Any]]:
         now = time.time()
         return [{**w.model_dump(mode="json"), "state": worker_state(w, config.lease_s, now)} for w in queue.workers()]
 
     @app.post("/api/jobs", status_code=201)
-    async def submit(body: Submission) -> dict[str, Any]:
+    def submit(body: Submission) -> dict[str, Any]:
         return _submit(queue, body).model_dump(mode="json")
 
     @app.post("/api/jobs/{job_id}/cancel")
-    async def cancel(job_id: int) -> dict[str, Any]:
+    def cancel(job_id: int) -> dict[str, Any]:
         return queue.cancel(job_id).model_dump(mode="json")
 
     @app.post("/api/jobs/{job_id}/retry")
-    async def retry(job_id: int) -> dict[str, Any]:
+    def retry(job_id: int) -> dict[str, Any]:
         return queue.retry(job_id).model_dump(mode="json")
 
     @app.post("/api/jobs/{job_id}/priority")
-    async def priority(job_id: int, body: Level) -> dict[str, Any]:
+    def priority(job_id: int, body: Level) -> dict[str, Any]:
         return queue.set_level(job_id, _level(body.level)).model_dump(mode="json")
 
     @app.post("/api/jobs/{job_id}/move")
-    async def move(job_id: int, body: Move) -> dict[str, Any]:
+    def move(job_id: int, body: Move) -> dict[str, Any]:
         return queue.move_before(job_id, body.before).model_dump(mode="json")
 
 

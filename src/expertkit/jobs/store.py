@@ -45,6 +45,15 @@ def default_queue_url() -> str:
     return f"sqlite:///{expertkit_home() / 'queue.db'}"
 
 
+def display_url(url: str) -> str:
+    """``url`` fit to print or show: a password in it (``redis://:secret@host``) is masked."""
+    parsed = urlparse(url)
+    if parsed.password is None:
+        return url
+    netloc = parsed.netloc.replace(f":{parsed.password}@", ":***@", 1)
+    return parsed._replace(netloc=netloc).geturl()
+
+
 def open_storage(url: str, name: str = NAME) -> Any:
     """Huey storage for ``sqlite:///PATH`` or ``redis://host:port/db`` (``unix:///path.sock?db=0`` too)."""
     parsed = urlparse(url)

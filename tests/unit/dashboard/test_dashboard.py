@@ -110,3 +110,15 @@ def test_the_board_streams_each_change_as_a_server_sent_event(queue: JobQueue, t
     assert 'queued <span class="muted">(0)</span>' in first
     assert 'queued <span class="muted">(1)</span>' in second and 'href="/jobs/1"' in second
     assert client(queue, key=KEY).get("/api/stream/board").status_code == 401  # the stream needs the key too
+
+
+def test_unknown_pages_are_404_pages_and_queue_passwords_are_masked(queue: JobQueue) -> None:
+    from expertkit.jobs.store import display_url
+
+    web = client(queue)
+    page = web.get("/nowhere")
+    assert page.status_code == 404 and "<h1>404</h1>" in page.text and "Traceback" not in page.text
+    assert web.get("/api/nowhere").json() == {"error": {"message": "Not Found", "hint": ""}}
+    assert display_url("redis://:hunter2@db.example:6379/0") == "redis://:***@db.example:6379/0"
+    assert display_url("redis://user:hunter2@db.example/1") == "redis://user:***@db.example/1"
+    assert display_url("sqlite:////tmp/q.db") == "sqlite:////tmp/q.db"
