@@ -28,7 +28,7 @@ ALLOWED: dict[str, set[str]] = {
     # (the manifest, to find the background tasks installed experts need)
     "jobs": {"manifest", "grammars"},
     # the dashboard reads the queue and files; it borrows serve's request guards and never loads a model
-    "dashboard": {"jobs", "serve", "manifest", "grammars"},
+    "dashboard": {"jobs", "serve", "package", "models", "manifest", "grammars"},
     "cli": {
         "manifest",
         "models",

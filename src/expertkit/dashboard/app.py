@@ -17,12 +17,14 @@ from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from expertkit.dashboard.experts import installed_experts
 from expertkit.dashboard.security import COOKIE, OPEN_PATHS, authorised, json_post, same_origin
 from expertkit.errors import ExpertkitError
 from expertkit.jobs.model import FINISHED, LEVELS, Job, pipeline
 from expertkit.jobs.outcomes import job_log
 from expertkit.jobs.store import JobQueue, display_url
 from expertkit.jobs.view import ordered, progress, worker_state
+from expertkit.package.reverify import reverify_installed
 from expertkit.serve.guards import RequestGuard
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
@@ -166,6 +168,10 @@ def _install_pages(app: FastAPI, queue: JobQueue, config: DashboardConfig) -> No
         ]
         return _page(request, "workers.html", "workers", workers=rows)
 
+    @app.get("/experts", response_class=HTMLResponse)
+    def experts_page(request: Request) -> HTMLResponse:
+        return _page(request, "experts.html", "experts", experts=installed_experts())
+
     @app.get("/login", response_class=HTMLResponse)
     async def login_page(request: Request) -> HTMLResponse:
         return _page(request, "login.html", "login")
@@ -230,6 +236,15 @@ def _install_api(app: FastAPI, queue: JobQueue, config: DashboardConfig) -> None
     def list_workers() -> list[dict[str, Any]]:
         now = time.time()
         return [{**w.model_dump(mode="json"), "state": worker_state(w, config.lease_s, now)} for w in queue.workers()]
+
+    @app.get("/api/experts")
+    def list_experts() -> list[dict[str, Any]]:
+        return installed_experts()
+
+    @app.post("/api/experts/verify")
+    def verify_experts() -> list[dict[str, Any]]:
+        """Every installed expert re-checked now (files, lock, signature against the keys trusted now)."""
+        return [r.to_json() for r in reverify_installed()]
 
     @app.post("/api/jobs", status_code=201)
     def submit(body: Submission) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -122,3 +123,27 @@ def test_unknown_pages_are_404_pages_and_queue_passwords_are_masked(queue: JobQu
     assert display_url("redis://:hunter2@db.example:6379/0") == "redis://:***@db.example:6379/0"
     assert display_url("redis://user:hunter2@db.example/1") == "redis://user:***@db.example/1"
     assert display_url("sqlite:////tmp/q.db") == "sqlite:////tmp/q.db"
+
+
+def test_the_experts_page_shows_installed_experts_their_evaluations_and_verifies(
+    built: Any, queue: JobQueue, tmp_path: Path
+) -> None:
+    import json
+
+    from expertkit.package.store import install_package
+
+    record, _ = install_package(built.path)
+    web = client(queue)
+    assert "no evaluation shipped" in web.get("/experts").text
+    shipped = Path(record.path) / "evaluation"  # as a package ships `expert-cli eval` results
+    shipped.mkdir()
+    result = {"metric": "exact_match", "n": 3, "expert": 0.6667, "baseline": 0.3333, "delta": 0.3333,
+              "ci95": [0.0, 0.6667], "gate": {"passed": False, "failures": ["x"]}}  # fmt: skip
+    (shipped / "digits.json").write_text(json.dumps(result))
+    page = web.get("/experts")
+    assert page.status_code == 200 and "expert-tiny" in page.text and "unsigned" in page.text
+    assert "0.3333 (0.0 … 0.6667)" in page.text and "failed" in page.text
+    (row,) = web.get("/api/experts").json()[0]["evaluations"]
+    assert (row["set"], row["expert"], row["gate"]) == ("digits", 0.6667, False)
+    checked = web.post("/api/experts/verify", json={}).json()  # the evaluation/ file was added after install
+    assert checked[0]["ok"] is False and "evaluation/digits.json was added" in checked[0]["problem"]
