@@ -12,22 +12,24 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
-from fastapi.templating import Jinja2Templates
+from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from expertkit.dashboard.experts import installed_experts
+from expertkit.dashboard.render import TEMPLATES, error_json, page
+from expertkit.dashboard.run_routes import install_run_routes
 from expertkit.dashboard.security import COOKIE, OPEN_PATHS, authorised, json_post, same_origin
 from expertkit.errors import ExpertkitError
 from expertkit.jobs.model import FINISHED, LEVELS, Job, pipeline
-from expertkit.jobs.outcomes import job_log
+from expertkit.jobs.outcomes import expert_dir, job_log
 from expertkit.jobs.store import JobQueue, display_url
 from expertkit.jobs.view import ordered, progress, worker_state
 from expertkit.package.reverify import reverify_installed
 from expertkit.serve.guards import RequestGuard
 
-TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+STATIC = Path(__file__).parent / "static"
 MAX_BODY = 64 * 1024
 LOG_LINES = 200
 STREAM_EVERY_S = 1.0
@@ -41,6 +43,7 @@ class DashboardConfig:
     api_key: str | None = None
     allowed_hosts: frozenset[str] = field(default_factory=frozenset)
     lease_s: float = 30.0  # a worker silent this long is shown as lost
+    expert_dirs: tuple[Path, ...] = ()  # whose runs to show besides the home's records and the jobs' experts
 
 
 class Submission(BaseModel):
@@ -59,10 +62,6 @@ class Level(BaseModel):
 
 class Move(BaseModel):
     before: int
-
-
-def _error(status: int, message: str, hint: str = "") -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "hint": hint}}, status_code=status)
 
 
 def _job_row(job: Job) -> dict[str, Any]:
@@ -88,8 +87,18 @@ def build_dashboard(config: DashboardConfig) -> Any:
     _install_guards(app, config)
     _install_pages(app, queue, config)
     _install_api(app, queue, config)
+    install_run_routes(app, lambda: known_expert_dirs(queue, config))
+    app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
     loopback_only = config.api_key is None
     return RequestGuard(app, MAX_BODY, config.allowed_hosts, loopback_only, lambda kind: None)
+
+
+def known_expert_dirs(queue: JobQueue, config: DashboardConfig) -> list[Path]:
+    """The configured expert directories, then those the queue's jobs name (each once, in that order)."""
+    found = dict.fromkeys(d.resolve() for d in config.expert_dirs)
+    for job in queue.jobs():
+        found.setdefault(expert_dir(job).resolve(), None)
+    return list(found)
 
 
 def _install_guards(app: FastAPI, config: DashboardConfig) -> None:
@@ -97,29 +106,23 @@ def _install_guards(app: FastAPI, config: DashboardConfig) -> None:
     async def guard(request: Request, call_next: Any) -> Response:
         api = request.url.path.startswith("/api/")
         if request.url.path not in OPEN_PATHS and not authorised(request, config.api_key):
-            return _error(401, "missing or wrong key") if api else RedirectResponse("/login", status_code=303)
+            return error_json(401, "missing or wrong key") if api else RedirectResponse("/login", status_code=303)
         if request.method == "POST" and (not same_origin(request) or (api and not json_post(request))):
-            return _error(403, "cross-site or non-JSON request refused", "POST JSON from the dashboard or a script")
+            return error_json(403, "cross-site or non-JSON request refused", "POST JSON from the dashboard or a script")
         response: Response = await call_next(request)
         return response
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    async def httperror_json(request: Request, exc: StarletteHTTPException) -> Response:
         if request.url.path.startswith("/api/"):
-            return _error(exc.status_code, str(exc.detail))
-        return _page(request, "error.html", "error", status=exc.status_code, message=str(exc.detail))
+            return error_json(exc.status_code, str(exc.detail))
+        return page(request, "error.html", "error", status=exc.status_code, message=str(exc.detail))
 
     @app.exception_handler(ExpertkitError)
-    async def user_error(request: Request, exc: ExpertkitError) -> Response:
+    async def usererror_json(request: Request, exc: ExpertkitError) -> Response:
         if request.url.path.startswith("/api/"):
-            return _error(404 if exc.message.startswith("no job") else 400, exc.message, exc.hint)
-        return _page(request, "error.html", "error", status=404, message=exc.message)
-
-
-def _page(request: Request, template: str, page: str, status: int = 200, **context: Any) -> HTMLResponse:
-    queue_url = request.app.state.queue_url
-    values = {"title": page, "page": page, "queue_url": queue_url, "status": status, **context}
-    return TEMPLATES.TemplateResponse(request, template, values, status_code=status)
+            return error_json(404 if exc.message.startswith("no job") else 400, exc.message, exc.hint)
+        return page(request, "error.html", "error", status=404, message=exc.message)
 
 
 def _install_pages(app: FastAPI, queue: JobQueue, config: DashboardConfig) -> None:
@@ -137,7 +140,7 @@ def _install_pages(app: FastAPI, queue: JobQueue, config: DashboardConfig) -> No
     @app.get("/jobs", response_class=HTMLResponse)
     async def jobs_page(request: Request) -> HTMLResponse:
         groups = await asyncio.to_thread(board_groups, queue)
-        return _page(request, "jobs.html", "jobs", groups=groups)
+        return page(request, "jobs.html", "jobs", groups=groups)
 
     @app.get("/api/stream/board")
     async def board_stream(request: Request, max_events: int | None = None) -> StreamingResponse:
@@ -151,7 +154,7 @@ def _install_pages(app: FastAPI, queue: JobQueue, config: DashboardConfig) -> No
             {**a.model_dump(), "seconds": f"{(a.finished_at or time.time()) - a.started_at:.0f}"} for a in job.attempts
         ]
         context: dict[str, Any] = {"job": job, "attempts": attempts, "progress": progress(job), "log_lines": LOG_LINES}
-        return _page(request, "job.html", "jobs", log=log_tail(job_log(job)), **context)
+        return page(request, "job.html", "jobs", log=log_tail(job_log(job)), **context)
 
     @app.get("/workers", response_class=HTMLResponse)
     def workers_page(request: Request) -> HTMLResponse:
@@ -166,21 +169,21 @@ def _install_pages(app: FastAPI, queue: JobQueue, config: DashboardConfig) -> No
             }
             for w in queue.workers()
         ]
-        return _page(request, "workers.html", "workers", workers=rows)
+        return page(request, "workers.html", "workers", workers=rows)
 
     @app.get("/experts", response_class=HTMLResponse)
     def experts_page(request: Request) -> HTMLResponse:
-        return _page(request, "experts.html", "experts", experts=installed_experts())
+        return page(request, "experts.html", "experts", experts=installed_experts())
 
     @app.get("/login", response_class=HTMLResponse)
     async def login_page(request: Request) -> HTMLResponse:
-        return _page(request, "login.html", "login")
+        return page(request, "login.html", "login")
 
     @app.post("/login")
     async def login(request: Request) -> Response:
         given = parse_qs((await request.body()).decode("utf-8", errors="replace")).get("key", [""])[0]
         if config.api_key is None or not authorised_key(given, config.api_key):
-            return _page(request, "login.html", "login", status=401, failed=True)
+            return page(request, "login.html", "login", status=401, failed=True)
         response = RedirectResponse("/jobs", status_code=303)
         response.set_cookie(COOKIE, given, httponly=True, samesite="strict")
         return response

@@ -19,6 +19,7 @@ from expertkit.errors import UsageError
 from expertkit.layout import CHECKPOINT_DIR
 from expertkit.manifest.sections import TrainingPhase
 from expertkit.models.context import ExpertContext, open_expert
+from expertkit.runs import RunRecord, archive_run, register_run
 from expertkit.train.adapters import adapter_to_train
 from expertkit.train.checkpoints import CheckpointLedger, clear_staging, newest_checkpoint, read_ledger
 from expertkit.train.job import (
@@ -171,15 +172,18 @@ def events_callback(job: TrainJob, trainer: Any, samples: int) -> Any:
     """The run's ``events.jsonl`` writer: a fresh file for a fresh run (the first phase of a curriculum),
     appended to on --resume and by later phases."""
     from expertkit.events import EVENTS_FILE, RunEvents
+    from expertkit.runs import continued_run_id, new_run_id
     from expertkit.train.events import EventsCallback, eval_examples, greedy_sampler
 
     fresh = job.resume_from is None and job.run_info.get("init_from") is None
+    job.run_info["run_id"] = (None if fresh else continued_run_id(job.weights_dir)) or new_run_id()
     events = RunEvents(job.weights_dir / EVENTS_FILE, fresh, writer=trainer.args.should_save)
     sampler, examples = None, []
     if samples > 0 and not job.loaded.manifest.soft_prompts:  # generate() would leave the soft prompt out
         examples = eval_examples(trainer.eval_dataset, samples)
         sampler = greedy_sampler(lambda: trainer._objective().model, job.tokenizer, examples)
     start = {
+        "run_id": job.run_info["run_id"],
         "data_hash": job.run_info["data_hash"],
         "resumed_from": job.resume_from.name if job.resume_from else None,
         "phase": job.run_info.get("phase"),
@@ -239,11 +243,22 @@ def train_expert(request: TrainRequest, on_start: Any = None, context: ExpertCon
         trainer._load_from_checkpoint(str(request.init_from))  # the previous phase's adapter
     if on_start is not None:
         on_start(job, trainer)
-    trainer.train(resume_from_checkpoint=str(job.resume_from) if job.resume_from else None)
-    if interrupt.requested:
-        raise TrainingInterruptedError(
-            f"training stopped by Ctrl-C at step {trainer.state.global_step}; a checkpoint was saved in "
-            f"{job.checkpoints}",
-            "continue with: expert-cli train --resume",
-        )
-    return finish_run(job, trainer)
+    record = _register(job) if trainer.args.should_save else None
+    try:
+        trainer.train(resume_from_checkpoint=str(job.resume_from) if job.resume_from else None)
+        if interrupt.requested:
+            raise TrainingInterruptedError(
+                f"training stopped by Ctrl-C at step {trainer.state.global_step}; a checkpoint was saved in "
+                f"{job.checkpoints}",
+                "continue with: expert-cli train --resume",
+            )
+        return finish_run(job, trainer)
+    finally:
+        if record is not None:  # finished, interrupted or failed: the record keeps what the run wrote
+            archive_run(record, job.prepared.meta)
+
+
+def _register(job: TrainJob) -> RunRecord:
+    """The run's record in ``$EXPERTKIT_HOME/runs/`` (see :mod:`expertkit.runs`)."""
+    manifest = job.loaded.manifest
+    return register_run(job.run_info["run_id"], manifest.name, job.loaded.root, job.weights_dir, job.entry.name)

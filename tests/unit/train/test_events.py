@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from expertkit.events import EVENTS_FILE, RunEvents, read_events
+from expertkit.runs import DATA_META, list_records
 from expertkit.train.events import eval_examples
 from unit.train.helpers import train_tiny, write_tiny_expert
 
@@ -30,6 +31,15 @@ def test_a_run_writes_its_events(tmp_path: Path, tiny_llama_dir: Path, monkeypat
     for sample in samples[-1]["samples"]:
         assert "plus" in sample["prompt"] and sample["gold"].startswith("SELECT ") and isinstance(sample["output"], str)
     assert kinds.index("eval") < kinds.index("samples")  # the samples follow their evaluation
+    # the run's record in the home: run.json, and copies of its events, meta and data lineage
+    (record,) = list_records()
+    assert (
+        record.run_id == events[0]["run_id"]
+        and record.expert == "expert-tiny"
+        and record.weights_dir == result.weights_dir
+    )
+    assert (record.directory / EVENTS_FILE).read_bytes() == (result.weights_dir / EVENTS_FILE).read_bytes()
+    assert (record.directory / "training_meta.json").is_file() and (record.directory / DATA_META).is_file()
 
 
 def test_resume_appends_and_a_fresh_run_starts_again(tmp_path: Path, tiny_llama_dir: Path, monkeypatch: Any) -> None:
@@ -41,11 +51,13 @@ def test_resume_appends_and_a_fresh_run_starts_again(tmp_path: Path, tiny_llama_
     train_tiny(expert, resume=True, eval_samples=0)
     events = read_events(path)
     starts = [e for e in events if e["event"] == "start"]
+    assert starts[0]["run_id"] == starts[1]["run_id"] and len(list_records()) == 1  # a resumed run continues its record
     assert len(starts) == 2 and starts[1]["resumed_from"].startswith("checkpoint-2-") and starts[1]["from_step"] == 2
     assert [e["step"] for e in events if e["event"] == "step"] == [2, 4]  # logging_steps 2
     assert "samples" not in {e["event"] for e in events}  # --eval-samples 0
     train_tiny(expert, max_steps=2, eval_samples=0)  # fresh: the file starts again
     assert [e["event"] for e in read_events(path)].count("start") == 1
+    assert len(list_records()) == 2  # and a new record: the first run's copies stay
 
 
 def test_a_torn_last_line_is_left_out_and_examples_split_at_the_first_supervised_token(tmp_path: Path) -> None:
