@@ -28,7 +28,8 @@ ALLOWED: dict[str, set[str]] = {
     # (the manifest, to find the background tasks installed experts need)
     "jobs": {"manifest", "grammars"},
     # the dashboard reads the queue and files; it borrows serve's request guards and never loads a model
-    "dashboard": {"jobs", "serve", "package", "models", "manifest", "grammars"},
+    # (the memory calculator runs train's estimate in a worker process: torch stays out of the dashboard)
+    "dashboard": {"jobs", "serve", "package", "models", "manifest", "grammars", "train"},
     "cli": {
         "manifest",
         "models",

@@ -139,12 +139,29 @@ def estimate(
     model: str | None = MODEL,
     batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Rows per step (default: manifest)."),
     max_seq_length: int | None = typer.Option(None, "--max-seq-length", min=16, help="Row length (default: manifest)."),
+    base: str | None = typer.Option(
+        None, "--base", help="Estimate any shape on this model instead of an expert (the options below)."
+    ),
+    adapter: str = typer.Option("lora", "--adapter", help="With --base: lora, dora, ia3, lokr or full."),
+    rank: int = typer.Option(16, "--rank", min=1, help="With --base: adapter rank."),
+    targets: str = typer.Option(
+        "q_proj,k_proj,v_proj,o_proj", "--targets", help="With --base: modules, comma-separated."
+    ),
+    precision: str = typer.Option("bf16", "--precision", help="With --base: bf16 or fp32."),
+    quantization: str = typer.Option("none", "--quantization", help="With --base: none, int8 or int4 (QLoRA)."),
+    optimizer: str = typer.Option("adamw", "--optimizer", help="With --base: adamw, paged_adamw_8bit or muon."),
+    checkpointing: bool = typer.Option(False, "--gradient-checkpointing", help="With --base: checkpoint activations."),
+    gpu: str | None = typer.Option(None, "--gpu", help="With --base: check against a GPU (rtx3090 … h200); else RAM."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Expected peak training memory, and how far it was from the last real run's measured peak."""
-    from expertkit.train.estimate import estimate_expert
+    """Expected peak training memory, and how far it was from measured peaks of runs of the same shape."""
+    from expertkit.train.estimate_report import estimate_expert
 
-    report = estimate_expert(manifest, model, batch_size, max_seq_length)
+    if base is None:
+        report = estimate_expert(manifest, model, batch_size, max_seq_length)
+    else:
+        report = _estimate_base(base, adapter, rank, targets, batch_size, max_seq_length, precision, quantization,
+                                optimizer, checkpointing, gpu)  # fmt: skip
     if as_json:
         print(json.dumps(report.to_json(), indent=2))
         return
@@ -164,9 +181,45 @@ def estimate(
     if report.measured_mib is not None and report.error is not None:
         out_console.print(
             f"last run measured {report.measured_mib:,.0f} MiB peak: estimate off by {report.error:+.1%} "
-            f"({escape(str(report.measured_source))})"
+            f"({escape(str(report.measured_source))}; {len(report.measured)} run(s) of this shape on record)"
         )
     else:
         out_console.print("no finished run with these settings to compare against (train first)")
+    if report.fits and report.available_mib:
+        out_console.print(f"fits: {est.total:,.0f} of {report.available_mib:,.0f} MiB on this {report.device}")
     if (advice := report.advice()) is not None:
         err_console.print(f"[yellow]warning:[/] these settings do not fit: {escape(advice)}")
+
+
+def _estimate_base(
+    base: str,
+    adapter: str,
+    rank: int,
+    targets: str,
+    batch_size: int | None,
+    max_seq_length: int | None,
+    precision: str,
+    quantization: str,
+    optimizer: str,
+    checkpointing: bool,
+    gpu: str | None,
+) -> Any:
+    from pydantic import ValidationError
+
+    from expertkit.errors import UsageError
+    from expertkit.train.estimate_report import GPU_PRESETS, ShapeRequest, estimate_shape
+
+    if gpu is not None and gpu not in GPU_PRESETS:
+        raise UsageError(f"--gpu {gpu}: not a preset", f"one of: {', '.join(GPU_PRESETS)}")
+    values = {
+        "model": base, "adapter": adapter, "rank": rank, "targets": [t for t in targets.split(",") if t],
+        "precision": precision, "quantization": quantization, "optimizer": optimizer,
+        "gradient_checkpointing": checkpointing, "device": "cuda" if gpu else "cpu",
+    }  # fmt: skip
+    values.update({k: v for k, v in (("batch_size", batch_size), ("seq_length", max_seq_length)) if v})
+    try:
+        request = ShapeRequest.model_validate(values)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise UsageError(f"--{first['loc'][0]}: {first['msg']}", "see expert-cli estimate --help") from exc
+    return estimate_shape(request, GPU_PRESETS[gpu][1] if gpu else None)

@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from expertkit.dashboard.experts import installed_experts
+from expertkit.dashboard.memory_routes import install_memory_routes
 from expertkit.dashboard.render import TEMPLATES, error_json, page
 from expertkit.dashboard.run_routes import install_run_routes
 from expertkit.dashboard.security import COOKIE, OPEN_PATHS, authorised, json_post, same_origin
@@ -88,6 +89,8 @@ def build_dashboard(config: DashboardConfig) -> Any:
     _install_pages(app, queue, config)
     _install_api(app, queue, config)
     install_run_routes(app, lambda: known_expert_dirs(queue, config))
+    calculator = install_memory_routes(app)
+    app.router.add_event_handler("shutdown", calculator.close)
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
     loopback_only = config.api_key is None
     return RequestGuard(app, MAX_BODY, config.allowed_hosts, loopback_only, lambda kind: None)

@@ -117,7 +117,7 @@ def test_estimate_table_and_note_agree_and_it_says_when_settings_do_not_fit(
     # gradient checkpointing is off in the tiny expert: the table shows the "without" figure of the note
     assert abs(report["components_mib"]["activations"] - report["activations_mib"]["without_checkpointing"]) < 0.2
     assert report["fits"] is True and report["available_mib"] > 0
-    monkeypatch.setattr("expertkit.train.estimate.device_memory_mib", lambda device="cpu": 64.0)
+    monkeypatch.setattr("expertkit.train.estimate_report.device_memory_mib", lambda device="cpu": 64.0)
     tight = invoke("estimate", "--expert", str(expert))
     assert tight.exit_code == 0
     warning = " ".join(tight.stderr.split())
