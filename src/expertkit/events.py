@@ -50,3 +50,20 @@ def read_events(path: Path) -> list[dict[str, Any]]:
         if isinstance(value, dict):
             events.append(value)
     return events
+
+
+def eta_seconds(events: list[dict[str, Any]], now: float) -> float | None:
+    """Seconds left for the current run, from its pace since its last ``start`` (``None`` before two points)."""
+    starts = [e for e in events if e.get("event") == "start"]
+    if not starts:
+        return None
+    start = starts[-1]
+    steps = [e for e in events[events.index(start) :] if e.get("event") == "step"]
+    total, first = start.get("total_steps"), start.get("from_step", 0)
+    if not steps or not isinstance(total, int) or not isinstance(first, int):
+        return None
+    done = steps[-1]["step"] - first
+    if done <= 0:
+        return None
+    elapsed = max(now, steps[-1]["time"]) - float(start["time"])
+    return max(total - steps[-1]["step"], 0) * elapsed / done

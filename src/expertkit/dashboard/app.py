@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,13 +16,16 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from expertkit.dashboard.board import LOG_LINES, HintCache, board_context, board_events, log_tail, run_of
 from expertkit.dashboard.experts import installed_experts
+from expertkit.dashboard.hints import all_hints
 from expertkit.dashboard.memory_routes import install_memory_routes
-from expertkit.dashboard.render import TEMPLATES, error_json, page
+from expertkit.dashboard.render import error_json, page
 from expertkit.dashboard.run_routes import install_run_routes
+from expertkit.dashboard.runs import find_runs
 from expertkit.dashboard.security import COOKIE, OPEN_PATHS, authorised, json_post, same_origin
 from expertkit.errors import ExpertkitError
-from expertkit.jobs.model import FINISHED, LEVELS, Job, pipeline
+from expertkit.jobs.model import KINDS, LEVELS, Job, pipeline
 from expertkit.jobs.outcomes import expert_dir, job_log
 from expertkit.jobs.store import JobQueue, display_url
 from expertkit.jobs.view import ordered, progress, worker_state
@@ -32,8 +34,6 @@ from expertkit.serve.guards import RequestGuard
 
 STATIC = Path(__file__).parent / "static"
 MAX_BODY = 64 * 1024
-LOG_LINES = 200
-STREAM_EVERY_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -65,30 +65,18 @@ class Move(BaseModel):
     before: int
 
 
-def _job_row(job: Job) -> dict[str, Any]:
-    now = progress(job) if job.state == "running" else {}
-    return {
-        "id": job.id,
-        "kind": job.kind,
-        "expert": Path(job.manifest).name,
-        "manifest": job.manifest,
-        "level": job.level,
-        "state": job.state,
-        "attempts": len(job.attempts),
-        "worker": job.worker,
-        "options": " ".join(job.options),
-        "progress": " · ".join(f"{k} {v}" for k, v in now.items()),
-    }
-
-
 def build_dashboard(config: DashboardConfig) -> Any:
     """The ASGI app: guards (Host, body size) around the FastAPI routes."""
     queue = JobQueue(config.queue_url)
     app = FastAPI(title="expertkit dashboard", docs_url=None, redoc_url=None, openapi_url=None)
     _install_guards(app, config)
-    _install_pages(app, queue, config)
-    _install_api(app, queue, config)
-    install_run_routes(app, lambda: known_expert_dirs(queue, config))
+    expert_dirs = lambda: known_expert_dirs(queue, config)  # noqa: E731
+    hints = HintCache(
+        lambda: all_hints(queue.jobs(), queue.workers(), find_runs(expert_dirs()), installed_experts(), config.lease_s)
+    )
+    _install_pages(app, queue, config, hints)
+    _install_api(app, queue, config, hints)
+    install_run_routes(app, expert_dirs)
     calculator = install_memory_routes(app)
     app.router.add_event_handler("shutdown", calculator.close)
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
@@ -116,19 +104,19 @@ def _install_guards(app: FastAPI, config: DashboardConfig) -> None:
         return response
 
     @app.exception_handler(StarletteHTTPException)
-    async def httperror_json(request: Request, exc: StarletteHTTPException) -> Response:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         if request.url.path.startswith("/api/"):
             return error_json(exc.status_code, str(exc.detail))
         return page(request, "error.html", "error", status=exc.status_code, message=str(exc.detail))
 
     @app.exception_handler(ExpertkitError)
-    async def usererror_json(request: Request, exc: ExpertkitError) -> Response:
+    async def user_error(request: Request, exc: ExpertkitError) -> Response:
         if request.url.path.startswith("/api/"):
             return error_json(404 if exc.message.startswith("no job") else 400, exc.message, exc.hint)
         return page(request, "error.html", "error", status=404, message=exc.message)
 
 
-def _install_pages(app: FastAPI, queue: JobQueue, config: DashboardConfig) -> None:
+def _install_pages(app: FastAPI, queue: JobQueue, config: DashboardConfig, hints: HintCache) -> None:
     """Handlers that read the backend are plain functions: FastAPI runs them off the event loop."""
     app.state.queue_url = display_url(queue.url)
 
@@ -142,13 +130,15 @@ def _install_pages(app: FastAPI, queue: JobQueue, config: DashboardConfig) -> No
 
     @app.get("/jobs", response_class=HTMLResponse)
     async def jobs_page(request: Request) -> HTMLResponse:
-        groups = await asyncio.to_thread(board_groups, queue)
-        return page(request, "jobs.html", "jobs", groups=groups)
+        values = await asyncio.to_thread(lambda: board_context(queue.jobs(), hints))
+        dirs = await asyncio.to_thread(known_expert_dirs, queue, config)
+        return page(request, "jobs.html", "jobs", kinds=KINDS, expert_dirs=dirs, **values)
 
     @app.get("/api/stream/board")
     async def board_stream(request: Request, max_events: int | None = None) -> StreamingResponse:
         """Server-sent events: the board, rendered, whenever it changes (checked every second)."""
-        return StreamingResponse(_board_events(request, queue, max_events), media_type="text/event-stream")
+        events = board_events(request, lambda: board_context(queue.jobs(), hints), max_events)
+        return StreamingResponse(events, media_type="text/event-stream")
 
     @app.get("/jobs/{job_id}", response_class=HTMLResponse)
     def job_page(request: Request, job_id: int) -> HTMLResponse:
@@ -157,6 +147,7 @@ def _install_pages(app: FastAPI, queue: JobQueue, config: DashboardConfig) -> No
             {**a.model_dump(), "seconds": f"{(a.finished_at or time.time()) - a.started_at:.0f}"} for a in job.attempts
         ]
         context: dict[str, Any] = {"job": job, "attempts": attempts, "progress": progress(job), "log_lines": LOG_LINES}
+        context["run"] = run_of(job)
         return page(request, "job.html", "jobs", log=log_tail(job_log(job)), **context)
 
     @app.get("/workers", response_class=HTMLResponse)
@@ -192,43 +183,17 @@ def _install_pages(app: FastAPI, queue: JobQueue, config: DashboardConfig) -> No
         return response
 
 
-def log_tail(path: Path, lines: int = LOG_LINES, window: int = 64 * 1024) -> str:
-    """The last ``lines`` lines of a log, reading at most its last ``window`` bytes (logs can be large)."""
-    if not path.is_file():
-        return ""
-    with path.open("rb") as handle:
-        handle.seek(max(path.stat().st_size - window, 0))
-        text = handle.read().decode("utf-8", errors="replace")
-    return "\n".join(text.splitlines()[-lines:])
-
-
-def board_groups(queue: JobQueue) -> list[tuple[str, list[dict[str, Any]]]]:
-    rows = [_job_row(j) for j in ordered(queue.jobs())]
-    return [(s, [r for r in rows if r["state"] == s]) for s in ("running", "queued", "waiting", *FINISHED)]
-
-
-async def _board_events(request: Request, queue: JobQueue, max_events: int | None) -> AsyncIterator[str]:
-    """One ``board`` event per change (the first at once); ``max_events`` ends the stream (scripts, tests)."""
-    template = TEMPLATES.get_template("board.html")
-    last, sent = None, 0
-    while not await request.is_disconnected():
-        groups = await asyncio.to_thread(board_groups, queue)  # reads the backend off the event loop
-        html = template.render(groups=groups)
-        if html != last:
-            last, sent = html, sent + 1
-            yield "event: board\n" + "".join(f"data: {line}\n" for line in html.splitlines()) + "\n"
-            if max_events is not None and sent >= max_events:
-                return
-        await asyncio.sleep(STREAM_EVERY_S)
-
-
 def authorised_key(given: str, key: str) -> bool:
     import hmac
 
     return hmac.compare_digest(given.encode(), key.encode())
 
 
-def _install_api(app: FastAPI, queue: JobQueue, config: DashboardConfig) -> None:
+def _install_api(app: FastAPI, queue: JobQueue, config: DashboardConfig, hints: HintCache) -> None:
+    @app.get("/api/hints")
+    def list_hints() -> list[dict[str, Any]]:
+        return [h.to_json() for h in hints.get()]
+
     @app.get("/api/jobs")
     def list_jobs(state: str | None = None) -> list[dict[str, Any]]:
         return [j.model_dump(mode="json") for j in ordered(queue.jobs()) if state is None or j.state == state]

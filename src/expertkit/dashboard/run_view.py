@@ -8,9 +8,9 @@ import json
 import time
 from typing import Any
 
-from expertkit.dashboard.curves import eta_seconds, series
+from expertkit.dashboard.curves import series
 from expertkit.dashboard.runs import RunSource, read_json, run_status, summary_row
-from expertkit.events import read_events
+from expertkit.events import eta_seconds, read_events
 
 SAMPLE_CHARS = 2000  # per prompt / output / gold on the page
 MAX_LOCATIONS = 20  # bad-record locations shown

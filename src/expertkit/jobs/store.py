@@ -38,6 +38,7 @@ class WorkerInfo(BaseModel):
     heartbeat: float
     job: int | None = None
     jobs: list[int] = Field(default_factory=list)  # every job running now (with --concurrency > 1)
+    concurrency: int = 1  # slots: an alive worker with fewer jobs than this is idle capacity
     stopping: bool = False
 
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
-from expertkit.events import EVENTS_FILE, read_events
+from expertkit.events import EVENTS_FILE, eta_seconds, read_events
 from expertkit.jobs.model import Job
 from expertkit.jobs.outcomes import expert_dir
 from expertkit.jobs.store import WorkerInfo
@@ -46,6 +47,8 @@ def progress(job: Job) -> dict[str, Any]:
     ends = [e for e in events if e.get("event") == "end"]
     if ends:
         found["ended"] = ends[-1].get("status")
+    elif (eta := eta_seconds(events, time.time())) is not None:
+        found["eta"] = f"{int(eta) // 60}m{int(eta) % 60:02d}s"
     return found
 
 

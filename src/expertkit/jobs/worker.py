@@ -151,6 +151,7 @@ class Worker:
             heartbeat=time.time(),
             job=running[0] if running else None,
             jobs=running,
+            concurrency=self.config.concurrency,
             stopping=stopping,
         )
 

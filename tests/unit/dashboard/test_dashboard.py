@@ -101,7 +101,8 @@ def test_the_board_streams_each_change_as_a_server_sent_event(queue: JobQueue, t
 
     web = client(queue)
     page = web.get("/jobs")
-    assert 'new EventSource("/api/stream/board")' in page.text and 'id="board"' in page.text
+    assert '<script src="/static/board.js">' in page.text and 'id="board"' in page.text
+    assert 'new EventSource("/api/stream/board")' in web.get("/static/board.js").text
     threading.Timer(0.5, lambda: queue.submit("train", tmp_path, [], "high")).start()
     body = web.get("/api/stream/board", params={"max_events": 2}).text
     first, second = [e for e in body.split("\n\n") if e.strip()]

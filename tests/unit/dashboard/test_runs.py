@@ -13,8 +13,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from expertkit.dashboard.app import DashboardConfig, build_dashboard
-from expertkit.dashboard.curves import downsample, eta_seconds, series
-from expertkit.events import EVENTS_FILE
+from expertkit.dashboard.curves import downsample, series
+from expertkit.events import EVENTS_FILE, eta_seconds
 from expertkit.runs import archive_run, list_records, new_run_id, register_run
 
 
