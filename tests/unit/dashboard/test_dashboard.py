@@ -136,15 +136,26 @@ def test_the_experts_page_shows_installed_experts_their_evaluations_and_verifies
     record, _ = install_package(built.path)
     web = client(queue)
     assert "no evaluation shipped" in web.get("/experts").text
+    lock = web.get("/api/experts").json()[0]["lock"]
+    assert lock["state"] == "matches" and lock["files"] >= 2 and lock["base_model"]
     shipped = Path(record.path) / "evaluation"  # as a package ships `expert-cli eval` results
     shipped.mkdir()
     result = {"metric": "exact_match", "n": 3, "expert": 0.6667, "baseline": 0.3333, "delta": 0.3333,
-              "ci95": [0.0, 0.6667], "gate": {"passed": False, "failures": ["x"]}}  # fmt: skip
+              "ci95": [0.0, 0.6667], "gate": {"passed": False, "failures": ["x"]},
+              "buckets": {"hard": {"expert": 0.5, "baseline": 0.0, "n": 2}, "easy": {"expert": 1.0, "baseline": 1.0, "n": 1}}}  # fmt: skip
     (shipped / "digits.json").write_text(json.dumps(result))
     page = web.get("/experts")
     assert page.status_code == 200 and "expert-tiny" in page.text and "unsigned" in page.text
     assert "0.3333 (0.0 … 0.6667)" in page.text and "failed" in page.text
     (row,) = web.get("/api/experts").json()[0]["evaluations"]
     assert (row["set"], row["expert"], row["gate"]) == ("digits", 0.6667, False)
+    assert [(b["bucket"], b["expert"], b["baseline"], b["n"]) for b in row["buckets"]] == [
+        ("easy", 1.0, 1.0, 1), ("hard", 0.5, 0.0, 2)]  # fmt: skip
+    assert "digits · hard" in page.text and "+0.5000" in page.text
+    adapter = next(p for p in Path(record.path).rglob("*.safetensors"))
+    adapter.write_bytes(adapter.read_bytes() + b"x")  # tampered after install
+    lock = web.get("/api/experts").json()[0]["lock"]
+    assert lock["state"] == "changed" and any(name.endswith(".safetensors") for name in lock["changed"])
+    assert "changed since install" in web.get("/experts").text
     checked = web.post("/api/experts/verify", json={}).json()  # the evaluation/ file was added after install
     assert checked[0]["ok"] is False and "evaluation/digits.json was added" in checked[0]["problem"]
