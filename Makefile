@@ -40,13 +40,16 @@ quick: $(STAMP)
 	$(BIN)/pytest -q -m "not slow and not integration"
 
 # Servers the tests start themselves (a private PostgreSQL for SQL evaluation, a Redis server for the
-# job queue across hosts): installed here when missing, so a fresh machine fails loudly at set-up
+# job queue across hosts) and the browser the dashboard's tests drive (Debian's chromium and its
+# matching chromium-driver): installed here when missing, so a fresh machine fails loudly at set-up
 # rather than skipping what it cannot run.
 system-deps:
 	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || command -v pg_ctl >/dev/null 2>&1 || \
 		(echo "installing PostgreSQL (apt-get)"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql)
 	@command -v redis-server >/dev/null 2>&1 || command -v valkey-server >/dev/null 2>&1 || \
 		(echo "installing redis-server (apt-get)"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server)
+	@(command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1) || \
+		(echo "installing chromium + chromium-driver (apt-get)"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver)
 
 # lint + type check + the whole pytest suite (unit and integration).
 test: lint types system-deps

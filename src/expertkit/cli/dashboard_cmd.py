@@ -20,6 +20,9 @@ def dashboard(
     allowed_host: list[str] = typer.Option(
         [], "--allowed-host", help="Host header name to accept besides loopback ones (repeatable; DNS-rebinding guard)."
     ),
+    expert: list[Path] = typer.Option(
+        [], "--expert", help="Expert directory whose runs to show besides recorded ones and the jobs' (repeatable)."
+    ),
 ) -> None:
     """A web dashboard over the job queue and its workers (pages and a JSON API under /api/)."""
     from expertkit.dashboard.app import DashboardConfig, run_dashboard
@@ -29,7 +32,11 @@ def dashboard(
     key = read_api_key(api_key_file)
     if key is None and not is_loopback(host):
         raise UsageError(f"--host {host} is not loopback: a key is required", "pass --api-key-file FILE")
-    config = DashboardConfig(host, port, JobQueue(queue).url, key, frozenset(allowed_host))
+    missing = [str(d) for d in expert if not d.is_dir()]
+    if missing:
+        raise UsageError(f"--expert {missing[0]}: not a directory", "give an expert directory (holding manifest.json)")
+    experts = tuple(d.resolve() for d in expert)
+    config = DashboardConfig(host, port, JobQueue(queue).url, key, frozenset(allowed_host), expert_dirs=experts)
     out_console.print(
         f"dashboard on http://{escape(host)}:{port}/ (queue {escape(display_url(config.queue_url or ''))})"
     )

@@ -33,8 +33,8 @@ def form_values(query: dict[str, str]) -> tuple[dict[str, Any], str]:
 
 
 def breakdown(report: dict[str, Any]) -> list[dict[str, Any]]:
-    """The stacked bar's segments: each component's MiB and its share of the wider of total and preset."""
-    scale = max(report["total_mib"], report.get("preset_mib") or 0, 1e-9)
+    """The stacked bar's segments: each component's MiB and its share of the total."""
+    scale = max(report["total_mib"], 1e-9)
     return [
         {"name": name, "mib": mib, "percent": 100 * mib / scale, "colour": COLOURS[i % len(COLOURS)]}
         for i, (name, mib) in enumerate(report["components_mib"].items())
