@@ -6,7 +6,9 @@ a killed run leaves every line it finished. Training (``train/events.py``) and e
 from __future__ import annotations
 
 import json
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -37,19 +39,66 @@ class RunEvents:
             self._file = None
 
 
+@dataclass
+class _Tail:
+    """What was parsed of one file so far: ``offset`` is where its next unread line starts."""
+
+    inode: int
+    head: bytes  # the file's first bytes: a file started again (same inode, truncated) starts otherwise
+    offset: int
+    events: list[dict[str, Any]]
+
+
+_PARSED: dict[Path, _Tail] = {}
+_PARSED_MAX = 32
+_HEAD_BYTES = 256  # files remembered (the dashboard re-reads running jobs' events every second)
+_LOCK = threading.Lock()
+
+
 def read_events(path: Path) -> list[dict[str, Any]]:
-    """The events written so far (a line still being written, or a torn last line, is left out)."""
-    if not path.is_file():
+    """The events written so far (a line still being written, or a torn last line, is left out).
+
+    A file read before is read on from where it ended (training and evaluation only append lines, or
+    start the file again: another inode, a shorter file or other first bytes), so a reader polling a
+    10,000-step run parses each line once.
+    """
+    try:
+        stat = path.stat()
+        with path.open("rb") as handle:
+            head = handle.read(_HEAD_BYTES)
+            with _LOCK:
+                tail = _PARSED.get(path)
+                if (
+                    tail is None
+                    or (tail.inode, tail.head) != (stat.st_ino, head[: len(tail.head)])
+                    or (stat.st_size < tail.offset)
+                ):
+                    tail = _Tail(stat.st_ino, head, 0, [])
+                if stat.st_size > tail.offset:
+                    handle.seek(tail.offset)
+                    chunk = handle.read(stat.st_size - tail.offset)
+                    complete = chunk[: chunk.rfind(b"\n") + 1]
+                    tail.offset += len(complete)
+                    tail.events.extend(_parse(complete))
+                    tail.head = head if len(head) > len(tail.head) else tail.head
+                if len(_PARSED) >= _PARSED_MAX and path not in _PARSED:
+                    _PARSED.pop(next(iter(_PARSED)))
+                _PARSED[path] = tail
+                return list(tail.events)
+    except OSError:
         return []
-    events = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+
+
+def _parse(block: bytes) -> list[dict[str, Any]]:
+    found = []
+    for line in block.decode("utf-8", errors="replace").splitlines():
         try:
             value = json.loads(line)
         except ValueError:
             continue
         if isinstance(value, dict):
-            events.append(value)
-    return events
+            found.append(value)
+    return found
 
 
 def eta_seconds(events: list[dict[str, Any]], now: float) -> float | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
@@ -36,6 +37,20 @@ def presets() -> dict[str, float | None]:
 def ready_models() -> dict[str, str]:
     """Models ready on this machine: name → what to resolve (the name of an embedded model, else its directory)."""
     return {m.name: m.name if m.kind == "embedded" else str(m.path) for m in list_models() if m.ready}
+
+
+def _exit_with_parent(parent: int) -> None:
+    """In the worker: exit when the dashboard is gone (killed without a chance to stop its worker)."""
+    import os
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
 
 
 def _estimate_in_worker(request: dict[str, Any], available_mib: float | None) -> dict[str, Any]:
@@ -79,18 +94,32 @@ class Calculator:
             )
         request = {**shape.model_dump(), "model": models[shape.model]}  # a listed model's own location
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+            self._pool = ProcessPoolExecutor(
+                max_workers=1,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_exit_with_parent,
+                initargs=(os.getpid(),),
+            )
         future = self._pool.submit(_estimate_in_worker, request, table[preset])
         try:
             result = await asyncio.wait_for(asyncio.wrap_future(future), ESTIMATE_TIMEOUT_S)
         except (BrokenProcessPool, TimeoutError) as exc:
-            self.close()  # the next estimate starts a fresh worker
+            self._kill()  # the next estimate starts a fresh worker
             raise CalculatorUnavailableError(f"the calculator's worker failed ({type(exc).__name__})") from exc
         if "error" in result:
             raise UsageError(result["error"], result.get("hint", ""))
         return {**result["report"], "preset": preset, "preset_mib": table[preset]}
 
-    def close(self) -> None:
+    def _kill(self) -> None:
+        """A worker that hung or died: its process ended by force (``shutdown`` would wait for it)."""
         if self._pool is not None:
+            for process in list(getattr(self._pool, "_processes", {}).values()):
+                process.kill()
             self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    def close(self) -> None:
+        """Stop the worker (waits for an estimate in progress: a second or so)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None

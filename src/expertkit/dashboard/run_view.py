@@ -15,6 +15,7 @@ from expertkit.events import eta_seconds, read_events
 SAMPLE_CHARS = 2000  # per prompt / output / gold on the page
 MAX_LOCATIONS = 20  # bad-record locations shown
 MAX_DIFF_ROWS = 300
+MAX_SAMPLE_EVALS = 20  # the newest evaluations whose samples are returned (the page shows five)
 
 
 def run_view(run: RunSource) -> dict[str, Any]:
@@ -60,7 +61,7 @@ def ledger(events: list[dict[str, Any]], meta: dict[str, Any] | None) -> dict[st
 def samples(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The greedy generations logged at each evaluation, newest evaluation first."""
     out = []
-    for event in reversed([e for e in events if e.get("event") == "samples"]):
+    for event in reversed([e for e in events if e.get("event") == "samples"][-MAX_SAMPLE_EVALS:]):
         items = [
             {k: str(item.get(k, ""))[:SAMPLE_CHARS] for k in ("prompt", "output", "gold")}
             for item in event.get("samples") or []

@@ -136,6 +136,51 @@ def test_the_dashboard_process_never_imports_torch(tmp_path: Path, ready_tiny: s
     assert out.stdout.split() == ["True", "False", "False"]
 
 
+def alive(pid: str) -> bool:
+    status = Path(f"/proc/{pid}/status")
+    try:
+        return "zombie" not in status.read_text()
+    except OSError:
+        return False
+
+
+def test_the_calculators_worker_ends_with_the_dashboard_even_when_it_is_killed(tmp_path: Path, ready_tiny: str) -> None:
+    import os
+    import signal
+    import time
+
+    import httpx
+
+    from unit.dashboard.test_browser import free_port, wait_for
+
+    port = free_port()
+    cli = [
+        sys.executable,
+        "-m",
+        "expertkit",
+        "dashboard",
+        "--port",
+        str(port),
+        "--queue",
+        f"sqlite:///{tmp_path / 'q.db'}",
+    ]
+    server = subprocess.Popen(cli, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(f"http://127.0.0.1:{port}/health")
+        assert httpx.get(f"http://127.0.0.1:{port}/api/memory", params=QUERY, timeout=120).status_code == 200
+        children = Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()
+        workers = [c for c in children if "spawn_main" in Path(f"/proc/{c}/cmdline").read_text()]
+        assert len(workers) == 1  # the calculator's worker (beside multiprocessing's resource tracker)
+        os.kill(server.pid, signal.SIGKILL)
+        server.wait(timeout=10)
+        deadline = time.time() + 15
+        while any(alive(c) for c in children) and time.time() < deadline:
+            time.sleep(0.2)
+        assert not any(alive(c) for c in children), "the worker outlived the dashboard"
+    finally:
+        server.kill()
+
+
 def test_quantisation_and_the_optimizer_change_the_terms_they_should(tiny_llama_dir: Path) -> None:
     adapter = Adapter(type="lora", r=4, target_modules=["q_proj", "v_proj"])
 

@@ -69,3 +69,27 @@ def test_a_torn_last_line_is_left_out_and_examples_split_at_the_first_supervised
     assert [e["step"] for e in read_events(tmp_path / EVENTS_FILE)] == [1]
     rows = [{"input_ids": [1, 2, 3, 4, 5, 6, 7], "labels": [-100, -100, 3, 4, -100, -100, 7], "seq_lens": [5, 2]}]
     assert eval_examples(rows, 5) == [([1, 2], [3, 4]), ([6], [7])]
+
+
+def test_a_reader_polling_a_file_reads_on_and_notices_a_file_started_again(tmp_path: Path) -> None:
+    path = tmp_path / EVENTS_FILE
+    events = RunEvents(path, fresh=True)
+    events.write("start", run="a")
+    events.write("step", step=1)
+    assert [e["event"] for e in read_events(path)] == ["start", "step"]
+    with path.open("a", encoding="utf-8") as file:
+        file.write('{"event": "step", "st')  # half a line: left out until it is whole
+    assert len(read_events(path)) == 2
+    with path.open("a", encoding="utf-8") as file:
+        file.write('ep": 2}\n{"event": "step", "step": 3}\n')
+    assert [e.get("step") for e in read_events(path)] == [None, 1, 2, 3]
+    events.close()
+    again = RunEvents(path, fresh=True)  # the same inode, truncated and written again, longer than before
+    again.write("start", run="b-" + "x" * 300)
+    for step in range(5):
+        again.write("step", step=step)
+    again.close()
+    found = read_events(path)
+    assert found[0]["run"].startswith("b-") and [e["step"] for e in found[1:]] == [0, 1, 2, 3, 4]
+    path.unlink()
+    assert read_events(path) == []
