@@ -7,6 +7,8 @@
   const color = (name) => css.getPropertyValue(name).trim();
   const palette = { loss: color("--accent"), eval_loss: "#d29922", learning_rate: "#8250df", tokens_per_s: "#1a7f37", peak_rss_mib: "#cf222e" };
   const charts = {};
+  // Tick labels that stay readable for a learning rate (3e-4) and for memory (7,575) alike.
+  const tick = (v) => (v == null ? "" : v !== 0 && Math.abs(v) < 0.01 ? v.toExponential(1) : Number(v.toPrecision(4)).toLocaleString());
 
   function joined(curves, names) {
     const steps = [...new Set(names.flatMap((n) => curves[n].x))].sort((a, b) => a - b);
@@ -27,7 +29,7 @@
         width: Math.max(el.clientWidth, 300), height: 220,
         scales: { x: { time: false } },
         axes: [{ stroke: color("--fg"), grid: { stroke: color("--line") }, label: "step" },
-               { stroke: color("--fg"), grid: { stroke: color("--line") } }],
+               { stroke: color("--fg"), grid: { stroke: color("--line") }, size: 64, values: (u, splits) => splits.map(tick) }],
         series: [{ label: "step" }, ...names.map((n) => ({ label: n, stroke: palette[n], width: 2, spanGaps: true, points: { show: rows[0].length < 60 } }))],
       };
       charts[el.id] = new uPlot(opts, rows, el);
