@@ -5,7 +5,8 @@ attempts), a recorded 10,000-step run (a step event per step, an evaluation with
 steps) and a worker registry; a real dashboard (uvicorn on loopback) serves it and each page is
 fetched over HTTP ``--repeat`` times (median and worst reported, after one warm-up). The anchor,
 measured in the same run, is reading the same data without rendering: ``JobQueue.jobs()`` for the
-board and ``read_events`` for the run page; the difference is what the dashboard itself costs.
+board and a cold ``read_events`` of the run's file for the run page (the dashboard parses each line once
+and reads on from where it ended, so its warm pages cost less than the cold anchor).
 
     .venv/bin/python benchmarks/dashboard_load.py [--jobs 1000] [--steps 10000] [--repeat 5]
 
@@ -121,6 +122,7 @@ def main() -> None:
     os.environ["EXPERTKIT_HOME"] = str(home)
     import uvicorn
 
+    from expertkit import events as events_module
     from expertkit.dashboard.app import DashboardConfig, build_dashboard
     from expertkit.events import read_events
     from expertkit.jobs.store import JobQueue
@@ -152,12 +154,12 @@ def main() -> None:
     events = home / "runs" / "bench" / run_id / "events.jsonl"
     start = time.perf_counter()
     for _ in range(args.repeat):
+        events_module._PARSED.clear()  # a cold parse each time (the dashboard reads on from the last offset)
         read_events(events)
     events_read_ms = 1000 * (time.perf_counter() - start) / args.repeat
     for path, figures in pages.items():
-        print(
-            f"{path:40s} median {figures['median_ms']:8.1f} ms  max {figures['max_ms']:8.1f} ms  {figures['bytes']:>9,} B"
-        )
+        median, worst = figures["median_ms"], figures["max_ms"]
+        print(f"{path:40s} median {median:8.1f} ms  max {worst:8.1f} ms  {figures['bytes']:>9,} B")
     print(json.dumps({
         "jobs": args.jobs, "run_steps": args.steps, "events_file_bytes": events.stat().st_size,
         "pages": pages, "curve_points_max": points,

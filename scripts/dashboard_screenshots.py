@@ -59,8 +59,11 @@ def shot(driver: Any, out: Path, name: str, full: bool = False) -> None:
 
 
 def state(driver: Any, job: int) -> str | None:
-    rows = driver.find_elements(By.ID, f"job-{job}")
-    return rows[0].get_attribute("data-state") if rows else None
+    # one script, so a board replaced by the live stream between finding the row and reading it cannot race
+    state = driver.execute_script(
+        f"const row = document.getElementById('job-{job}'); return row ? row.dataset.state : null"
+    )
+    return str(state) if state else None
 
 
 def main() -> None:
@@ -93,9 +96,10 @@ def main() -> None:
         job = int(driver.find_element(By.ID, "submitted").text.rsplit(" ", 1)[1])
         started = time.time()
         # live: wait for a few logged steps, then the board and the run page while it trains
-        WebDriverWait(driver, 900).until(lambda d: "loss" in d.find_element(By.ID, f"job-{job}").text)
+        row = f"document.getElementById('job-{job}')"
+        WebDriverWait(driver, 900).until(lambda d: "loss" in (d.execute_script(f"return {row}?.innerText") or ""))
         shot(driver, args.out, "jobs-live")
-        run = driver.find_element(By.CSS_SELECTOR, f"#job-{job} a[href^='/runs/']").get_attribute("href")
+        run = driver.execute_script(f"return {row}.querySelector('a[href^=\"/runs/\"]').href")
         driver.get(run)
         time.sleep(2)
         shot(driver, args.out, "run-live")
@@ -130,9 +134,12 @@ def main() -> None:
             shot(driver, args.out, page)
     finally:
         driver.quit()
-        for process in (worker, server):
+        for process in (worker, server):  # a worker stopping lets its child checkpoint first (up to its grace)
             process.terminate()
-            process.wait(timeout=60)
+            try:
+                process.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                process.kill()
 
 
 if __name__ == "__main__":

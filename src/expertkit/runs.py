@@ -93,10 +93,12 @@ def register_run(run_id: str, expert: str, expert_dir: Path, weights_dir: Path, 
 
 
 def archive_run(record: RunRecord, dataset_meta: dict[str, Any] | None) -> None:
-    """Copy the run's small files into its record (each through a temp file, then renamed)."""
+    """Copy the run's small files into its record (each through a temp file, then renamed). A file the
+    run did not write (older than the record: a previous run's meta, when this one stopped early) is not
+    taken for this run's."""
     for name in COPIED:
         source = record.weights_dir / name
-        if source.is_file():
+        if source.is_file() and source.stat().st_mtime >= record.started - 1.0:
             temp = record.directory / f".{name}.tmp"
             shutil.copyfile(source, temp)
             temp.replace(record.directory / name)

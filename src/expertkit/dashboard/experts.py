@@ -36,17 +36,20 @@ def _read(path: Path) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def _buckets(body: dict[str, Any], base: dict[str, Any] | None) -> list[dict[str, Any]]:
+def _buckets(body: dict[str, Any], summary: dict[str, Any], base: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Per bucket: the expert, the baseline it was compared with (if any) and the base model alone. A
+    comparison has ``buckets`` at the top; an evaluation without a baseline has them in its summary."""
     theirs = (base or {}).get("buckets") or {}
+    buckets = body.get("buckets") or summary.get("buckets") or {}
     rows = []
-    for bucket, row in sorted((body.get("buckets") or {}).items()):
+    for bucket, row in sorted(buckets.items() if isinstance(buckets, dict) else []):
         if isinstance(row, dict):
             alone = theirs.get(bucket)
             rows.append(
                 {
                     "bucket": str(bucket),
                     "n": row.get("n"),
-                    "expert": row.get("expert"),
+                    "expert": row.get("expert", row.get("score")),
                     "baseline": row.get("baseline"),
                     "base": alone.get("base") if isinstance(alone, dict) else None,
                 }
@@ -62,16 +65,18 @@ def evaluations(directory: Path, name: str) -> list[dict[str, Any]]:
         if body is None:
             continue
         row = {key: body.get(key) for key in SHOWN}
-        summary = body.get("expert_summary")
-        if row["expert"] is None and isinstance(summary, dict):
-            row["expert"] = summary.get("score")
+        found = body.get("expert_summary")
+        summary: dict[str, Any] = found if isinstance(found, dict) else {}
+        for key, fallback in (("expert", "score"), ("metric", "metric"), ("n", "n")):
+            if row[key] is None:
+                row[key] = summary.get(fallback)
         gate = body.get("gate")
         row["gate"] = gate.get("passed") if isinstance(gate, dict) else None
         row["set"] = path.stem
         base = _read(expertkit_home() / EVALS_DIR / name / BASE_EVALS / path.name)
         row["base"] = base.get("base") if base else None
         row["gate_failures"] = gate.get("failures") if isinstance(gate, dict) else None
-        row["buckets"] = _buckets(body, base)
+        row["buckets"] = _buckets(body, summary, base)
         rows.append(row)
     return rows
 

@@ -111,8 +111,11 @@ def shoot(driver: Any, tmp_path: Path, name: str) -> None:
 
 
 def row_state(driver: Any, job: int) -> str | None:
-    rows = driver.find_elements(By.ID, f"job-{job}")
-    return rows[0].get_attribute("data-state") if rows else None
+    # one script, so a board replaced by the live stream between finding the row and reading it cannot race
+    state = driver.execute_script(
+        f"const row = document.getElementById('job-{job}'); return row ? row.dataset.state : null"
+    )
+    return str(state) if state else None
 
 
 def submit(driver: Any, expert: Path, options: str, level: str) -> int:

@@ -147,7 +147,13 @@ def test_the_experts_page_shows_installed_experts_their_evaluations_and_verifies
     page = web.get("/experts")
     assert page.status_code == 200 and "expert-tiny" in page.text and "unsigned" in page.text
     assert "0.3333 (0.0 … 0.6667)" in page.text and "failed" in page.text
-    (row,) = web.get("/api/experts").json()[0]["evaluations"]
+    alone = {
+        "expert_summary": {"metric": "exact_match", "n": 4, "score": 0.5, "buckets": {"b": {"n": 4, "score": 0.5}}}
+    }
+    (shipped / "words.json").write_text(json.dumps(alone))  # an evaluation made without a baseline
+    row, words = web.get("/api/experts").json()[0]["evaluations"]
+    assert (words["metric"], words["n"], words["expert"], words["buckets"][0]["expert"]) == ("exact_match", 4, 0.5, 0.5)
+    (shipped / "words.json").unlink()
     assert (row["set"], row["expert"], row["gate"]) == ("digits", 0.6667, False)
     assert [(b["bucket"], b["expert"], b["baseline"], b["n"]) for b in row["buckets"]] == [
         ("easy", 1.0, 1.0, 1), ("hard", 0.5, 0.0, 2)]  # fmt: skip

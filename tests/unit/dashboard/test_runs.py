@@ -158,6 +158,20 @@ def test_a_running_run_streams_its_curves_and_shows_an_eta(tmp_path: Path, monke
     assert body["summary"]["step"] == 30 and len(body["curves"]["loss"]["x"]) == 30
 
 
+def test_a_record_never_takes_an_earlier_runs_meta(tmp_path: Path, monkeypatch: Any) -> None:
+    import os
+
+    monkeypatch.setenv("EXPERTKIT_HOME", str(tmp_path / "home"))
+    weights = tmp_path / "sql" / "weights" / "tiny"
+    write_run(weights, "x", 10, 1e-4, "aa" * 32)
+    old = time.time() - 3600
+    os.utime(weights / "training_meta.json", (old, old))  # the previous run's meta
+    record = register_run(new_run_id(), "sql", tmp_path / "sql", weights, "tiny")
+    (weights / EVENTS_FILE).write_text('{"event": "start"}\n')  # this run: interrupted before its meta
+    archive_run(record, None)
+    assert (record.directory / EVENTS_FILE).is_file() and not (record.directory / "training_meta.json").exists()
+
+
 def test_downsampling_keeps_spikes_ends_and_a_bounded_size() -> None:
     xs = [float(i) for i in range(10_000)]
     ys = [1.0] * 10_000
