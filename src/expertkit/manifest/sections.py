@@ -104,12 +104,22 @@ class LossWeighting(Section):
 
 
 class Selection(Section):
-    """Best-checkpoint guards (MyPT's GOLD system)."""
+    """Best-checkpoint guards (MyPT's GOLD system): the published checkpoint is the lowest eval loss;
+    the guards judge the trend, and stop a run that overfits."""
 
-    max_eval_train_ratio: float = Field(
-        default=1.5, gt=1, description="A checkpoint whose eval/train loss ratio exceeds this is overfit."
-    )
     patience: int = Field(default=3, ge=1, description="Stop after this many consecutive eval-loss rises.")
+    gap_patience: int = Field(
+        default=3,
+        ge=1,
+        description="Overfitting guard: stop when the eval–train gap (smoothed train loss) grew this many "
+        "evaluations in a row while the eval loss did not improve.",
+    )
+    max_eval_train_ratio: float | None = Field(
+        default=None,
+        gt=1,
+        description="Opt-in: a checkpoint whose eval/train loss ratio exceeds this is never published (the ratio "
+        "is always reported; train and eval losses come from different mixes, so its level alone is no verdict).",
+    )
 
 
 class TrainingConfig(Section):

@@ -45,6 +45,7 @@ class ExpertTrainer(Trainer):
         self.run_info = run_info  # data hash, wall-clock start: written into every ledger
         self.tokens_seen = 0  # real (non-pad) tokens on this rank
         self.last_train_loss: float | None = None
+        self.losses_since_eval: list[float] = []  # the selection guards compare eval loss with their mean
         self.last_eval_loss: float | None = None
 
     # -- loss -------------------------------------------------------------------------------
@@ -84,7 +85,10 @@ class ExpertTrainer(Trainer):
         metrics = {f"{metric_key_prefix}_loss": eval_loss, f"{metric_key_prefix}_tokens": int(totals[1].item())}
         self.last_eval_loss = eval_loss
         if metric_key_prefix == "eval" and self.state.global_step > 0:
-            observation = self.selector.observe(self.state.global_step, eval_loss, self.last_train_loss)
+            recent = self.losses_since_eval or ([self.last_train_loss] if self.last_train_loss is not None else [])
+            smoothed = sum(recent) / len(recent) if recent else None
+            observation = self.selector.observe(self.state.global_step, eval_loss, smoothed)
+            self.losses_since_eval = []
             if self.selector.should_stop:
                 self.control.should_training_stop = True  # type: ignore[has-type]
             metrics["eval_best"] = float(observation.best)
@@ -100,6 +104,7 @@ class ExpertTrainer(Trainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:
             self.last_train_loss = logs["loss"]
+            self.losses_since_eval.append(float(logs["loss"]))
             seen = torch.tensor(self.tokens_seen, device=self.args.device)
             this_run = int(self.accelerator.reduce(seen, reduction="sum").item())
             # Training throughput: evaluation time is not training time.
