@@ -13,7 +13,9 @@ assistant_toolcall   yes       ``assistant`` whose content is a ``<tool_call>`` 
 toolresult           no        ``tool``
 ==================== ========= =====================================================
 
-The rule: what the model generates is trained, what the system injects is masked.
+The rule: what the model generates is trained, what the system injects is masked. An assistant turn
+may carry ``"train": false`` (or ``"weight": 0``): it is rendered in the conversation but never trained,
+for text that must be seen and not learnt (a model's own wrong answer in a sparring example).
 """
 
 from __future__ import annotations
@@ -44,14 +46,22 @@ class Message:
     think: str | None = None
     cite: str | None = None
     context: str | None = None
+    train: bool = True  # false: an assistant turn shown in the conversation, never trained
+
+    @property
+    def generated(self) -> bool:
+        """An assistant turn (trained or not): what a model writes."""
+        return self.role in TRAINED_ROLES
 
     @property
     def trained(self) -> bool:
-        return self.role in TRAINED_ROLES
+        return self.role in TRAINED_ROLES and self.train
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"role": self.role, "content": self.content}
         data.update({name: getattr(self, name) for name in OPTIONAL_FIELDS if getattr(self, name) is not None})
+        if not self.train:
+            data["train"] = False
         return data
 
     def to_template(self) -> dict[str, str]:

@@ -5,9 +5,9 @@ returns a :class:`CheckResult`. A failed check aborts preparation unless the man
 ``skip``, in which case it is reported as overridden.
 
 1. ``supervised_ratio``: trained tokens / all tokens within the band, and no example untrained.
-2. ``span_count``: every example has one supervised span per assistant turn.
+2. ``span_count``: every example has one supervised span per trained assistant turn.
 3. ``trained_text``: no trained token is a role marker, and no trained span contains system,
-   user or tool-result text.
+   user or tool-result text, or an assistant turn marked ``train: false``.
 4. ``packed_layout``: in packed rows, position ids restart exactly at example boundaries, every
    boundary label is masked and each example's labels are exactly its unpacked labels.
 5. ``label_sanity``: every label is inside the vocabulary and they are not all one token.
@@ -115,16 +115,16 @@ def trained_text(data: CheckInput) -> CheckResult:
         text = data.tokenizer.decode(trained_ids)
         conversation = example["conversation"]
         messages = (json.loads(conversation) if isinstance(conversation, str) else conversation)["messages"]
-        answers = " ".join(m["content"] for m in messages if m["role"] in TRAINED_ROLES)
+
+        def trained(message: dict[str, Any]) -> bool:  # an assistant turn without train: false
+            return message["role"] in TRAINED_ROLES and message.get("train", True) is not False
+
+        answers = " ".join(m["content"] for m in messages if trained(m))
         for message in messages:
             content = message["content"].strip()
-            if (
-                message["role"] not in TRAINED_ROLES
-                and len(content) >= MIN_QUOTED_CHARS
-                and content in text
-                and content not in answers
-            ):
-                failures.append(f"{example['location']}: {message['role']} text is trained: {content[:40]!r}")
+            if not trained(message) and len(content) >= MIN_QUOTED_CHARS and content in text and content not in answers:
+                what = message["role"] if message["role"] not in TRAINED_ROLES else f"{message['role']} (train: false)"
+                failures.append(f"{example['location']}: {what} text is trained: {content[:40]!r}")
                 break
     return _result("trained_text", failures, f"{len(forbidden)} special tokens never trained")
 

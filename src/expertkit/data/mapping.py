@@ -17,7 +17,7 @@ from __future__ import annotations
 import string
 from typing import Any
 
-from expertkit.data.conversation import OPTIONAL_FIELDS, ROLE_ALIASES, ROLES, Conversation, Message
+from expertkit.data.conversation import OPTIONAL_FIELDS, ROLE_ALIASES, ROLES, TRAINED_ROLES, Conversation, Message
 from expertkit.manifest.sections import FieldMapping
 
 
@@ -57,9 +57,11 @@ def to_conversation(record: dict[str, Any], mapping: FieldMapping | None) -> Con
 
 def check_conversation(messages: tuple[Message, ...]) -> Conversation:
     if not any(message.trained for message in messages):
+        if any(message.generated for message in messages):
+            raise RecordError("every assistant turn has train: false: nothing to train on")
         raise RecordError("conversation has no assistant turn: nothing to train on")
     first = next((m for m in messages if m.role != "system"), None)
-    if first is not None and first.trained:
+    if first is not None and first.generated:
         raise RecordError("conversation starts with an assistant turn: the first turn after system must be user")
     for number, message in enumerate(messages, start=1):
         if message.trained and not message.content.strip():
@@ -116,5 +118,20 @@ def _messages(items: list[Any], field_name: str) -> list[Message]:
         for name, value in optional.items():
             if not isinstance(value, str):
                 raise RecordError(f"{where}.{name} should be str, found {type(value).__name__}")
-        messages.append(Message(role, content, **optional))
+        messages.append(Message(role, content, **optional, train=_train_flag(item, where, role)))
     return messages
+
+
+def _train_flag(item: dict[str, Any], where: str, role: str) -> bool:
+    """``train`` (a boolean) or ``weight`` (0 or 1) of one message; only assistant turns are trained."""
+    train, weight = item.get("train"), item.get("weight")
+    if train is not None and not isinstance(train, bool):
+        raise RecordError(f"{where}.train should be true or false, found {type(train).__name__}")
+    if weight is not None and (isinstance(weight, bool) or weight not in (0, 1)):
+        raise RecordError(f"{where}.weight should be 0 (not trained) or 1, found {weight!r}")
+    if train is not None and weight is not None and bool(weight) != train:
+        raise RecordError(f"{where}: train {str(train).lower()} and weight {weight} disagree")
+    flag = train if train is not None else (bool(weight) if weight is not None else True)
+    if flag and (train is True or weight == 1) and role not in TRAINED_ROLES:
+        raise RecordError(f"{where}: only assistant turns can be trained ({role} never is)")
+    return flag

@@ -17,7 +17,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from expertkit.data.conversation import Conversation, Message
+from expertkit.data.conversation import Conversation
 from expertkit.errors import DataError
 from expertkit.manifest.sections import NearDedup
 
@@ -72,11 +72,16 @@ def normalise_text(text: str) -> str:
 
 
 def normalise_conversation(conversation: Conversation) -> Conversation:
+    def optional(value: str | None) -> str | None:
+        return normalise_text(value) if value is not None else None
+
     messages = tuple(
-        Message(
-            m.role,
-            normalise_text(m.content),
-            **{k: normalise_text(v) for k in ("think", "cite", "context") if (v := getattr(m, k)) is not None},
+        replace(
+            m,
+            content=normalise_text(m.content),
+            think=optional(m.think),
+            cite=optional(m.cite),
+            context=optional(m.context),
         )
         for m in conversation.messages
     )

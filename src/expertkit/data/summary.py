@@ -6,6 +6,7 @@ above 1 are magenta, and masked tokens are dim, so a wrong mask is visible at a 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from typing import Any
 
@@ -126,6 +127,11 @@ def example_view(example: dict[str, Any], tokenizer: Any, markers: bool = False)
         text.append(piece, style=style)
     trained = sum(label != IGNORE_INDEX for label in example["labels"])
     title = f"{example['location']} · {len(example['labels'])} tokens · {trained} trained"
+    conversation = example.get("conversation")
+    messages = (json.loads(conversation) if isinstance(conversation, str) else conversation or {}).get("messages", [])
+    shown = sum(1 for m in messages if m.get("train") is False)
+    if shown:
+        title += f" · {shown} turn{'s' if shown > 1 else ''} train: false"
     if markers:
         title += " · trained text in [[ ]]"
     return Panel(text, title=title, title_align="left")

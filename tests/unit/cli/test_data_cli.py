@@ -96,3 +96,47 @@ def test_every_record_failing_names_the_fields_and_the_mapping_not_skip(tmp_path
         assert "missing field 'messages' (40 records, e.g. data.jsonl:1, data.jsonl:2, data.jsonl:3)" in err
         assert "['input', 'instruction', 'output']" in err and "remove training.dataset.field_mapping" in err
         assert "skip" not in err.split("hint:")[1]
+
+
+def sparring_record(number: int) -> dict:
+    return {
+        "messages": [
+            {"role": "user", "content": f"What is {number} plus {number}? Say it as SQL please."},
+            {"role": "assistant", "content": f"SELECT {number} - {number} AS wrong_{number};", "train": False},
+            {"role": "user", "content": "Is this correct?"},
+            {"role": "assistant", "content": "It is incorrect."},
+        ]
+    }
+
+
+def test_a_turn_marked_train_false_is_shown_never_trained_and_validated(tmp_path, tiny_llama_dir):
+    expert = write_expert(tmp_path / "e", tiny_llama_dir, DATASET)
+    records = [sparring_record(n) for n in range(6)] + [qa_record(n) for n in range(6)]
+    weight_zero = sparring_record(99)
+    weight_zero["messages"][1] = {**weight_zero["messages"][1], "train": None, "weight": 0}
+    write_jsonl(expert / "data.jsonl", [*records, weight_zero])
+    result = invoke("data", "inspect", "--expert", str(expert), "-n", "13")
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.output.split())
+    assert "12 trained · 1 turn train: false" in out  # shown in the example, never trained
+    assert "[[It is incorrect.<|im_end|>]]" in out and "AS wrong_1;" in out
+    assert "[[SELECT 1 - 1" not in out and "wrong_99" in out and "[[SELECT 99 - 99" not in out
+    assert "span_count" in out and "trained_text" in out and "FAIL" not in out
+
+
+def test_bad_train_flags_name_the_message(tmp_path, tiny_llama_dir):
+    expert = write_expert(tmp_path / "e", tiny_llama_dir, DATASET)
+    bad = [
+        {"messages": [{"role": "user", "content": "q", "train": True}, {"role": "assistant", "content": "a"}]},
+        {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "train": "no"}]},
+        {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "weight": 0.5}]},
+        {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "train": False}]},
+    ]
+    write_jsonl(expert / "data.jsonl", [*bad, *[qa_record(n) for n in range(6)]])
+    result = invoke("data", "prepare", "--expert", str(expert))
+    out = " ".join(result.output.split())
+    assert result.exit_code == 1 and "Traceback" not in out
+    assert "data.jsonl:1: messages[0]: only assistant turns can be trained (user never is)" in out
+    assert "data.jsonl:2: messages[1].train should be true or false, found str" in out
+    assert "data.jsonl:3: messages[1].weight should be 0 (not trained) or 1, found 0.5" in out
+    assert "data.jsonl:4: every assistant turn has train: false: nothing to train on" in out

@@ -25,6 +25,17 @@ SINGLE_TURN = {
     ]
 }
 
+# A sparring example: the model's own wrong answer is shown (train: false), only the verdict is trained.
+SPARRING = {
+    "messages": [
+        {"role": "system", "content": "You write SQL."},
+        {"role": "user", "content": "How many singers are older than 56?"},
+        {"role": "assistant", "content": "SELECT count(*) FROM singer WHERE age < 56;", "train": False},
+        {"role": "user", "content": "Is this correct?"},
+        {"role": "assistant", "content": "It is incorrect."},
+    ]
+}
+
 
 def qa_record(number: int) -> dict[str, Any]:
     return {

@@ -16,7 +16,7 @@ from transformers import AutoTokenizer
 from expertkit.data.mapping import to_conversation
 from expertkit.data.render import IGNORE_INDEX, ConversationRenderer, supervised_spans
 
-from .helpers import MULTI_TURN_TOOL, SINGLE_TURN
+from .helpers import MULTI_TURN_TOOL, SINGLE_TURN, SPARRING
 
 GOLDEN = Path(__file__).parents[2] / "fixtures" / "golden"
 EXPECTED_SPANS = {
@@ -34,7 +34,11 @@ EXPECTED_SPANS = {
         '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>',
         "<think>\n\n</think>\n\nIt is 22 degrees and sunny in Paris.\n<cite>get_weather</cite><|im_end|>",
     ],
+    # the model's wrong answer (train: false) is in the text, never in a trained span
+    ("chatml", "sparring"): ["It is incorrect.<|im_end|>"],
+    ("qwen3", "sparring"): ["<think>\n\n</think>\n\nIt is incorrect.<|im_end|>"],
 }
+RECORDS = {"single": SINGLE_TURN, "multi_tool": MULTI_TURN_TOOL, "sparring": SPARRING}
 
 
 def _golden(template: str, name: str, tokenizer, record) -> dict:
@@ -50,10 +54,10 @@ def _golden(template: str, name: str, tokenizer, record) -> dict:
 
 
 @pytest.mark.parametrize("template", ["chatml", "qwen3"])
-@pytest.mark.parametrize("name", ["single", "multi_tool"])
+@pytest.mark.parametrize("name", ["single", "multi_tool", "sparring"])
 def test_golden_masks(template, name, tiny_llama_dir, tiny_qwen3_dir):
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir if template == "chatml" else tiny_qwen3_dir)
-    record = SINGLE_TURN if name == "single" else MULTI_TURN_TOOL
+    record = RECORDS[name]
     actual = _golden(template, name, tokenizer, record)
     path = GOLDEN / f"{template}_{name}.json"
     if os.environ.get("EXPERTKIT_UPDATE_GOLDEN"):
@@ -61,10 +65,22 @@ def test_golden_masks(template, name, tiny_llama_dir, tiny_qwen3_dir):
     expected = json.loads(path.read_text(encoding="utf-8"))
     assert actual["spans"] == EXPECTED_SPANS[(template, name)]
     assert actual == expected
-    # Every assistant turn is one span; nothing of system, user, context or tool output is trained.
-    assert len(actual["spans"]) == sum(m["role"].startswith("assistant") for m in record["messages"])
-    for forbidden in ("weather agent", "Is it warm", "Paris is in France", "22 degrees and sunny\n", "<|im_start|>"):
-        assert not any(forbidden in span for span in actual["spans"])
+    # Every trained assistant turn is one span; nothing of system, user, context, tool output or an
+    # assistant turn marked train: false is trained.
+    trained = [m for m in record["messages"] if m["role"].startswith("assistant") and m.get("train", True)]
+    assert len(actual["spans"]) == len(trained)
+    forbidden = (
+        "weather agent",
+        "Is it warm",
+        "Paris is in France",
+        "22 degrees and sunny\n",
+        "<|im_start|>",
+        "age < 56",
+    )
+    for text in forbidden:
+        assert not any(text in span for span in actual["spans"])
+    if name == "sparring":
+        assert "age < 56" in actual["text"]  # shown to the model, not learnt
 
 
 def test_segmenter_chosen_by_template(tiny_llama_dir, tiny_qwen3_dir):
