@@ -55,6 +55,7 @@ def _register() -> None:
         models_cmd,
         package_cmd,
         serve_cmd,
+        spar_cmd,
         store_cmd,
         train_cmd,
         validate_cmd,
@@ -78,6 +79,7 @@ def _register() -> None:
     app.command("serve")(serve_cmd.serve)
     app.add_typer(export_cmd.export_app, name="export")
     app.command("eval")(eval_cmd.eval_expert)
+    app.command("spar")(spar_cmd.spar)
     app.add_typer(jobs_cmd.jobs_app, name="jobs")
     app.command("worker")(jobs_cmd.worker)
     app.add_typer(jobs_cmd.workers_app, name="workers")

@@ -44,9 +44,9 @@ def _level(value: str) -> Any:
 @reports_errors
 def submit(
     ctx: typer.Context,
-    kind: str = typer.Argument(..., help="train, eval, package or prepare."),
+    kind: str = typer.Argument(..., help="train, eval, package, prepare or spar."),
     manifest: Path = typer.Option(..., "--expert", "--manifest", help="Expert directory or manifest file."),
-    priority: str = typer.Option("normal", "--priority", help=LEVEL_HELP),
+    priority: str | None = typer.Option(None, "--priority", help=LEVEL_HELP + " Default: high for spar, else normal."),
     retries: int = typer.Option(2, "--retries", min=0, max=20, help="Retries after a crash or a lost worker."),
     after: int | None = typer.Option(None, "--after", help="Run once job ID has succeeded."),
     then: str = typer.Option("", "--then", help="Steps to submit after this one succeeds, e.g. eval,gate,package."),
@@ -54,7 +54,7 @@ def submit(
     as_json: bool = JSON,
 ) -> None:
     """Queue a job: the command's own options follow (e.g. --max-steps 30); prints the job id."""
-    from expertkit.jobs.model import KINDS, pipeline
+    from expertkit.jobs.model import KINDS, default_level, pipeline
 
     if kind not in KINDS:
         raise UsageError(f"unknown job kind {kind!r}", f"one of: {', '.join(KINDS)}")
@@ -64,7 +64,8 @@ def submit(
         steps = pipeline([s.strip() for s in then.split(",") if s.strip()])
     except ValueError as exc:
         raise UsageError(f"--then: {exc}", "e.g. --then eval,gate,package") from exc
-    job = _queue(queue).submit(kind, manifest, list(ctx.args), _level(priority), retries, after, steps)
+    level = _level(priority or default_level(kind))
+    job = _queue(queue).submit(kind, manifest, list(ctx.args), level, retries, after, steps)
     if as_json:
         print(job.model_dump_json(indent=2))
         return

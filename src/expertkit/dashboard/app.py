@@ -25,7 +25,7 @@ from expertkit.dashboard.run_routes import install_run_routes
 from expertkit.dashboard.runs import find_runs
 from expertkit.dashboard.security import COOKIE, OPEN_PATHS, authorised, json_post, same_origin
 from expertkit.errors import ExpertkitError
-from expertkit.jobs.model import KINDS, LEVELS, Job, pipeline
+from expertkit.jobs.model import KINDS, LEVELS, Job, default_level, pipeline
 from expertkit.jobs.outcomes import expert_dir, job_log
 from expertkit.jobs.store import JobQueue, display_url
 from expertkit.jobs.view import ordered, progress, worker_state
@@ -51,7 +51,7 @@ class Submission(BaseModel):
     kind: str
     expert: str
     options: list[str] = Field(default_factory=list, max_length=64)
-    priority: str = "normal"
+    priority: str | None = None  # default: high for spar, else normal
     retries: int = Field(default=2, ge=0, le=20)
     after: int | None = None
     then: list[str] = Field(default_factory=list, max_length=8)
@@ -259,7 +259,8 @@ def _submit(queue: JobQueue, body: Submission) -> Job:
         steps = pipeline(body.then)
     except ValueError as exc:
         raise UsageError(str(exc), "e.g. then: [eval, gate, package]") from exc
-    return queue.submit(body.kind, expert, body.options, _level(body.priority), body.retries, body.after, steps)  # type: ignore[arg-type]
+    level = _level(body.priority or default_level(body.kind))
+    return queue.submit(body.kind, expert, body.options, level, body.retries, body.after, steps)  # type: ignore[arg-type]
 
 
 def run_dashboard(config: DashboardConfig) -> None:

@@ -7,11 +7,18 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-JobKind = Literal["train", "eval", "package", "prepare", "verify"]  # verify: every installed expert
+JobKind = Literal["train", "eval", "package", "prepare", "spar", "verify"]  # verify: every installed expert
 Level = Literal["high", "normal", "low", "background"]
 JobState = Literal["waiting", "queued", "running", "succeeded", "failed", "cancelled"]
 
-KINDS: tuple[str, ...] = ("train", "eval", "package", "prepare")  # what `jobs submit` takes
+KINDS: tuple[str, ...] = ("train", "eval", "package", "prepare", "spar")  # what `jobs submit` takes
+
+
+def default_level(kind: str) -> str:
+    """Sparring data is specific to the checkpoint that made the mistakes: it runs ahead of other work."""
+    return "high" if kind == "spar" else "normal"
+
+
 LEVELS: tuple[str, ...] = ("high", "normal", "low", "background")
 FINISHED: tuple[str, ...] = ("succeeded", "failed", "cancelled")
 # Each level's band of queue priorities; within a band, a smaller order comes first (FIFO unless moved).

@@ -39,6 +39,7 @@ COMMANDS = {
     "eval": ["eval"],
     "package": ["package"],
     "prepare": ["data", "prepare"],
+    "spar": ["spar"],
     "verify": ["list", "--verify"],  # every installed expert, against the keys trusted now
 }
 PERMANENT_EXIT_CODES = (1, 2)  # expertkit's user errors: retrying cannot help (75, out of memory, is retried)

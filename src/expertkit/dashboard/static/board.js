@@ -26,6 +26,10 @@
     try { await post(`/api/jobs/${select.dataset.job}/priority`, { level: select.value }); report(`job ${select.dataset.job}: priority ${select.value}`); }
     catch (error) { report(`job ${select.dataset.job}: ${error.message}`); }
   });
+  // sparring data is specific to the checkpoint that made the mistakes: it defaults to high priority
+  document.getElementById("kind").addEventListener("change", (event) => {
+    document.getElementById("level").value = event.target.value === "spar" ? "high" : "normal";
+  });
   document.getElementById("submit").addEventListener("submit", async () => {
     const value = (id) => document.getElementById(id).value.trim();
     const body = {
