@@ -19,6 +19,7 @@ the set and split, the counts, and the checker's failure reasons.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -58,7 +59,7 @@ class SparringSettings:
     incorrect: str = "It is incorrect."
     correct: str = "It is correct."
     with_reason: bool = False  # "It is incorrect: <the checker's reason>"
-    confirm_per_wrong: float = 1.0  # confirm examples per wrong answer (bounded by the correct answers)
+    confirm_per_wrong: float = 1.0  # confirm examples per wrong answer (each correct answer used once at most)
 
 
 @dataclass(frozen=True)
@@ -139,8 +140,8 @@ def _check(request: SparRequest) -> None:
 
 
 def _reason(result: ItemResult) -> str:
-    """The checker's reason, without the details that make every failure unique (a column name...)."""
-    return result.reason.split(":")[0].strip()[:MAX_REASON_CHARS] or "wrong"
+    """The checker's reason, without the details that make every failure unique (a column name, row counts)."""
+    return re.sub(r"\s*\([^)]*\)", "", result.reason.split(":")[0]).strip()[:MAX_REASON_CHARS] or "wrong"
 
 
 def lineage_path(out: Path) -> Path:
@@ -152,7 +153,8 @@ def sparring_examples(
 ) -> list[dict[str, Any]]:
     """The conversations for one set's answers: per wrong answer, the chosen kinds in order."""
     right = [(item, result) for item, result in pairs if result.correct]
-    budget = int(settings.confirm_per_wrong * sum(not r.correct for _, r in pairs) + 0.5)
+    # each correctly answered item confirms once: repeating one item would teach that item, not the verdict
+    budget = min(int(settings.confirm_per_wrong * sum(not r.correct for _, r in pairs) + 0.5), len(right))
     out: list[dict[str, Any]] = []
     for number, (item, result) in enumerate(p for p in pairs if not p[1].correct):
         shown: dict[str, Any] = {"role": "assistant", "content": result.text, "train": False}
@@ -173,8 +175,8 @@ def sparring_examples(
                 {"role": "assistant", "content": item.gold},
             ]
             out.append(_record("correct", item, turns, set_name))
-        if "confirm" in settings.kinds and right and number < budget:
-            other, answer = right[number % len(right)]
+        if "confirm" in settings.kinds and number < budget:
+            other, answer = right[number]
             turns = [
                 {"role": "assistant", "content": answer.text, "train": False},
                 {"role": "user", "content": settings.check_prompt},

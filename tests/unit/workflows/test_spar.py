@@ -122,3 +122,34 @@ def test_a_spar_job_runs_at_high_priority_by_default(expert_dir: Path, tmp_path:
     assert job["kind"] == "spar" and job["level"] == "high" and job["options"] == ["--limit", "4"]
     other = json.loads(invoke("jobs", "submit", "eval", "--expert", str(expert_dir), "--queue", queue, "--json").stdout)
     assert other["level"] == "normal"
+
+
+def test_each_correct_answer_confirms_once_and_reasons_are_grouped() -> None:
+    from expertkit.eval.evaluate import ItemResult
+    from expertkit.eval.sets import EvalItem
+    from expertkit.workflows.spar import SparringSettings, _reason, sparring_examples
+
+    def pair(n: int, correct: bool, reason: str) -> tuple[EvalItem, ItemResult]:
+        item = EvalItem(f"i{n}", [{"role": "user", "content": f"q{n}"}], f"gold{n}", "b", "sql", split="train")
+        return item, ItemResult(f"i{n}", "b", correct, True, True, 0.1, 3, f"answer{n}", reason)
+
+    pairs = [pair(0, False, "different result (1 rows, gold 2)"), pair(1, True, "same result"),
+             pair(2, False, "prediction fails: no such column: x"), pair(3, False, "different result (0 rows, gold 1)")]  # fmt: skip
+    records = sparring_examples(pairs, SparringSettings(), "geo")
+    assert [r["kind"] for r in records] == [
+        "identify",
+        "correct",
+        "confirm",
+        "identify",
+        "correct",
+        "identify",
+        "correct",
+    ]
+    assert [r["item"] for r in records if r["kind"] == "confirm"] == ["i1"]  # one correct item: one confirm
+    assert sorted(_reason(r) for _, r in pairs if not r.correct) == [
+        "different result",
+        "different result",
+        "prediction fails",
+    ]
+    only = sparring_examples(pairs, SparringSettings(kinds=("correct",)), "geo")
+    assert [r["messages"][-1]["content"] for r in only] == ["gold0", "gold2", "gold3"]
