@@ -14,7 +14,7 @@ from pathlib import Path
 import regex
 
 from expertkit.manifest.model import ManifestV2
-from expertkit.manifest.phase_checks import check_phases
+from expertkit.manifest.phase_checks import check_phases, sparring_outputs
 from expertkit.manifest.report import Problem
 from expertkit.manifest.sections import Adapter
 from expertkit.naming import normalise_model_name
@@ -294,8 +294,11 @@ def check_files(manifest: ManifestV2, ctx: CheckContext) -> list[Problem]:
         if problems:
             return problems
     problems = []
+    written_later = sparring_outputs(manifest)  # a phase's sparring writes them when that phase starts
     for path, relative in referenced_files(manifest):
         if ctx.packaged and path not in SHIPPED_FILE_PATHS:
+            continue
+        if relative in written_later and path.startswith("$.training.dataset.datasets["):
             continue
         resolved = (ctx.root / relative).resolve()
         if not resolved.exists():

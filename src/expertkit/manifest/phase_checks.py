@@ -6,6 +6,7 @@ from typing import Any
 
 from expertkit.manifest.model import ManifestV2
 from expertkit.manifest.report import Problem
+from expertkit.manifest.sections import PhaseSparring
 
 
 def check_phases(manifest: ManifestV2, ctx: Any) -> list[Problem]:
@@ -35,6 +36,8 @@ def check_phases(manifest: ManifestV2, ctx: Any) -> list[Problem]:
             problems.append(
                 Problem(f"{path}.replay", "the first phase has no earlier phase to replay", "0", str(phase.replay))
             )
+        if phase.spar is not None:
+            problems += sparring_problems(manifest, i, phase.spar, phase.datasets)
         if phase.gate and not can_gate:
             problems.append(
                 Problem(
@@ -45,3 +48,39 @@ def check_phases(manifest: ManifestV2, ctx: Any) -> list[Problem]:
                 )
             )
     return problems
+
+
+def sparring_problems(manifest: ManifestV2, index: int, spar: PhaseSparring, datasets: list[str]) -> list[Problem]:
+    """``phases[i].spar``: after a trained phase, into a JSONL source this phase trains on, from a named set."""
+    path = f"$.training.phases[{index}].spar"
+    dataset = manifest.training.dataset if manifest.training else None
+    sources = {s.name: s for s in (dataset.datasets or []) if s.name} if dataset else {}
+    sets = [s.name for s in (manifest.evaluation.sets if manifest.evaluation else [])]
+    problems = []
+    if index == 0:
+        problems.append(Problem(path, "the first phase has no trained adapter to spar with", "spar on a later phase"))
+    source = sources.get(spar.into)
+    if source is None:
+        problems.append(
+            Problem(f"{path}.into", "no dataset source has this name", f"one of {sorted(sources)}", repr(spar.into))
+        )
+    elif not source.path.endswith(".jsonl") or (source.format not in (None, "jsonl")):
+        problems.append(
+            Problem(f"{path}.into", "sparring writes JSONL", "a source with a .jsonl path", repr(source.path))
+        )
+    if spar.into not in datasets:
+        problems.append(
+            Problem(f"{path}.into", "the phase does not train on its sparring data", f"'{spar.into}' in datasets")
+        )
+    if spar.set not in sets:
+        problems.append(Problem(f"{path}.set", "no evaluation set has this name", f"one of {sets}", repr(spar.set)))
+    return problems
+
+
+def sparring_outputs(manifest: ManifestV2) -> set[str]:
+    """Paths of the dataset sources a phase's sparring writes (they exist only once that phase starts)."""
+    training = manifest.training
+    if training is None or not training.phases or training.dataset is None:
+        return set()
+    into = {p.spar.into for p in training.phases if p.spar is not None}
+    return {s.path for s in (training.dataset.datasets or []) if s.name in into}

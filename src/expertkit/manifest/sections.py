@@ -338,6 +338,26 @@ class DecodingConfig(Section):
     """Resample an invalid answer this many times with another seed."""
 
 
+class PhaseSparring(Section):
+    """Sparring before a phase: the adapter published so far answers training items of an evaluation set
+    under its contract, and its mistakes become this phase's data (``expert-cli spar``)."""
+
+    into: str = Field(min_length=1)
+    """The training.dataset.datasets source (a .jsonl path) the sparring conversations are written to."""
+    set: str = Field(min_length=1)
+    """The evaluation.sets entry whose training items are answered (its split "train" only)."""
+    sample: int | None = Field(default=None, ge=1)
+    """A seeded random sample of this many training items (default: all)."""
+    kinds: list[Literal["identify", "correct", "confirm"]] = Field(
+        default=["identify", "correct", "confirm"], min_length=1
+    )
+    """Which example kinds to write."""
+    with_reason: bool = False
+    """Add the checker's reason to "It is incorrect"."""
+    confirm_per_wrong: float = Field(default=1.0, ge=0)
+    """Confirm examples (items answered correctly) per wrong answer."""
+
+
 class TrainingPhase(Section):
     """One phase of a curriculum (MyPT's phased SFT): its own sources, learning rate and length,
     a replay share of earlier phases' data, and the evaluation gate after it."""
@@ -355,6 +375,8 @@ class TrainingPhase(Section):
         default=0.0, ge=0, lt=1, description="Share of this phase's examples drawn from earlier phases' sources."
     )
     gate: bool = Field(default=True, description="Run evaluation.thresholds after this phase; stop when missed.")
+    spar: PhaseSparring | None = None
+    """Before this phase: spar with the adapter trained so far and write its mistakes into a source."""
 
 
 class Training(Section):

@@ -33,6 +33,7 @@ from expertkit.train.phases import (
 )
 from expertkit.train.run import train_expert
 from expertkit.training_meta import TrainingMeta
+from expertkit.workflows.spar import SparRequest, SparResult, SparringSettings, spar
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,26 @@ def train_with_gates(
     return CurriculumResult(final, outcomes, evaluations)
 
 
+def spar_before(request: TrainRequest, context: ExpertContext, phase: TrainingPhase) -> SparResult:
+    """The phase's sparring: the adapter published so far answers the set's training items; its mistakes
+    are written to the source the phase trains on (see :mod:`expertkit.workflows.spar`)."""
+    assert phase.spar is not None
+    manifest, root = context.loaded.manifest, context.loaded.root
+    spec = next(
+        (s for s in (manifest.evaluation.sets if manifest.evaluation else []) if s.name == phase.spar.set), None
+    )
+    dataset = manifest.training.dataset if manifest.training else None
+    source = next((s for s in (dataset.datasets or [] if dataset else []) if s.name == phase.spar.into), None)
+    if spec is None or source is None:  # validate names both; a manifest edited since is caught here too
+        raise UsageError(f"phase {phase.name}: spar names a missing set or source", "run expert-cli validate")
+    settings = SparringSettings(tuple(phase.spar.kinds), with_reason=phase.spar.with_reason,
+                                confirm_per_wrong=phase.spar.confirm_per_wrong)  # fmt: skip
+    answers = root / spec.answers if spec.answers else None
+    spar_request = SparRequest(str(request.target), root / spec.path, spec.format, answers, sample=phase.spar.sample,
+                               out=root / source.path, settings=settings)  # fmt: skip
+    return spar(spar_request)
+
+
 def run_phases(
     request: TrainRequest,
     context: ExpertContext,
@@ -119,6 +140,8 @@ def run_phases(
     for index in range(len(ledger), len(phases)):
         phase = phases[index]
         resume = request.resume and newest_checkpoint(weights_dir / CHECKPOINT_DIR) is not None
+        if phase.spar is not None and not resume:  # a resumed phase keeps the data it started with
+            spar_before(request, context, phase)
         phase_request = replace(request, phase=phase.name, init_from=init_from, resume=resume)
         result = train_expert(phase_request, on_start=on_start, context=context)
         target = phase_dir(result.weights_dir, index, phase)

@@ -153,3 +153,60 @@ def test_train_cli_runs_the_curriculum(tmp_path: Path, tiny_llama_dir: Path, mon
     result = CliRunner().invoke(app, ["train", "--manifest", str(failing)], catch_exceptions=False)
     assert result.exit_code == 1 and "phase 1 (basics) missed the evaluation gate" in result.stderr
     assert "Traceback" not in result.output
+
+
+def sparring_expert(directory: Path, model: Path) -> Path:
+    """Two phases; before the second, the first's adapter spars on the set's training items and the
+    second phase trains on its mistakes (with replay of the first)."""
+    phased_expert(directory, model, 0.0)
+    items = [{"messages": [{"role": "user", "content": f"What is {n} plus {n}? Say it as SQL please."},
+                           {"role": "assistant", "content": f"SELECT {n} + {n} AS never_{n};"}], "split": "train"}
+             for n in range(8)]  # fmt: skip
+    (directory / "train-items.jsonl").write_text("".join(json.dumps(r) + "\n" for r in items))
+    manifest = json.loads((directory / "manifest.json").read_text())
+    manifest["training"]["config"]["max_seq_length"] = 512
+    manifest["training"]["dataset"]["datasets"].append({"name": "sparring", "path": "sparring/round1.jsonl"})
+    manifest["evaluation"]["sets"].append({"name": "sums", "path": "train-items.jsonl", "format": "jsonl"})
+    second = manifest["training"]["phases"][1]
+    second.update(datasets=["sparring"], spar={"into": "sparring", "set": "sums", "kinds": ["identify", "correct"]})
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    return directory
+
+
+def test_a_phase_spars_with_the_previous_adapter_and_trains_on_its_mistakes(
+    tmp_path: Path, tiny_llama_dir: Path, monkeypatch: Any
+) -> None:
+    monkeypatch.setenv("EXPERTKIT_HOME", str(tmp_path / "home"))
+    expert = sparring_expert(tmp_path / "expert", tiny_llama_dir)
+    report, _ = validate_manifest(expert)  # the sparring file does not exist yet: that is not a problem
+    assert report.ok, [p.message for p in report.problems]
+    result = train_with_gates(TrainRequest(expert, progress=False))
+    assert [p.phase.name for p in result.phases] == ["basics", "advanced"]
+    lineage = json.loads((expert / "sparring" / "round1.lineage.json").read_text())
+    basics = result.phases[0].weights_dir / "phases/01-basics/adapter/adapter_model.safetensors"
+    from expertkit.models.fingerprint import sha256_file
+
+    assert lineage["adapter_sha256"] == sha256_file(basics)  # the mistakes of the phase before
+    assert lineage["counts"]["tried"] == 8 and lineage["counts"]["wrong"] == 8  # nobody writes "AS never_n"
+    rows = [json.loads(line) for line in (expert / "sparring" / "round1.jsonl").read_text().splitlines()]
+    assert len(rows) == 16 and all(r["messages"][1]["train"] is False for r in rows)
+    meta = json.loads((result.phases[1].weights_dir / "training_meta.json").read_text())
+    assert meta["phase"]["name"] == "advanced"
+    data = json.loads(
+        next((tmp_path / "home/cache/data").glob(f"{meta['data']['lineage_hash']}*/dataset.meta.json")).read_text()
+    )
+    assert set(data["steps"]["mix"]["counts"]) == {"sparring", "replay:basics"}
+
+
+def test_sparring_phase_problems_are_named(tmp_path: Path, tiny_llama_dir: Path) -> None:
+    expert = sparring_expert(tmp_path / "expert", tiny_llama_dir)
+    manifest = json.loads((expert / "manifest.json").read_text())
+    manifest["training"]["phases"][0]["spar"] = {"into": "first", "set": "nope"}
+    manifest["training"]["phases"][1]["spar"]["into"] = "second"
+    (expert / "manifest.json").write_text(json.dumps(manifest))
+    report, _ = validate_manifest(expert)
+    found = {(p.path, p.message) for p in report.problems}
+    assert ("$.training.phases[0].spar", "the first phase has no trained adapter to spar with") in found
+    assert ("$.training.phases[0].spar.set", "no evaluation set has this name") in found
+    assert ("$.training.phases[1].spar.into", "the phase does not train on its sparring data") in found
+    assert ("$.training.dataset.datasets[2].path", "referenced file does not exist") in found  # no phase writes it now
