@@ -1,4 +1,4 @@
-"""``expert-cli data prepare | inspect``."""
+"""``expert-cli data prepare | inspect | generate``."""
 
 from __future__ import annotations
 
@@ -6,10 +6,13 @@ import json
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from expertkit.cli.console import fail, out_console, reports_errors
 
-data_app = typer.Typer(help="Training data: prepare (cache + lineage sidecar) and inspect.", no_args_is_help=True)
+data_app = typer.Typer(
+    help="Training data: prepare (cache + lineage sidecar), inspect, generate.", no_args_is_help=True
+)
 
 EXPERT = typer.Option(
     Path(),
@@ -60,3 +63,27 @@ def inspect(
     out_console.print(summary_view(prepared.meta, str(prepared.directory), prepared.cached))
     if prepared.failed_checks:
         fail(validators_error(prepared.failed_checks))
+
+
+@data_app.command("generate")
+@reports_errors
+def generate(
+    config: Path = typer.Option(..., "--config", help="Generator config (JSON): generator, templates, tables, checks."),
+    out: Path = typer.Option(..., "--out", help="JSONL to write; its lineage goes beside it (.lineage.json)."),
+    count: int | None = typer.Option(None, "--count", min=1, help="Examples to keep (default: the config's)."),
+    seed: int | None = typer.Option(None, "--seed", help="Random seed (default: the config's, else 0)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the lineage as JSON."),
+) -> None:
+    """Generate training conversations (templates over value tables, checked), with a lineage sidecar."""
+    from expertkit.data.generators import lineage_path, run_generator
+
+    result = run_generator(config, out, count, seed)
+    if as_json:
+        print(json.dumps(result.lineage, ensure_ascii=False))
+        return
+    counts = result.lineage["counts"]
+    rejected = ", ".join(f"{n} × {name}" for name, n in counts["rejected"].items()) or "none"
+    out_console.print(
+        f"{counts['kept']} kept of {counts['generated']} generated ({counts['duplicates']} duplicates; rejected: "
+        f"{escape(rejected)}) → {escape(str(out))}\nlineage: {escape(str(lineage_path(out)))}"
+    )
