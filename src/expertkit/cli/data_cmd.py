@@ -74,8 +74,10 @@ def generate(
     seed: int | None = typer.Option(None, "--seed", help="Random seed (default: the config's, else 0)."),
     as_json: bool = typer.Option(False, "--json", help="Print the lineage as JSON."),
 ) -> None:
-    """Generate training conversations (templates over value tables, checked), with a lineage sidecar."""
+    """Generate training conversations (templates over value tables; distill from a teacher endpoint), each
+    kept only when its checks pass, with a lineage sidecar."""
     from expertkit.data.generators import lineage_path, run_generator
+    from expertkit.workflows import distill  # noqa: F401  (registers the distill generator)
 
     result = run_generator(config, out, count, seed)
     if as_json:
@@ -83,7 +85,9 @@ def generate(
         return
     counts = result.lineage["counts"]
     rejected = ", ".join(f"{n} × {name}" for name, n in counts["rejected"].items()) or "none"
+    made = counts.get("generated", counts.get("tried"))
+    duplicates = f"{counts['duplicates']} duplicates; " if "duplicates" in counts else ""
     out_console.print(
-        f"{counts['kept']} kept of {counts['generated']} generated ({counts['duplicates']} duplicates; rejected: "
-        f"{escape(rejected)}) → {escape(str(out))}\nlineage: {escape(str(lineage_path(out)))}"
+        f"{counts['kept']} kept of {made} ({duplicates}rejected: {escape(rejected)}) → {escape(str(out))}\n"
+        f"lineage: {escape(str(lineage_path(out)))}"
     )
