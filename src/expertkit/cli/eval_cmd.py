@@ -40,6 +40,12 @@ def eval_expert(
         False, "--base-only", help="Only the base model, under the expert's contract (works before training)."
     ),
     batch: int = typer.Option(8, "--batch", min=1, help="Items decoded together (1: one at a time)."),
+    forgetting: bool = typer.Option(
+        False, "--forgetting", help="Also measure forgetting against the base on general prompts (KL, match)."
+    ),
+    forgetting_prompts: Path | None = typer.Option(
+        None, "--forgetting-prompts", help="Your own out-of-domain prompts (JSONL of {prompt, bucket})."
+    ),
 ) -> None:
     """Score an expert on task sets (execution / call accuracy, match, validity) against a baseline.
 
@@ -75,9 +81,11 @@ def eval_expert(
             elapsed = time.monotonic() - started
             err_console.print(f"eval {system}: {counts[system]} answers, {elapsed:.0f} s", highlight=False)
 
-    with Progress(*columns, console=err_console, transient=True, disable=plain) as progress:
-        task = progress.add_task("evaluating", total=None)
-        results = run_eval(request, on_item=lambda system, r: on_item(progress, task, system))
+    results = []
+    if not forgetting or set_path is not None or _has_sets(expert):
+        with Progress(*columns, console=err_console, transient=True, disable=plain) as progress:
+            task = progress.add_task("evaluating", total=None)
+            results = run_eval(request, on_item=lambda system, r: on_item(progress, task, system))
     failures = []
     for result in results:
         if as_json:
@@ -87,10 +95,41 @@ def eval_expert(
         if plot is not None and "buckets" in result.body:
             _plot(result.to_json(), plot, len(results) > 1)
         failures += [f"{result.set}: {failure}" for failure in result.gate_failures]
+    if forgetting:
+        failures += _forgetting(expert, dtype, forgetting_prompts, as_json)
     for failure in failures:
         err_console.print(f"[red]gate:[/] {escape(failure)}")
     if gate and failures:
         raise typer.Exit(1)
+
+
+def _has_sets(expert: str) -> bool:
+    from expertkit.package.references import resolve_expert
+
+    evaluation = resolve_expert(expert).loaded.manifest.evaluation
+    return bool(evaluation and evaluation.sets)
+
+
+def _forgetting(expert: str, dtype: str, prompts: Path | None, as_json: bool) -> list[str]:
+    """Measure and print forgetting; its gate failures."""
+    from expertkit.eval.forgetting import run_forgetting
+
+    err_console.print("forgetting: the base and the expert on general prompts (greedy, no contract)")
+    body = run_forgetting(expert, dtype, prompts)
+    summary = body["summary"]
+    if as_json:
+        print(json.dumps({k: body[k] for k in ("expert_system", "prompts", "summary", "gate", "written")}))
+    else:
+        table = Table(title=f"forgetting against the base model ({summary['n']} prompts)")
+        for column in ("bucket", "n", "KL(base ‖ expert)", "95% CI", "answers as the base"):
+            table.add_column(column)
+        rows = [("all", summary), *summary["buckets"].items()]
+        for bucket, row in rows:
+            table.add_row(bucket, str(row["n"]), f"{row['kl']:.4f}", " … ".join(f"{v:.4f}" for v in row["kl_ci95"]),
+                          f"{row['match']:.1%}")  # fmt: skip
+        out_console.print(table)
+        out_console.print(f"written: {escape(body['written'])}")
+    return list(body["gate"]["failures"])
 
 
 def _plot(result: dict, plot: Path, several: bool) -> None:

@@ -503,6 +503,19 @@ class Threshold(Section):
     """Thresholds per bucket (difficulty, category, database ...)."""
 
 
+class Forgetting(Section):
+    """How far the expert drifted from its base on general prompts (``eval --forgetting``), and its gate."""
+
+    prompts: str | None = None
+    """A JSONL of {"prompt", "bucket"} lines (your out-of-domain set); default: expertkit's 62 general prompts."""
+    max_tokens: int = Field(default=32, ge=1, le=512)
+    """Tokens the base answers with (the KL is taken over them)."""
+    max_kl: float | None = Field(default=None, gt=0)
+    """Gate: the most mean per-token KL(base ‖ expert) allowed."""
+    min_match: float | None = Field(default=None, ge=0, le=1)
+    """Gate: the least share of prompts the expert answers as the base does."""
+
+
 class Evaluation(Section):
     sets: list[EvalSet] = Field(default_factory=list)
     """The evaluation sets expert-cli eval runs."""
@@ -510,3 +523,5 @@ class Evaluation(Section):
     """Metric names to report."""
     thresholds: dict[str, Threshold] = Field(default_factory=dict)
     """The gate: per metric, a minimum and the most regression against the base model."""
+    forgetting: Forgetting | None = None
+    """Forgetting measured against the base model on general prompts, and its gate."""

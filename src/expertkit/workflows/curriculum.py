@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from expertkit.errors import UsageError
+from expertkit.eval.forgetting import run_forgetting
 from expertkit.eval.job import EvalRequest
 from expertkit.eval.run import run_eval
 from expertkit.layout import CHECKPOINT_DIR
@@ -64,7 +65,13 @@ def phase_gate(
         baseline = "base" if needs_baseline(evaluation) else None
         results = run_eval(EvalRequest(expert=str(request.target), baseline=baseline))
         evaluations[outcome.phase.name] = [r.to_json(items=False) for r in results]
-        return [f"{r.set}: {failure}" for r in results for failure in r.gate_failures]
+        failures = [f"{r.set}: {failure}" for r in results for failure in r.gate_failures]
+        forgetting = evaluation.forgetting
+        if forgetting is not None and (forgetting.max_kl is not None or forgetting.min_match is not None):
+            body = run_forgetting(str(request.target))  # a forgetting threshold joins the gate after every phase
+            evaluations[outcome.phase.name].append({"set": "forgetting", **body["summary"], "gate": body["gate"]})
+            failures += body["gate"]["failures"]
+        return failures
 
     return gate
 
