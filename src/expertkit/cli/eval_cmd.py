@@ -46,6 +46,7 @@ def eval_expert(
     forgetting_prompts: Path | None = typer.Option(
         None, "--forgetting-prompts", help="Your own out-of-domain prompts (JSONL of {prompt, bucket})."
     ),
+    forgetting_only: bool = typer.Option(False, "--forgetting-only", help="Only forgetting: no task sets."),
 ) -> None:
     """Score an expert on task sets (execution / call accuracy, match, validity) against a baseline.
 
@@ -82,7 +83,8 @@ def eval_expert(
             err_console.print(f"eval {system}: {counts[system]} answers, {elapsed:.0f} s", highlight=False)
 
     results = []
-    if not forgetting or set_path is not None or _has_sets(expert):
+    forgetting = forgetting or forgetting_only
+    if not forgetting_only and (not forgetting or set_path is not None or _has_sets(expert)):
         with Progress(*columns, console=err_console, transient=True, disable=plain) as progress:
             task = progress.add_task("evaluating", total=None)
             results = run_eval(request, on_item=lambda system, r: on_item(progress, task, system))

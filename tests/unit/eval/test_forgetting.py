@@ -74,6 +74,10 @@ def test_eval_forgetting_writes_reports_and_gates(expert_dir: Path, tmp_path: Pa
         app, ["eval", "--expert", str(expert_dir), "--forgetting", "--gate", "--dtype", "float32"]
     )
     assert gated.exit_code == 1 and "forgetting: mean KL" in gated.stderr and "above the maximum" in gated.stderr
+    manifest["evaluation"]["sets"] = [{"name": "gone", "path": "missing.jsonl", "format": "jsonl"}]
+    (expert_dir / "manifest.json").write_text(json.dumps(manifest))
+    only = CliRunner().invoke(app, ["eval", "--expert", str(expert_dir), "--forgetting-only", "--dtype", "float32"])
+    assert only.exit_code == 0, only.output  # the task sets (one of them missing) are not run
 
 
 def test_the_gate_and_the_shipped_prompts() -> None:
