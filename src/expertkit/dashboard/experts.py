@@ -23,6 +23,7 @@ from expertkit.package.lock import parse_lock
 from expertkit.package.store import list_installed
 
 MAX_RESULT_BYTES = 4 * 1024 * 1024
+FORGETTING = "forgetting.json"  # eval --forgetting: drift from the base model, shown apart from the task sets
 SHOWN = ("metric", "n", "expert", "baseline", "delta", "ci95", "base")
 
 
@@ -62,7 +63,7 @@ def evaluations(directory: Path, name: str) -> list[dict[str, Any]]:
     rows = []
     for path in sorted((directory / "evaluation").glob("*.json")):
         body = _read(path)
-        if body is None:
+        if body is None or path.name == FORGETTING:
             continue
         row = {key: body.get(key) for key in SHOWN}
         found = body.get("expert_summary")
@@ -121,12 +122,30 @@ def lock_status(directory: Path) -> dict[str, Any]:
     }
 
 
+def forgetting(directory: Path) -> dict[str, Any] | None:
+    """The shipped forgetting summary (KL against the base, match rate, per bucket) and its gate."""
+    body = _read(directory / "evaluation" / FORGETTING) or {}
+    summary, gate = body.get("summary"), body.get("gate")
+    if not isinstance(summary, dict):
+        return None
+    gate = gate if isinstance(gate, dict) else {}
+    keys = ("n", "kl", "kl_ci95", "match", "match_ci95")
+    found = summary.get("buckets")
+    buckets: dict[str, Any] = found if isinstance(found, dict) else {}
+    return {
+        **{k: summary.get(k) for k in keys},
+        "buckets": {str(b): {k: row.get(k) for k in keys} for b, row in buckets.items() if isinstance(row, dict)},
+        "gate": gate.get("passed"),
+    }
+
+
 def installed_experts() -> list[dict[str, Any]]:
     return [
         {
             **record.to_json(),
             "lock": lock_status(Path(record.path)),
             "evaluations": evaluations(Path(record.path), record.name),
+            "forgetting": forgetting(Path(record.path)),
         }
         for record in list_installed()
     ]

@@ -138,6 +138,8 @@ def run_forgetting(expert: str, dtype: str = "auto", prompts: Path | None = None
     its results; the body (summary, gate, items) is returned."""
     from expertkit.eval.run import result_path
     from expertkit.fsutil import write_text_atomic
+    from expertkit.layout import ADAPTER_WEIGHTS
+    from expertkit.models.fingerprint import sha256_file
     from expertkit.models.hardware import best_dtype
     from expertkit.package.references import resolve_expert
     from expertkit.runtime.options import LoadOptions
@@ -157,8 +159,10 @@ def run_forgetting(expert: str, dtype: str = "auto", prompts: Path | None = None
     report = measure_forgetting(engine, name, load_prompts(prompts), config.max_tokens if config else 32)
     summary = report.summary()
     failures = forgetting_failures(config, summary)
+    adapter = files.adapter_dir / ADAPTER_WEIGHTS
     body = {
         "expert_system": name,
+        "adapter_sha256": sha256_file(adapter) if adapter.is_file() else None,  # ships with that adapter only
         "prompts": str(prompts or GENERAL_PROMPTS.name),
         "summary": summary,
         "gate": {"passed": not failures, "failures": failures},

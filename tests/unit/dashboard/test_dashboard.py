@@ -154,6 +154,14 @@ def test_the_experts_page_shows_installed_experts_their_evaluations_and_verifies
     row, words = web.get("/api/experts").json()[0]["evaluations"]
     assert (words["metric"], words["n"], words["expert"], words["buckets"][0]["expert"]) == ("exact_match", 4, 0.5, 0.5)
     (shipped / "words.json").unlink()
+    drift = {"summary": {"n": 62, "kl": 0.029, "kl_ci95": [0.024, 0.035], "match": 0.258, "match_ci95": [0.16, 0.37],
+                         "buckets": {"facts": {"n": 14, "kl": 0.034, "match": 0.07}}}, "gate": {"passed": True}}  # fmt: skip
+    (shipped / "forgetting.json").write_text(json.dumps(drift))  # eval --forgetting, shipped beside the sets
+    expert = web.get("/api/experts").json()[0]
+    assert [r["set"] for r in expert["evaluations"]] == ["digits"]  # not a task set row
+    assert expert["forgetting"]["kl"] == 0.029 and expert["forgetting"]["buckets"]["facts"]["n"] == 14
+    assert "forgetting against the base model (62 general prompts): mean KL 0.0290" in web.get("/experts").text
+    (shipped / "forgetting.json").unlink()
     assert (row["set"], row["expert"], row["gate"]) == ("digits", 0.6667, False)
     assert [(b["bucket"], b["expert"], b["baseline"], b["n"]) for b in row["buckets"]] == [
         ("easy", 1.0, 1.0, 1), ("hard", 0.5, 0.0, 2)]  # fmt: skip

@@ -67,6 +67,10 @@ def test_eval_forgetting_writes_reports_and_gates(expert_dir: Path, tmp_path: Pa
     written = next((expert_dir / "weights").iterdir()) / "eval" / "forgetting.json"
     body = json.loads(written.read_text())
     assert body["summary"]["n"] == 3 and len(body["items"]) == 3 and body["gate"]["passed"] is True
+    from expertkit.models.fingerprint import sha256_file
+
+    adapter = written.parent.parent / "adapter" / "adapter_model.safetensors"
+    assert body["adapter_sha256"] == sha256_file(adapter)  # so it ships (and gates) with this adapter only
     manifest = json.loads((expert_dir / "manifest.json").read_text())
     manifest["evaluation"] = {"forgetting": {"prompts": str(prompts), "max_kl": 1e-9}}
     (expert_dir / "manifest.json").write_text(json.dumps(manifest))
