@@ -51,3 +51,7 @@ def test_sql_preprocess_builds_create_table_schema() -> None:
     assert "Dialect: sqlite" in out["system"]
     assert (out["question"], out["query"]) == ("How many heads?", "SELECT count(*) FROM head")
     assert json.dumps(out)  # records stay JSON-serialisable
+    conversation = {
+        "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "train": False}]
+    }
+    assert list(module.preprocess([conversation], EXAMPLES / "expert-sql")) == [conversation]  # sparring data passes

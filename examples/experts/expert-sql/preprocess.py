@@ -133,9 +133,14 @@ def geoquery_records(record: dict[str, Any], manifest_dir: Path) -> Iterator[dic
 
 def preprocess(records: Iterable[dict[str, Any]], manifest_dir: Path) -> Iterator[dict[str, Any]]:
     """Add ``schema`` and ``system``; normalise whitespace in question and query. GeoQuery
-    records (they have ``sentences``) become one record per training sentence."""
+    records (they have ``sentences``) become one record per training sentence. Records that are
+    conversations already (``messages``: sparring and generated data, whose prompts ``eval`` built
+    with the same schema and system text) pass through unchanged."""
     schemas = _schemas((manifest_dir / TABLES).resolve())
     for record in records:
+        if "messages" in record:
+            yield record
+            continue
         if "sentences" in record:
             yield from geoquery_records(record, manifest_dir)
             continue
