@@ -11,8 +11,10 @@ import json
 import re
 from typing import Any
 
+from expertkit.manifest.sections import TOOLS_SYSTEM
+
 SQL_SYSTEM = "You translate questions into one SQL query. Dialect: {dialect}. Answer with the query only."
-JSON_SYSTEM = 'You call functions. Answer with the JSON call only: {"name": ..., "arguments": {...}}.'
+JSON_SYSTEM = TOOLS_SYSTEM  # the function-calling expert's system line is its tools contract's default
 CYPHER_SYSTEM = "You translate questions into one Cypher query for the given Neo4j graph schema."
 # The fixed hold-outs, read by the example experts' hooks (which skip them) and by the set loaders
 # (which mark them ``split="heldout"``): one definition, so training never sees an evaluation item.

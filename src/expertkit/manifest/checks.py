@@ -329,6 +329,23 @@ def check_runtime(manifest: ManifestV2, ctx: CheckContext) -> list[Problem]:
     return [Problem(f"$.runtime.{name}", message, "", "", "warning") for name in given]
 
 
+def check_tools(manifest: ManifestV2, ctx: CheckContext) -> list[Problem]:
+    """The tools contract's templates must place what a request brings: the question and a tool's output."""
+    decoding = manifest.training.decoding if manifest.training else None
+    contract = decoding.tools if decoding else None
+    if contract is None:
+        return []
+    path, problems = "$.training.decoding.tools", []
+    if "{question}" not in contract.setting("user_template"):
+        found = repr(contract.setting("user_template"))
+        problems.append(Problem(f"{path}.user_template", "has no {question}", "a template with {question}", found))
+    if "{content}" not in contract.setting("result_template"):
+        found = repr(contract.setting("result_template"))
+        message = "has no {content}: a tool's output would not reach the model"
+        problems.append(Problem(f"{path}.result_template", message, "a template with {content}", found, "warning"))
+    return problems
+
+
 CHECKS: dict[str, Check] = {
     "adapters": check_adapters,
     "base_models": check_base_models,
@@ -339,6 +356,7 @@ CHECKS: dict[str, Check] = {
     "files": check_files,
     "perf": check_perf,
     "runtime": check_runtime,
+    "tools": check_tools,
 }
 
 

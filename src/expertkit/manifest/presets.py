@@ -72,6 +72,7 @@ TASK_PRESETS: dict[str, TaskPreset] = {
             "use_grammar": True,
             "grammar_type": "json",
             "validation": "json",
+            "tools": {"call_format": "object-or-list", "schema_style": "json-schema"},
         },
         learning_rate=1e-3,
         grammar="json",

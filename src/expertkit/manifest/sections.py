@@ -307,6 +307,26 @@ class DatasetConfig(Section):
     num_proc: int | None = Field(default=None, ge=1, description="Tokenisation processes (default: by size).")
 
 
+TOOLS_SYSTEM = 'You call functions. Answer with the JSON call only: {"name": ..., "arguments": {...}}.'
+ToolCallFormat = Literal["object", "list", "object-or-list"]
+
+
+class ToolsContract(Section):
+    """How the expert was trained to see tools and emit calls. ``expert-cli serve`` renders an OpenAI
+    ``tools`` request this way and decodes a call under a grammar built from the tools' schemas."""
+
+    system: str | None = unset_means(TOOLS_SYSTEM)
+    """The system line before everything else; a client's own system message follows it."""
+    user_template: str | None = unset_means("Functions: {functions}\n\n{question}", pattern=r"\{functions\}")
+    """The first user turn: {functions} is the tool list as compact JSON, {question} the user's text."""
+    schema_style: Literal["json-schema", "bfcl"] | None = unset_means("json-schema")
+    """How parameter types are written in the tool list: JSON Schema, or BFCL's names (dict, float)."""
+    call_format: ToolCallFormat | None = unset_means("object-or-list")
+    """A call is one {"name", "arguments"} object; a list of them; or one object, a list when parallel."""
+    result_template: str | None = unset_means("Result of {name}: {content}")
+    """A tool result in the history, shown as a user turn: {name} is the tool, {content} its output."""
+
+
 class DecodingConfig(Section):
     temperature: float | None = unset_means(0.0, ge=0)
     """Sampling temperature; 0 decodes greedily."""
@@ -336,6 +356,8 @@ class DecodingConfig(Section):
     """The output validator run after generation: parser, parser-strict, json, json_schema, cypher or tsc."""
     retries: int | None = unset_means(0, ge=0)
     """Resample an invalid answer this many times with another seed."""
+    tools: ToolsContract | None = None
+    """The function-calling contract: the prompt and call format a server's ``tools`` API follows."""
 
 
 class PhaseSparring(Section):

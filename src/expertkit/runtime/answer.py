@@ -11,7 +11,7 @@ from typing import Any
 from expertkit.errors import UsageError
 from expertkit.manifest.sections import DecodingConfig
 from expertkit.runtime.engine import Engine
-from expertkit.runtime.generate import GenerationRequest, GenerationResult
+from expertkit.runtime.generate import GenerationRequest, GenerationResult, TokenLogprob
 from expertkit.runtime.grammar import CompiledGrammar, GrammarSpec, compile_grammar, grammar_for
 from expertkit.runtime.output_checks import Validation, ValidationContext, validate_output
 from expertkit.runtime.settings import DecodingOverrides, DecodingSettings, Source, resolve_settings
@@ -64,6 +64,8 @@ class AskOptions:
     compiled_grammar: CompiledGrammar | None = None  # ``grammar`` already compiled (off the generation thread)
     max_tokens_cap: int | None = None  # what the context leaves after the prompt: max_tokens never exceeds it
     override_source: Source = "cli"  # how ``overrides`` are reported ("request" for the API)
+    top_logprobs: int | None = None  # record each token's log-probability and this many alternatives
+    on_logprob: Callable[[TokenLogprob, int], None] | None = None  # each token's, as decided (streaming)
 
 
 def expert_grammar(engine: Engine, name: str | None) -> CompiledGrammar | None:
@@ -117,6 +119,8 @@ class AskPlan:
             on_text=self.options.on_text if attempt == 0 else None,
             stop_gate=self.grammar.accepts if self.grammar else None,
             should_stop=self.options.should_stop,
+            top_logprobs=self.options.top_logprobs,
+            on_logprob=self.options.on_logprob if attempt == 0 else None,
         )
 
     def judge(self, attempt: int, result: GenerationResult) -> Answer | None:

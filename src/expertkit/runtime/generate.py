@@ -42,6 +42,22 @@ def constrained_choice(sampler: Sampler, logits: torch.Tensor, seen: torch.Tenso
     return sampler.choose(grammar.mask(logits), seen)
 
 
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's log-probability and the likeliest alternatives, under the distribution it
+    was chosen from (after the grammar mask and the sampling settings)."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...]
+
+
+def token_logprob(log_probs: torch.Tensor, token: int, top_n: int) -> TokenLogprob:
+    values, ids = torch.topk(log_probs, max(0, min(top_n, log_probs.numel())))
+    top = tuple((int(i), float(v)) for i, v in zip(ids, values, strict=True) if v > float("-inf"))
+    return TokenLogprob(token, float(log_probs[token]), top)
+
+
 @dataclass
 class GenerationResult:
     text: str
@@ -50,6 +66,7 @@ class GenerationResult:
     prompt_tokens: int
     first_token_s: float
     total_s: float
+    logprobs: list[TokenLogprob] | None = None  # per token of ``text``, when the request asked for them
 
     @property
     def completion_tokens(self) -> int:
@@ -87,6 +104,10 @@ class GenerationRequest:
     # Token ids never shown in text (the base tokenizer's own special tokens); anything else,
     # including tokens an expert added, is decoded as text. None: every special token is hidden.
     hidden_ids: frozenset[int] | None = None
+    # Report each token's log-probability and this many alternatives (None: none are computed).
+    top_logprobs: int | None = None
+    # Called with each token's log-probabilities and where its text starts (for streaming them).
+    on_logprob: Callable[[TokenLogprob, int], None] | None = None
 
 
 class GenerationCancelledError(Exception):
@@ -105,6 +126,7 @@ class SequenceState:
         self.started = time.perf_counter()
         self.first_token_s, self.text, self.steps = 0.0, "", 0
         self.reason: FinishReason | None = None
+        self.logprobs: list[TokenLogprob] = []
 
     @property
     def capacity(self) -> int:
@@ -121,7 +143,9 @@ class SequenceState:
         if request.should_stop is not None and request.should_stop():
             raise GenerationCancelledError(f"cancelled after {self.steps} tokens")
         history = self.seen if self.settings.repetition_penalty != 1.0 else None
-        if request.grammar is not None:
+        if request.top_logprobs is not None:
+            token = self._choose_with_logprobs(logits, history, request.top_logprobs)
+        elif request.grammar is not None:
             token = constrained_choice(self.sampler, logits, history, request.grammar)
         else:
             token = self.sampler.choose(logits, history)
@@ -147,11 +171,37 @@ class SequenceState:
             return None
         return token
 
+    def _choose_with_logprobs(self, logits: torch.Tensor, history: torch.Tensor | None, top_n: int) -> int:
+        """Choose as :meth:`advance` would, from the full masked distribution, and record it."""
+        grammar = self.request.grammar
+        processed = self.sampler.processed(grammar.mask(logits) if grammar is not None else logits, history)
+        token = self.sampler.pick(processed)
+        entry = token_logprob(torch.log_softmax(processed, dim=-1), token, top_n)
+        self.logprobs.append(entry)
+        if self.request.on_logprob is not None:
+            self.request.on_logprob(entry, self.stops.lengths[-1] if self.stops.lengths else 0)
+        return token
+
+    def _text_logprobs(self) -> list[TokenLogprob] | None:
+        """The recorded log-probabilities of the tokens that made the returned text (a stop string's
+        tokens and the end-of-turn token are not part of it)."""
+        if self.request.top_logprobs is None:
+            return None
+        starts = [0, *self.stops.lengths]
+        kept = [lp for lp, start in zip(self.logprobs, starts, strict=False) if start < len(self.text)]
+        return kept[: len(self.stops.ids)]
+
     def result(self) -> GenerationResult:
         elapsed = time.perf_counter() - self.started
         reason = self.reason or "length"
         return GenerationResult(
-            self.text, reason, self.stops.ids, len(self.request.prompt_ids), self.first_token_s, elapsed
+            self.text,
+            reason,
+            self.stops.ids,
+            len(self.request.prompt_ids),
+            self.first_token_s,
+            elapsed,
+            self._text_logprobs(),
         )
 
 

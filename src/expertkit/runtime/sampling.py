@@ -31,19 +31,30 @@ class Sampler:
         logits.scatter_(-1, seen, torch.where(picked < 0, picked * penalty, picked / penalty))
         return logits
 
-    def choose(self, logits: torch.Tensor, seen: torch.Tensor | None = None) -> int:
-        """The next token id from 1-D ``logits`` (already masked by a grammar when there is one)."""
+    def processed(self, logits: torch.Tensor, seen: torch.Tensor | None = None) -> torch.Tensor:
+        """The logits :meth:`choose` decides on: after the repetition penalty and, when sampling,
+        temperature, top-k and top-p (tokens cut off are ``-inf``)."""
         logits = self.penalise(logits.float(), seen)
         s = self.settings
         if s.temperature == 0:
-            return int(logits.argmax())
+            return logits
         logits = logits / s.temperature
         if s.top_k and s.top_k < logits.numel():
             kth = torch.topk(logits, s.top_k).values[-1]
             logits = logits.masked_fill(logits < kth, float("-inf"))
         if s.top_p < 1.0:
             logits = _nucleus(logits, s.top_p)
-        probs = torch.softmax(logits, dim=-1)
+        return logits
+
+    def choose(self, logits: torch.Tensor, seen: torch.Tensor | None = None) -> int:
+        """The next token id from 1-D ``logits`` (already masked by a grammar when there is one)."""
+        return self.pick(self.processed(logits, seen))
+
+    def pick(self, processed: torch.Tensor) -> int:
+        """Greedy argmax, or a draw from the softmax of already processed logits."""
+        if self.settings.temperature == 0:
+            return int(processed.argmax())
+        probs = torch.softmax(processed, dim=-1)
         return int(torch.multinomial(probs, 1, generator=self.generator))
 
 

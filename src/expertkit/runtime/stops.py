@@ -26,6 +26,8 @@ class StopMatcher:
         self.hidden_ids = hidden_ids
         self.stops = tuple(s for s in stops if s)
         self.ids: list[int] = []
+        self._length = 0
+        self.lengths: list[int] = []  # the decoded text's length after each token (before a stop cuts it)
         self.emitted = 0
         self.search_from = 0  # occurrences before this were declined (inside a grammar literal)
 
@@ -37,10 +39,13 @@ class StopMatcher:
 
     def push(self, token_id: int) -> StopResult:
         self.ids.append(token_id)
-        return self.check()
+        result = self.check()
+        self.lengths.append(self._length)
+        return result
 
     def check(self) -> StopResult:
         text = self.full_text()
+        self._length = len(text)
         hits = [(at, s) for s in self.stops if (at := text.find(s, self.search_from)) >= 0]
         if hits:
             at, stop = min(hits)

@@ -24,15 +24,18 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from expertkit.jsonschema_guard import DEFAULT_SCHEMA_LIMITS, SchemaLimits
 from expertkit.runtime.batch import BatchScheduler
 from expertkit.runtime.engine import Engine
-from expertkit.runtime.generate import GenerationCancelledError
+from expertkit.runtime.generate import GenerationCancelledError, TokenLogprob
 from expertkit.runtime.grammar import CompiledGrammar, GrammarError, GrammarSpec, compile_grammar
 from expertkit.runtime.routing import Router
 from expertkit.serve import completions as comp
 from expertkit.serve.errors import APIError, install_error_handlers
 from expertkit.serve.guards import RequestGuard
+from expertkit.serve.logprobs import TokenTexts
 from expertkit.serve.metrics import ServerMetrics
 from expertkit.serve.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
 from expertkit.serve.responses import Health, ModelCard, ModelList, ResponseBody
+from expertkit.serve.stream import StreamSpec, StreamWriter
+from expertkit.serve.tool_calls import ToolPlan, plan_tools
 from expertkit.serve.worker import GenerationWorker, Job
 
 OPEN_PATHS = ("/health",)
@@ -61,6 +64,7 @@ class ServerState:
     worker: GenerationWorker
     metrics: ServerMetrics
     started: int
+    texts: TokenTexts
     # Tokenising and routing run here, never on the event loop or the generation thread; client
     # grammars compile on their own threads, so a slow compile never delays tokenising.
     helpers: ThreadPoolExecutor = field(
@@ -77,7 +81,7 @@ class ServerState:
 def create_app(engine: Engine, router: Router | None, config: ServerConfig) -> FastAPI:
     metrics = ServerMetrics()
     worker = GenerationWorker(engine, config.max_queue, config.max_batch, on_depth=metrics.queue_depth.set)
-    state = ServerState(engine, router, config, worker, metrics, int(time.time()))
+    state = ServerState(engine, router, config, worker, metrics, int(time.time()), TokenTexts(engine.tokenizer))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -179,11 +183,18 @@ def _install_routes(app: FastAPI, state: ServerState) -> None:
     @app.post("/v1/chat/completions")
     async def chat(request: Request, body: ChatCompletionRequest) -> Response:
         messages = comp.chat_messages(body)
+        if body.tools:
+            return await _chat_with_tools(request, state, body, messages)
         grammar, validation = comp.response_grammar(body, state.config.schema_limits)
         compiled = await _compile(state, grammar) if grammar is not None else None
         prompt = messages[-1]["content"]
         ids = await state.off_loop(state.engine.prompt_ids, messages)
-        extra = {"grammar": grammar, "compiled_grammar": compiled, "validation": validation, "prompt_ids": ids}
+        extra: dict[str, Any] = {
+            "grammar": grammar,
+            "compiled_grammar": compiled,
+            "validation": validation,
+            "prompt_ids": ids,
+        }
         return await _complete(request, state, body, messages, ids, prompt, **extra)
 
     @app.post("/v1/completions")
@@ -193,11 +204,34 @@ def _install_routes(app: FastAPI, state: ServerState) -> None:
         return await _complete(request, state, body, [], ids, text, prompt_ids=ids)
 
 
+async def _chat_with_tools(
+    request: Request, state: ServerState, body: ChatCompletionRequest, messages: list[dict[str, str]]
+) -> Response:
+    """Chat with ``tools``: the answering expert's contract renders the prompt and the call grammar."""
+    if body.response_format is not None and body.response_format.type != "text":
+        raise APIError(400, "response_format cannot be combined with tools", param="response_format")
+    prompt = next((m["content"] for m in reversed(messages) if m["role"] == "user"), messages[-1]["content"])
+    engine, config = state.engine, state.config
+    target = await state.off_loop(comp.resolve_target, engine, config.base_id, state.router, body.model, prompt, True)
+    plan = await state.off_loop(plan_tools, engine, target.expert, body, config.schema_limits)
+    compiled = await _compile(state, plan.grammar, "tools") if plan.grammar is not None else None
+    ids = await state.off_loop(engine.prompt_ids, plan.messages)
+    extra: dict[str, Any] = {
+        "grammar": plan.grammar,
+        "compiled_grammar": compiled,
+        "validation": plan.validation,
+        "prompt_ids": ids,
+    }
+    if plan.grammar is None:  # tool_choice none: text, without the expert's own (call) grammar
+        extra["use_grammar"] = False
+    return await _complete(request, state, body, plan.messages, ids, prompt, target=target, tools=plan, **extra)
+
+
 def _tokenise(tokenizer: Any, text: str) -> list[int]:
     return [int(i) for i in tokenizer(text, add_special_tokens=False)["input_ids"]]
 
 
-async def _compile(state: ServerState, spec: GrammarSpec) -> CompiledGrammar:
+async def _compile(state: ServerState, spec: GrammarSpec, param: str = "response_format") -> CompiledGrammar:
     """Compile a client's grammar on a helper thread, bounded in time (the compiled grammar is cached)."""
     engine = state.engine
     work = state.off_loop(compile_grammar, engine.tokenizer, engine.vocab_size, spec, pool=state.compilers)
@@ -207,12 +241,12 @@ async def _compile(state: ServerState, spec: GrammarSpec) -> CompiledGrammar:
         state.metrics.error("grammar_timeout")
         raise APIError(
             422,
-            f"response_format took over {state.config.compile_timeout_s:g} s to compile into a grammar",
-            param="response_format",
+            f"{param} took over {state.config.compile_timeout_s:g} s to compile into a grammar",
+            param=param,
             code="grammar_too_complex",
         ) from None
     except GrammarError as exc:
-        raise APIError(400, f"response_format: {exc.message}", param="response_format", code="invalid_schema") from exc
+        raise APIError(400, f"{param}: {exc.message}", param=param, code="invalid_schema") from exc
 
 
 def _check_request(state: ServerState, body: SamplingFields, prompt_tokens: int) -> int:
@@ -248,12 +282,15 @@ async def _complete(
     messages: list[dict[str, str]],
     ids: list[int],
     prompt: str,
+    target: comp.Target | None = None,
+    tools: ToolPlan | None = None,
     **ask_extra: Any,
 ) -> Response:
     # Routing runs manifest regexes (time-bounded) and an embedder: never on the event loop.
-    target = await state.off_loop(
-        comp.resolve_target, state.engine, state.config.base_id, state.router, body.model, prompt
-    )
+    if target is None:
+        target = await state.off_loop(
+            comp.resolve_target, state.engine, state.config.base_id, state.router, body.model, prompt
+        )
     ask_extra["max_tokens_cap"] = _check_request(state, body, len(ids) + state.engine.prefix_length(target.expert))
     request.state.log = {"model": target.model_id, "prompt_tokens": len(ids)}
     if state.config.log_prompts:
@@ -261,7 +298,8 @@ async def _complete(
     chat = isinstance(body, ChatCompletionRequest)
     ident, created = comp.completion_id("chatcmpl" if chat else "cmpl"), comp.now()
     if body.stream:
-        return _stream(request, state, body, target, messages, ask_extra, ident, created, chat)
+        stream = StreamSpec(target, messages, ask_extra, ident, created, chat, tools)
+        return _stream(request, state, body, stream)
 
     def start(job: Job, scheduler: BatchScheduler) -> None:
         options = comp.ask_options(body, **ask_extra)
@@ -269,10 +307,11 @@ async def _complete(
 
     job = state.worker.submit(start, state.config.timeout_s)
     outcome = await _await_job(request, job)
+    outcome.tools = tools
     _count_tokens(state, outcome)
     request.state.log["completion_tokens"] = outcome.usage().completion_tokens
     shape = comp.chat_response if chat else comp.text_response
-    return JSONResponse(shape(outcome, created, ident).to_json())
+    return JSONResponse(shape(outcome, created, ident, state.texts).to_json())
 
 
 async def _await_job(request: Request, job: Job) -> Any:
@@ -297,41 +336,37 @@ def _count_tokens(state: ServerState, outcome: comp.Outcome) -> None:
         state.metrics.tokens_per_s.set(result.completion_tokens / result.total_s)
 
 
-def _stream(
-    request: Request,
-    state: ServerState,
-    body: SamplingFields,
-    target: comp.Target,
-    messages: list[dict[str, str]],
-    ask_extra: dict[str, Any],
-    ident: str,
-    created: int,
-    chat: bool,
-) -> StreamingResponse:
-    pieces: asyncio.Queue[str] = asyncio.Queue()
+def _stream(request: Request, state: ServerState, body: SamplingFields, spec: StreamSpec) -> StreamingResponse:
+    events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
 
     def start(job: Job, scheduler: BatchScheduler) -> None:
         def on_text(text: str) -> None:
-            job.deliver(pieces.put_nowait, text)
+            job.deliver(events.put_nowait, ("text", text))
 
-        options = comp.ask_options(body, on_text=on_text, **ask_extra)
-        comp.start_choices(job, scheduler, state.engine, target, messages, options, 1)
+        def on_logprob(entry: TokenLogprob, at: int) -> None:
+            job.deliver(events.put_nowait, ("logprob", (entry, at)))
+
+        logprobs = {"on_logprob": on_logprob} if body.top_logprobs_wanted() is not None else {}
+        options = comp.ask_options(body, on_text=on_text, **logprobs, **spec.ask_extra)
+        comp.start_choices(job, scheduler, state.engine, spec.target, spec.messages, options, 1)
 
     job = state.worker.submit(start, state.config.timeout_s)
+    writer = StreamWriter(spec, state.texts)
 
-    async def events() -> AsyncIterator[str]:
+    async def sse_events() -> AsyncIterator[str]:
         def sse(payload: ResponseBody) -> str:
             return f"data: {json.dumps(payload.to_json(), ensure_ascii=False)}\n\n"
 
         try:
-            if chat:
-                yield sse(comp.chunk(ident, created, target.model_id, {"role": "assistant", "content": ""}, None, chat))
-            while not (job.future.done() and pieces.empty()):
+            if spec.chat:
+                yield sse(writer.chunk({"role": "assistant", "content": ""}))
+            while not (job.future.done() and events.empty()):
                 try:
-                    text = await asyncio.wait_for(pieces.get(), timeout=0.1)
+                    kind, value = await asyncio.wait_for(events.get(), timeout=0.1)
                 except TimeoutError:
                     continue
-                yield sse(comp.chunk(ident, created, target.model_id, {"content": text}, None, chat))
+                for piece in writer.event(kind, value):
+                    yield sse(piece)
             try:
                 outcome: comp.Outcome = job.future.result()
             except Exception as exc:  # after the headers: report in-stream, as OpenAI does
@@ -339,12 +374,12 @@ def _stream(
                 yield sse(error.body())
                 yield "data: [DONE]\n\n"
                 return
+            outcome.tools = spec.tools
             _count_tokens(state, outcome)
-            finish = comp.FINISH[outcome.answers[0].result.finish_reason]
-            last = comp.chunk(ident, created, target.model_id, {}, finish, chat)
-            yield sse(last.model_copy(update={"expertkit": outcome.extension()}))
+            for piece in writer.finish(outcome):
+                yield sse(piece)
             if body.include_usage:
-                usage = comp.chunk(ident, created, target.model_id, None, None, chat)
+                usage = comp.chunk(spec.ident, spec.created, spec.target.model_id, None, None, spec.chat)
                 yield sse(usage.model_copy(update={"usage": outcome.usage()}))
             yield "data: [DONE]\n\n"
         finally:
@@ -352,4 +387,4 @@ def _stream(
                 job.cancelled.set()  # the client went away mid-stream
                 state.metrics.error("client_disconnected")
 
-    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    return StreamingResponse(sse_events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

@@ -18,6 +18,7 @@ from expertkit.runtime.generate import GenerationResult
 from expertkit.runtime.grammar import GrammarSpec
 from expertkit.runtime.routing import Router, RoutingDecision
 from expertkit.serve.errors import APIError
+from expertkit.serve.logprobs import TokenTexts, chat_logprobs, text_logprobs
 from expertkit.serve.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields, lone_surrogate
 from expertkit.serve.responses import (
     AssistantMessage,
@@ -31,6 +32,7 @@ from expertkit.serve.responses import (
     Usage,
     ValidationRecord,
 )
+from expertkit.serve.tool_calls import ToolPlan
 from expertkit.serve.worker import Job
 
 FINISH = {"stop": "stop", "eos": "stop", "grammar": "stop", "length": "length"}
@@ -45,7 +47,11 @@ class Target:
     routing: RoutingDecision | None = None
 
 
-def resolve_target(engine: Engine, base_id: str, router: Router | None, model: str, prompt: str) -> Target:
+def resolve_target(
+    engine: Engine, base_id: str, router: Router | None, model: str, prompt: str, tools: bool = False
+) -> Target:
+    if model == "auto" and tools:
+        return _tool_target(engine, router, prompt)
     if model == "auto":
         if router is None:
             only = next(iter(engine.experts), None)
@@ -62,6 +68,26 @@ def resolve_target(engine: Engine, base_id: str, router: Router | None, model: s
             404, f"the model {model!r} does not exist; available: {available}", param="model", code="model_not_found"
         )
     return Target(name, model)
+
+
+def _tool_target(engine: Engine, router: Router | None, prompt: str) -> Target:
+    """``auto`` with ``tools``: an expert whose contract declares tools (the router's pick among them)."""
+    candidates = [name for name in engine.experts if engine.decoding_of(name).tools is not None]
+    if not candidates:
+        raise APIError(
+            400,
+            "model 'auto' with tools needs an expert whose contract declares tools (training.decoding.tools)",
+            param="model",
+            code="model_not_found",
+        )
+    if len(candidates) == 1 or router is None:
+        return Target(candidates[0], candidates[0])
+    decision = router.route(prompt)
+    if decision.expert not in candidates:
+        scores = decision.scores
+        best = max(candidates, key=lambda n: (len(scores[n].patterns), len(scores[n].keywords), scores[n].score))
+        decision = RoutingDecision(best, f"{decision.reason}; the likeliest expert that declares tools", scores)
+    return Target(decision.expert, decision.expert or candidates[0], decision)
 
 
 def response_grammar(
@@ -95,6 +121,7 @@ def response_grammar(
 class Outcome:
     target: Target
     answers: list[Answer] = field(default_factory=list)
+    tools: ToolPlan | None = None
 
     def usage(self) -> Usage:
         prompt = self.answers[0].result.prompt_tokens if self.answers else 0
@@ -112,13 +139,15 @@ class Outcome:
 
 
 def ask_options(request: SamplingFields, **extra: Any) -> AskOptions:
-    return AskOptions(
-        overrides=request.overrides(),
-        use_grammar=request.expertkit.use_grammar,
-        use_validation=request.expertkit.validate_output,
-        override_source="request",
-        **extra,
-    )
+    """The request's decoding options; ``extra`` (grammar, validation, prompt ids, ...) takes precedence."""
+    options: dict[str, Any] = {
+        "overrides": request.overrides(),
+        "use_grammar": request.expertkit.use_grammar,
+        "use_validation": request.expertkit.validate_output,
+        "override_source": "request",
+        "top_logprobs": request.top_logprobs_wanted(),
+    }
+    return AskOptions(**{**options, **extra})
 
 
 def start_choices(
@@ -141,7 +170,7 @@ def start_choices(
             overrides["seed"] = seed + index
         choice = AskOptions(**{**options.__dict__, "overrides": overrides, "should_stop": job.should_stop})
         if index > 0:
-            choice.on_text = None
+            choice.on_text, choice.on_logprob = None, None
         plan = plan_answer(engine, target.expert, messages, choice)
         _attempt(job, scheduler, plan, answers, index, 0, target)
 
@@ -178,18 +207,30 @@ def completion_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
 
-def chat_response(outcome: Outcome, created: int, ident: str) -> ChatCompletion:
-    choices = [
-        ChatChoice(index=i, message=AssistantMessage(content=a.text), finish_reason=FINISH[a.result.finish_reason])
-        for i, a in enumerate(outcome.answers)
-    ]
+def chat_choice(index: int, answer: Answer, tools: ToolPlan | None, texts: TokenTexts) -> ChatChoice:
+    """One choice: text, or ``tool_calls`` (content null, finish ``tool_calls``) when the answer is a call."""
+    result = answer.result
+    calls = tools.calls(answer.text, result.finish_reason) if tools is not None else None
+    message = AssistantMessage(content=None if calls else answer.text, tool_calls=calls)
+    logprobs = chat_logprobs(texts, result.logprobs) if result.logprobs is not None else None
+    finish = "tool_calls" if calls else FINISH[result.finish_reason]
+    return ChatChoice(index=index, message=message, logprobs=logprobs, finish_reason=finish)
+
+
+def chat_response(outcome: Outcome, created: int, ident: str, texts: TokenTexts) -> ChatCompletion:
+    choices = [chat_choice(i, a, outcome.tools, texts) for i, a in enumerate(outcome.answers)]
     model, usage, extension = outcome.target.model_id, outcome.usage(), outcome.extension()
     return ChatCompletion(id=ident, created=created, model=model, choices=choices, usage=usage, expertkit=extension)
 
 
-def text_response(outcome: Outcome, created: int, ident: str) -> TextCompletion:
+def text_response(outcome: Outcome, created: int, ident: str, texts: TokenTexts) -> TextCompletion:
     choices = [
-        TextChoice(index=i, text=a.text, finish_reason=FINISH[a.result.finish_reason])
+        TextChoice(
+            index=i,
+            text=a.text,
+            logprobs=text_logprobs(texts, a.result.logprobs) if a.result.logprobs is not None else None,
+            finish_reason=FINISH[a.result.finish_reason],
+        )
         for i, a in enumerate(outcome.answers)
     ]
     model, usage, extension = outcome.target.model_id, outcome.usage(), outcome.extension()
@@ -197,7 +238,7 @@ def text_response(outcome: Outcome, created: int, ident: str) -> TextCompletion:
 
 
 def chunk(
-    ident: str, created: int, model: str, delta: dict[str, str] | None, finish: str | None, chat: bool
+    ident: str, created: int, model: str, delta: dict[str, Any] | None, finish: str | None, chat: bool
 ) -> CompletionChunk:
     """One stream chunk; ``delta`` ``None`` gives a chunk without choices (the closing usage chunk)."""
     if delta is None:
@@ -223,10 +264,21 @@ def _encodable(text: str, param: str) -> str:
 
 
 def chat_messages(request: ChatCompletionRequest) -> list[dict[str, str]]:
+    """The conversation as role and text (``developer`` reads as ``system``); tool turns need ``tools``."""
     try:
-        texts = [(m.role, m.text()) for m in request.messages]
+        texts = [("system" if m.role == "developer" else m.role, m.text()) for m in request.messages]
     except ValueError as exc:
         raise APIError(400, str(exc), param="messages", code="invalid_value") from exc
+    for i, message in enumerate(request.messages):
+        for call in message.tool_calls or []:
+            _encodable(call.function.arguments, f"messages[{i}].tool_calls")
+        if (message.tool_calls or message.role == "tool") and not request.tools:
+            raise APIError(
+                400,
+                f"messages[{i}] is a tool turn; send the request's tools too (calls are read beside their tools)",
+                param=f"messages[{i}]",
+                code="invalid_value",
+            )
     return [
         {"role": role, "content": _encodable(text, f"messages[{i}].content")} for i, (role, text) in enumerate(texts)
     ]

@@ -43,22 +43,57 @@ class ExpertkitExtension(ResponseBody):
     attempts: list[int]
 
 
+class FunctionCallBody(ResponseBody):
+    name: str
+    arguments: str  # JSON text, exactly as generated
+
+
+class ToolCallBody(ResponseBody):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCallBody
+
+
 class AssistantMessage(ResponseBody):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[ToolCallBody] | None = Field(default=None, exclude_if=_unset)
+
+
+class TopLogprob(ResponseBody):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class TokenLogprobBody(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(ResponseBody):
+    content: list[TokenLogprobBody]
+
+
+class TextLogprobs(ResponseBody):
+    """The legacy completions shape: parallel lists, and each token's alternatives as a mapping."""
+
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]]
+    text_offset: list[int]
 
 
 class ChatChoice(ResponseBody):
     index: int
     message: AssistantMessage
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
     finish_reason: str
 
 
 class TextChoice(ResponseBody):
     index: int
     text: str
-    logprobs: None = None
+    logprobs: TextLogprobs | None = None
     finish_reason: str
 
 
@@ -87,9 +122,9 @@ class ChunkChoice(ResponseBody):
     for text completions."""
 
     index: int = 0
-    delta: dict[str, str] | None = Field(default=None, exclude_if=_unset)
+    delta: dict[str, Any] | None = Field(default=None, exclude_if=_unset)
     text: str | None = Field(default=None, exclude_if=_unset)
-    logprobs: None = None
+    logprobs: ChatLogprobs | TextLogprobs | None = None
     finish_reason: str | None = None
 
 

@@ -395,3 +395,19 @@ def test_colliding_model_names_are_refused(tmp_path: Path) -> None:
     report, _ = validate_manifest(write_manifest(tmp_path, data))
     assert [p.path for p in report.errors] == ["$.base_models[1].name"]
     assert "would overwrite each other" in report.errors[0].message
+
+
+def test_a_tools_contract_must_place_the_question_and_should_place_tool_output(tmp_path: Path) -> None:
+    data = load_valid()
+    data.pop("perf")
+    data.pop("runtime")
+    tools = {"user_template": "Functions: {functions}", "result_template": "done", "call_format": "list"}
+    data["training"]["decoding"]["tools"] = tools
+    report, _ = validate_manifest(write_manifest(tmp_path, data))
+    assert [(p.path, p.message) for p in report.errors] == [
+        ("$.training.decoding.tools.user_template", "has no {question}")
+    ]
+    assert [p.path for p in report.warnings] == ["$.training.decoding.tools.result_template"]
+    data["training"]["decoding"]["tools"] = {"call_format": "tuple"}
+    report, _ = validate_manifest(write_manifest(tmp_path, data))
+    assert [p.path for p in report.errors] == ["$.training.decoding.tools.call_format"]

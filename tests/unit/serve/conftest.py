@@ -59,7 +59,8 @@ def serve_app(trained_source: Path):
     servers = []
 
     def make(api_key_file: Path | None = None, **overrides) -> LiveServer:
-        request = ServeRequest(experts=[str(trained_source)], dtype="float32", api_key_file=api_key_file, **overrides)
+        overrides.setdefault("experts", [str(trained_source)])
+        request = ServeRequest(dtype="float32", api_key_file=api_key_file, **overrides)
         app, _ = build_server_app(request, [])
         server, thread, url = start(app)
         servers.append((server, thread))

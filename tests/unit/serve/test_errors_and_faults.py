@@ -28,6 +28,10 @@ def error_of(response: httpx.Response) -> dict:
     return body["error"]
 
 
+TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+TOOL_TURN = {"role": "tool", "tool_call_id": "call_1", "content": "42"}
+
+
 @pytest.mark.parametrize(
     ("body", "status", "code", "param"),
     [
@@ -58,10 +62,34 @@ def error_of(response: httpx.Response) -> dict:
             "model",
         ),
         (
-            {"model": "expert-tiny", "messages": [{"role": "user", "content": "hi"}], "logprobs": True},
+            {"model": "expert-tiny", "messages": [{"role": "user", "content": "hi"}], "functions": [{"name": "f"}]},
             400,
             "unsupported",
-            "logprobs",
+            "functions",
+        ),
+        (
+            {"model": "expert-tiny", "messages": [{"role": "user", "content": "hi"}], "top_logprobs": 2},
+            400,
+            "invalid_value",
+            "top_logprobs",
+        ),
+        (
+            {"model": "expert-tiny", "messages": [{"role": "user", "content": "hi"}], "tools": [TOOL]},
+            400,
+            "unsupported",
+            "tools",
+        ),
+        (
+            {"model": "expert-tiny", "messages": [{"role": "user", "content": "hi"}], "tool_choice": "required"},
+            400,
+            "invalid_value",
+            "tool_choice",
+        ),
+        (
+            {"model": "expert-tiny", "messages": [{"role": "user", "content": "hi"}, TOOL_TURN]},
+            400,
+            "invalid_value",
+            "messages[1]",
         ),
         (
             {"model": "expert-tiny", "messages": [{"role": "user", "content": "hi " * 600}]},
