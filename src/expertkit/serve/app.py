@@ -1,81 +1,43 @@
 """The FastAPI application: OpenAI routes, health, metrics, authentication and request limits.
 
-Routes are thin: they validate, resolve the model, submit one job to the generation thread and
-shape the result (``completions``). Everything a client can get wrong is a 4xx with an OpenAI
-error object; nothing returns a traceback.
+Routes are thin: they validate, then :mod:`expertkit.serve.flow` resolves the model, submits one
+job to the generation thread and returns the outcome, which the route shapes (chat, completions,
+responses). Everything a client can get wrong is a 4xx with an OpenAI error object; nothing
+returns a traceback.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hmac
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from expertkit.jsonschema_guard import DEFAULT_SCHEMA_LIMITS, SchemaLimits
-from expertkit.runtime.batch import BatchScheduler
 from expertkit.runtime.engine import Engine
-from expertkit.runtime.generate import GenerationCancelledError, TokenLogprob
-from expertkit.runtime.grammar import CompiledGrammar, GrammarError, GrammarSpec, compile_grammar
 from expertkit.runtime.routing import Router
 from expertkit.serve import completions as comp
+from expertkit.serve import flow
 from expertkit.serve.errors import APIError, install_error_handlers
 from expertkit.serve.guards import RequestGuard
 from expertkit.serve.logprobs import TokenTexts
 from expertkit.serve.metrics import ServerMetrics
 from expertkit.serve.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
 from expertkit.serve.responses import Health, ModelCard, ModelList, ResponseBody
+from expertkit.serve.responses_api import ResponsesRequest, response_object, to_chat
+from expertkit.serve.responses_stream import response_stream
+from expertkit.serve.state import ServerConfig, ServerState
 from expertkit.serve.stream import StreamSpec, StreamWriter
-from expertkit.serve.tool_calls import ToolPlan, plan_tools
-from expertkit.serve.worker import GenerationWorker, Job
+from expertkit.serve.worker import GenerationWorker
+
+__all__ = ["ServerConfig", "create_app"]
 
 OPEN_PATHS = ("/health",)
-T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class ServerConfig:
-    base_id: str
-    api_key: str | None = None
-    max_queue: int = 32
-    max_batch: int = 8
-    timeout_s: float = 120.0
-    max_body_bytes: int = 1 << 20
-    allowed_hosts: frozenset[str] = frozenset()  # Host names accepted besides loopback (without a key: only these)
-    compile_timeout_s: float = 10.0  # a response_format grammar that takes longer to compile is a 422
-    schema_limits: SchemaLimits = DEFAULT_SCHEMA_LIMITS
-    log_prompts: bool = False  # the access log names the prompt (its first 200 characters) only when asked
-
-
-@dataclass
-class ServerState:
-    engine: Engine
-    router: Router | None
-    config: ServerConfig
-    worker: GenerationWorker
-    metrics: ServerMetrics
-    started: int
-    texts: TokenTexts
-    # Tokenising and routing run here, never on the event loop or the generation thread; client
-    # grammars compile on their own threads, so a slow compile never delays tokenising.
-    helpers: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(max_workers=4, thread_name_prefix="expertkit-helper")
-    )
-    compilers: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(max_workers=2, thread_name_prefix="expertkit-compile")
-    )
-
-    async def off_loop(self, function: Callable[..., T], *args: Any, pool: ThreadPoolExecutor | None = None) -> T:
-        return await asyncio.get_running_loop().run_in_executor(pool or self.helpers, function, *args)
 
 
 def create_app(engine: Engine, router: Router | None, config: ServerConfig) -> FastAPI:
@@ -182,175 +144,40 @@ def _install_routes(app: FastAPI, state: ServerState) -> None:
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request, body: ChatCompletionRequest) -> Response:
-        messages = comp.chat_messages(body)
-        if body.tools:
-            return await _chat_with_tools(request, state, body, messages)
-        grammar, validation = comp.response_grammar(body, state.config.schema_limits)
-        compiled = await _compile(state, grammar) if grammar is not None else None
-        prompt = messages[-1]["content"]
-        ids = await state.off_loop(state.engine.prompt_ids, messages)
-        extra: dict[str, Any] = {
-            "grammar": grammar,
-            "compiled_grammar": compiled,
-            "validation": validation,
-            "prompt_ids": ids,
-        }
-        return await _complete(request, state, body, messages, ids, prompt, **extra)
+        prepared = await flow.prepare_chat(request, state, body)
+        return await _answer(request, state, body, prepared, chat=True)
 
     @app.post("/v1/completions")
     async def completions(request: Request, body: CompletionRequest) -> Response:
-        text = comp.completion_prompt(body)
-        ids = await state.off_loop(_tokenise, state.engine.tokenizer, text)
-        return await _complete(request, state, body, [], ids, text, prompt_ids=ids)
+        prepared = await flow.prepare_completion(request, state, body)
+        return await _answer(request, state, body, prepared, chat=False)
+
+    @app.post("/v1/responses")
+    async def responses(request: Request, body: ResponsesRequest) -> Response:
+        chat_body = to_chat(body)
+        prepared = await flow.prepare_chat(request, state, chat_body)
+        if body.stream:
+            job, events = flow.start_stream(state, chat_body, prepared)
+            stream = response_stream(state, body, prepared, job, events)
+            return StreamingResponse(stream, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        outcome = await flow.run(request, state, chat_body, prepared)
+        return JSONResponse(response_object(body, outcome).to_json())
 
 
-async def _chat_with_tools(
-    request: Request, state: ServerState, body: ChatCompletionRequest, messages: list[dict[str, str]]
+async def _answer(
+    request: Request, state: ServerState, body: SamplingFields, prepared: flow.Prepared, chat: bool
 ) -> Response:
-    """Chat with ``tools``: the answering expert's contract renders the prompt and the call grammar."""
-    if body.response_format is not None and body.response_format.type != "text":
-        raise APIError(400, "response_format cannot be combined with tools", param="response_format")
-    prompt = next((m["content"] for m in reversed(messages) if m["role"] == "user"), messages[-1]["content"])
-    engine, config = state.engine, state.config
-    target = await state.off_loop(comp.resolve_target, engine, config.base_id, state.router, body.model, prompt, True)
-    plan = await state.off_loop(plan_tools, engine, target.expert, body, config.schema_limits)
-    compiled = await _compile(state, plan.grammar, "tools") if plan.grammar is not None else None
-    ids = await state.off_loop(engine.prompt_ids, plan.messages)
-    extra: dict[str, Any] = {
-        "grammar": plan.grammar,
-        "compiled_grammar": compiled,
-        "validation": plan.validation,
-        "prompt_ids": ids,
-    }
-    if plan.grammar is None:  # tool_choice none: text, without the expert's own (call) grammar
-        extra["use_grammar"] = False
-    return await _complete(request, state, body, plan.messages, ids, prompt, target=target, tools=plan, **extra)
-
-
-def _tokenise(tokenizer: Any, text: str) -> list[int]:
-    return [int(i) for i in tokenizer(text, add_special_tokens=False)["input_ids"]]
-
-
-async def _compile(state: ServerState, spec: GrammarSpec, param: str = "response_format") -> CompiledGrammar:
-    """Compile a client's grammar on a helper thread, bounded in time (the compiled grammar is cached)."""
-    engine = state.engine
-    work = state.off_loop(compile_grammar, engine.tokenizer, engine.vocab_size, spec, pool=state.compilers)
-    try:
-        return await asyncio.wait_for(work, timeout=state.config.compile_timeout_s)
-    except TimeoutError:
-        state.metrics.error("grammar_timeout")
-        raise APIError(
-            422,
-            f"{param} took over {state.config.compile_timeout_s:g} s to compile into a grammar",
-            param=param,
-            code="grammar_too_complex",
-        ) from None
-    except GrammarError as exc:
-        raise APIError(400, f"{param}: {exc.message}", param=param, code="invalid_schema") from exc
-
-
-def _check_request(state: ServerState, body: SamplingFields, prompt_tokens: int) -> int:
-    """The most tokens the context leaves after the prompt; refuses options we cannot honour,
-    prompts beyond the context and a ``max_tokens`` that does not fit."""
-    if (feature := body.unsupported()) is not None:
-        raise APIError(400, f"{feature} is not supported by this server", param=feature, code="unsupported")
-    if body.stream and body.n > 1:
-        raise APIError(400, "n > 1 cannot be streamed", param="n", code="invalid_value")
-    context = min(state.engine.context_length, state.worker.scheduler.max_positions)  # what a batch slot holds
-    requested = body.max_completion_tokens or body.max_tokens
-    if prompt_tokens >= context:
-        raise APIError(
-            400,
-            f"the prompt is {prompt_tokens} tokens; the context is {context}",
-            param="messages",
-            code="context_length_exceeded",
-        )
-    if requested is not None and prompt_tokens + requested > context:
-        raise APIError(
-            400,
-            f"prompt ({prompt_tokens}) + max_tokens ({requested}) exceeds the context of {context} tokens",
-            param="max_tokens",
-            code="context_length_exceeded",
-        )
-    return context - prompt_tokens
-
-
-async def _complete(
-    request: Request,
-    state: ServerState,
-    body: SamplingFields,
-    messages: list[dict[str, str]],
-    ids: list[int],
-    prompt: str,
-    target: comp.Target | None = None,
-    tools: ToolPlan | None = None,
-    **ask_extra: Any,
-) -> Response:
-    # Routing runs manifest regexes (time-bounded) and an embedder: never on the event loop.
-    if target is None:
-        target = await state.off_loop(
-            comp.resolve_target, state.engine, state.config.base_id, state.router, body.model, prompt
-        )
-    ask_extra["max_tokens_cap"] = _check_request(state, body, len(ids) + state.engine.prefix_length(target.expert))
-    request.state.log = {"model": target.model_id, "prompt_tokens": len(ids)}
-    if state.config.log_prompts:
-        request.state.log["prompt"] = prompt[:200]
-    chat = isinstance(body, ChatCompletionRequest)
     ident, created = comp.completion_id("chatcmpl" if chat else "cmpl"), comp.now()
     if body.stream:
-        stream = StreamSpec(target, messages, ask_extra, ident, created, chat, tools)
-        return _stream(request, state, body, stream)
-
-    def start(job: Job, scheduler: BatchScheduler) -> None:
-        options = comp.ask_options(body, **ask_extra)
-        comp.start_choices(job, scheduler, state.engine, target, messages, options, body.n)
-
-    job = state.worker.submit(start, state.config.timeout_s)
-    outcome = await _await_job(request, job)
-    outcome.tools = tools
-    _count_tokens(state, outcome)
-    request.state.log["completion_tokens"] = outcome.usage().completion_tokens
+        spec = StreamSpec(prepared.target, prepared.messages, prepared.ask_extra, ident, created, chat, prepared.tools)
+        return _stream(state, body, prepared, spec)
+    outcome = await flow.run(request, state, body, prepared)
     shape = comp.chat_response if chat else comp.text_response
     return JSONResponse(shape(outcome, created, ident, state.texts).to_json())
 
 
-async def _await_job(request: Request, job: Job) -> Any:
-    """The job's result, cancelling it if the client goes away; maps cancellations to errors."""
-    while not job.future.done():
-        if await request.is_disconnected():
-            job.cancelled.set()
-        await asyncio.wait([job.future], timeout=0.1)
-    try:
-        return job.future.result()
-    except (GenerationCancelledError, TimeoutError) as exc:
-        if job.cancelled.is_set():
-            raise APIError(499, "the client closed the request", code="client_closed") from exc
-        raise APIError(504, "the request timed out", code="timeout") from exc
-
-
-def _count_tokens(state: ServerState, outcome: comp.Outcome) -> None:
-    usage = outcome.usage()
-    state.metrics.tokens.labels(expert=outcome.target.expert or "base").inc(usage.completion_tokens)
-    result = outcome.answers[-1].result if outcome.answers else None
-    if result is not None and result.total_s > 0:
-        state.metrics.tokens_per_s.set(result.completion_tokens / result.total_s)
-
-
-def _stream(request: Request, state: ServerState, body: SamplingFields, spec: StreamSpec) -> StreamingResponse:
-    events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-
-    def start(job: Job, scheduler: BatchScheduler) -> None:
-        def on_text(text: str) -> None:
-            job.deliver(events.put_nowait, ("text", text))
-
-        def on_logprob(entry: TokenLogprob, at: int) -> None:
-            job.deliver(events.put_nowait, ("logprob", (entry, at)))
-
-        logprobs = {"on_logprob": on_logprob} if body.top_logprobs_wanted() is not None else {}
-        options = comp.ask_options(body, on_text=on_text, **logprobs, **spec.ask_extra)
-        comp.start_choices(job, scheduler, state.engine, spec.target, spec.messages, options, 1)
-
-    job = state.worker.submit(start, state.config.timeout_s)
+def _stream(state: ServerState, body: SamplingFields, prepared: flow.Prepared, spec: StreamSpec) -> StreamingResponse:
+    job, events = flow.start_stream(state, body, prepared)
     writer = StreamWriter(spec, state.texts)
 
     async def sse_events() -> AsyncIterator[str]:
@@ -360,22 +187,17 @@ def _stream(request: Request, state: ServerState, body: SamplingFields, spec: St
         try:
             if spec.chat:
                 yield sse(writer.chunk({"role": "assistant", "content": ""}))
-            while not (job.future.done() and events.empty()):
-                try:
-                    kind, value = await asyncio.wait_for(events.get(), timeout=0.1)
-                except TimeoutError:
-                    continue
-                for piece in writer.event(kind, value):
+            while (event := await flow.next_event(job, events)) is not None:
+                for piece in writer.event(*event):
                     yield sse(piece)
             try:
                 outcome: comp.Outcome = job.future.result()
             except Exception as exc:  # after the headers: report in-stream, as OpenAI does
-                error = exc if isinstance(exc, APIError) else APIError(500, f"generation failed: {type(exc).__name__}")
-                yield sse(error.body())
+                yield sse(flow.stream_failure(exc).body())
                 yield "data: [DONE]\n\n"
                 return
             outcome.tools = spec.tools
-            _count_tokens(state, outcome)
+            flow.count_tokens(state, outcome)
             for piece in writer.finish(outcome):
                 yield sse(piece)
             if body.include_usage:

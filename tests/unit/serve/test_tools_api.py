@@ -194,3 +194,68 @@ def test_logprobs_follow_the_grammar_mask_and_completions_use_the_legacy_shape(t
     assert len(text.logprobs.tokens) == len(text.logprobs.token_logprobs) == len(text.logprobs.text_offset)
     assert "".join(text.logprobs.tokens) == text.text
     assert all(len(top) <= 2 for top in text.logprobs.top_logprobs)
+
+
+RESPONSE_TOOLS = [{"type": "function", **tool["function"]} for tool in (WEATHER, CLOCK)]
+
+
+def respond(live: LiveServer, **body):
+    body = {"model": "expert-tools", "input": "Weather?", "temperature": 0, "max_output_tokens": 60, **body}
+    return client(live).responses.create(**body)
+
+
+def test_responses_api_answers_text_and_function_calls(tools_live) -> None:
+    text = respond(tools_live, model="expert-tiny", max_output_tokens=6, instructions="Be brief.")
+    assert text.object == "response" and text.status in ("completed", "incomplete")
+    assert [item.type for item in text.output] == ["message"] and isinstance(text.output_text, str)
+    assert text.usage.output_tokens <= 6 and text.instructions == "Be brief."
+    called = respond(tools_live, tools=RESPONSE_TOOLS, tool_choice="required")
+    assert called.status == "completed" and {item.type for item in called.output} == {"function_call"}
+    for item in called.output:
+        assert item.call_id.startswith("call_") and item.id.startswith("fc_")
+        jsonschema.validate(json.loads(item.arguments), schema_of(item.name))
+    follow_up = [
+        {"role": "user", "content": "Weather?"},
+        *[
+            {"type": "function_call", "call_id": i.call_id, "name": i.name, "arguments": i.arguments}
+            for i in called.output
+        ],
+        {"type": "function_call_output", "call_id": called.output[0].call_id, "output": "sunny"},
+    ]
+    second = respond(tools_live, input=follow_up, tools=RESPONSE_TOOLS, tool_choice="none", max_output_tokens=5)
+    assert second.output[0].type == "message"
+
+
+def test_responses_stream_is_the_typed_event_sequence_of_the_same_response(tools_live) -> None:
+    whole = respond(tools_live, tools=RESPONSE_TOOLS, tool_choice="required")
+    events = list(respond(tools_live, tools=RESPONSE_TOOLS, tool_choice="required", stream=True))
+    kinds = [e.type for e in events]
+    assert kinds[:2] == ["response.created", "response.in_progress"] and kinds[-1] == "response.completed"
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    streamed = events[-1].response
+    assert [(i.name, i.arguments) for i in streamed.output] == [(i.name, i.arguments) for i in whole.output]
+    for index, item in enumerate(streamed.output):
+        deltas = [
+            e.delta for e in events if e.type == "response.function_call_arguments.delta" and e.output_index == index
+        ]
+        assert "".join(deltas) == item.arguments
+        added = next(e for e in events if e.type == "response.output_item.added" and e.output_index == index)
+        assert (added.item.id, added.item.call_id) == (item.id, item.call_id)
+    text_events = list(respond(tools_live, model="expert-tiny", max_output_tokens=6, stream=True))
+    final = text_events[-1].response
+    deltas = "".join(e.delta for e in text_events if e.type == "response.output_text.delta")
+    assert deltas == final.output[0].content[0].text
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"previous_response_id": "resp_1"}, "previous_response_id"),
+        ({"store": True}, "store"),
+        ({"reasoning": {"effort": "high"}}, "reasoning"),
+    ],
+)
+def test_responses_api_refuses_what_it_does_not_do_by_name(tools_live, extra, param) -> None:
+    body = {"model": "expert-tiny", "input": "hi", **extra}
+    response = httpx.post(f"{tools_live.url}/v1/responses", json=body, timeout=30)
+    assert response.status_code == 400 and response.json()["error"]["param"] == param

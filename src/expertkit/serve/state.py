@@ -1,0 +1,55 @@
+"""What a running server holds: its configuration, the engine, the generation worker, metrics and
+the helper threads that keep tokenising, routing and grammar compiles off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from expertkit.jsonschema_guard import DEFAULT_SCHEMA_LIMITS, SchemaLimits
+from expertkit.runtime.engine import Engine
+from expertkit.runtime.routing import Router
+from expertkit.serve.logprobs import TokenTexts
+from expertkit.serve.metrics import ServerMetrics
+from expertkit.serve.worker import GenerationWorker
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    base_id: str
+    api_key: str | None = None
+    max_queue: int = 32
+    max_batch: int = 8
+    timeout_s: float = 120.0
+    max_body_bytes: int = 1 << 20
+    allowed_hosts: frozenset[str] = frozenset()  # Host names accepted besides loopback (without a key: only these)
+    compile_timeout_s: float = 10.0  # a response_format grammar that takes longer to compile is a 422
+    schema_limits: SchemaLimits = DEFAULT_SCHEMA_LIMITS
+    log_prompts: bool = False  # the access log names the prompt (its first 200 characters) only when asked
+
+
+@dataclass
+class ServerState:
+    engine: Engine
+    router: Router | None
+    config: ServerConfig
+    worker: GenerationWorker
+    metrics: ServerMetrics
+    started: int
+    texts: TokenTexts
+    # Tokenising and routing run here, never on the event loop or the generation thread; client
+    # grammars compile on their own threads, so a slow compile never delays tokenising.
+    helpers: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=4, thread_name_prefix="expertkit-helper")
+    )
+    compilers: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=2, thread_name_prefix="expertkit-compile")
+    )
+
+    async def off_loop(self, function: Callable[..., T], *args: Any, pool: ThreadPoolExecutor | None = None) -> T:
+        return await asyncio.get_running_loop().run_in_executor(pool or self.helpers, function, *args)
