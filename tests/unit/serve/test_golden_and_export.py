@@ -15,7 +15,7 @@ import pytest
 import torch
 
 GOLDEN = Path(__file__).resolve().parents[2] / "fixtures" / "golden" / "serve"
-VOLATILE = {"id", "created", "timing"}
+VOLATILE = {"id", "created", "created_at", "call_id", "timing", "logprob"}  # logprob: last bits vary by CPU
 
 
 def normalise(value, key: str = ""):
@@ -52,6 +52,43 @@ def test_chat_completion_matches_the_golden_file(live) -> None:
 def test_completion_matches_the_golden_file(live) -> None:
     response = httpx.post(f"{live.url}/v1/completions", json={**REQUEST, "prompt": "SELECT"})
     check("completion", response.json())
+
+
+TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {
+            "type": "object",
+            "properties": {"unit": {"enum": ["celsius", "fahrenheit"]}},
+            "required": ["unit"],
+            "additionalProperties": False,
+        },
+    },
+}
+
+
+def test_tool_call_logprobs_and_responses_match_the_golden_files(tools_live) -> None:
+    chat = {**REQUEST, "model": "expert-tools", "messages": [{"role": "user", "content": "Weather?"}], "max_tokens": 40}
+    called = httpx.post(
+        f"{tools_live.url}/v1/chat/completions",
+        json={**chat, "tools": [TOOL], "tool_choice": "required", "parallel_tool_calls": False},
+    )
+    check("chat_tool_call", called.json())
+    scored = {**REQUEST, "messages": chat["messages"], "logprobs": True, "top_logprobs": 2}
+    check("chat_logprobs", httpx.post(f"{tools_live.url}/v1/chat/completions", json=scored).json())
+    legacy = {**REQUEST, "prompt": "SELECT", "logprobs": 2}
+    check("completion_logprobs", httpx.post(f"{tools_live.url}/v1/completions", json=legacy).json())
+    flat = {"type": "function", **TOOL["function"]}
+    response = {
+        "model": "expert-tools",
+        "input": "Weather?",
+        "tools": [flat],
+        "tool_choice": "required",
+        "parallel_tool_calls": False,
+        "temperature": 0,
+    }
+    check("response_function_call", httpx.post(f"{tools_live.url}/v1/responses", json=response).json())
 
 
 def test_models_and_error_match_the_golden_files(live) -> None:

@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import jsonschema
 import openai
 import pytest
-from tests.unit.serve.conftest import LiveServer, start
+from tests.unit.serve.conftest import LiveServer
 
 UNIT = {"type": "string", "enum": ["celsius", "fahrenheit"]}
 WEATHER = {
@@ -42,23 +39,6 @@ CLOCK = {
     },
 }
 ASK = [{"role": "user", "content": "Weather?"}]
-
-
-@pytest.fixture(scope="module")
-def tools_live(trained_source: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    """The tiny expert plus a copy of it that declares a tools contract (a list call format)."""
-    from expertkit.serve.server import ServeRequest, build_server_app
-
-    copy = Path(shutil.copytree(trained_source, tmp_path_factory.mktemp("tools") / "expert-tools"))
-    manifest = json.loads((copy / "manifest.json").read_text())
-    manifest["name"] = "expert-tools"
-    manifest["training"]["decoding"] = {"tools": {"call_format": "list", "system": "Call tools."}}
-    (copy / "manifest.json").write_text(json.dumps(manifest))
-    app, _ = build_server_app(ServeRequest(experts=[str(trained_source), str(copy)], dtype="float32"), [])
-    server, thread, url = start(app)
-    yield LiveServer(url, app)
-    server.should_exit = True
-    thread.join(timeout=10)
 
 
 def client(live: LiveServer) -> openai.OpenAI:
