@@ -23,7 +23,8 @@ ALLOWED: dict[str, set[str]] = {
     "serve": {"manifest", "models", "data", "package", "runtime", "grammars"},
     "eval": {"manifest", "models", "data", "package", "runtime", "grammars"},
     # orchestration across stages (the curriculum: train, evaluate, gate) lives above them
-    "workflows": {"manifest", "models", "data", "train", "package", "runtime", "eval", "grammars"},
+    # (and scoring through a served API: eval --via-tools runs serve's app in-process)
+    "workflows": {"manifest", "models", "data", "train", "package", "runtime", "eval", "serve", "grammars"},
     # jobs run the stages as child processes (``python -m expertkit KIND``): they import none of them
     # (the manifest, to find the background tasks installed experts need)
     "jobs": {"manifest", "grammars"},

@@ -12,6 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from expertkit.cli.console import err_console, out_console, reports_errors
+from expertkit.errors import UsageError
 from expertkit.manifest.sections import EvalFormat
 
 if TYPE_CHECKING:
@@ -47,6 +48,11 @@ def eval_expert(
         None, "--forgetting-prompts", help="Your own out-of-domain prompts (JSONL of {prompt, bucket})."
     ),
     forgetting_only: bool = typer.Option(False, "--forgetting-only", help="Only forgetting: no task sets."),
+    via_tools: str | None = typer.Option(
+        None,
+        "--via-tools",
+        help="Score function calling through the served OpenAI tools API with this tool_choice: auto or required.",
+    ),
 ) -> None:
     """Score an expert on task sets (execution / call accuracy, match, validity) against a baseline.
 
@@ -70,6 +76,9 @@ def eval_expert(
         sample,
         batch,
     )
+    if via_tools is not None:
+        _via_tools(request, via_tools, as_json)
+        return
     columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     plain = not err_console.is_terminal  # piped or logged: plain lines, since a live bar shows only at the end
     counts: dict[str, int] = {}
@@ -103,6 +112,35 @@ def eval_expert(
         err_console.print(f"[red]gate:[/] {escape(failure)}")
     if gate and failures:
         raise typer.Exit(1)
+
+
+def _via_tools(request: Any, choice: str, as_json: bool) -> None:
+    """Score through the served tools API and print one row (or JSON object) per set."""
+    from expertkit.workflows.tools_eval import eval_via_tools
+
+    if choice not in ("auto", "required"):
+        raise UsageError(f"--via-tools {choice!r}", "choose auto (a call or text) or required (always a call)")
+    done = [0]
+
+    def on_item(name: str, item: Any) -> None:
+        done[0] += 1
+        if done[0] % PLAIN_EVERY == 0:
+            err_console.print(f"tools {name}: {done[0]} answers", highlight=False)
+
+    for result in eval_via_tools(request, choice, on_item):  # type: ignore[arg-type]
+        body = result.to_json()
+        if as_json:
+            print(json.dumps(body))
+            continue
+        low, high = body["ci95"]
+        parsed = body["calls_parsed_and_declared"]
+        shown = "-" if parsed is None else f"{parsed:.1%}"
+        out_console.print(
+            f"{body['set']} via tools (tool_choice {choice}): call accuracy {body['call_accuracy']:.1%} "
+            f"[{low:.1%}, {high:.1%}] on {body['n']} items; {body['called']} called ({shown} parsed, declared), "
+            f"{body['no_call']} answered without a call",
+            highlight=False,
+        )
 
 
 def _has_sets(expert: str) -> bool:

@@ -86,7 +86,11 @@ def check_call(call: Any, truth: dict[str, dict[str, list[Any]]], functions: lis
 
 
 def check_answer(text: str, truth: list[dict[str, dict[str, list[Any]]]], functions: list[dict[str, Any]]) -> CallScore:
-    """Score a generated answer (JSON text) against a BFCL possible answer (one or parallel calls)."""
+    """Score a generated answer (JSON text) against a BFCL possible answer (one or parallel calls);
+    an empty ``truth`` (BFCL's irrelevance items) expects no call at all."""
+    if not truth:
+        called = text.lstrip().startswith(("{", "["))
+        return CallScore(not called, "called a function where none fits" if called else "correct: no call")
     try:
         parsed = json.loads(text)
     except ValueError as exc:

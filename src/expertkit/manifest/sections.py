@@ -15,7 +15,7 @@ from expertkit.manifest.base import Section, unset_means
 
 AdapterType = Literal["lora", "dora", "ia3", "lokr"]
 DatasetFormat = Literal["jsonl", "json", "huggingface", "csv", "parquet"]
-EvalFormat = Literal["spider", "geoquery", "defog", "bfcl", "text2cypher", "jsonl"]
+EvalFormat = Literal["spider", "geoquery", "defog", "bfcl", "bfcl-irrelevance", "text2cypher", "jsonl"]
 ModuleName = str
 
 

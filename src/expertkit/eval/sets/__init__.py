@@ -7,7 +7,7 @@ from pathlib import Path
 
 from expertkit.errors import DataError
 from expertkit.eval.sets.base import EvalItem, Loader, Task
-from expertkit.eval.sets.bfcl import load_bfcl
+from expertkit.eval.sets.bfcl import load_bfcl, load_bfcl_irrelevance
 from expertkit.eval.sets.defog import load_defog
 from expertkit.eval.sets.geoquery import GEOQUERY_DB, load_geoquery, sqlite_schema
 from expertkit.eval.sets.jsonl import load_jsonl
@@ -39,6 +39,7 @@ for _name, _loader in (
     ("geoquery", load_geoquery),
     ("defog", load_defog),
     ("bfcl", load_bfcl),
+    ("bfcl-irrelevance", load_bfcl_irrelevance),
     ("text2cypher", load_text2cypher),
     ("jsonl", load_jsonl),
 ):

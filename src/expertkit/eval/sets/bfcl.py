@@ -1,4 +1,5 @@
-"""BFCL (Berkeley Function Calling Leaderboard JSONL with possible_answer/): call accuracy."""
+"""BFCL (Berkeley Function Calling Leaderboard JSONL with possible_answer/): call accuracy; and its
+irrelevance category, where no function fits and the right answer is not to call."""
 
 from __future__ import annotations
 
@@ -24,4 +25,16 @@ def load_bfcl(path: Path, answers: Path | None) -> list[EvalItem]:
         split = "heldout" if bfcl_held_out(row["id"]) else "train"
         gold = json.dumps(truth)
         items.append(EvalItem(row["id"], messages, gold, bucket, "function", None, truth, row["function"], split))
+    return items
+
+
+def load_bfcl_irrelevance(path: Path, answers: Path | None = None) -> list[EvalItem]:
+    """BFCL's irrelevance items: the expected calls are none (``truth == []``), so an answer is correct
+    only when it calls nothing. The same fixed hold-out as the other categories applies."""
+    items = []
+    for row in read_jsonl(path):
+        question = [t for group in row["question"] for t in group if t.get("role") == "user"][-1]["content"]
+        messages = function_messages(row["function"], question)
+        split = "heldout" if bfcl_held_out(row["id"]) else "train"
+        items.append(EvalItem(row["id"], messages, "[]", "irrelevance", "function", None, [], row["function"], split))
     return items
