@@ -81,6 +81,7 @@ class ResponsesRequest(BaseModel):
     store: bool | None = None
     previous_response_id: str | None = None
     metadata: dict[str, str] | None = None
+    include: list[str] | None = None  # extra output this server does not produce: only an empty list
 
 
 def _refuse(param: str, message: str) -> APIError:
@@ -124,6 +125,10 @@ def to_chat(body: ResponsesRequest) -> ChatCompletionRequest:
     for key in sorted(body.model_extra or {}):
         if key not in IGNORED:
             raise _refuse(key, f"{key} is not supported by this server")
+    if body.include:
+        raise _refuse(
+            "include", f"include {body.include[0]!r} is not supported by this server (send [] or leave it out)"
+        )
     if body.store:
         raise _refuse("store", "this server keeps no responses: send store: false (or leave it out)")
     if body.previous_response_id is not None:
