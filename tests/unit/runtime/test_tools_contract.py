@@ -120,3 +120,16 @@ def test_a_value_before_the_name_does_not_confuse_the_scanner() -> None:
     calls = parse_calls('{"id": 7, "name": "f", "arguments": {"k": null}}')
     assert calls == [Call("f", '{"k": null}')]
     assert json.loads(calls[0].arguments) == {"k": None}
+
+
+def test_local_refs_are_inlined_within_bounds() -> None:
+    from expertkit.runtime.tools.grammar import inline_refs
+
+    defs = {"$defs": {"Unit": {"enum": ["c", "f"]}}, "type": "object", "properties": {"u": {"$ref": "#/$defs/Unit"}}}
+    assert inline_refs(defs) == {"type": "object", "properties": {"u": {"enum": ["c", "f"]}}}
+    doubling = {f"L{i}": {"type": "array", "prefixItems": [{"$ref": f"#/$defs/L{i + 1}"}] * 2} for i in range(30)}
+    bomb = {"$defs": {**doubling, "L30": {"type": "string"}}, "$ref": "#/$defs/L0"}
+    with pytest.raises(ToolError, match="20,000 nodes"):
+        inline_refs(bomb)
+    with pytest.raises(ToolError, match="recursive"):
+        inline_refs({"$defs": {"A": {"$ref": "#/$defs/A"}}, "$ref": "#/$defs/A"})
