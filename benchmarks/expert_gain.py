@@ -9,7 +9,8 @@ relative data paths hold) with the same seed and the same total number of optimi
   first phase's data (a curriculum: ``training.phases`` with ``spar`` on the second phase).
 
 Each arm (and the base model, under the expert's contract) is scored on GeoQuery's test split (all of
-it, execution accuracy with bootstrap 95 % intervals) and, unless ``--no-forgetting``, its forgetting
+it, execution accuracy with bootstrap 95 % intervals); the best recipe is the arm with the higher
+score on GeoQuery's **dev** split (chosen there, reported on test once); and, unless ``--no-forgetting``, its forgetting
 (mean KL against the base on the shipped general prompts). Nothing is tuned on the test split: the
 recipe's settings are fixed before the run. The last line is one JSON object.
 
@@ -56,8 +57,8 @@ def manifest_edit(expert: Path, change: Any) -> None:
     path.write_text(json.dumps(manifest, indent=1))
 
 
-def score(expert: Path, base_only: bool = False) -> dict[str, Any]:
-    args = ["eval", "--expert", str(expert), "--set", str(SOURCE / GEOQUERY), "--format", "geoquery", "--split", "test"]
+def score(expert: Path, base_only: bool = False, split: str = "test") -> dict[str, Any]:
+    args = ["eval", "--expert", str(expert), "--set", str(SOURCE / GEOQUERY), "--format", "geoquery", "--split", split]
     args += ["--json", "--base-only"] if base_only else ["--json", "--baseline", "none"]
     body = json.loads(run(*args).strip().splitlines()[-1])
     summary = body.get("baseline_summary") if base_only else body.get("expert_summary")
@@ -122,7 +123,8 @@ def main() -> None:
     results["spar"] = score(spar)
     lineage = json.loads((spar / "sparring" / "round1.lineage.json").read_text())
     arms = {"plain": plain, "spar": spar}
-    best = max(arms, key=lambda name: results[name]["score"])
+    dev = {name: score(path, split="dev") for name, path in arms.items()}  # the recipe is chosen on dev, never test
+    best = max(arms, key=lambda name: dev[name]["score"])
     kl = {name: None if args.no_forgetting else forgetting(path) for name, path in arms.items()}
     if not args.keep:
         for path in arms.values():
@@ -130,7 +132,8 @@ def main() -> None:
     print(json.dumps({name: figures for name, figures in results.items()}, indent=1), file=sys.stderr)
     print(json.dumps({
         "base": results["base"]["score"], "plain": results["plain"]["score"], "spar": results["spar"]["score"],
-        "best": results[best]["score"], "best_recipe": best, "steps_per_arm": args.steps,
+        "best": results[best]["score"], "best_recipe": best, "chosen_on": "dev",
+        "dev": {name: figures["score"] for name, figures in dev.items()}, "steps_per_arm": args.steps,
         "forgetting_plain": kl["plain"], "forgetting_best": kl[best],
         "ci95": {k: v["ci95"] for k, v in results.items()}, "test_items": results["base"]["n"],
         "spar_round": lineage["counts"], "spar_sample": args.spar_sample, "replay": args.replay,
