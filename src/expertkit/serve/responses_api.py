@@ -11,6 +11,7 @@ name, never silently dropped.
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -177,6 +178,15 @@ class ResponseObject(ResponseBody):
     usage: dict[str, Any] | None = None
 
 
+@dataclass
+class Announced:
+    """The item and call ids a stream already sent, which the final response must repeat."""
+
+    message_id: str | None = None
+    call_items: list[str] = field(default_factory=list)
+    call_ids: list[str] = field(default_factory=list)
+
+
 def item_id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex[:24]}"
 
@@ -231,21 +241,22 @@ def response_object(
     outcome: comp.Outcome,
     ident: str | None = None,
     created: int | None = None,
-    item_ids: list[str] | None = None,
-    call_ids: list[str] | None = None,
+    announced: Announced | None = None,
 ) -> ResponseObject:
     """The finished response; a stream passes the ids it already announced for its items."""
     answer = outcome.answers[0]
     length = answer.result.finish_reason == "length"
     calls = outcome.tools.calls(answer.text, answer.result.finish_reason) if outcome.tools else None
     status = "incomplete" if length else "completed"
+    known = announced or Announced()
     if calls:
-        ids = item_ids or [item_id("fc") for _ in calls]
+        output = []
         for index, call in enumerate(calls):
-            call.id = call_ids[index] if call_ids and index < len(call_ids) else call.id
-        output = [call_item(i, c) for i, c in zip(ids, calls, strict=False)]
+            streamed = index < len(known.call_items)
+            call.id = known.call_ids[index] if streamed else call.id
+            output.append(call_item(known.call_items[index] if streamed else item_id("fc"), call))
     else:
-        output = [message_item((item_ids or [item_id("msg")])[0], answer.text, status)]
+        output = [message_item(known.message_id or item_id("msg"), answer.text, status)]
     return ResponseObject(
         id=ident or item_id("resp"),
         created_at=created or comp.now(),

@@ -13,6 +13,7 @@ from typing import Any
 from expertkit.serve import completions as comp
 from expertkit.serve import flow
 from expertkit.serve.responses_api import (
+    Announced,
     ResponseObject,
     ResponsesRequest,
     echo,
@@ -32,11 +33,8 @@ class ResponseEvents:
         self.body, self.prepared = body, prepared
         self.ident, self.created, self.sequence = item_id("resp"), comp.now(), 0
         self.calls = ToolCallStream(prepared.tools) if prepared.tools is not None else None
-        self.message_id: str | None = None
+        self.ids = Announced()
         self.text = ""
-        self.call_items: list[str] = []
-        self.call_ids: list[str] = []
-        self.arguments: list[str] = []
 
     def event(self, kind: str, **fields: Any) -> str:
         payload = {"type": kind, "sequence_number": self.sequence, **fields}
@@ -55,9 +53,9 @@ class ResponseEvents:
             if self.calls.is_call():
                 return [e for delta in deltas for e in self._call_delta(delta)]
         out = []
-        if self.message_id is None:
-            self.message_id = item_id("msg")
-            item = {**message_item(self.message_id, "", "in_progress"), "content": []}
+        if self.ids.message_id is None:
+            self.ids.message_id = item_id("msg")
+            item = {**message_item(self.ids.message_id, "", "in_progress"), "content": []}
             out.append(self.event("response.output_item.added", output_index=0, item=item))
             part = {"type": "output_text", "text": "", "annotations": []}
             out.append(self.event("response.content_part.added", **self._where(), part=part))
@@ -65,18 +63,17 @@ class ResponseEvents:
         return out
 
     def _where(self) -> dict[str, Any]:
-        return {"item_id": self.message_id, "output_index": 0, "content_index": 0}
+        return {"item_id": self.ids.message_id, "output_index": 0, "content_index": 0}
 
     def _call_delta(self, delta: dict[str, Any]) -> list[str]:
         index = delta["index"]
         out = []
         if "id" in delta:
-            self.call_items.append(item_id("fc"))
-            self.call_ids.append(delta["id"])
-            self.arguments.append("")
+            self.ids.call_items.append(item_id("fc"))
+            self.ids.call_ids.append(delta["id"])
             item = {
                 "type": "function_call",
-                "id": self.call_items[index],
+                "id": self.ids.call_items[index],
                 "call_id": delta["id"],
                 "name": delta["function"]["name"],
                 "arguments": "",
@@ -84,8 +81,7 @@ class ResponseEvents:
             }
             out.append(self.event("response.output_item.added", output_index=index, item=item))
         if piece := delta["function"].get("arguments"):
-            self.arguments[index] += piece
-            where = {"item_id": self.call_items[index], "output_index": index}
+            where = {"item_id": self.ids.call_items[index], "output_index": index}
             out.append(self.event("response.function_call_arguments.delta", **where, delta=piece))
         return out
 
@@ -94,15 +90,14 @@ class ResponseEvents:
         out: list[str] = []
         if answer.text.startswith(self.text) and len(answer.text) > len(self.text):
             out += self.text_piece(answer.text[len(self.text) :])
-        ids = self.call_items or ([self.message_id] if self.message_id else None)
-        final = response_object(self.body, outcome, self.ident, self.created, ids, self.call_ids)
+        final = response_object(self.body, outcome, self.ident, self.created, self.ids)
         for index, item in enumerate(final.output):
             if item["type"] == "function_call":
                 where = {"item_id": item["id"], "output_index": index}
                 out.append(self.event("response.function_call_arguments.done", **where, arguments=item["arguments"]))
             else:
-                if self.message_id is None:  # an empty answer: announce its item now
-                    self.message_id = item["id"]
+                if self.ids.message_id is None:  # an empty answer: announce its item now
+                    self.ids.message_id = item["id"]
                     out.append(self.event("response.output_item.added", output_index=0, item={**item, "content": []}))
                 text = item["content"][0]["text"]
                 out.append(self.event("response.output_text.done", **self._where(), text=text, logprobs=[]))
