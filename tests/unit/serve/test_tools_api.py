@@ -10,7 +10,8 @@ import httpx
 import jsonschema
 import openai
 import pytest
-from tests.unit.serve.conftest import LiveServer
+
+from unit.serve.conftest import LiveServer
 
 UNIT = {"type": "string", "enum": ["celsius", "fahrenheit"]}
 WEATHER = {
