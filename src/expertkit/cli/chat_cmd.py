@@ -52,6 +52,11 @@ def chat(
     base: str | None = typer.Option(None, "--base", help="Base model (default: the one the experts name)."),
     dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 where the CPU has it), bfloat16 or float32."),
     router_embedder: str = typer.Option("minilm", "--router-embedder", help="minilm, base or none."),
+    quantize: str | None = typer.Option(
+        None,
+        "--quantize",
+        help="Weight-only quantisation: none, int8 or int4 (default: the manifest's runtime.quantize).",
+    ),
 ) -> None:
     """Talk to one expert, or to several with routing; each expert's decoding contract is enforced."""
     from expertkit.runtime.chat import ChatRequest, open_session
@@ -67,6 +72,7 @@ def chat(
         trusted_keys=trusted_keys,
         base=base,
         dtype=dtype,
+        quantize=quantize,
         router_embedder=router_embedder,
     )
     with err_console.status("loading the base model and experts…"):

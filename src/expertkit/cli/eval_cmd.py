@@ -35,6 +35,11 @@ def eval_expert(
     sample: int | None = typer.Option(None, "--sample", min=1, help="Evaluate a seeded random sample of N items."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 where the CPU has it), bfloat16 or float32."),
+    quantize: str | None = typer.Option(
+        None,
+        "--quantize",
+        help="Weight-only quantisation: none, int8 or int4; results go to eval/<set>.quantize-<q>.json.",
+    ),
     gate: bool = typer.Option(False, "--gate", help="Exit 1 when the manifest's evaluation.thresholds are missed."),
     plot: Path | None = typer.Option(None, "--plot", help="Save a bar chart per bucket (PNG) here."),
     base_only: bool = typer.Option(
@@ -75,6 +80,7 @@ def eval_expert(
         base_only,
         sample,
         batch,
+        quantize,
     )
     if via_tools is not None:
         _via_tools(request, via_tools, as_json)

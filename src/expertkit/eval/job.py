@@ -24,6 +24,7 @@ class EvalRequest:
     base_only: bool = False  # the base model under the expert's contract (before any training)
     sample: int | None = None  # a seeded random sample of N items (in set order), instead of the first N
     batch: int = DEFAULT_BATCH  # items decoded together; 1: one at a time
+    quantize: str | None = None  # --quantize none|int8|int4; given: results go to <set>.quantize-<q>.json
 
 
 EvalKind = Literal["base_only", "expert", "compared"]

@@ -26,6 +26,7 @@ from expertkit.models.hardware import best_dtype
 from expertkit.package.references import ExpertFiles, resolve_expert
 from expertkit.runtime.engine import Engine
 from expertkit.runtime.options import LoadOptions
+from expertkit.runtime.quantize import parse_quantize
 from expertkit.safepath import child_file, contained
 
 _SET_NAME_DISALLOWED = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -108,14 +109,15 @@ def run_eval(request: EvalRequest, on_item: Callable[[str, ItemResult], None] | 
     as JSON beside the weights (``eval/<set>.json``) with the adapter's sha256 and the gate."""
     files = resolve_expert(request.expert)
     dtype = best_dtype() if request.dtype == "auto" else request.dtype
+    quantize = parse_quantize(request.quantize)
     if request.base_only:
-        options = LoadOptions(dtype=dtype, base=files.loaded.manifest.base_models[0].name)  # type: ignore[arg-type]
-        engine = Engine.for_files([], options)
+        base = files.loaded.manifest.base_models[0].name
+        engine = Engine.for_files([], LoadOptions(dtype=dtype, base=base, quantize=quantize))  # type: ignore[arg-type]
         return [_run_base(files, engine, chosen, on_item, request.batch) for chosen in eval_sets(request, files)]
     references = [request.expert]
     if request.baseline not in (None, "base"):
         references.append(request.baseline)
-    engine = Engine.for_experts(references, LoadOptions(dtype=dtype))  # type: ignore[arg-type]
+    engine = Engine.for_experts(references, LoadOptions(dtype=dtype, quantize=quantize))  # type: ignore[arg-type]
     return [_run_set(request, files, engine, chosen, on_item) for chosen in eval_sets(request, files)]
 
 
@@ -158,7 +160,9 @@ def _run_set(
     on_item: Callable[[str, ItemResult], None] | None,
 ) -> EvalResult:
     name = files.loaded.manifest.name
-    path = result_path(files, chosen.name)
+    quantize, source = engine.quantize_of(name)
+    # An explicit --quantize is a comparison: written aside, never over the result the gate reads.
+    path = result_path(files, chosen.name if source != "cli" else f"{chosen.name}.quantize-{quantize}")
     systems = [name] if request.baseline is None else [name, "baseline"]
     events, record = _item_writer(events_path(path), chosen, systems, on_item)
     report = evaluate(engine, name, chosen.items, on_item=lambda r: record(name, r), batch=request.batch)
@@ -177,6 +181,7 @@ def _run_set(
             "expert_system": name,
             "set": chosen.name,
             "adapter_sha256": sha256_file(adapter) if adapter.is_file() else None,
+            "decoder": {"dtype": engine.options.dtype, "quantize": quantize, "quantize_source": source},
             "items": _item_rows(report),
         }
     )

@@ -474,8 +474,13 @@ class Perf(Section):
 
 
 class Runtime(Section):
-    """Claims for runtimes other than expertkit's, shipped in the package as written: expertkit neither
-    reads nor checks them (``validate`` says so); its own decoder settings are under training.decoding."""
+    """How expertkit's decoder runs this expert (``quantize``), and claims for other runtimes, shipped
+    as written: expertkit neither reads nor checks those (``validate`` says so)."""
+
+    quantize: Literal["none", "int8", "int4"] | None = None
+    """Weight-only quantisation of the merged decoder (CPU): none, int8 (per-channel) or int4 (groups
+    of 32). A --quantize flag wins; unset: expertkit's default (none). Check the quality first:
+    expert-cli eval --quantize int8 against none on the expert's own sets."""
 
     candle_compatible: bool | None = None
     """Whether the adapter loads in candle (informational)."""

@@ -26,6 +26,7 @@ class Answer:
     settings: DecodingSettings
     attempts: int = 1
     routing: dict[str, Any] | None = None
+    quantize: tuple[str, str] = ("none", "default")  # the decoder's weight-only quantisation, and its source
 
     def to_json(self) -> dict[str, Any]:
         usage = {
@@ -40,7 +41,7 @@ class Answer:
             "valid": self.validation.valid,
             "validation_error": self.validation.error,
             "usage": usage,
-            "decoding": self.settings.to_json(),
+            "decoding": self.settings.to_json() | {"quantize": {"value": self.quantize[0], "source": self.quantize[1]}},
             "attempts": self.attempts,
             "timing": {"first_token_s": round(self.result.first_token_s, 4), "total_s": round(self.result.total_s, 4)},
         }
@@ -133,7 +134,8 @@ class AskPlan:
         shown = (
             self.settings if self.settings.seed is not None else replace(self.settings, seed=self.base_seed + attempt)
         )
-        return Answer(result.text, self.name, result, validation, shown, attempt + 1)
+        quantize = self.engine.quantize_of(self.name)
+        return Answer(result.text, self.name, result, validation, shown, attempt + 1, quantize=quantize)
 
 
 def _within_context(

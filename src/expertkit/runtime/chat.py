@@ -10,6 +10,7 @@ from expertkit.models.hardware import best_dtype
 from expertkit.package.signing import default_trusted_keys_dir, trusted_keys
 from expertkit.runtime.engine import Engine
 from expertkit.runtime.options import LoadOptions
+from expertkit.runtime.quantize import parse_quantize
 from expertkit.runtime.routing import build_router
 from expertkit.runtime.session import ChatSession
 from expertkit.runtime.settings import DecodingOverrides
@@ -27,6 +28,7 @@ class ChatRequest:
     trusted_keys: Path | None = None
     base: str | None = None
     dtype: str = "auto"
+    quantize: str | None = None  # none|int8|int4; None: each expert's manifest, else the default
     router_embedder: str = "minilm"
 
 
@@ -42,6 +44,7 @@ def open_session(request: ChatRequest) -> tuple[ChatSession, list[str]]:
     dtype = best_dtype() if request.dtype == "auto" else request.dtype
     options = LoadOptions(
         dtype=dtype,  # type: ignore[arg-type]
+        quantize=parse_quantize(request.quantize),
         allow_template_drift=request.allow_template_drift,
         base=request.base,
         keys=keys,
@@ -50,6 +53,7 @@ def open_session(request: ChatRequest) -> tuple[ChatSession, list[str]]:
     engine = Engine.for_experts(request.experts, options)
     notes = [f"using {expert.files.origin}" for expert in engine.experts.values()]
     notes += [note for expert in engine.experts.values() for note in expert.warnings]
+    notes += engine.decoder_notes()
     router = build_router(engine, request.router_embedder, notes) if len(engine.experts) > 1 else None
     session = ChatSession(
         engine, router, overrides=DecodingOverrides(**request.overrides), use_grammar=request.use_grammar

@@ -28,7 +28,8 @@ from expertkit.runtime.generate import Decoder, GenerationRequest, GenerationRes
 from expertkit.runtime.hf_decoder import HFDecoder
 from expertkit.runtime.llama_decoder import LeanDecoder, lean_supported
 from expertkit.runtime.options import LoadOptions
-from expertkit.runtime.settings import DecodingOverrides, DecodingSettings, resolve_settings
+from expertkit.runtime.quantize import DEFAULT_QUANTIZE, Quantize
+from expertkit.runtime.settings import DecodingOverrides, DecodingSettings, Source, resolve_settings
 from expertkit.safepath import UnsafePathError, read_bounded
 
 MAX_CONTROL_TOKENS, MAX_CONTROL_TOKEN_CHARS = 256, 64
@@ -199,8 +200,8 @@ class Engine:
         snapshot = [layer.get_base_layer().weight.detach().clone() for layer in layers]
         self.model.set_adapter(name)
         self.model.merge_adapter([name])
-        try:
-            return LeanDecoder(self.model.get_base_model())
+        try:  # quantised (when asked) from the merged weights: the merge itself stays exact
+            return LeanDecoder(self.model.get_base_model(), self.quantize_of(name)[0])
         finally:
             self.model.unmerge_adapter()
             with torch.no_grad():
@@ -215,7 +216,9 @@ class Engine:
             return self._decoder
         model = self.model.get_base_model() if self.experts else self.model
         if lean_supported(model.config):
-            lean = self._lean_decoders.pop(name, None) or (self._merged_decoder(name) if name else LeanDecoder(model))
+            lean = self._lean_decoders.pop(name, None) or (
+                self._merged_decoder(name) if name else LeanDecoder(model, self.quantize_of(None)[0])
+            )
             self._lean_decoders[name] = lean  # most recent last
             self._decoder = lean
             while len(self._lean_decoders) > self.options.cached_decoders:
@@ -224,6 +227,35 @@ class Engine:
             self._decoder = self._hf_decoder(name)
         self.active = name
         return self._decoder
+
+    @property
+    def lean(self) -> bool:
+        """Whether experts decode through the lean decoder (else transformers' forward)."""
+        model = self.model.get_base_model() if self.experts else self.model
+        return lean_supported(model.config)
+
+    def quantize_of(self, name: str | None) -> tuple[Quantize, Source]:
+        """Expert ``name``'s weight-only quantisation and where it came from: the load options (a
+        CLI flag) > its manifest's ``runtime.quantize`` > the default. Architectures the lean
+        decoder does not cover decode unquantised (transformers' forward)."""
+        if not self.lean:
+            return "none", "default"
+        if self.options.quantize is not None:
+            return self.options.quantize, "cli"
+        expert = self.experts.get(name) if name else None
+        runtime = expert.files.loaded.manifest.runtime if expert else None
+        if runtime is not None and runtime.quantize is not None:
+            return runtime.quantize, "manifest"
+        return DEFAULT_QUANTIZE, "default"
+
+    def decoder_notes(self) -> list[str]:
+        """One line per expert: the dtype and quantisation it decodes in, and where each came from."""
+        kind = "lean decoder" if self.lean else "transformers forward"
+        notes = []
+        for name in self.experts or [None]:
+            quantize, source = self.quantize_of(name)
+            notes.append(f"{name or 'base'}: {kind}, {self.options.dtype}, quantize {quantize} ({source})")
+        return notes
 
     def _hf_decoder(self, name: str | None) -> Decoder:
         if not self.experts:

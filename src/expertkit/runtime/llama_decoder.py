@@ -13,11 +13,14 @@ Prefill uses PyTorch's SDPA. Architectures it does not know go through transform
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as nnf
+
+from expertkit.runtime.quantize import Int4Linear, Int8Linear, Quantize, quantizable, quantize_linear
 
 SUPPORTED_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 
@@ -56,15 +59,33 @@ class Linear:
         out = torch.ops.mkldnn._linear_pointwise(flat, self.packed, self.bias, "none", [], "")
         return out.view(*x.shape[:-1], out.shape[-1])
 
+    def tensors(self) -> list[torch.Tensor]:
+        return [t for t in (self.weight, self.packed, self.bias) if t is not None]
+
+
+AnyLinear = Linear | Int8Linear | Int4Linear
+MakeLinear = Callable[[torch.Tensor, "torch.Tensor | None"], AnyLinear]
+
+
+def linear_maker(quantize: Quantize) -> MakeLinear:
+    """How the decoder builds its projections: as they are, or weight-only quantised."""
+
+    def make(weight: torch.Tensor, bias: torch.Tensor | None = None) -> AnyLinear:
+        if quantize != "none" and quantizable(weight, quantize):
+            return quantize_linear(weight, bias, quantize)
+        return Linear(weight, bias)
+
+    return make
+
 
 @dataclass
 class Layer:
     norm1: torch.Tensor
-    qkv: Linear
-    out: Linear
+    qkv: AnyLinear
+    out: AnyLinear
     norm2: torch.Tensor
-    gate_up: Linear
-    down: Linear
+    gate_up: AnyLinear
+    down: AnyLinear
     q_norm: torch.Tensor | None
     k_norm: torch.Tensor | None
 
@@ -74,19 +95,19 @@ def _bias(*modules: Any) -> torch.Tensor | None:
     return torch.cat([b.detach() for b in biases]) if all(b is not None for b in biases) else None
 
 
-def _layer(block: Any) -> Layer:
+def _layer(block: Any, make: MakeLinear) -> Layer:
     attn, mlp = block.self_attn, block.mlp
     q_norm, k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
     return Layer(
         norm1=block.input_layernorm.weight.detach().clone(),
-        qkv=Linear(
+        qkv=make(
             torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]).detach(),
             _bias(attn.q_proj, attn.k_proj, attn.v_proj),
         ),
-        out=Linear(attn.o_proj.weight, attn.o_proj.bias),
+        out=make(attn.o_proj.weight.detach(), attn.o_proj.bias),
         norm2=block.post_attention_layernorm.weight.detach().clone(),
-        gate_up=Linear(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).detach()),
-        down=Linear(mlp.down_proj.weight),
+        gate_up=make(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).detach(), None),
+        down=make(mlp.down_proj.weight.detach(), None),
         q_norm=q_norm.weight.detach().clone() if q_norm is not None else None,
         k_norm=k_norm.weight.detach().clone() if k_norm is not None else None,
     )
@@ -104,14 +125,17 @@ class KVCache:
 
 
 class LeanDecoder:
-    """Prefill and single-token steps over a merged HF causal LM's weights (read once)."""
+    """Prefill and single-token steps over a merged HF causal LM's weights (read once), optionally
+    with weight-only int8/int4 projections (the embedding table stays as it is: one row is read)."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, quantize: Quantize = "none") -> None:
         config, inner = model.config, model.model
-        self.layers = [_layer(block) for block in inner.layers]
+        make = linear_maker(quantize)
+        self.quantize = quantize
+        self.layers = [_layer(block, make) for block in inner.layers]
         self.embed = inner.embed_tokens.weight.detach().clone()
         self.norm = inner.norm.weight.detach().clone()
-        self.head = Linear(model.get_output_embeddings().weight)
+        self.head = make(model.get_output_embeddings().weight.detach(), None)
         self.eps = float(config.rms_norm_eps)
         self.heads = int(config.num_attention_heads)
         self.kv_heads = int(getattr(config, "num_key_value_heads", None) or self.heads)
@@ -127,7 +151,7 @@ class LeanDecoder:
         """Bytes of the weights this decoder holds (its private copy of the model's)."""
         linears = [self.head] + [m for layer in self.layers for m in (layer.qkv, layer.out, layer.gate_up, layer.down)]
         norms = [t for layer in self.layers for t in (layer.norm1, layer.norm2, layer.q_norm, layer.k_norm)]
-        tensors = [self.embed, self.norm, *norms] + [t for m in linears for t in (m.weight, m.packed, m.bias)]
+        tensors = [self.embed, self.norm, *norms] + [t for m in linears for t in m.tensors()]
         return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
     def new_cache(self, capacity: int) -> KVCache:

@@ -1,4 +1,4 @@
-"""How experts are loaded: dtype, device, template drift, another base directory, trusted keys."""
+"""How experts are loaded: dtype, quantisation, device, template drift, another base directory, trusted keys."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from expertkit.models.load import DType
 from expertkit.package.signing import PublicKey
+from expertkit.runtime.quantize import Quantize
 
 
 @dataclass(frozen=True)
@@ -17,3 +18,6 @@ class LoadOptions:
     keys: list[PublicKey] | None = None
     require_signature: bool = False
     cached_decoders: int = 4  # merged expert decoders kept in memory for fast switching
+    # Weight-only quantisation of the lean decoder; None: each expert's manifest runtime.quantize,
+    # else DEFAULT_QUANTIZE. A value here (a CLI flag) wins over the manifests.
+    quantize: Quantize | None = None

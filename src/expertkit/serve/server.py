@@ -23,6 +23,7 @@ from expertkit.package.store import list_installed
 from expertkit.runtime.answer import expert_grammar
 from expertkit.runtime.engine import Engine
 from expertkit.runtime.options import LoadOptions
+from expertkit.runtime.quantize import parse_quantize
 from expertkit.runtime.routing import build_router
 from expertkit.serve.app import ServerConfig, create_app
 from expertkit.serve.guards import is_loopback, read_api_key
@@ -39,6 +40,7 @@ class ServeRequest:
     trusted_keys: Path | None = None
     base: str | None = None
     dtype: str = "auto"
+    quantize: str | None = None  # none|int8|int4; None: each expert's manifest, else the default
     max_queue: int = 32
     max_batch: int = 8
     timeout_s: float = 120.0
@@ -66,13 +68,14 @@ def build_server_app(request: ServeRequest, notes: list[str]) -> tuple[Any, Serv
         keys = trusted_keys(request.trusted_keys or default_trusted_keys_dir())
     options = LoadOptions(
         dtype=best_dtype() if request.dtype == "auto" else request.dtype,  # type: ignore[arg-type]
+        quantize=parse_quantize(request.quantize),
         allow_template_drift=request.allow_template_drift,
         base=request.base,
         keys=keys,
         require_signature=request.require_signature,
     )
     engine = Engine.for_experts(references, options)
-    notes += [w for e in engine.experts.values() for w in e.warnings]
+    notes += [w for e in engine.experts.values() for w in e.warnings] + engine.decoder_notes()
     router = build_router(engine, request.router_embedder, notes) if len(engine.experts) > 1 else None
     config = ServerConfig(
         base_id=engine.base.name,

@@ -1,0 +1,107 @@
+"""Weight-only int8 and int4 linears for the lean decoder (activations stay in the decode dtype).
+
+A decode step at batch size 1 reads every weight once, so on a CPU its speed is bounded by bytes
+read per token: int8 halves them against bf16, int4 quarters them. The kernels are PyTorch's own
+CPU ops (``aten._weight_int8pack_mm``: int8 weights, one scale per output channel;
+``aten._weight_int4pack_mm_for_cpu``: 4-bit weights packed two to a byte, a scale and a zero point
+per group of input channels), the ones torchao's weight-only configs call on CPU. torchao itself
+would add a dependency for the same kernels behind a tensor subclass the lean decoder does not
+need, so the quantisation here is the few lines of round-to-nearest arithmetic those kernels
+expect. No hand-written C: these reach the target.
+
+Quantisation happens once per activated expert, after its adapter was merged in fp32/bf16 (the
+merge stays exact), and the merged-decoder cache keeps the quantised weights.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+import torch
+
+from expertkit.errors import UsageError
+
+Quantize = Literal["none", "int8", "int4"]
+QUANTIZE_CHOICES: tuple[str, ...] = get_args(Quantize)
+DEFAULT_QUANTIZE: Quantize = "none"  # see benchmarks/decode_speed.py and the eval tables before changing it
+INT4_GROUP = 32  # input channels per scale/zero pair: small groups keep a 135M model's accuracy
+
+
+class Int8Linear:
+    """``x @ W.T (+ b)`` with W in int8 and one symmetric scale per output channel."""
+
+    bits = 8
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) -> None:
+        w = weight.detach().float()
+        scales = w.abs().amax(dim=1).clamp(min=1e-8) / 127.0
+        self.weight = torch.round(w / scales[:, None]).clamp(-127, 127).to(torch.int8).contiguous()
+        self.scales = scales.to(dtype)
+        self.bias = bias.detach().to(dtype).clone() if bias is not None else None
+        self.packed = None  # the Linear interface
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1])
+        out = torch.ops.aten._weight_int8pack_mm(flat, self.weight, self.scales)
+        if self.bias is not None:
+            out = out + self.bias
+        return out.view(*x.shape[:-1], out.shape[-1])
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [t for t in (self.weight, self.scales, self.bias) if t is not None]
+
+
+class Int4Linear:
+    """``x @ W.T (+ b)`` with W in 4 bits, asymmetric per group of :data:`INT4_GROUP` input channels."""
+
+    bits = 4
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) -> None:
+        out_features, in_features = weight.shape
+        groups = weight.detach().float().reshape(out_features, in_features // INT4_GROUP, INT4_GROUP)
+        low, high = groups.amin(dim=2, keepdim=True), groups.amax(dim=2, keepdim=True)
+        scales = (high - low).clamp(min=1e-8) / 15.0
+        # The kernel dequantises q to (q - 8) * scale + zero, so zero is the group's value at q = 8.
+        zeros = low + scales * 8
+        codes = torch.round((groups - low) / scales).clamp(0, 15).to(torch.int32).reshape(out_features, in_features)
+        self.weight = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.contiguous(), 1)
+        pairs = torch.cat([scales, zeros], dim=2)  # [out, groups, 2]
+        self.scales_and_zeros = pairs.transpose(0, 1).contiguous().to(torch.bfloat16)  # [groups, out, 2]
+        self.bias = bias.detach().to(dtype).clone() if bias is not None else None
+        self.dtype, self.packed = dtype, None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
+        out = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.weight, INT4_GROUP, self.scales_and_zeros)
+        out = out.to(self.dtype)
+        if self.bias is not None:
+            out = out + self.bias
+        return out.view(*x.shape[:-1], out.shape[-1])
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [t for t in (self.weight, self.scales_and_zeros, self.bias) if t is not None]
+
+
+def quantizable(weight: torch.Tensor, mode: Quantize) -> bool:
+    """Whether ``weight`` fits ``mode``'s kernel (int4 needs whole groups of input channels)."""
+    if mode == "int4":
+        return weight.shape[1] % INT4_GROUP == 0 and weight.shape[0] % 8 == 0
+    return mode == "int8"
+
+
+def quantize_linear(weight: torch.Tensor, bias: torch.Tensor | None, mode: Quantize) -> Int8Linear | Int4Linear:
+    """``weight`` (and ``bias``) as a weight-only quantised linear computing in ``weight.dtype``."""
+    if mode == "int8":
+        return Int8Linear(weight, bias, weight.dtype)
+    if mode == "int4":
+        return Int4Linear(weight, bias, weight.dtype)
+    raise ValueError(f"no quantised linear for {mode!r}")
+
+
+def parse_quantize(value: str | None) -> Quantize | None:
+    """A ``--quantize`` value checked (``None``: not given, the manifest or the default decides)."""
+    if value is None:
+        return None
+    if value not in QUANTIZE_CHOICES:
+        raise UsageError(f"--quantize {value!r}", f"choose one of: {', '.join(QUANTIZE_CHOICES)}")
+    return value  # type: ignore[return-value]
