@@ -27,6 +27,7 @@ from expertkit.runtime.constraints import ordered_by_constraints
 from expertkit.runtime.generate import Decoder, GenerationRequest, GenerationResult, end_token_ids, generate
 from expertkit.runtime.hf_decoder import HFDecoder
 from expertkit.runtime.llama_decoder import LeanDecoder, lean_supported
+from expertkit.runtime.lora_deltas import ExpertDeltas, lora_deltas
 from expertkit.runtime.options import LoadOptions
 from expertkit.runtime.quantize import DEFAULT_QUANTIZE, Quantize
 from expertkit.runtime.settings import DecodingOverrides, DecodingSettings, Source, resolve_settings
@@ -83,6 +84,8 @@ class Engine:
         self._decoder: Decoder | None = None
         # Merged decoders kept for switching back without re-merging (each holds a weight copy).
         self._lean_decoders: dict[str | None, LeanDecoder] = {}
+        # Experts' LoRA factors for mixed-expert batches over the shared base decoder (None: must merge).
+        self._deltas: dict[str, ExpertDeltas | None] = {}
 
     @classmethod
     def for_experts(cls, references: list[str], options: LoadOptions | None = None) -> Engine:
@@ -133,6 +136,7 @@ class Engine:
         self.experts[expert.name] = expert
         self._decoder = None
         self._lean_decoders.clear()
+        self._deltas.clear()
         return expert
 
     def _check_control_tokens(self, files: ExpertFiles, tokens: list[str]) -> None:
@@ -247,6 +251,21 @@ class Engine:
         if runtime is not None and runtime.quantize is not None:
             return runtime.quantize, "manifest"
         return DEFAULT_QUANTIZE, "default"
+
+    def deltas_of(self, name: str | None) -> ExpertDeltas | None:
+        """Expert ``name``'s LoRA as deltas over the shared base decoder, when it can decode that way
+        (a plain LoRA on the projections, quantised like the base decoder); ``None``: it decodes merged."""
+        if name is None or not self.lean or name not in self.experts:
+            return None
+        if name not in self._deltas:
+            same = self.quantize_of(name)[0] == self.quantize_of(None)[0]
+            dtype = self.model.get_input_embeddings().weight.dtype  # the shared decoder's
+            self._deltas[name] = lora_deltas(self.model, name, dtype) if same else None
+        return self._deltas[name]
+
+    def mixable(self, name: str | None) -> bool:
+        """Whether ``name``'s sequences can share a batch with other experts' (the base model's can)."""
+        return self.lean and (name is None or self.deltas_of(name) is not None)
 
     def decoder_notes(self) -> list[str]:
         """One line per expert: the dtype and quantisation it decodes in, and where each came from."""

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as nnf
 
+from expertkit.runtime.lora_deltas import ExpertDeltas, RowGroup, add_deltas
 from expertkit.runtime.quantize import Int4Linear, Int8Linear, Quantize, quantizable, quantize_linear
 
 SUPPORTED_TYPES = ("llama", "mistral", "qwen2", "qwen3")
@@ -189,10 +190,18 @@ class LeanDecoder:
         out = torch.matmul(torch.softmax(scores, dim=-1), values).to(self.dtype)
         return out.reshape(1, 1, self.heads * self.head_dim)
 
-    def _block(self, layer: Layer, index: int, x: torch.Tensor, cache: KVCache, cos: Any, sin: Any) -> torch.Tensor:
+    @staticmethod
+    def _project(linear: AnyLinear, x: torch.Tensor, groups: list[RowGroup], index: int, name: str) -> torch.Tensor:
+        """The shared projection of ``x``, plus each expert group's LoRA delta on its rows."""
+        y = linear(x)
+        return add_deltas(y, x, groups, index, name) if groups else y
+
+    def _block(
+        self, layer: Layer, index: int, x: torch.Tensor, cache: KVCache, cos: Any, sin: Any, groups: list[RowGroup]
+    ) -> torch.Tensor:
         tokens, start = x.shape[1], cache.length
         h, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
-        q, k, v = layer.qkv(self._norm(x, layer.norm1)).split([h, kv, kv], dim=-1)
+        q, k, v = self._project(layer.qkv, self._norm(x, layer.norm1), groups, index, "qkv").split([h, kv, kv], dim=-1)
         q = q.view(1, tokens, self.heads, self.head_dim)
         k = k.view(1, tokens, self.kv_heads, self.head_dim)
         if layer.q_norm is not None and layer.k_norm is not None:
@@ -201,13 +210,21 @@ class LeanDecoder:
         k = self._rope(k.transpose(1, 2), cos, sin)
         cache.keys[index, :, start : start + tokens] = k[0]
         cache.values[index, :, start : start + tokens] = v.view(tokens, self.kv_heads, self.head_dim).transpose(0, 1)
-        x = x + layer.out(self._attend(q, cache, index, start + tokens))
-        gate, up = layer.gate_up(self._norm(x, layer.norm2)).split([self.intermediate, self.intermediate], dim=-1)
-        return x + layer.down(nnf.silu(gate) * up)
+        x = x + self._project(layer.out, self._attend(q, cache, index, start + tokens), groups, index, "out")
+        return self._mlp(layer, index, x, groups)
+
+    def _mlp(self, layer: Layer, index: int, x: torch.Tensor, groups: list[RowGroup]) -> torch.Tensor:
+        gate_up = self._project(layer.gate_up, self._norm(x, layer.norm2), groups, index, "gate_up")
+        gate, up = gate_up.split([self.intermediate, self.intermediate], dim=-1)
+        return x + self._project(layer.down, nnf.silu(gate) * up, groups, index, "down")
 
     @torch.inference_mode()
-    def forward(self, cache: KVCache, ids: torch.Tensor, prefix: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits (fp32, ``[vocab]``) after feeding ``ids`` (and, first, ``prefix`` embeddings)."""
+    def forward(
+        self, cache: KVCache, ids: torch.Tensor, prefix: torch.Tensor | None = None, deltas: ExpertDeltas | None = None
+    ) -> torch.Tensor:
+        """Logits (fp32, ``[vocab]``) after feeding ``ids`` (and, first, ``prefix`` embeddings), with
+        an expert's LoRA ``deltas`` added to the shared weights when given."""
+        groups = [RowGroup(torch.zeros(1, dtype=torch.long), deltas)] if deltas is not None else []
         x = self.embed[ids][None]
         if prefix is not None:
             x = torch.cat([prefix.to(self.dtype)[None], x], dim=1)
@@ -217,7 +234,7 @@ class LeanDecoder:
         cos_table, sin_table = self._rope_table(start + tokens)
         cos, sin = cos_table[start : start + tokens], sin_table[start : start + tokens]
         for index, layer in enumerate(self.layers):
-            x = self._block(layer, index, x, cache, cos, sin)
+            x = self._block(layer, index, x, cache, cos, sin, groups)
         cache.length += tokens
         return self.head(self._norm(x[:, -1:], self.norm))[0, -1].float()
 
@@ -241,11 +258,18 @@ class LeanDecoder:
         batch.values[:, target] = batch.values[:, source]
 
     def _batch_block(
-        self, layer: Layer, index: int, x: torch.Tensor, batch: KVCache, lengths: torch.Tensor, cos: Any, sin: Any
+        self,
+        layer: Layer,
+        index: int,
+        x: torch.Tensor,
+        batch: KVCache,
+        step: tuple[torch.Tensor, Any, Any],
+        groups: list[RowGroup],
     ) -> torch.Tensor:
+        lengths, cos, sin = step
         rows = x.shape[0]
         h, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
-        q, k, v = layer.qkv(self._norm(x, layer.norm1)).split([h, kv, kv], dim=-1)
+        q, k, v = self._project(layer.qkv, self._norm(x, layer.norm1), groups, index, "qkv").split([h, kv, kv], dim=-1)
         q = q.view(rows, 1, self.heads, self.head_dim)
         k = k.view(rows, 1, self.kv_heads, self.head_dim)
         if layer.q_norm is not None and layer.k_norm is not None:
@@ -262,14 +286,16 @@ class LeanDecoder:
         beyond = torch.arange(span)[None, :] > lengths[:, None]
         scores = scores.masked_fill(beyond[:, None, None, :], float("-inf"))
         out = torch.matmul(torch.softmax(scores, dim=-1), values[:rows, :, :span]).to(self.dtype)
-        x = x + layer.out(out.reshape(rows, 1, h))
-        gate, up = layer.gate_up(self._norm(x, layer.norm2)).split([self.intermediate, self.intermediate], dim=-1)
-        return x + layer.down(nnf.silu(gate) * up)
+        x = x + self._project(layer.out, out.reshape(rows, 1, h), groups, index, "out")
+        return self._mlp(layer, index, x, groups)
 
     @torch.inference_mode()
-    def step_batch(self, batch: KVCache, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def step_batch(
+        self, batch: KVCache, tokens: torch.Tensor, lengths: torch.Tensor, groups: list[RowGroup] | None = None
+    ) -> torch.Tensor:
         """Logits ``[B, vocab]`` after feeding one token to each of the sequences in slots 0..B-1;
-        ``lengths[b]`` is how many positions slot ``b`` already holds (its new token's position)."""
+        ``lengths[b]`` is how many positions slot ``b`` already holds (its new token's position).
+        ``groups``: rows of experts decoding as LoRA deltas over these (shared, unmerged) weights."""
         capacity = int(batch.keys.shape[3])  # [layers, slots, kv_heads, capacity, head_dim]
         if int(lengths.max()) >= capacity:
             raise ValueError(f"a sequence exceeds the batch cache ({capacity} positions)")
@@ -277,5 +303,5 @@ class LeanDecoder:
         cos_table, sin_table = self._rope_table(int(lengths.max()) + 1)
         cos, sin = cos_table[lengths][:, None, None], sin_table[lengths][:, None, None]
         for index, layer in enumerate(self.layers):
-            x = self._batch_block(layer, index, x, batch, lengths, cos, sin)
+            x = self._batch_block(layer, index, x, batch, (lengths, cos, sin), groups or [])
         return self.head(self._norm(x, self.norm))[:, 0].float()

@@ -47,3 +47,73 @@ def test_batched_sequences_match_one_at_a_time(trained_source: Path, tmp_path: P
         + requests(engine, "expert-other", (7, 4, 10, 6))
         + requests(engine, None, (4, 4, 4, 4))
     ]
+
+
+def third_expert(trained_source: Path, tmp_path: Path) -> Path:
+    """Another LoRA expert: the tiny expert's factors negated and halved."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    third = Path(shutil.copytree(trained_source, tmp_path / "expert-third"))
+    manifest = json.loads((third / "manifest.json").read_text())
+    manifest["name"] = "expert-third"
+    (third / "manifest.json").write_text(json.dumps(manifest))
+    weights = next((third / "weights").iterdir()) / "adapter" / "adapter_model.safetensors"
+    save_file({k: -0.5 * v if "lora_B" in k else v for k, v in load_file(str(weights)).items()}, str(weights))
+    return third
+
+
+def interleaved(engine: Engine) -> list:
+    names = ["expert-tiny", "expert-other", "expert-third", None]
+    batch = []
+    for index, limits in enumerate(((6, 11, 3, 9), (8, 4, 12, 5), (10, 7, 4, 6), (3, 5, 2, 4))):
+        batch += requests(engine, names[index], limits)
+    return [batch[i] for i in (0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15)]  # experts alternate
+
+
+def test_three_experts_decode_in_one_batch_token_for_token_as_alone(trained_source: Path, tmp_path: Path) -> None:
+    experts = [
+        str(trained_source),
+        str(second_expert(trained_source, tmp_path)),
+        str(third_expert(trained_source, tmp_path)),
+    ]
+    engine = Engine.for_experts(experts, LoadOptions(dtype="float32"))
+    assert all(engine.mixable(name) for name in engine.experts)
+    alone = [engine.execute(r).token_ids for r in interleaved(engine)]
+    scheduler = BatchScheduler(engine, max_batch=6, max_positions=256)
+    results: list = [None] * 16
+    for index, request in enumerate(interleaved(engine)):
+        scheduler.submit(request, lambda result, index=index: results.__setitem__(index, result))
+    experts_per_step = []
+    while scheduler.busy:
+        scheduler.step()
+        experts_per_step.append(len({s.request.expert for s in scheduler.running}))
+    assert scheduler.mixed and max(experts_per_step) == 4  # three experts and the base model in one step
+    assert [r.token_ids for r in results] == alone
+    merged_only = BatchScheduler(engine, max_batch=6, max_positions=256, mixing=False)
+    for index, request in enumerate(interleaved(engine)):
+        merged_only.submit(request, lambda result, index=index: results.__setitem__(index, result))
+    while merged_only.busy:
+        merged_only.step()
+        assert len({s.request.expert for s in merged_only.running}) <= 1
+    assert [r.token_ids for r in results] == alone
+
+
+def test_experts_that_are_not_plain_lora_decode_merged(trained_source: Path, tmp_path: Path) -> None:
+    import json
+
+    dora = Path(__import__("shutil").copytree(trained_source, tmp_path / "expert-dora"))
+    config = next((dora / "weights").iterdir()) / "adapter" / "adapter_config.json"
+    data = json.loads(config.read_text())
+    data["use_dora"] = True
+    config.write_text(json.dumps(data))
+    manifest = json.loads((dora / "manifest.json").read_text())
+    manifest["name"] = "expert-dora"
+    (dora / "manifest.json").write_text(json.dumps(manifest))
+    engine = Engine.for_experts([str(trained_source), str(dora)], LoadOptions(dtype="float32"))
+    assert engine.mixable("expert-tiny") and not engine.mixable("expert-dora")
+    batch = requests(engine, "expert-dora", (4, 4, 4, 4)) + requests(engine, "expert-tiny", (4, 4, 4, 4))
+    alone = [engine.execute(r).token_ids for r in batch]
+    assert [r.token_ids for r in run_batched(engine, batch, max_batch=8)] == alone

@@ -1,0 +1,137 @@
+"""An expert's LoRA as low-rank deltas beside shared base weights, so sequences of different experts
+decode in one batch (the S-LoRA / Punica idea, on a CPU).
+
+A merged decoder holds one expert's weights, so a batch can only hold that expert's sequences. With
+the base weights shared and each expert's LoRA kept as its factors, one batch step computes every
+projection once for all rows (``x · Wᵀ``) and adds, for each expert present, its delta to its own
+rows (``x · Aᵀ · Bᵀ · scale``, grouped by expert). Only plain LoRA on the attention and MLP
+projections qualifies: DoRA rescales the merged weight, IA³ and LoKr are not low-rank products,
+and a LoRA on the embedding or the output head would change the shared tables; those experts
+keep decoding merged, one expert per batch (:func:`lora_deltas` answers ``None``).
+
+Written here because PEFT applies adapters per module on a whole batch, one active adapter at a
+time (its mixed-batch forward re-runs every module per adapter), and the lean decoder fuses
+q/k/v and gate/up: the deltas must follow that layout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+# The lean decoder's fused projections and the model modules that make them, in order.
+FUSED = {
+    "qkv": ("q_proj", "k_proj", "v_proj"),
+    "out": ("o_proj",),
+    "gate_up": ("gate_proj", "up_proj"),
+    "down": ("down_proj",),
+}
+PROJECTIONS = {module: fused for fused, modules in FUSED.items() for module in modules}
+
+
+@dataclass
+class Delta:
+    """One fused projection's delta: ``x · a.T · b.T`` (the scale folded into ``b``)."""
+
+    a: torch.Tensor  # [ranks of the parts, in]
+    b: torch.Tensor  # [out, ranks of the parts], block-diagonal over the fused parts
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return (x @ self.a.T) @ self.b.T
+
+
+@dataclass
+class ExpertDeltas:
+    """Per layer, the expert's deltas by fused projection name (absent: not adapted)."""
+
+    layers: list[dict[str, Delta]]
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for layer in self.layers for d in layer.values() for t in (d.a, d.b))
+
+
+def _block_diagonal(parts: list[tuple[torch.Tensor, torch.Tensor] | None], outs: list[int]) -> Delta | None:
+    """Fuse per-module (A, B·scale) pairs into one delta over the concatenated outputs."""
+    present = [p for p in parts if p is not None]
+    if not present:
+        return None
+    a = torch.cat([p[0] for p in present])
+    b = torch.zeros(sum(outs), a.shape[0], dtype=a.dtype)
+    row = column = 0
+    for part, out in zip(parts, outs, strict=True):
+        if part is not None:
+            rank = part[0].shape[0]
+            b[row : row + out, column : column + rank] = part[1]
+            column += rank
+        row += out
+    return Delta(a.contiguous(), b.contiguous())
+
+
+def _lora_factors(module: Any, name: str, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor] | bool | None:
+    """(A, B·scale) of adapter ``name`` on ``module``; ``None`` where the module lacks it; ``False``
+    where it has it in a form deltas cannot express (DoRA, a LoRA bias, a non-linear base)."""
+    if name not in getattr(module, "lora_A", {}):
+        return None
+    if getattr(module, "use_dora", {}).get(name) or getattr(module, "lora_bias", {}).get(name):
+        return False
+    a, b = module.lora_A[name], module.lora_B[name]
+    if not isinstance(a, torch.nn.Linear) or not isinstance(b, torch.nn.Linear):
+        return False
+    scale = float(module.scaling[name])
+    return a.weight.detach().to(dtype).clone(), (b.weight.detach().float() * scale).to(dtype)
+
+
+def lora_deltas(model: Any, name: str, dtype: torch.dtype) -> ExpertDeltas | None:
+    """Adapter ``name`` of a PEFT model as :class:`ExpertDeltas`, or ``None`` when it is not a plain
+    LoRA on the decoder's projections only (it must then decode merged)."""
+    adapted: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
+    for path, module in model.named_modules():
+        factors = _lora_factors(module, name, dtype)
+        if factors is None:
+            continue
+        parts = path.split(".")
+        if factors is False or parts[-1] not in PROJECTIONS or "layers" not in parts:
+            return None  # adapted somewhere the deltas cannot follow (embeddings, head) or not LoRA
+        index = int(parts[parts.index("layers") + 1])
+        adapted[(index, parts[-1])] = factors  # type: ignore[assignment]
+    if not adapted:
+        return None
+    base = model.get_base_model()
+    layers: list[dict[str, Delta]] = []
+    for index, block in enumerate(base.model.layers):
+        fused: dict[str, Delta] = {}
+        for fused_name, modules in FUSED.items():
+            outs = [_module(block, m).out_features for m in modules]
+            delta = _block_diagonal([adapted.get((index, m)) for m in modules], outs)
+            if delta is not None:
+                fused[fused_name] = delta
+        layers.append(fused)
+    return ExpertDeltas(layers)
+
+
+def _module(block: Any, name: str) -> Any:
+    module = getattr(block.self_attn, name, None) or getattr(block.mlp, name)
+    return module.get_base_layer() if hasattr(module, "get_base_layer") else module
+
+
+@dataclass
+class RowGroup:
+    """The rows of a batch that belong to one expert, and that expert's deltas."""
+
+    rows: torch.Tensor  # row indices into the batch
+    deltas: ExpertDeltas
+
+
+def add_deltas(y: torch.Tensor, x: torch.Tensor, groups: list[RowGroup], layer: int, projection: str) -> torch.Tensor:
+    """``y`` (``[rows, ..., out]``, the shared projection of ``x``) plus each group's delta on its rows."""
+    for group in groups:
+        delta = group.deltas.layers[layer].get(projection)
+        if delta is None:
+            continue
+        if group.rows.numel() == y.shape[0]:
+            y = y + delta(x)
+        else:
+            y = y.index_add(0, group.rows, delta(x.index_select(0, group.rows)))
+    return y
