@@ -2,10 +2,15 @@
 clients, beside the same 200 requests sent one at a time; loopback only, bounded in time.
 
 Both experts are LoRA adapters with random (non-zero) weights: serving speed does not depend on
-what they learned. Requests alternate between the two experts (so batches regroup by expert) and
-ask for 24 tokens at temperature 0. Last line:
-{"ratio": …, "errors": …, "rejected_429": …, "p50_s": …, "p99_s": …, "requests": …}
-(ratio: concurrent throughput over sequential; errors: anything but 200 and deliberate 429s).
+what they learned. Requests alternate between the two experts and ask for 24 tokens at temperature
+0, streamed (time to first token is the first content chunk). The concurrent load runs twice, in
+one run: with mixed-expert batches (the default: both experts' sequences in one batch, each adding
+its LoRA delta to the shared weights) and with one expert per batch (``--no-mixed-batches``, the
+previous behaviour). Last line:
+{"ratio": …, "ratio_one_expert_per_batch": …, "errors": …, "rejected_429": …, "p50_s": …, "p99_s": …,
+ "ttft_p50_s": …, "ttft_p99_s": …, "requests": …}
+(ratio: concurrent throughput over sequential, mixed batches; errors: anything but 200 and
+deliberate 429s).
 """
 
 from __future__ import annotations
@@ -64,25 +69,32 @@ def make_expert(base_dir: Path, work: Path, name: str, seed: int) -> Path:
     return work / name
 
 
-def one(client: httpx.Client, url: str, index: int) -> tuple[int, float]:
+def one(client: httpx.Client, url: str, index: int) -> tuple[int, float, float]:
+    """(status, latency, time to the first content chunk) of one streamed request."""
     body = {
         "model": ("expert-a", "expert-b")[index % 2],
         "messages": [{"role": "user", "content": PROMPTS[index % len(PROMPTS)]}],
         "max_tokens": 24,
         "temperature": 0,
+        "stream": True,
     }
     start = time.perf_counter()
+    first = 0.0
     try:
-        status = client.post(f"{url}/v1/chat/completions", json=body, timeout=120).status_code
+        with client.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=120) as response:
+            for line in response.iter_lines():
+                if not first and line.startswith("data: {") and '"content":"' in line.replace(" ", ""):
+                    first = time.perf_counter() - start
+            status = response.status_code
     except httpx.HTTPError:
         status = 0
-    return status, time.perf_counter() - start
+    return status, time.perf_counter() - start, first
 
 
-def run_load(url: str, requests: int, clients: int) -> tuple[float, list[tuple[int, float]]]:
+def run_load(url: str, requests: int, clients: int) -> tuple[float, list[tuple[int, float, float]]]:
     local = threading.local()
 
-    def call(index: int) -> tuple[int, float]:
+    def call(index: int) -> tuple[int, float, float]:
         if not hasattr(local, "client"):
             local.client = httpx.Client()
         return one(local.client, url, index)
@@ -93,6 +105,28 @@ def run_load(url: str, requests: int, clients: int) -> tuple[float, list[tuple[i
     return time.perf_counter() - start, results
 
 
+def serve_and_load(experts: list[str], mixed: bool, args: argparse.Namespace, sequential: bool) -> dict:
+    from expertkit.serve.server import ServeRequest, build_server_app
+    from unit.serve.conftest import start
+
+    request = ServeRequest(
+        experts=experts, router_embedder="none", max_batch=16, max_queue=64, timeout_s=300, mixed_batches=mixed
+    )
+    app, _ = build_server_app(request, [])
+    server, thread, url = start(app)
+    try:
+        out = {"sequential": run_load(url, args.requests, 1)} if sequential else {}
+        out["concurrent"] = run_load(url, args.requests, args.clients)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+    return out
+
+
+def quantile(values: list[float], q: int) -> float:
+    return (statistics.quantiles(values, n=100) if len(values) > 1 else [values[0]] * 99)[q - 1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=200)
@@ -101,41 +135,50 @@ def main() -> None:
     from rich.console import Console
 
     from expertkit.models import pull_model
-    from expertkit.serve.server import ServeRequest, build_server_app
-    from unit.serve.conftest import start
 
     console = Console(stderr=True)
     base = pull_model("SmolLM2-135M-Instruct")
     with tempfile.TemporaryDirectory() as tmp:
         experts = [str(make_expert(base.path, Path(tmp), n, s)) for n, s in (("expert-a", 1), ("expert-b", 2))]
-        request = ServeRequest(experts=experts, router_embedder="none", max_batch=16, max_queue=64, timeout_s=300)
-        app, _ = build_server_app(request, [])
-        server, thread, url = start(app)
-        try:
-            sequential_s, sequential = run_load(url, args.requests, 1)
-            concurrent_s, concurrent = run_load(url, args.requests, args.clients)
-        finally:
-            server.should_exit = True
-            thread.join(timeout=30)
-    ok = [latency for status, latency in concurrent if status == 200]
-    rejected = sum(1 for status, _ in concurrent if status == 429)
-    errors = sum(1 for status, _ in concurrent + sequential if status not in (200, 429))
-    throughput = len(ok) / concurrent_s
-    sequential_throughput = sum(1 for s, _ in sequential if s == 200) / sequential_s
-    quantiles = statistics.quantiles(ok, n=100) if len(ok) > 1 else [ok[0]] * 99
+        mixed = serve_and_load(experts, True, args, sequential=True)
+        separate = serve_and_load(experts, False, args, sequential=False)
+    sequential_s, sequential = mixed["sequential"]
+    sequential_throughput = sum(1 for s, _, _ in sequential if s == 200) / sequential_s
     console.print(f"sequential: {args.requests} requests in {sequential_s:.1f} s ({sequential_throughput:.2f} req/s)")
-    rate = f"{throughput:.2f} req/s"
-    console.print(f"{args.clients} clients: {len(ok)} ok, {rejected} rejected (429) in {concurrent_s:.1f} s ({rate})")
-    console.print(f"latency p50 {quantiles[49]:.2f} s, p99 {quantiles[98]:.2f} s; errors {errors}")
+    rows = {}
+    for label, run in (("mixed batches", mixed), ("one expert per batch", separate)):
+        elapsed, results = run["concurrent"]
+        ok = [r for r in results if r[0] == 200]
+        rows[label] = {
+            "throughput": len(ok) / elapsed,
+            "rejected": sum(1 for r in results if r[0] == 429),
+            "errors": sum(1 for r in results if r[0] not in (200, 429)),
+            "latency": [r[1] for r in ok],
+            "ttft": [r[2] for r in ok],
+        }
+        row = rows[label]
+        console.print(
+            f"{args.clients} clients, {label}: {len(ok)} ok, {row['rejected']} rejected (429) in {elapsed:.1f} s "
+            f"({row['throughput']:.2f} req/s, {row['throughput'] / sequential_throughput:.2f}x); latency p50 "
+            f"{quantile(row['latency'], 50):.2f} s p99 {quantile(row['latency'], 99):.2f} s; first token p50 "
+            f"{quantile(row['ttft'], 50):.2f} s p99 {quantile(row['ttft'], 99):.2f} s; errors {row['errors']}"
+        )
+    best, other = rows["mixed batches"], rows["one expert per batch"]
+    errors = best["errors"] + other["errors"] + sum(1 for s, _, _ in sequential if s not in (200, 429))
     result = {
-        "ratio": round(throughput / sequential_throughput, 3),
+        "ratio": round(best["throughput"] / sequential_throughput, 3),
+        "ratio_one_expert_per_batch": round(other["throughput"] / sequential_throughput, 3),
         "errors": errors,
-        "rejected_429": rejected,
-        "p50_s": round(quantiles[49], 3),
-        "p99_s": round(quantiles[98], 3),
+        "rejected_429": best["rejected"] + other["rejected"],
+        "p50_s": round(quantile(best["latency"], 50), 3),
+        "p99_s": round(quantile(best["latency"], 99), 3),
+        "ttft_p50_s": round(quantile(best["ttft"], 50), 3),
+        "ttft_p99_s": round(quantile(best["ttft"], 99), 3),
+        "ttft_p50_s_one_expert_per_batch": round(quantile(other["ttft"], 50), 3),
+        "ttft_p99_s_one_expert_per_batch": round(quantile(other["ttft"], 99), 3),
         "requests": args.requests,
         "sequential_req_per_s": round(sequential_throughput, 3),
-        "concurrent_req_per_s": round(throughput, 3),
+        "concurrent_req_per_s": round(best["throughput"], 3),
     }
     print(json.dumps(result))
 

@@ -2,23 +2,43 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any, Literal
 
 from expertkit.errors import ModelLoadError
 from expertkit.models.pull import ensure_ready
 from expertkit.models.resolve import ResolvedModel, ensure_offline, refuse_remote_code
+from expertkit.safepath import UnsafePathError, read_bounded
 
 DType = Literal["auto", "float32", "bfloat16", "float16"]
+
+
+# Tokenizer classes that are transformers' plain tokenizers-backed class: loaded through it directly,
+# AutoTokenizer's class resolution imports every model configuration (seconds at start-up).
+PLAIN_FAST_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
+
+
+def _tokenizer_class(model_dir: Path) -> Any:
+    try:
+        config = json.loads(read_bounded(model_dir / "tokenizer_config.json", "tokenizer_config.json", 1 << 22))
+    except (OSError, ValueError, UnsafePathError):
+        config = {}
+    if isinstance(config, dict) and config.get("tokenizer_class") in PLAIN_FAST_CLASSES:
+        from transformers import PreTrainedTokenizerFast
+
+        return PreTrainedTokenizerFast
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer
 
 
 def load_tokenizer(resolved: ResolvedModel) -> Any:
     ensure_offline()
     resolved = ensure_ready(resolved)
     refuse_remote_code(resolved.path)
-    from transformers import AutoTokenizer
-
     try:
-        return AutoTokenizer.from_pretrained(resolved.path, trust_remote_code=False)
+        return _tokenizer_class(resolved.path).from_pretrained(resolved.path, trust_remote_code=False)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(
             f"cannot load the tokenizer in {resolved.path}: {exc}", "check the model directory"

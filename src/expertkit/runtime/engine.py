@@ -1,6 +1,12 @@
-"""One base model, any number of experts as named PEFT adapters, one active at a time.
+"""One base model, any number of experts, one active at a time (or several in a mixed batch).
 
-Activating an expert merges its adapter into the weights the decoder reads (fast decoding), then
+Fast start: when the lean decoder covers the base model and an expert is a plain LoRA, the engine
+reads the model's tensors and the adapter's factors straight from their files and merges them
+itself (:mod:`expertkit.runtime.model_files`): no transformers model object and no PEFT on that
+path. Anything else (other adapter types, other architectures, control tokens, the base-model
+router, perf measurement) reads ``engine.model``, which loads transformers + PEFT on first use.
+
+Through PEFT, activating an expert merges its adapter into the weights the decoder reads, then
 puts the model's own weights back exactly as they were (a snapshot of every adapted layer is
 restored), so switching experts or returning to the base model leaves no rounding residue, even
 in bf16. Each expert is checked against its lock before its adapter is attached.
@@ -8,65 +14,40 @@ in bf16. Each expert is checked against its lock before its adapter is attached.
 
 from __future__ import annotations
 
-import json
 import warnings
-from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import torch
 
-from expertkit.errors import ModelLoadError, UsageError
+from expertkit.errors import UsageError
 from expertkit.manifest.sections import DecodingConfig
 from expertkit.models.fingerprint import fingerprint
-from expertkit.models.load import load_model
+from expertkit.models.load import load_model, load_tokenizer
 from expertkit.models.resolve import ResolvedModel, resolve_model
 from expertkit.models.tokens import add_control_tokens
-from expertkit.package.lock import TrainedWith, check_base_model, check_template, lock_from_meta
+from expertkit.package.lock import check_base_model, check_template
 from expertkit.package.references import ExpertFiles, resolve_expert
 from expertkit.runtime.constraints import ordered_by_constraints
+from expertkit.runtime.expert_checks import Expert, check_bounds, check_control_tokens, lock_of, soft_prompt
 from expertkit.runtime.generate import Decoder, GenerationRequest, GenerationResult, end_token_ids, generate
 from expertkit.runtime.hf_decoder import HFDecoder
 from expertkit.runtime.llama_decoder import LeanDecoder, lean_supported
 from expertkit.runtime.lora_deltas import ExpertDeltas, lora_deltas
+from expertkit.runtime.model_files import (
+    DefaultRope,
+    LoraFactors,
+    deltas_from,
+    fast_config,
+    generation_end_ids,
+    merged,
+    plain_lora,
+    read_tensors,
+)
 from expertkit.runtime.options import LoadOptions
+from expertkit.runtime.peft_merge import peft_merged_decoder
 from expertkit.runtime.quantize import DEFAULT_QUANTIZE, Quantize
 from expertkit.runtime.settings import DecodingOverrides, DecodingSettings, Source, resolve_settings
-from expertkit.safepath import UnsafePathError, read_bounded
-
-MAX_CONTROL_TOKENS, MAX_CONTROL_TOKEN_CHARS = 256, 64
-
-
-@dataclass
-class Expert:
-    files: ExpertFiles
-    soft_prompt: torch.Tensor | None
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def name(self) -> str:
-        return self.files.loaded.manifest.name
-
-
-def _lock_of(files: ExpertFiles, notes: list[str]) -> TrainedWith | None:
-    if files.lock is not None:
-        return files.lock.trained_with()
-    meta = files.training_meta()
-    if meta is None:
-        notes.append(f"{files.root}: no expert.lock.json or training_meta.json; base model and template unchecked")
-        return None
-    return lock_from_meta(meta)
-
-
-def _soft_prompt(files: ExpertFiles) -> torch.Tensor | None:
-    from safetensors.torch import load_file
-
-    parts = []
-    for prompt in files.loaded.manifest.soft_prompts:
-        path = files.soft_prompt_dir / f"{prompt.name}.safetensors"
-        if not path.is_file():
-            raise ModelLoadError(f"soft prompt {prompt.name!r} is configured but {path} is missing")
-        parts.append(load_file(str(path))["prompt_embeddings"])
-    return torch.cat(parts) if parts else None
 
 
 class Engine:
@@ -74,7 +55,17 @@ class Engine:
 
     def __init__(self, base: ResolvedModel, options: LoadOptions) -> None:
         self.base, self.options = base, options
-        self.model, self.tokenizer = load_model(base, options.dtype, options.device)
+        self._model: Any = None
+        self._tensors: dict[str, torch.Tensor] | None = None  # fast start: the base weights, read once
+        self._config = fast_config(base.path) if options.fast_start and options.device == "cpu" else None
+        if self._config is not None and options.dtype != "auto":
+            self.tokenizer = load_tokenizer(base)
+            self._tensors = read_tensors(base.path, getattr(torch, options.dtype))
+        else:
+            self._config = None
+            self._model, self.tokenizer = load_model(base, options.dtype, options.device)
+        self._lora: dict[str, LoraFactors] = {}  # experts merged by hand (fast start)
+        self._rope = DefaultRope(self._config) if self._config is not None else None
         # The base tokenizer's own special tokens (EOS, BOS, pad ...) are hidden from output text;
         # tokens an expert adds are plain text to every other expert, never stripped.
         self.hidden_ids = frozenset(int(i) for i in self.tokenizer.all_special_ids)
@@ -114,71 +105,58 @@ class Engine:
             engine.attach(item)
         return engine
 
+    @property
+    def model(self) -> Any:
+        """The transformers model with every attached expert as a PEFT adapter (loaded on first use)."""
+        if self._model is None:
+            self._decoder = None  # the active decoder is rebuilt from here on as it would have been
+            self._model, _ = load_model(self.base, self.options.dtype, self.options.device)
+            self._resize_embeddings()
+            for expert in self.experts.values():
+                self._load_adapter(expert)
+        return self._model
+
+    @property
+    def model_config(self) -> Any:
+        """The base model's config (read from config.json on the fast path)."""
+        if self._config is not None:
+            return self._config
+        return self.model.get_base_model().config if self.experts else self.model.config
+
+    def _resize_embeddings(self) -> None:
+        if len(self.tokenizer) > self._model.get_input_embeddings().num_embeddings:
+            self._model.resize_token_embeddings(len(self.tokenizer))
+
     def attach(self, files: ExpertFiles) -> Expert:
         """Check ``files`` against its lock, add its control tokens, load its adapter under its name."""
         notes: list[str] = []
-        lock = _lock_of(files, notes)
+        lock = lock_of(files, notes)
         if lock is not None:
             check_base_model(lock, self.fingerprint, str(files.root))
         dataset = files.loaded.manifest.training.dataset if files.loaded.manifest.training else None
         tokens = list(dataset.special_tokens) if dataset else []
-        self._check_control_tokens(files, tokens)
+        check_control_tokens(files, tokens, list(self.experts.values()))
+        if tokens and self._model is None:
+            self._leave_fast_start()  # new embedding rows: transformers resizes them
         add_control_tokens(self.tokenizer, tokens)
         if lock is not None and (
             drift := check_template(lock, self.tokenizer, str(files.root), self.options.allow_template_drift)
         ):
             notes.append(drift)
-        if len(self.tokenizer) > self.model.get_input_embeddings().num_embeddings:
-            self.model.resize_token_embeddings(len(self.tokenizer))
-        expert = Expert(files, _soft_prompt(files), notes)
-        self._check_bounds(expert)
-        self._load_adapter(expert)
+        if self._model is not None:
+            self._resize_embeddings()
+        expert = Expert(files, soft_prompt(files), notes)
+        check_bounds(expert, self.model_config, self.context_length)
+        lora = plain_lora(files.adapter_dir, self._tensors) if self._tensors is not None else None
+        if lora is not None:
+            self._lora[expert.name] = lora
+        if self._model is not None or lora is None:
+            self._load_adapter(expert)
         self.experts[expert.name] = expert
         self._decoder = None
         self._lean_decoders.clear()
         self._deltas.clear()
         return expert
-
-    def _check_control_tokens(self, files: ExpertFiles, tokens: list[str]) -> None:
-        """Control tokens are scoped by refusal: the tokenizer is shared, so an expert's added tokens
-        would change how every other expert's prompts tokenise. Experts in one engine must declare
-        the same control tokens (or none); the counts and lengths are bounded."""
-        if len(tokens) > MAX_CONTROL_TOKENS or any(len(t) > MAX_CONTROL_TOKEN_CHARS or not t for t in tokens):
-            raise UsageError(
-                f"{files.root}: training.dataset.special_tokens lists {len(tokens)} tokens; at most "
-                f"{MAX_CONTROL_TOKENS} of 1 to {MAX_CONTROL_TOKEN_CHARS} characters are accepted",
-                "declare only the control tokens the expert was trained with",
-            )
-        for other in self.experts.values():
-            dataset = other.files.loaded.manifest.training.dataset if other.files.loaded.manifest.training else None
-            theirs = set(dataset.special_tokens) if dataset else set()
-            if theirs != set(tokens):
-                raise UsageError(
-                    f"{files.loaded.manifest.name} and {other.name} declare different control tokens "
-                    f"({sorted(set(tokens) ^ theirs)[:5]}); loaded together, one expert's tokens would "
-                    "change how the other's prompts are tokenised",
-                    "serve them in separate processes (one expert-cli serve each)",
-                )
-
-    def _check_bounds(self, expert: Expert) -> None:
-        """An adapter's rank and a soft prompt's length within what the base model makes sensible."""
-        config = self.model.config if not self.experts else self.model.get_base_model().config
-        hidden = int(getattr(config, "hidden_size", 0) or 0)
-        path = expert.files.adapter_dir / "adapter_config.json"
-        try:
-            adapter = json.loads(read_bounded(path, "adapter_config.json", 1 << 20))
-        except (OSError, ValueError, UnsafePathError) as exc:
-            raise ModelLoadError(f"cannot read {path}: {exc}", "re-train or re-install the expert") from exc
-        rank = adapter.get("r") if isinstance(adapter, dict) else None
-        if hidden and isinstance(rank, int) and not 0 < rank <= hidden:
-            raise ModelLoadError(f"{path}: rank r={rank} is outside 1..{hidden} (the base model's hidden size)")
-        if expert.soft_prompt is not None:
-            rows, width = expert.soft_prompt.shape
-            if rows > self.context_length // 2 or (hidden and width != hidden):
-                raise ModelLoadError(
-                    f"{expert.files.root}: soft prompt of {rows} x {width}; the base model allows at most "
-                    f"{self.context_length // 2} tokens of width {hidden}"
-                )
 
     def _load_adapter(self, expert: Expert) -> None:
         from peft import PeftModel
@@ -188,29 +166,20 @@ class Engine:
             if isinstance(self.model, PeftModel):
                 self.model.load_adapter(str(expert.files.adapter_dir), adapter_name=expert.name)
             else:
-                self.model = PeftModel.from_pretrained(
+                self._model = PeftModel.from_pretrained(
                     self.model, str(expert.files.adapter_dir), adapter_name=expert.name
                 )
         self.model.eval()
 
-    def _adapted_layers(self) -> list[Any]:
-        from peft.tuners.tuners_utils import BaseTunerLayer
-
-        return [m for m in self.model.modules() if isinstance(m, BaseTunerLayer)]
-
-    def _merged_decoder(self, name: str) -> LeanDecoder:
-        """Merge ``name`` into the weights, copy them into a lean decoder, restore the weights exactly."""
-        layers = self._adapted_layers()
-        snapshot = [layer.get_base_layer().weight.detach().clone() for layer in layers]
-        self.model.set_adapter(name)
-        self.model.merge_adapter([name])
-        try:  # quantised (when asked) from the merged weights: the merge itself stays exact
-            return LeanDecoder(self.model.get_base_model(), self.quantize_of(name)[0])
-        finally:
-            self.model.unmerge_adapter()
-            with torch.no_grad():
-                for layer, weight in zip(layers, snapshot, strict=True):
-                    layer.get_base_layer().weight.copy_(weight)
+    def _leave_fast_start(self) -> None:
+        """From here on, everything through transformers + PEFT (the tensors read from files no
+        longer describe the model once its vocabulary grows)."""
+        _ = self.model
+        self._tensors, self._config = None, None
+        self._lora.clear()
+        self._lean_decoders.clear()
+        self._deltas.clear()
+        self._decoder = None
 
     def activate(self, name: str | None) -> Decoder:
         """The decoder for expert ``name`` (``None``: the base model alone); rebuilt only on a switch."""
@@ -218,11 +187,8 @@ class Engine:
             raise UsageError(f"expert {name!r} is not loaded", f"loaded: {', '.join(self.experts) or 'none'}")
         if self._decoder is not None and self.active == name:
             return self._decoder
-        model = self.model.get_base_model() if self.experts else self.model
-        if lean_supported(model.config):
-            lean = self._lean_decoders.pop(name, None) or (
-                self._merged_decoder(name) if name else LeanDecoder(model, self.quantize_of(None)[0])
-            )
+        if self.lean:
+            lean = self._lean_decoders.pop(name, None) or self._new_lean(name)
             self._lean_decoders[name] = lean  # most recent last
             self._decoder = lean
             while len(self._lean_decoders) > self.options.cached_decoders:
@@ -232,11 +198,25 @@ class Engine:
         self.active = name
         return self._decoder
 
+    def _new_lean(self, name: str | None) -> LeanDecoder:
+        """A lean decoder for ``name``: merged by hand from the files (fast start), else through PEFT."""
+        quantize = self.quantize_of(name)[0]
+        if self._tensors is not None and (name is None or name in self._lora):
+            tensors = self._tensors if name is None else merged(self._tensors, self._lora[name])
+            return LeanDecoder.from_tensors(tensors, self._config, self._rope, quantize)
+        if name is None:
+            return LeanDecoder(self._hf_base(), quantize)
+        return peft_merged_decoder(self.model, name, quantize)
+
+    def _hf_base(self) -> Any:
+        """The transformers model itself (inside PEFT's wrapper when experts are attached through it)."""
+        model = self.model
+        return model.get_base_model() if hasattr(model, "get_base_model") else model
+
     @property
     def lean(self) -> bool:
         """Whether experts decode through the lean decoder (else transformers' forward)."""
-        model = self.model.get_base_model() if self.experts else self.model
-        return lean_supported(model.config)
+        return self._config is not None or lean_supported(self._hf_base().config)
 
     def quantize_of(self, name: str | None) -> tuple[Quantize, Source]:
         """Expert ``name``'s weight-only quantisation and where it came from: the load options (a
@@ -259,8 +239,16 @@ class Engine:
             return None
         if name not in self._deltas:
             same = self.quantize_of(name)[0] == self.quantize_of(None)[0]
-            dtype = self.model.get_input_embeddings().weight.dtype  # the shared decoder's
-            self._deltas[name] = lora_deltas(self.model, name, dtype) if same else None
+            lora = self._lora.get(name)
+            if not same:
+                self._deltas[name] = None
+            elif lora is not None and self._tensors is not None:
+                layers = int(self.model_config.num_hidden_layers)
+                embed = self._tensors["model.embed_tokens.weight"]
+                self._deltas[name] = deltas_from(lora, self._tensors, layers, embed.dtype)
+            else:
+                dtype = self.model.get_input_embeddings().weight.dtype  # the shared decoder's
+                self._deltas[name] = lora_deltas(self.model, name, dtype)
         return self._deltas[name]
 
     def mixable(self, name: str | None) -> bool:
@@ -289,7 +277,10 @@ class Engine:
     def expert_nbytes(self, name: str) -> int:
         """Bytes expert ``name`` holds beyond the base model: its adapter's parameters, and the merged
         weight copy its decoder keeps while cached (the lean decoder; the HF path merges nothing)."""
-        adapter = sum(p.numel() * p.element_size() for n, p in self.model.named_parameters() if f".{name}." in n)
+        if name in self._lora:
+            adapter = self._lora[name].nbytes()
+        else:
+            adapter = sum(p.numel() * p.element_size() for n, p in self.model.named_parameters() if f".{name}." in n)
         decoder = self._lean_decoders.get(name)
         return adapter + (decoder.nbytes() if decoder is not None else 0)
 
@@ -303,11 +294,17 @@ class Engine:
     ) -> GenerationRequest:
         """A generation request for expert ``name`` (its soft prompt, the model's end tokens)."""
         expert = self.experts.get(name) if name else None
-        end_ids = end_token_ids(self.tokenizer, getattr(self.model, "generation_config", None))
+        end_ids = end_token_ids(self.tokenizer, self._generation_config())
         prefix = expert.soft_prompt if expert else None
         return GenerationRequest(
             prompt_ids, settings, end_ids, prefix=prefix, expert=name, hidden_ids=self.hidden_ids, **extra
         )
+
+    def _generation_config(self) -> Any:
+        if self._config is None:
+            return getattr(self.model, "generation_config", None)
+        configured = generation_end_ids(self.base.path)
+        return SimpleNamespace(eos_token_id=sorted(configured) or getattr(self._config, "eos_token_id", None))
 
     def execute(self, request: GenerationRequest) -> GenerationResult:
         """Run one request on its expert's decoder."""
@@ -340,9 +337,10 @@ class Engine:
     @property
     def context_length(self) -> int:
         """The most positions one sequence may use (prompt + completion)."""
-        config = self.model.config
-        return int(getattr(config, "max_position_embeddings", None) or 2048)
+        return int(getattr(self.model_config, "max_position_embeddings", None) or 2048)
 
     @property
     def vocab_size(self) -> int:
+        if self._tensors is not None:
+            return int(self._tensors["model.embed_tokens.weight"].shape[0])
         return int(self.model.get_input_embeddings().num_embeddings)

@@ -91,26 +91,50 @@ class Layer:
     k_norm: torch.Tensor | None
 
 
-def _bias(*modules: Any) -> torch.Tensor | None:
-    biases = [m.bias for m in modules]
-    return torch.cat([b.detach() for b in biases]) if all(b is not None for b in biases) else None
+Weights = Callable[[str], "torch.Tensor | None"]  # a weight by its transformers name, None if absent
 
 
-def _layer(block: Any, make: MakeLinear) -> Layer:
-    attn, mlp = block.self_attn, block.mlp
-    q_norm, k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
+def module_weights(model: Any) -> Weights:
+    """A transformers model's weights by name (an adapter-wrapped module's base weight, merged or not)."""
+
+    def get(name: str) -> torch.Tensor | None:
+        path, _, attribute = name.rpartition(".")
+        try:
+            module = model.get_submodule(path)
+        except AttributeError:
+            return None
+        module = module.get_base_layer() if hasattr(module, "get_base_layer") else module
+        tensor = getattr(module, attribute, None)
+        return tensor.detach() if isinstance(tensor, torch.Tensor) else None
+
+    return get
+
+
+def _required(get: Weights, name: str) -> torch.Tensor:
+    tensor = get(name)
+    if tensor is None:
+        raise ValueError(f"the model has no weight {name}")
+    return tensor
+
+
+def _layer(get: Weights, prefix: str, make: MakeLinear) -> Layer:
+    def weight(name: str) -> torch.Tensor:
+        return _required(get, prefix + name)
+
+    biases = [get(f"{prefix}self_attn.{p}_proj.bias") for p in "qkv"]
+    q_norm, k_norm = get(prefix + "self_attn.q_norm.weight"), get(prefix + "self_attn.k_norm.weight")
     return Layer(
-        norm1=block.input_layernorm.weight.detach().clone(),
+        norm1=weight("input_layernorm.weight").clone(),
         qkv=make(
-            torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]).detach(),
-            _bias(attn.q_proj, attn.k_proj, attn.v_proj),
+            torch.cat([weight(f"self_attn.{p}_proj.weight") for p in "qkv"]),
+            torch.cat([b for b in biases if b is not None]) if all(b is not None for b in biases) else None,
         ),
-        out=make(attn.o_proj.weight.detach(), attn.o_proj.bias),
-        norm2=block.post_attention_layernorm.weight.detach().clone(),
-        gate_up=make(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).detach(), None),
-        down=make(mlp.down_proj.weight.detach(), None),
-        q_norm=q_norm.weight.detach().clone() if q_norm is not None else None,
-        k_norm=k_norm.weight.detach().clone() if k_norm is not None else None,
+        out=make(weight("self_attn.o_proj.weight"), get(prefix + "self_attn.o_proj.bias")),
+        norm2=weight("post_attention_layernorm.weight").clone(),
+        gate_up=make(torch.cat([weight("mlp.gate_proj.weight"), weight("mlp.up_proj.weight")]), None),
+        down=make(weight("mlp.down_proj.weight"), None),
+        q_norm=q_norm.clone() if q_norm is not None else None,
+        k_norm=k_norm.clone() if k_norm is not None else None,
     )
 
 
@@ -130,21 +154,34 @@ class LeanDecoder:
     with weight-only int8/int4 projections (the embedding table stays as it is: one row is read)."""
 
     def __init__(self, model: Any, quantize: Quantize = "none") -> None:
-        config, inner = model.config, model.model
+        """From a transformers model (an adapter merged into it or not)."""
+        self._build(module_weights(model), model.config, model.model.rotary_emb, quantize)
+
+    @classmethod
+    def from_tensors(
+        cls, tensors: dict[str, torch.Tensor], config: Any, rotary: Any, quantize: Quantize = "none"
+    ) -> LeanDecoder:
+        """From the model's tensors by name (read from its files), its config and a rotary table maker."""
+        decoder = cls.__new__(cls)
+        decoder._build(tensors.get, config, rotary, quantize)
+        return decoder
+
+    def _build(self, get: Weights, config: Any, rotary: Any, quantize: Quantize) -> None:
         make = linear_maker(quantize)
         self.quantize = quantize
-        self.layers = [_layer(block, make) for block in inner.layers]
-        self.embed = inner.embed_tokens.weight.detach().clone()
-        self.norm = inner.norm.weight.detach().clone()
-        self.head = make(model.get_output_embeddings().weight.detach(), None)
+        self.layers = [_layer(get, f"model.layers.{i}.", make) for i in range(int(config.num_hidden_layers))]
+        self.embed = _required(get, "model.embed_tokens.weight").clone()
+        self.norm = _required(get, "model.norm.weight").clone()
+        head = get("lm_head.weight")
+        self.head = make(head if head is not None else self.embed, None)  # tied embeddings: no lm_head tensor
         self.eps = float(config.rms_norm_eps)
         self.heads = int(config.num_attention_heads)
         self.kv_heads = int(getattr(config, "num_key_value_heads", None) or self.heads)
         self.head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // self.heads)
-        self.scale = float(getattr(inner.layers[0].self_attn, "scaling", self.head_dim**-0.5))
+        self.scale = self.head_dim**-0.5  # as transformers' Llama/Qwen attention scales
         self.intermediate = int(config.intermediate_size)
         self.max_positions = int(config.max_position_embeddings)
-        self.rotary = inner.rotary_emb
+        self.rotary = rotary
         self.dtype = self.embed.dtype
         self._cos = self._sin = torch.empty(0)
 

@@ -16,6 +16,7 @@ q/k/v and gate/up: the deltas must follow that layout.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,19 +97,26 @@ def lora_deltas(model: Any, name: str, dtype: torch.dtype) -> ExpertDeltas | Non
             return None  # adapted somewhere the deltas cannot follow (embeddings, head) or not LoRA
         index = int(parts[parts.index("layers") + 1])
         adapted[(index, parts[-1])] = factors  # type: ignore[assignment]
+    blocks = model.get_base_model().model.layers
+    return fused_deltas(adapted, len(blocks), lambda index, m: int(_module(blocks[index], m).out_features))
+
+
+def fused_deltas(
+    adapted: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]], layers: int, out_of: Callable[[int, str], int]
+) -> ExpertDeltas | None:
+    """Per-module ``(A, B·scale)`` by (layer, module name) fused into the lean decoder's projections."""
     if not adapted:
         return None
-    base = model.get_base_model()
-    layers: list[dict[str, Delta]] = []
-    for index, block in enumerate(base.model.layers):
+    fused_layers: list[dict[str, Delta]] = []
+    for index in range(layers):
         fused: dict[str, Delta] = {}
         for fused_name, modules in FUSED.items():
-            outs = [_module(block, m).out_features for m in modules]
+            outs = [out_of(index, m) for m in modules]
             delta = _block_diagonal([adapted.get((index, m)) for m in modules], outs)
             if delta is not None:
                 fused[fused_name] = delta
-        layers.append(fused)
-    return ExpertDeltas(layers)
+        fused_layers.append(fused)
+    return ExpertDeltas(fused_layers)
 
 
 def _module(block: Any, name: str) -> Any:

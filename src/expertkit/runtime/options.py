@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 
 from expertkit.models.load import DType
 from expertkit.package.signing import PublicKey
@@ -21,3 +22,7 @@ class LoadOptions:
     # Weight-only quantisation of the lean decoder; None: each expert's manifest runtime.quantize,
     # else DEFAULT_QUANTIZE. A value here (a CLI flag) wins over the manifests.
     quantize: Quantize | None = None
+    # Read the model and plain-LoRA experts straight from their files when the lean decoder covers
+    # them (no transformers model or PEFT until something needs them); False: always through them.
+    # EXPERTKIT_FAST_START=0 in the environment turns it off (the escape hatch, and the benchmark's anchor).
+    fast_start: bool = field(default_factory=lambda: os.environ.get("EXPERTKIT_FAST_START", "1") != "0")

@@ -42,7 +42,9 @@ OPEN_PATHS = ("/health",)
 
 def create_app(engine: Engine, router: Router | None, config: ServerConfig) -> FastAPI:
     metrics = ServerMetrics()
-    worker = GenerationWorker(engine, config.max_queue, config.max_batch, on_depth=metrics.queue_depth.set)
+    worker = GenerationWorker(
+        engine, config.max_queue, config.max_batch, on_depth=metrics.queue_depth.set, mixed=config.mixed_batches
+    )
     state = ServerState(engine, router, config, worker, metrics, int(time.time()), TokenTexts(engine.tokenizer))
 
     @contextlib.asynccontextmanager

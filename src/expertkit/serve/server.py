@@ -43,6 +43,7 @@ class ServeRequest:
     quantize: str | None = None  # none|int8|int4; None: each expert's manifest, else the default
     max_queue: int = 32
     max_batch: int = 8
+    mixed_batches: bool = True
     timeout_s: float = 120.0
     graceful_s: int = 30
     router_embedder: str = "minilm"
@@ -82,6 +83,7 @@ def build_server_app(request: ServeRequest, notes: list[str]) -> tuple[Any, Serv
         api_key=api_key,
         max_queue=request.max_queue,
         max_batch=request.max_batch,
+        mixed_batches=request.mixed_batches,
         timeout_s=request.timeout_s,
         allowed_hosts=frozenset(request.allowed_hosts),
         compile_timeout_s=request.compile_timeout_s,

@@ -25,6 +25,7 @@ class ServerConfig:
     api_key: str | None = None
     max_queue: int = 32
     max_batch: int = 8
+    mixed_batches: bool = True  # sequences of different LoRA experts share a batch (else one expert per batch)
     timeout_s: float = 120.0
     max_body_bytes: int = 1 << 20
     allowed_hosts: frozenset[str] = frozenset()  # Host names accepted besides loopback (without a key: only these)

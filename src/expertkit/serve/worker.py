@@ -54,10 +54,16 @@ class Job:
 
 class GenerationWorker:
     def __init__(
-        self, engine: Engine, max_queue: int, max_batch: int = 8, on_depth: Callable[[int], None] | None = None
+        self,
+        engine: Engine,
+        max_queue: int,
+        max_batch: int = 8,
+        on_depth: Callable[[int], None] | None = None,
+        mixed: bool = True,
     ) -> None:
         self.queue: queue.Queue[Job | None] = queue.Queue(maxsize=max_queue)
-        self.scheduler = BatchScheduler(engine, max_batch=max_batch, max_positions=min(engine.context_length, 2048))
+        positions = min(engine.context_length, 2048)
+        self.scheduler = BatchScheduler(engine, max_batch=max_batch, max_positions=positions, mixing=mixed)
         self.on_depth = on_depth or (lambda depth: None)
         self.capacity = max_batch + max_queue
         self.closing = False

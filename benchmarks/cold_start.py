@@ -1,0 +1,100 @@
+"""Cold start: wall time of ``expert-cli --help`` and of a first answer from
+``expert-cli chat --experts DIR --prompt …`` on a cached model and an expert on disk, with the fast
+start (the model and a plain LoRA read from their files: no transformers model object, no PEFT)
+and without it (``EXPERTKIT_FAST_START=0``: transformers + PEFT, the previous path), in one run.
+
+The expert is a LoRA r=8 on every projection with random weights unless ``--expert`` names a real
+one; the answer is 16 tokens, greedy. Each command runs ``--repeats`` times (median reported; the
+first run warms the page cache). ``python -X importtime`` of one fast chat run tells whether
+transformers or PEFT were imported and which top-level imports cost most.
+
+Last line: {"help_s", "chat_s", "chat_s_without_fast_start", "speedup", "imports_transformers",
+"imports_peft", "top_imports_ms", ...}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+CLI = [sys.executable, "-m", "expertkit"]
+PROMPT = "List the names of all singers older than 30, ordered by age."
+
+
+def timed(command: list[str], env: dict[str, str], repeats: int) -> float:
+    times = []
+    for _ in range(repeats + 1):  # one warm-up
+        start = time.perf_counter()
+        done = subprocess.run(command, env=env, capture_output=True, text=True)
+        times.append(time.perf_counter() - start)
+        if done.returncode != 0:
+            raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
+    return statistics.median(times[1:])
+
+
+def import_profile(command: list[str], env: dict[str, str]) -> dict:
+    done = subprocess.run([sys.executable, "-X", "importtime", *command[1:]], env=env, capture_output=True, text=True)
+    top: dict[str, float] = {}
+    names = set()
+    for line in done.stderr.splitlines():
+        if not line.startswith("import time:") or "|" not in line:
+            continue
+        _, cumulative, name = (part.strip() for part in line.removeprefix("import time:").split("|"))
+        if not cumulative.isdigit():
+            continue
+        names.add(name.split(".")[0])
+        if not name.startswith(" ") and "." not in name.strip():
+            top[name.strip()] = max(top.get(name.strip(), 0.0), int(cumulative) / 1000)
+    ranked = dict(sorted(top.items(), key=lambda item: -item[1])[:8])
+    return {"transformers": "transformers" in names, "peft": "peft" in names, "top_ms": ranked}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--expert", help="an expert directory (default: a random LoRA expert)")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    from decode_speed import make_expert
+
+    from expertkit.models import pull_model
+
+    base = pull_model("SmolLM2-135M-Instruct")
+    with tempfile.TemporaryDirectory() as tmp:
+        expert = args.expert or str(make_expert(base.path, Path(tmp)))
+        chat = [*CLI, "chat", "--experts", expert, "--prompt", PROMPT, "--max-tokens", "16", "--temperature", "0"]
+        fast_env = os.environ | {"EXPERTKIT_FAST_START": "1"}
+        slow_env = os.environ | {"EXPERTKIT_FAST_START": "0"}
+        help_s = timed([*CLI, "--help"], fast_env, args.repeats * 2)
+        chat_s = timed(chat, fast_env, args.repeats)
+        slow_s = timed(chat, slow_env, args.repeats)
+        imports = import_profile(chat, fast_env)
+    print(
+        f"expert-cli --help: {help_s:.2f} s; chat first answer: {chat_s:.2f} s fast start, {slow_s:.2f} s without",
+        file=sys.stderr,
+    )
+    print(f"fast chat imports transformers: {imports['transformers']}, peft: {imports['peft']}", file=sys.stderr)
+    result = {
+        "help_s": round(help_s, 3),
+        "chat_s": round(chat_s, 3),
+        "chat_s_without_fast_start": round(slow_s, 3),
+        "speedup": round(slow_s / chat_s, 2),
+        "imports_transformers": imports["transformers"],
+        "imports_peft": imports["peft"],
+        "top_imports_ms": imports["top_ms"],
+        "repeats": args.repeats,
+        "cpus": os.cpu_count(),
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

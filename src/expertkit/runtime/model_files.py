@@ -1,0 +1,182 @@
+"""A base model and its LoRA experts read straight from their files, for the lean decoder's fast start.
+
+Why by hand: building a transformers model object and wrapping it with PEFT costs seconds of
+imports and module construction before the first token, while the lean decoder only needs the
+tensors. This module reads ``config.json`` and the ``*.safetensors`` weights (safetensors only,
+sizes bounded), a plain LoRA's factors from its adapter files, and computes the default rotary
+tables, all with torch and safetensors alone. Anything it does not cover exactly (RoPE scaling,
+DoRA, regex targets, rank or alpha patterns, modules_to_save, LoRA biases) is refused here, and the
+engine falls back to transformers + PEFT (:func:`plain_lora` returns ``None``,
+:func:`fast_config` returns ``None``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+
+from expertkit.runtime.llama_decoder import lean_supported
+from expertkit.runtime.lora_deltas import PROJECTIONS, ExpertDeltas, fused_deltas
+from expertkit.safepath import UnsafePathError, read_bounded
+
+MAX_CONFIG_BYTES = 1 << 20
+LAYER_WEIGHT = re.compile(r"model\.layers\.\d+\.(self_attn|mlp)\.[a-z]+_proj\.weight")
+
+
+def _json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(read_bounded(path, path.name, MAX_CONFIG_BYTES))
+    except (OSError, ValueError, UnsafePathError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _rope_theta(data: dict[str, Any]) -> float | None:
+    """The RoPE base when the model uses plain (unscaled) rotary embeddings, else ``None``."""
+    params = data.get("rope_parameters") or {}
+    scaling = data.get("rope_scaling") or {}
+    kind = params.get("rope_type") or scaling.get("rope_type") or scaling.get("type") or "default"
+    theta = params.get("rope_theta", data.get("rope_theta", 10000.0))
+    return float(theta) if kind == "default" and isinstance(theta, int | float) else None
+
+
+def fast_config(model_dir: Path) -> SimpleNamespace | None:
+    """The model's config as attributes, when the lean decoder can run it straight from its files."""
+    data = _json(model_dir / "config.json")
+    if data is None or _rope_theta(data) is None:
+        return None
+    config = SimpleNamespace(**data)
+    config.rope_theta_value = _rope_theta(data)
+    required = ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+    if not all(isinstance(getattr(config, k, None), int | str) for k in required) or not lean_supported(config):
+        return None
+    return config
+
+
+def generation_end_ids(model_dir: Path) -> set[int]:
+    """End-of-turn ids from ``generation_config.json`` (an int or a list), if any."""
+    data = _json(model_dir / "generation_config.json") or {}
+    value = data.get("eos_token_id")
+    values = value if isinstance(value, list) else [value]
+    return {int(v) for v in values if isinstance(v, int)}
+
+
+def read_tensors(model_dir: Path, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Every tensor of the model's safetensors files, in ``dtype``."""
+    from safetensors.torch import load_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    for path in sorted(model_dir.glob("*.safetensors")):
+        tensors.update({k: v.to(dtype) for k, v in load_file(str(path)).items()})
+    return tensors
+
+
+class DefaultRope:
+    """Rotary cos/sin tables as transformers' default ``rotary_emb`` computes them (fp32, then cast)."""
+
+    def __init__(self, config: SimpleNamespace) -> None:
+        heads = int(config.num_attention_heads)
+        dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
+        exponents = torch.arange(0, dim, 2, dtype=torch.int64).to(torch.float) / dim
+        self.inv_freq = 1.0 / (config.rope_theta_value**exponents)
+
+    def __call__(self, x: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        inv = self.inv_freq[None, :, None].float().expand(positions.shape[0], -1, 1)
+        freqs = (inv @ positions[:, None, :].float()).transpose(1, 2)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+
+
+@dataclass
+class LoraFactors:
+    """A plain LoRA's factors by base weight name (``model.layers.0.self_attn.q_proj.weight``)."""
+
+    scale: float
+    factors: dict[str, tuple[torch.Tensor, torch.Tensor]]  # weight name -> (A [r, in], B [out, r])
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for pair in self.factors.values() for t in pair)
+
+
+def _plain_config(config: dict[str, Any]) -> float | None:
+    """The LoRA's scale when its config is one :class:`LoraFactors` expresses exactly, else ``None``."""
+    targets = config.get("target_modules")
+    r, alpha = config.get("r"), config.get("lora_alpha")
+    plain = (
+        config.get("peft_type") == "LORA"
+        and not config.get("use_dora")
+        and config.get("bias", "none") == "none"
+        and not config.get("modules_to_save")
+        and not config.get("rank_pattern")
+        and not config.get("alpha_pattern")
+        and not config.get("layers_to_transform")
+        and not config.get("fan_in_fan_out")
+        and isinstance(targets, list)
+        and set(targets) <= set(PROJECTIONS)
+        and isinstance(r, int)
+        and r > 0
+        and isinstance(alpha, int | float)
+    )
+    if not plain or not isinstance(r, int) or not isinstance(alpha, int | float):
+        return None
+    return float(alpha) / (r**0.5 if config.get("use_rslora") else r)
+
+
+def plain_lora(adapter_dir: Path, base: dict[str, torch.Tensor]) -> LoraFactors | None:
+    """The adapter's factors in fp32, or ``None`` when it is not a plain LoRA on the projections whose
+    every factor matches a base weight's shape (the engine then loads it with PEFT)."""
+    from safetensors.torch import load_file
+
+    config = _json(adapter_dir / "adapter_config.json")
+    scale = _plain_config(config) if config is not None else None
+    weights = adapter_dir / "adapter_model.safetensors"
+    if scale is None or not weights.is_file():
+        return None
+    raw = load_file(str(weights))
+    factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for key, a in raw.items():
+        if not key.endswith(".lora_A.weight"):
+            if not key.endswith(".lora_B.weight"):
+                return None  # anything else (magnitudes, embeddings, extra modules): not plain
+            continue
+        name = key.removeprefix("base_model.model.").removesuffix(".lora_A.weight") + ".weight"
+        if not LAYER_WEIGHT.fullmatch(name):
+            return None
+        b = raw.get(key.replace(".lora_A.", ".lora_B."))
+        target = base.get(name)
+        if b is None or target is None or a.shape[1] != target.shape[1] or b.shape != (target.shape[0], a.shape[0]):
+            return None
+        factors[name] = (a.float(), b.float())
+    return LoraFactors(scale, factors) if factors else None
+
+
+def merged(base: dict[str, torch.Tensor], lora: LoraFactors) -> dict[str, torch.Tensor]:
+    """``base`` with the LoRA merged as PEFT merges it (adapter factors in fp32): ``W + (B @ A) * scale``
+    in fp32 (one ``addmm``), stored in the weight's dtype; the tests hold it equal to PEFT's merge."""
+    out = dict(base)
+    for name, (a, b) in lora.factors.items():
+        weight = base[name]
+        out[name] = torch.addmm(weight.float(), b, a, alpha=lora.scale).to(weight.dtype)
+    return out
+
+
+def deltas_from(
+    lora: LoraFactors, base: dict[str, torch.Tensor], layers: int, dtype: torch.dtype
+) -> ExpertDeltas | None:
+    """The LoRA as the lean decoder's mixed-batch deltas (scale folded into B), in ``dtype``."""
+    adapted = {}
+    for name, (a, b) in lora.factors.items():
+        parts = name.split(".")  # model.layers.<i>.<self_attn|mlp>.<module>.weight
+        adapted[(int(parts[2]), parts[-2])] = (a.to(dtype), (b * lora.scale).to(dtype))
+
+    def out_of(index: int, module: str) -> int:
+        group = "self_attn" if module in ("q_proj", "k_proj", "v_proj", "o_proj") else "mlp"
+        return int(base[f"model.layers.{index}.{group}.{module}.weight"].shape[0])
+
+    return fused_deltas(adapted, layers, out_of)

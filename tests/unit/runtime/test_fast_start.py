@@ -1,0 +1,99 @@
+"""Fast start: the base model and plain-LoRA experts read from their files, merged by hand, decode
+exactly as through transformers + PEFT; anything else falls back to them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from expertkit.runtime.engine import Engine
+from expertkit.runtime.options import LoadOptions
+from expertkit.runtime.settings import resolve_settings
+from unit.runtime.test_engine import second_expert
+
+IDS = torch.tensor([1, 5, 7, 9, 11, 13])
+
+
+def tokens(engine: Engine, name: str | None) -> list[int]:
+    settings = resolve_settings({"temperature": 0.0, "max_tokens": 12}, None)
+    ids = engine.prompt_ids([{"role": "user", "content": "Count the singers in the table please"}])
+    return engine.run(name, ids, settings).token_ids
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_the_fast_start_decodes_exactly_as_transformers_and_peft(
+    trained_source: Path, tmp_path: Path, dtype: str
+) -> None:
+    experts = [str(trained_source), str(second_expert(trained_source, tmp_path))]
+    fast = Engine.for_experts(experts, LoadOptions(dtype=dtype))  # type: ignore[arg-type]
+    slow = Engine.for_experts(experts, LoadOptions(dtype=dtype, fast_start=False))  # type: ignore[arg-type]
+    for name in ("expert-tiny", "expert-other", None):
+        a, b = fast.activate(name), slow.activate(name)
+        assert torch.equal(a.forward(a.new_cache(16), IDS), b.forward(b.new_cache(16), IDS)), name
+        assert tokens(fast, name) == tokens(slow, name)
+    assert fast._model is None  # nothing above needed transformers' model object or PEFT
+    assert fast.vocab_size == slow.vocab_size and fast.context_length == slow.context_length
+    assert (
+        fast.request(None, [1], resolve_settings({}, None)).end_ids
+        == slow.request(None, [1], resolve_settings({}, None)).end_ids
+    )
+    delta_fast, delta_slow = fast.deltas_of("expert-tiny"), slow.deltas_of("expert-tiny")
+    assert delta_fast is not None and delta_slow is not None
+    for layer_fast, layer_slow in zip(delta_fast.layers, delta_slow.layers, strict=True):
+        assert layer_fast.keys() == layer_slow.keys()
+        for key in layer_fast:
+            torch.testing.assert_close(layer_fast[key].b, layer_slow[key].b)
+    # Reading engine.model later still works (perf, the base-model router): PEFT gets every expert.
+    assert sorted(fast.model.peft_config) == ["expert-other", "expert-tiny"]
+    assert tokens(fast, "expert-tiny") == tokens(slow, "expert-tiny")
+
+
+def test_an_expert_that_is_not_a_plain_lora_loads_through_peft(trained_source: Path, tmp_path: Path) -> None:
+    dora = Path(shutil.copytree(trained_source, tmp_path / "expert-dora"))
+    config = next((dora / "weights").iterdir()) / "adapter" / "adapter_config.json"
+    config.write_text(json.dumps(json.loads(config.read_text()) | {"use_dora": True}))
+    manifest = json.loads((dora / "manifest.json").read_text())
+    (dora / "manifest.json").write_text(json.dumps(manifest | {"name": "expert-dora"}))
+    engine = Engine.for_experts([str(trained_source), str(dora)], LoadOptions(dtype="float32"))
+    assert engine._model is not None and "expert-tiny" in engine._lora and "expert-dora" not in engine._lora
+    reference = Engine.for_experts([str(dora)], LoadOptions(dtype="float32", fast_start=False))
+    assert tokens(engine, "expert-dora") == tokens(reference, "expert-dora")
+
+
+def test_only_a_plain_lora_whose_factors_fit_the_base_is_merged_by_hand(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from expertkit.runtime.model_files import plain_lora
+
+    base = {
+        "model.layers.0.self_attn.q_proj.weight": torch.zeros(8, 4),
+        "model.embed_tokens.weight": torch.zeros(10, 4),
+    }
+    config = {"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["q_proj"], "bias": "none"}
+
+    def adapter(tensors: dict[str, torch.Tensor], **changes: object) -> Path:
+        directory = tmp_path / f"adapter-{len(list(tmp_path.iterdir()))}"
+        directory.mkdir()
+        (directory / "adapter_config.json").write_text(json.dumps(config | changes))
+        save_file(tensors, str(directory / "adapter_model.safetensors"))
+        return directory
+
+    key = "base_model.model.model.layers.0.self_attn.q_proj"
+    good = {f"{key}.lora_A.weight": torch.ones(2, 4), f"{key}.lora_B.weight": torch.ones(8, 2)}
+    lora = plain_lora(adapter(good), base)
+    assert lora is not None and lora.scale == 2.0 and list(lora.factors) == ["model.layers.0.self_attn.q_proj.weight"]
+    assert plain_lora(adapter(good, use_rslora=True), base).scale == pytest.approx(4 / 2**0.5)  # type: ignore[union-attr]
+    wrong_shape = {f"{key}.lora_A.weight": torch.ones(2, 4), f"{key}.lora_B.weight": torch.ones(9, 2)}
+    assert plain_lora(adapter(wrong_shape), base) is None
+    head = {
+        "base_model.model.lm_head.lora_A.weight": torch.ones(2, 4),
+        "base_model.model.lm_head.lora_B.weight": torch.ones(10, 2),
+    }
+    assert plain_lora(adapter(head), base) is None
+    assert plain_lora(adapter(good, target_modules=".*q_proj"), base) is None  # a regex: PEFT decides
+    assert plain_lora(adapter(good, use_dora=True), base) is None
+    assert plain_lora(adapter(good | {f"{key}.lora_magnitude_vector": torch.ones(8)}), base) is None
