@@ -15,6 +15,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -94,11 +95,12 @@ def _free_port() -> int:
 
 
 @contextmanager
-def served(expert: str, dtype: str) -> Iterator[str]:
+def served(expert: str, dtype: str, batch: int = 8, quantize: str | None = None) -> Iterator[str]:
     """``expert-cli serve`` for ``expert`` on a private loopback port, for the duration; its base URL."""
     import uvicorn
 
-    app, _ = build_server_app(ServeRequest(experts=[expert], dtype=dtype), [])
+    request = ServeRequest(experts=[expert], dtype=dtype, max_batch=batch, quantize=quantize)
+    app, _ = build_server_app(request, [])
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
     thread = threading.Thread(target=server.run, name="expertkit-tools-eval", daemon=True)
@@ -149,12 +151,18 @@ def eval_via_tools(
     if any(item.task != "function" for chosen in sets for item in chosen.items):
         raise UsageError("--via-tools scores function calling sets only", "pass a BFCL set: --set FILE --format bfcl")
     results = []
-    with served(request.expert, request.dtype) as url, httpx.Client(base_url=url, timeout=300) as client:
+    name = files.loaded.manifest.name
+    batch = max(1, request.batch)  # requests in flight at once: the server decodes them in one batch
+    with (
+        served(request.expert, request.dtype, batch, request.quantize) as url,
+        httpx.Client(base_url=url, timeout=300) as client,
+        ThreadPoolExecutor(batch) as pool,
+    ):
         for chosen in sets:
             result = ToolsEvalResult(chosen.name, choice)
-            for item in chosen.items:
-                result.items.append(ask_item(client, files.loaded.manifest.name, item, choice))
+            for answered in pool.map(lambda item: ask_item(client, name, item, choice), chosen.items):
+                result.items.append(answered)
                 if on_item is not None:
-                    on_item(chosen.name, result.items[-1])
+                    on_item(chosen.name, answered)
             results.append(result)
     return results
