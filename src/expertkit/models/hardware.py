@@ -35,6 +35,15 @@ def device_memory_mib(device: str = "cpu") -> float | None:
     return total / (1 << 20)
 
 
+def dtype_reason(device: str = "cpu") -> str:
+    """Why :func:`best_dtype` chose what it chose, for the notes chat and serve print."""
+    if device == "cuda":
+        return "the GPU's fastest supported half precision"
+    if cpu_supports_bf16():
+        return "this CPU has native bf16 dot products (avx512_bf16/amx_bf16)"
+    return "this CPU has no native bf16 dot products"
+
+
 def best_dtype(device: str = "cpu") -> str:
     """``bfloat16`` where the device runs it natively, else ``float32``."""
     if device == "cuda":

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from expertkit.errors import UsageError
-from expertkit.models.hardware import best_dtype
+from expertkit.models.hardware import best_dtype, dtype_reason
 from expertkit.package.signing import default_trusted_keys_dir, trusted_keys
 from expertkit.runtime.engine import Engine
 from expertkit.runtime.options import LoadOptions
@@ -54,6 +54,8 @@ def open_session(request: ChatRequest) -> tuple[ChatSession, list[str]]:
     notes = [f"using {expert.files.origin}" for expert in engine.experts.values()]
     notes += [note for expert in engine.experts.values() for note in expert.warnings]
     notes += engine.decoder_notes()
+    if request.dtype == "auto":
+        notes.append(f"--dtype auto chose {dtype}: {dtype_reason()}")
     router = build_router(engine, request.router_embedder, notes) if len(engine.experts) > 1 else None
     session = ChatSession(
         engine, router, overrides=DecodingOverrides(**request.overrides), use_grammar=request.use_grammar

@@ -15,6 +15,7 @@ in bf16. Each expert is checked against its lock before its adapter is attached.
 from __future__ import annotations
 
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 from typing import Any
 
@@ -59,8 +60,13 @@ class Engine:
         self._tensors: dict[str, torch.Tensor] | None = None  # fast start: the base weights, read once
         self._config = fast_config(base.path) if options.fast_start and options.device == "cpu" else None
         if self._config is not None and options.dtype != "auto":
-            self.tokenizer = load_tokenizer(base)
-            self._tensors = read_tensors(base.path, getattr(torch, options.dtype))
+            import safetensors.torch  # noqa: F401  (imported here, not raced by the tokenizer's thread)
+
+            # The tokenizer's imports (transformers) take about as long as reading the weights.
+            with ThreadPoolExecutor(1, thread_name_prefix="expertkit-tokenizer") as pool:
+                tokenizer = pool.submit(load_tokenizer, base)
+                self._tensors = read_tensors(base.path, getattr(torch, options.dtype))
+                self.tokenizer = tokenizer.result()
         else:
             self._config = None
             self._model, self.tokenizer = load_model(base, options.dtype, options.device)

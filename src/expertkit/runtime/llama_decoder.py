@@ -35,6 +35,20 @@ def lean_supported(config: Any) -> bool:
     )
 
 
+_PACKING_CHECKED: dict[tuple[tuple[int, ...], torch.dtype], bool] = {}
+
+
+def _packing_works(weight: torch.Tensor, packed: torch.Tensor) -> bool:
+    """Whether oneDNN's packed product matches the plain one, checked once per shape and dtype."""
+    key = (tuple(weight.shape), weight.dtype)
+    if key not in _PACKING_CHECKED:
+        probe = torch.randn(1, weight.shape[1], dtype=weight.dtype)
+        expected = nnf.linear(probe, weight)
+        got = torch.ops.mkldnn._linear_pointwise(probe, packed, None, "none", [], "")
+        _PACKING_CHECKED[key] = torch.allclose(got.float(), expected.float(), rtol=2e-2, atol=2e-2)
+    return _PACKING_CHECKED[key]
+
+
 class Linear:
     """``x @ W.T (+ b)``, with W pre-packed for oneDNN on CPU when that works (about 2× on GEMV)."""
 
@@ -45,10 +59,7 @@ class Linear:
         if weight.device.type == "cpu" and torch.backends.mkldnn.is_available():
             try:
                 packed = torch.ops.mkldnn._reorder_linear_weight(self.weight, 1)
-                probe = torch.randn(1, weight.shape[1], dtype=weight.dtype)
-                expected = nnf.linear(probe, self.weight)
-                got = torch.ops.mkldnn._linear_pointwise(probe, packed, None, "none", [], "")
-                if torch.allclose(got.float(), expected.float(), rtol=2e-2, atol=2e-2):
+                if _packing_works(self.weight, packed):
                     self.packed, self.weight = packed, torch.empty(0)  # the packed copy is all we need
             except (RuntimeError, AttributeError):
                 self.packed = None

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from expertkit.errors import UsageError
-from expertkit.models.hardware import best_dtype
+from expertkit.models.hardware import best_dtype, dtype_reason
 from expertkit.package.signing import default_trusted_keys_dir, trusted_keys
 from expertkit.package.store import list_installed
 from expertkit.runtime.answer import expert_grammar
@@ -77,6 +77,8 @@ def build_server_app(request: ServeRequest, notes: list[str]) -> tuple[Any, Serv
     )
     engine = Engine.for_experts(references, options)
     notes += [w for e in engine.experts.values() for w in e.warnings] + engine.decoder_notes()
+    if request.dtype == "auto":
+        notes.append(f"--dtype auto chose {options.dtype}: {dtype_reason()}")
     router = build_router(engine, request.router_embedder, notes) if len(engine.experts) > 1 else None
     config = ServerConfig(
         base_id=engine.base.name,

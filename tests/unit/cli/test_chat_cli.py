@@ -58,6 +58,23 @@ def test_chat_errors_are_clean(tmp_path: Path, expert_dir: Path) -> None:
     assert invoke("chat", "-p", "hi").exit_code == 2
     result = invoke("chat", "-e", str(expert_dir), "-p", "hi", "--dtype", "int3")
     assert result.exit_code == 2 and "--dtype" in result.stderr
+    result = invoke("chat", "-e", str(expert_dir), "-p", "hi", "--quantize", "int3")
+    assert result.exit_code == 2 and "error: --quantize 'int3'" in result.stderr and "none, int8, int4" in result.stderr
+
+
+def test_quantize_is_reported_with_its_source(expert_dir: Path) -> None:
+    args = ("chat", "-e", str(expert_dir), "-p", "hi", "--json", "--max-tokens", "3", "--dtype", "float32")
+    result = invoke(*args, "--quantize", "int8")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout.strip().splitlines()[-1])["decoding"]["quantize"] == {
+        "value": "int8",
+        "source": "cli",
+    }
+    assert "expert-tiny: lean decoder, float32, quantize int8 (cli)" in result.stderr
+    manifest = json.loads((expert_dir / "manifest.json").read_text())
+    (expert_dir / "manifest.json").write_text(json.dumps(manifest | {"runtime": {"quantize": "int4"}}))
+    body = json.loads(invoke(*args).stdout.strip().splitlines()[-1])
+    assert body["decoding"]["quantize"] == {"value": "int4", "source": "manifest"}
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="pseudo-terminal test")

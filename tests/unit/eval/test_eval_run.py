@@ -119,6 +119,17 @@ def test_eval_cli_jsonl_set_writes_the_result(expert_dir: Path, tmp_path: Path) 
     assert events[-1]["event"] == "end" and events[-1]["written"] == str(written)
     bad = CliRunner().invoke(app, ["eval", "--expert", str(expert_dir), "--set", str(path)], catch_exceptions=False)
     assert bad.exit_code == 2 and "--set needs --format" in bad.stderr
+    assert json.loads(written.read_text())["decoder"] == {
+        "dtype": "float32",
+        "quantize": "none",
+        "quantize_source": "default",
+    }
+    quantized = CliRunner().invoke(app, [*args, "--quantize", "int8", "--baseline", "none"], catch_exceptions=False)
+    assert quantized.exit_code == 0, quantized.output
+    aside = Path(json.loads(quantized.stdout.strip().splitlines()[-1])["written"])
+    assert aside == written.parent / "set.quantize-int8.json"  # never over the result the gate reads
+    assert json.loads(aside.read_text())["decoder"]["quantize"] == "int8"
+    assert json.loads(written.read_text())["decoder"]["quantize"] == "none"
 
 
 def digit_rows(count: int, split: str = "test") -> str:
