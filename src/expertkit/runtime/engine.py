@@ -83,6 +83,7 @@ class Engine:
         self._lean_decoders: dict[str | None, LeanDecoder] = {}
         # Experts' LoRA factors for mixed-expert batches over the shared base decoder (None: must merge).
         self._deltas: dict[str, ExpertDeltas | None] = {}
+        self._bases: dict[Quantize, LeanDecoder] = {}  # quantised base decoders under experts' deltas
 
     @classmethod
     def for_experts(cls, references: list[str], options: LoadOptions | None = None) -> Engine:
@@ -161,6 +162,7 @@ class Engine:
         self.experts[expert.name] = expert
         self._decoder = None
         self._lean_decoders.clear()
+        self._bases.clear()
         self._deltas.clear()
         return expert
 
@@ -184,6 +186,7 @@ class Engine:
         self._tensors, self._config = None, None
         self._lora.clear()
         self._lean_decoders.clear()
+        self._bases.clear()
         self._deltas.clear()
         self._decoder = None
 
@@ -205,14 +208,28 @@ class Engine:
         return self._decoder
 
     def _new_lean(self, name: str | None) -> LeanDecoder:
-        """A lean decoder for ``name``: merged by hand from the files (fast start), else through PEFT."""
+        """A lean decoder for ``name``: merged by hand from the files (fast start), else through PEFT.
+        Quantised, a LoRA expert is not merged: rounding the merged weights to an int4 (or int8) grid
+        would erase most of a low-rank change (measured: a 4-bit base model's weights sit on that grid,
+        and the merged expert decoded like the base model), so it runs as the quantised base decoder
+        plus its deltas in the decode dtype."""
         quantize = self.quantize_of(name)[0]
-        if self._tensors is not None and (name is None or name in self._lora):
-            tensors = self._tensors if name is None else merged(self._tensors, self._lora[name])
-            return LeanDecoder.from_tensors(tensors, self._config, self._rope, quantize)
+        if name is not None and quantize != "none" and (deltas := self._expert_deltas(name)) is not None:
+            return self._base_decoder(quantize).with_deltas(deltas)
+        if self._tensors is not None and name in self._lora:
+            return LeanDecoder.from_tensors(merged(self._tensors, self._lora[name]), self._config, self._rope, quantize)
         if name is None:
-            return LeanDecoder(self._hf_base(), quantize)
+            return self._base_decoder(quantize)
         return peft_merged_decoder(self.model, name, quantize)
+
+    def _base_decoder(self, quantize: Quantize) -> LeanDecoder:
+        """The base model's decoder quantised as asked, kept once per quantisation."""
+        if quantize not in self._bases:
+            if self._tensors is not None:
+                self._bases[quantize] = LeanDecoder.from_tensors(self._tensors, self._config, self._rope, quantize)
+            else:
+                self._bases[quantize] = LeanDecoder(self._hf_base(), quantize)
+        return self._bases[quantize]
 
     def _hf_base(self) -> Any:
         """The transformers model itself (inside PEFT's wrapper when experts are attached through it)."""
@@ -243,12 +260,15 @@ class Engine:
         (a plain LoRA on the projections, quantised like the base decoder); ``None``: it decodes merged."""
         if name is None or not self.lean or name not in self.experts:
             return None
+        if self.quantize_of(name)[0] != self.quantize_of(None)[0]:
+            return None  # the shared decoder is quantised otherwise
+        return self._expert_deltas(name)
+
+    def _expert_deltas(self, name: str) -> ExpertDeltas | None:
+        """Expert ``name``'s LoRA as the lean decoder's deltas (``None``: not a plain LoRA)."""
         if name not in self._deltas:
-            same = self.quantize_of(name)[0] == self.quantize_of(None)[0]
             lora = self._lora.get(name)
-            if not same:
-                self._deltas[name] = None
-            elif lora is not None and self._tensors is not None:
+            if lora is not None and self._tensors is not None:
                 layers = int(self.model_config.num_hidden_layers)
                 embed = self._tensors["model.embed_tokens.weight"]
                 self._deltas[name] = deltas_from(lora, self._tensors, layers, embed.dtype)

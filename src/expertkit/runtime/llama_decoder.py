@@ -13,6 +13,7 @@ Prefill uses PyTorch's SDPA. Architectures it does not know go through transform
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -193,11 +194,15 @@ class LeanDecoder:
         self.intermediate = int(config.intermediate_size)
         self.max_positions = int(config.max_position_embeddings)
         self.rotary = rotary
+        self.deltas: ExpertDeltas | None = None  # an expert's LoRA kept unmerged (see with_deltas)
         self.dtype = self.embed.dtype
         self._cos = self._sin = torch.empty(0)
 
     def nbytes(self) -> int:
-        """Bytes of the weights this decoder holds (its private copy of the model's)."""
+        """Bytes of the weights this decoder holds (its private copy of the model's; for a view made
+        by :meth:`with_deltas`, only the deltas: the weights are the base decoder's)."""
+        if self.deltas is not None:
+            return self.deltas.nbytes()
         linears = [self.head] + [m for layer in self.layers for m in (layer.qkv, layer.out, layer.gate_up, layer.down)]
         norms = [t for layer in self.layers for t in (layer.norm1, layer.norm2, layer.q_norm, layer.k_norm)]
         tensors = [self.embed, self.norm, *norms] + [t for m in linears for t in m.tensors()]
@@ -272,6 +277,7 @@ class LeanDecoder:
     ) -> torch.Tensor:
         """Logits (fp32, ``[vocab]``) after feeding ``ids`` (and, first, ``prefix`` embeddings), with
         an expert's LoRA ``deltas`` added to the shared weights when given."""
+        deltas = deltas if deltas is not None else self.deltas
         groups = [RowGroup(torch.zeros(1, dtype=torch.long), deltas)] if deltas is not None else []
         x = self.embed[ids][None]
         if prefix is not None:
@@ -337,6 +343,16 @@ class LeanDecoder:
         x = x + self._project(layer.out, out.reshape(rows, 1, h), groups, index, "out")
         return self._mlp(layer, index, x, groups)
 
+    def with_deltas(self, deltas: ExpertDeltas) -> LeanDecoder:
+        """This decoder's weights (shared, not copied) with an expert's LoRA added as deltas on every
+        row: a quantised base model keeps an adapter whose changes are finer than its grid."""
+        view = copy.copy(self)
+        view.deltas = deltas
+        return view
+
+    def _own_groups(self, rows: int) -> list[RowGroup]:
+        return [RowGroup(torch.arange(rows), self.deltas)] if self.deltas is not None else []
+
     @torch.inference_mode()
     def step_batch(
         self, batch: KVCache, tokens: torch.Tensor, lengths: torch.Tensor, groups: list[RowGroup] | None = None
@@ -351,5 +367,5 @@ class LeanDecoder:
         cos_table, sin_table = self._rope_table(int(lengths.max()) + 1)
         cos, sin = cos_table[lengths][:, None, None], sin_table[lengths][:, None, None]
         for index, layer in enumerate(self.layers):
-            x = self._batch_block(layer, index, x, batch, (lengths, cos, sin), groups or [])
+            x = self._batch_block(layer, index, x, batch, (lengths, cos, sin), groups or self._own_groups(x.shape[0]))
         return self.head(self._norm(x, self.norm))[:, 0].float()

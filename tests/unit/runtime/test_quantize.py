@@ -88,3 +88,38 @@ def test_an_unknown_quantisation_is_a_usage_error() -> None:
     with pytest.raises(UsageError, match="--quantize 'int3'") as caught:
         parse_quantize("int3")
     assert "none, int8, int4" in caught.value.hint
+
+
+def test_rounding_merged_weights_to_the_grid_would_erase_a_small_lora() -> None:
+    """Why a quantised LoRA expert keeps its deltas unmerged: weights already on a 4-bit grid (the
+    embedded model's GGUF is Q4_1) plus a low-rank change smaller than the grid step round back to
+    the base weights, so a merged-then-quantised expert decodes like the base model."""
+    torch.manual_seed(2)
+    codes = torch.randint(0, 16, (64, 2, INT4_GROUP)).float()
+    codes[..., 0], codes[..., 1] = 0, 15
+    base = (codes * 0.01 - 0.08).reshape(64, 2 * INT4_GROUP)
+    delta = torch.randn(64, 2) @ torch.randn(2, 2 * INT4_GROUP) * 5e-4  # rank 2, well under the 0.01 step
+    x = torch.randn(4, 2 * INT4_GROUP)
+    merged = Int4Linear(base + delta, None, torch.float32)(x)
+    base_only = Int4Linear(base, None, torch.float32)(x)
+    kept = base_only + x @ delta.T  # what the deltas path computes
+    change = x @ delta.T
+    assert relative_error(merged - base_only, change) > 0.5  # most of the change is gone
+    assert relative_error(kept - base_only, change) < 1e-5
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_a_quantised_lora_expert_keeps_its_change_as_deltas(trained_source: Path, mode: str) -> None:
+    plain = Engine.for_experts([str(trained_source)], LoadOptions(quantize="none"))
+    expected = logits_of(plain, "expert-tiny") - logits_of(plain, None)
+    engine = Engine.for_experts([str(trained_source)], LoadOptions(quantize=mode))  # type: ignore[arg-type]
+    decoder = engine.activate("expert-tiny")
+    assert decoder.deltas is not None  # type: ignore[attr-defined]
+    assert decoder.layers is engine.activate(None).layers  # type: ignore[attr-defined]  # one quantised copy
+    got = logits_of(engine, "expert-tiny") - logits_of(engine, None)
+    assert relative_error(got, expected) < (0.05 if mode == "int8" else 0.3)
+
+
+def logits_of(engine: Engine, name: str | None) -> torch.Tensor:
+    decoder = engine.activate(name)
+    return decoder.forward(decoder.new_cache(16), IDS)
