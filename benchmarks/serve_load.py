@@ -69,6 +69,12 @@ def make_expert(base_dir: Path, work: Path, name: str, seed: int) -> Path:
     return work / name
 
 
+def _has_text(line: str) -> bool:
+    """Whether a stream chunk carries generated text (the first chunk only announces the role)."""
+    choices = json.loads(line.removeprefix("data: ")).get("choices") or [{}]
+    return bool((choices[0].get("delta") or {}).get("content"))
+
+
 def one(client: httpx.Client, url: str, index: int) -> tuple[int, float, float]:
     """(status, latency, time to the first content chunk) of one streamed request."""
     body = {
@@ -83,7 +89,7 @@ def one(client: httpx.Client, url: str, index: int) -> tuple[int, float, float]:
     try:
         with client.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=120) as response:
             for line in response.iter_lines():
-                if not first and line.startswith("data: {") and '"content":"' in line.replace(" ", ""):
+                if not first and line.startswith("data: {") and _has_text(line):
                     first = time.perf_counter() - start
             status = response.status_code
     except httpx.HTTPError:

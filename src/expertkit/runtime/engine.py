@@ -270,11 +270,9 @@ class Engine:
             lora = self._lora.get(name)
             if lora is not None and self._tensors is not None:
                 layers = int(self.model_config.num_hidden_layers)
-                embed = self._tensors["model.embed_tokens.weight"]
-                self._deltas[name] = deltas_from(lora, self._tensors, layers, embed.dtype)
+                self._deltas[name] = deltas_from(lora, self._tensors, layers)
             else:
-                dtype = self.model.get_input_embeddings().weight.dtype  # the shared decoder's
-                self._deltas[name] = lora_deltas(self.model, name, dtype)
+                self._deltas[name] = lora_deltas(self.model, name)
         return self._deltas[name]
 
     def mixable(self, name: str | None) -> bool:

@@ -166,14 +166,12 @@ def merged(base: dict[str, torch.Tensor], lora: LoraFactors) -> dict[str, torch.
     return out
 
 
-def deltas_from(
-    lora: LoraFactors, base: dict[str, torch.Tensor], layers: int, dtype: torch.dtype
-) -> ExpertDeltas | None:
-    """The LoRA as the lean decoder's mixed-batch deltas (scale folded into B), in ``dtype``."""
+def deltas_from(lora: LoraFactors, base: dict[str, torch.Tensor], layers: int) -> ExpertDeltas | None:
+    """The LoRA as the lean decoder's deltas (scale folded into B, fp32)."""
     adapted = {}
     for name, (a, b) in lora.factors.items():
         parts = name.split(".")  # model.layers.<i>.<self_attn|mlp>.<module>.weight
-        adapted[(int(parts[2]), parts[-2])] = (a.to(dtype), (b * lora.scale).to(dtype))
+        adapted[(int(parts[2]), parts[-2])] = (a, b * lora.scale)  # fp32, as the deltas compute
 
     def out_of(index: int, module: str) -> int:
         group = "self_attn" if module in ("q_proj", "k_proj", "v_proj", "o_proj") else "mlp"

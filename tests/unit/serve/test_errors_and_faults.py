@@ -259,3 +259,16 @@ def _status(url: str, body: dict) -> int:
         return httpx.post(f"{url}{CHAT}", json=body, timeout=60).status_code
     except httpx.HTTPError:
         return 0
+
+
+def test_serve_reaches_the_batcher_with_mixed_batches_on_or_off(trained_source: Path) -> None:
+    from expertkit.serve.server import ServeRequest, build_server_app
+
+    notes: list[str] = []
+    app, _ = build_server_app(ServeRequest(experts=[str(trained_source)], dtype="float32"), notes)
+    assert app.state.expertkit.worker.scheduler.mixing is True
+    assert "expert-tiny: lean decoder, float32, quantize none (default)" in notes
+    request = ServeRequest(experts=[str(trained_source)], dtype="float32", mixed_batches=False, quantize="int8")
+    app, _ = build_server_app(request, [])
+    assert app.state.expertkit.worker.scheduler.mixing is False
+    assert app.state.expertkit.engine.quantize_of("expert-tiny") == ("int8", "cli")
