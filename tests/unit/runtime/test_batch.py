@@ -8,7 +8,7 @@ from expertkit.runtime.batch import BatchScheduler
 from expertkit.runtime.engine import Engine
 from expertkit.runtime.options import LoadOptions
 from expertkit.runtime.settings import resolve_settings
-from unit.runtime.test_engine import second_expert
+from unit.runtime.test_engine import renamed_expert, second_expert
 
 PROMPTS = ["What is 1 plus 1?", "Write SQL.", "Count the singers in the table please, quickly", "hi"]
 
@@ -50,19 +50,8 @@ def test_batched_sequences_match_one_at_a_time(trained_source: Path, tmp_path: P
 
 
 def third_expert(trained_source: Path, tmp_path: Path) -> Path:
-    """Another LoRA expert: the tiny expert's factors negated and halved."""
-    import json
-    import shutil
-
-    from safetensors.torch import load_file, save_file
-
-    third = Path(shutil.copytree(trained_source, tmp_path / "expert-third"))
-    manifest = json.loads((third / "manifest.json").read_text())
-    manifest["name"] = "expert-third"
-    (third / "manifest.json").write_text(json.dumps(manifest))
-    weights = next((third / "weights").iterdir()) / "adapter" / "adapter_model.safetensors"
-    save_file({k: -0.5 * v if "lora_B" in k else v for k, v in load_file(str(weights)).items()}, str(weights))
-    return third
+    """Another LoRA expert: the tiny expert's B factors negated and halved."""
+    return renamed_expert(trained_source, tmp_path, "expert-third", lambda key: -0.5 if "lora_B" in key else 1.0)
 
 
 def interleaved(engine: Engine) -> list:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,18 +22,22 @@ def logits(engine: Engine, name: str | None) -> torch.Tensor:
     return decoder.forward(decoder.new_cache(16), IDS)
 
 
-def second_expert(trained_source: Path, tmp_path: Path) -> Path:
-    """The same expert under another name, with its LoRA weights scaled (a different adapter)."""
+def renamed_expert(trained_source: Path, tmp_path: Path, name: str, scale: Callable[[str], float]) -> Path:
+    """The trained tiny expert copied under ``name``, each adapter tensor multiplied by ``scale(key)``."""
     from safetensors.torch import load_file, save_file
 
-    other = Path(shutil.copytree(trained_source, tmp_path / "expert-other"))
-    manifest = json.loads((other / "manifest.json").read_text())
-    manifest["name"] = "expert-other"
-    (other / "manifest.json").write_text(json.dumps(manifest))
-    weights = next((other / "weights").iterdir()) / "adapter" / "adapter_model.safetensors"
-    tensors = load_file(str(weights))
-    save_file({k: v * 3 for k, v in tensors.items()}, str(weights))
-    return other
+    copy = Path(shutil.copytree(trained_source, tmp_path / name))
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["name"] = name
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    weights = next((copy / "weights").iterdir()) / "adapter" / "adapter_model.safetensors"
+    save_file({k: v * scale(k) for k, v in load_file(str(weights)).items()}, str(weights))
+    return copy
+
+
+def second_expert(trained_source: Path, tmp_path: Path) -> Path:
+    """The same expert under another name, with its LoRA weights scaled (a different adapter)."""
+    return renamed_expert(trained_source, tmp_path, "expert-other", lambda _: 3.0)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
