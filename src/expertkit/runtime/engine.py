@@ -25,6 +25,7 @@ from expertkit.errors import UsageError
 from expertkit.manifest.sections import DecodingConfig
 from expertkit.models.fingerprint import fingerprint
 from expertkit.models.load import load_model, load_tokenizer
+from expertkit.models.pull import ensure_ready
 from expertkit.models.resolve import ResolvedModel, resolve_model
 from expertkit.models.tokens import add_control_tokens
 from expertkit.package.lock import check_base_model, check_template
@@ -55,6 +56,7 @@ class Engine:
     """The base model (loaded once), its tokenizer, the attached experts and the active decoder."""
 
     def __init__(self, base: ResolvedModel, options: LoadOptions) -> None:
+        base = ensure_ready(base)  # an embedded model is converted once, before its files are read
         self.base, self.options = base, options
         self._model: Any = None
         self._tensors: dict[str, torch.Tensor] | None = None  # fast start: the base weights, read once
@@ -72,6 +74,7 @@ class Engine:
             self._model, self.tokenizer = load_model(base, options.dtype, options.device)
         self._lora: dict[str, LoraFactors] = {}  # experts merged by hand (fast start)
         self._rope = DefaultRope(self._config) if self._config is not None else None
+        self._end_config: SimpleNamespace | None = None  # generation_config.json's end ids (fast start)
         # The base tokenizer's own special tokens (EOS, BOS, pad ...) are hidden from output text;
         # tokens an expert adds are plain text to every other expert, never stripped.
         self.hidden_ids = frozenset(int(i) for i in self.tokenizer.all_special_ids)
@@ -212,7 +215,7 @@ class Engine:
         Quantised, a LoRA expert is not merged: rounding the merged weights to an int4 (or int8) grid
         would erase most of a low-rank change (measured: a 4-bit base model's weights sit on that grid,
         and the merged expert decoded like the base model), so it runs as the quantised base decoder
-        plus its deltas in the decode dtype."""
+        plus its deltas (in fp32)."""
         quantize = self.quantize_of(name)[0]
         if name is not None and quantize != "none" and (deltas := self._expert_deltas(name)) is not None:
             return self._base_decoder(quantize).with_deltas(deltas)
@@ -327,8 +330,12 @@ class Engine:
     def _generation_config(self) -> Any:
         if self._config is None:
             return getattr(self.model, "generation_config", None)
-        configured = generation_end_ids(self.base.path)
-        return SimpleNamespace(eos_token_id=sorted(configured) or getattr(self._config, "eos_token_id", None))
+        if self._end_config is None:  # read once
+            configured = generation_end_ids(self.base.path)
+            self._end_config = SimpleNamespace(
+                eos_token_id=sorted(configured) or getattr(self._config, "eos_token_id", None)
+            )
+        return self._end_config
 
     def execute(self, request: GenerationRequest) -> GenerationResult:
         """Run one request on its expert's decoder."""
