@@ -288,7 +288,10 @@ class Engine:
         notes = []
         for name in self.experts or [None]:
             quantize, source = self.quantize_of(name)
-            notes.append(f"{name or 'base'}: {kind}, {self.options.dtype}, quantize {quantize} ({source})")
+            note = f"{name or 'base'}: {kind}, {self.options.dtype}, quantize {quantize} ({source})"
+            if name is not None and quantize != "none" and self._expert_deltas(name) is None:
+                note += "; merged, then quantised: a small adapter change can round away (check eval --quantize)"
+            notes.append(note)
         return notes
 
     def _hf_decoder(self, name: str | None) -> Decoder:

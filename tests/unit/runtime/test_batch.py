@@ -9,6 +9,7 @@ from expertkit.runtime.engine import Engine
 from expertkit.runtime.options import LoadOptions
 from expertkit.runtime.settings import resolve_settings
 from unit.runtime.test_engine import renamed_expert, second_expert
+from unit.runtime.test_fast_start import dora_expert
 
 PROMPTS = ["What is 1 plus 1?", "Write SQL.", "Count the singers in the table please, quickly", "hi"]
 
@@ -91,16 +92,7 @@ def test_three_experts_decode_in_one_batch_token_for_token_as_alone(trained_sour
 
 
 def test_experts_that_are_not_plain_lora_decode_merged(trained_source: Path, tmp_path: Path) -> None:
-    import json
-
-    dora = Path(__import__("shutil").copytree(trained_source, tmp_path / "expert-dora"))
-    config = next((dora / "weights").iterdir()) / "adapter" / "adapter_config.json"
-    data = json.loads(config.read_text())
-    data["use_dora"] = True
-    config.write_text(json.dumps(data))
-    manifest = json.loads((dora / "manifest.json").read_text())
-    manifest["name"] = "expert-dora"
-    (dora / "manifest.json").write_text(json.dumps(manifest))
+    dora = dora_expert(trained_source, tmp_path)
     engine = Engine.for_experts([str(trained_source), str(dora)], LoadOptions(dtype="float32"))
     assert engine.mixable("expert-tiny") and not engine.mixable("expert-dora")
     batch = requests(engine, "expert-dora", (4, 4, 4, 4)) + requests(engine, "expert-tiny", (4, 4, 4, 4))

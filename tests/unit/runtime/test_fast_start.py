@@ -52,12 +52,18 @@ def test_the_fast_start_decodes_exactly_as_transformers_and_peft(
     assert tokens(fast, "expert-tiny") == tokens(slow, "expert-tiny")
 
 
-def test_an_expert_that_is_not_a_plain_lora_loads_through_peft(trained_source: Path, tmp_path: Path) -> None:
+def dora_expert(trained_source: Path, tmp_path: Path) -> Path:
+    """The tiny expert as ``expert-dora``, its adapter config switched to DoRA (PEFT adds magnitudes)."""
     dora = Path(shutil.copytree(trained_source, tmp_path / "expert-dora"))
     config = next((dora / "weights").iterdir()) / "adapter" / "adapter_config.json"
     config.write_text(json.dumps(json.loads(config.read_text()) | {"use_dora": True}))
     manifest = json.loads((dora / "manifest.json").read_text())
     (dora / "manifest.json").write_text(json.dumps(manifest | {"name": "expert-dora"}))
+    return dora
+
+
+def test_an_expert_that_is_not_a_plain_lora_loads_through_peft(trained_source: Path, tmp_path: Path) -> None:
+    dora = dora_expert(trained_source, tmp_path)
     engine = Engine.for_experts([str(trained_source), str(dora)], LoadOptions(dtype="float32"))
     assert engine._model is not None and "expert-tiny" in engine._lora and "expert-dora" not in engine._lora
     reference = Engine.for_experts([str(dora)], LoadOptions(dtype="float32", fast_start=False))
@@ -97,3 +103,11 @@ def test_only_a_plain_lora_whose_factors_fit_the_base_is_merged_by_hand(tmp_path
     assert plain_lora(adapter(good, target_modules=".*q_proj"), base) is None  # a regex: PEFT decides
     assert plain_lora(adapter(good, use_dora=True), base) is None
     assert plain_lora(adapter(good | {f"{key}.lora_magnitude_vector": torch.ones(8)}), base) is None
+
+
+def test_quantising_an_expert_that_must_merge_says_what_it_risks(trained_source: Path, tmp_path: Path) -> None:
+    dora = dora_expert(trained_source, tmp_path)
+    engine = Engine.for_experts([str(trained_source), str(dora)], LoadOptions(dtype="float32", quantize="int8"))
+    notes = engine.decoder_notes()
+    assert "round away" in next(n for n in notes if n.startswith("expert-dora"))
+    assert "round away" not in next(n for n in notes if n.startswith("expert-tiny"))  # kept as deltas
