@@ -1,16 +1,17 @@
 """Weight-only int8 and int4 linears for the lean decoder (activations stay in the decode dtype).
 
-A decode step at batch size 1 reads every weight once, so on a CPU its speed is bounded by bytes
-read per token: int8 halves them against bf16, int4 quarters them. The kernels are PyTorch's own
-CPU ops (``aten._weight_int8pack_mm``: int8 weights, one scale per output channel;
+A decode step at batch size 1 reads every weight once, so a CPU bound by memory decodes faster
+with fewer bytes per token: int8 halves them against bf16, int4 quarters them. The kernels are
+PyTorch's own CPU ops (``aten._weight_int8pack_mm``: int8 weights, one scale per output channel;
 ``aten._weight_int4pack_mm_for_cpu``: 4-bit weights packed two to a byte, a scale and a zero point
 per group of input channels), the ones torchao's weight-only configs call on CPU. torchao itself
 would add a dependency for the same kernels behind a tensor subclass the lean decoder does not
 need, so the quantisation here is the few lines of round-to-nearest arithmetic those kernels
-expect. No hand-written C: these reach the target.
+expect. No hand-written C; ``benchmarks/decode_speed.py`` measures how far these kernels get.
 
-Quantisation happens once per activated expert, after its adapter was merged in fp32/bf16 (the
-merge stays exact), and the merged-decoder cache keeps the quantised weights.
+The engine quantises the base model once; a LoRA expert keeps its change as fp32 deltas on top
+(rounded after a merge, a low-rank change smaller than the grid step disappears), and only
+experts that must merge (DoRA, IA³, LoKr) are quantised after their exact merge.
 """
 
 from __future__ import annotations
