@@ -185,6 +185,8 @@ class LeanDecoder:
         self.embed = _required(get, "model.embed_tokens.weight").clone()
         self.norm = _required(get, "model.norm.weight").clone()
         head = get("lm_head.weight")
+        if head is None and not getattr(config, "tie_word_embeddings", False):
+            raise ValueError("the model has no lm_head.weight and does not tie it to the embeddings")
         self.head = make(head if head is not None else self.embed, None)  # tied embeddings: no lm_head tensor
         self.eps = float(config.rms_norm_eps)
         self.heads = int(config.num_attention_heads)

@@ -53,8 +53,10 @@ def fast_config(model_dir: Path) -> SimpleNamespace | None:
         return None
     config = SimpleNamespace(**data)
     config.rope_theta_value = _rope_theta(data)
-    required = ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
-    if not all(isinstance(getattr(config, k, None), int | str) for k in required) or not lean_supported(config):
+    # Values transformers would fill with a class default must be written out here, else transformers decides.
+    required = ["model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"]
+    required += ["rms_norm_eps", "max_position_embeddings", "vocab_size"]
+    if not all(isinstance(getattr(config, k, None), int | float | str) for k in required) or not lean_supported(config):
         return None
     return config
 

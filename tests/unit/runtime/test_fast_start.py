@@ -111,3 +111,23 @@ def test_quantising_an_expert_that_must_merge_says_what_it_risks(trained_source:
     notes = engine.decoder_notes()
     assert "round away" in next(n for n in notes if n.startswith("expert-dora"))
     assert "round away" not in next(n for n in notes if n.startswith("expert-tiny"))  # kept as deltas
+
+
+def test_a_config_that_leaves_values_to_transformers_defaults_goes_through_transformers(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from expertkit.runtime.llama_decoder import LeanDecoder
+    from expertkit.runtime.model_files import fast_config
+
+    config = {"model_type": "llama", "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1}
+    config |= {"num_attention_heads": 2, "rms_norm_eps": 1e-5, "max_position_embeddings": 64, "vocab_size": 10}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert fast_config(tmp_path) is not None
+    (tmp_path / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k != "rms_norm_eps"}))
+    assert fast_config(tmp_path) is None  # transformers' class default would decide it
+    (tmp_path / "config.json").write_text(json.dumps(config | {"rope_scaling": {"rope_type": "llama3"}}))
+    assert fast_config(tmp_path) is None  # scaled RoPE: transformers computes it
+    untied = SimpleNamespace(**(config | {"num_hidden_layers": 0}), tie_word_embeddings=False)
+    tensors = {"model.embed_tokens.weight": torch.zeros(10, 8), "model.norm.weight": torch.ones(8)}
+    with pytest.raises(ValueError, match=r"no lm_head\.weight"):
+        LeanDecoder.from_tensors(tensors, untied, None)
