@@ -21,10 +21,12 @@ from typing import Any
 import torch
 import torch.nn.functional as nnf
 
+from expertkit.errors import ModelLoadError
 from expertkit.runtime.lora_deltas import ExpertDeltas, RowGroup, add_deltas
 from expertkit.runtime.quantize import Int4Linear, Int8Linear, Quantize, quantizable, quantize_linear
 
 SUPPORTED_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+MODEL_HINT = "check the model directory: its safetensors must hold every weight its config.json names"
 
 
 def lean_supported(config: Any) -> bool:
@@ -125,7 +127,7 @@ def module_weights(model: Any) -> Weights:
 def _required(get: Weights, name: str) -> torch.Tensor:
     tensor = get(name)
     if tensor is None:
-        raise ValueError(f"the model has no weight {name}")
+        raise ModelLoadError(f"the base model has no weight {name}", MODEL_HINT)
     return tensor
 
 
@@ -368,6 +370,7 @@ class LeanDecoder:
         x = self.embed[tokens][:, None]
         cos_table, sin_table = self._rope_table(int(lengths.max()) + 1)
         cos, sin = cos_table[lengths][:, None, None], sin_table[lengths][:, None, None]
+        groups = groups or self._own_groups(x.shape[0])
         for index, layer in enumerate(self.layers):
-            x = self._batch_block(layer, index, x, batch, (lengths, cos, sin), groups or self._own_groups(x.shape[0]))
+            x = self._batch_block(layer, index, x, batch, (lengths, cos, sin), groups)
         return self.head(self._norm(x, self.norm))[:, 0].float()
