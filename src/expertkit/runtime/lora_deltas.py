@@ -32,18 +32,30 @@ FUSED = {
 PROJECTIONS = {module: fused for fused, modules in FUSED.items() for module in modules}
 
 
-@dataclass
 class Delta:
     """One fused projection's delta: ``x · a.T · b.T`` (the scale folded into ``b``), in fp32 whatever
     the decode dtype: the factors are small, fp32 keeps the adapter's precision, and on CPUs with AMX
     these skinny products run about 3x faster in fp32 than in bf16 (measured: 31 µs against 96 µs
-    for 8 rows of a rank-48 qkv delta)."""
+    for 8 rows of a rank-48 qkv delta; 10 µs against 55 µs for one row). The factors are stored
+    transposed, so each product is one plain matrix multiply."""
 
-    a: torch.Tensor  # [ranks of the parts, in], fp32
-    b: torch.Tensor  # [out, ranks of the parts], fp32, block-diagonal over the fused parts
+    def __init__(self, a: torch.Tensor, b: torch.Tensor) -> None:
+        self.a_t = a.float().T.contiguous()  # [in, ranks of the parts]
+        self.b_t = b.float().T.contiguous()  # [ranks, out], block-diagonal over the fused parts
+
+    @property
+    def a(self) -> torch.Tensor:
+        return self.a_t.T
+
+    @property
+    def b(self) -> torch.Tensor:
+        return self.b_t.T
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return (x.float() @ self.a.T) @ self.b.T
+        return (x.float() @ self.a_t) @ self.b_t
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.a_t, self.b_t
 
 
 @dataclass
@@ -53,7 +65,7 @@ class ExpertDeltas:
     layers: list[dict[str, Delta]]
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for layer in self.layers for d in layer.values() for t in (d.a, d.b))
+        return sum(t.numel() * t.element_size() for layer in self.layers for d in layer.values() for t in d.tensors())
 
 
 def _block_diagonal(parts: list[tuple[torch.Tensor, torch.Tensor] | None], outs: list[int]) -> Delta | None:

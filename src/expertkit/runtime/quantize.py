@@ -42,11 +42,12 @@ class Int8Linear:
         self.packed = None  # the Linear interface
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, x.shape[-1])
-        out = torch.ops.aten._weight_int8pack_mm(flat, self.weight, self.scales)
-        if self.bias is not None:
-            out = out + self.bias
-        return out.view(*x.shape[:-1], out.shape[-1])
+        return self.mm(x.reshape(-1, x.shape[-1])).view(*x.shape[:-1], -1)
+
+    def mm(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` already ``[rows, in]``."""
+        out = torch.ops.aten._weight_int8pack_mm(x, self.weight, self.scales)
+        return out if self.bias is None else out + self.bias
 
     def tensors(self) -> list[torch.Tensor]:
         return [t for t in (self.weight, self.scales, self.bias) if t is not None]
@@ -72,12 +73,17 @@ class Int4Linear:
         self.dtype, self.packed = dtype, None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
-        out = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.weight, INT4_GROUP, self.scales_and_zeros)
-        out = out.to(self.dtype)
-        if self.bias is not None:
-            out = out + self.bias
-        return out.view(*x.shape[:-1], out.shape[-1])
+        return self.mm(x.reshape(-1, x.shape[-1])).view(*x.shape[:-1], -1)
+
+    def mm(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` already ``[rows, in]``; the kernel takes and gives bf16, cast only when the decode
+        dtype is another."""
+        if x.dtype != torch.bfloat16:
+            x = x.to(torch.bfloat16)
+        out = torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.weight, INT4_GROUP, self.scales_and_zeros)
+        if self.dtype != torch.bfloat16:
+            out = out.to(self.dtype)
+        return out if self.bias is None else out + self.bias
 
     def tensors(self) -> list[torch.Tensor]:
         return [t for t in (self.weight, self.scales_and_zeros, self.bias) if t is not None]

@@ -12,9 +12,12 @@ from expertkit.manifest.sections import DecodingConfig
 from expertkit.runtime.generate import GenerationRequest, generate
 from expertkit.runtime.hf_decoder import HFDecoder
 from expertkit.runtime.llama_decoder import LeanDecoder, lean_supported
+from expertkit.runtime.lora_deltas import PROJECTIONS, fused_deltas
 from expertkit.runtime.sampling import Sampler
 from expertkit.runtime.settings import resolve_settings
 from expertkit.runtime.stops import StopMatcher
+
+MLP = ("gate_proj", "up_proj", "down_proj")
 
 
 def test_settings_resolve_cli_over_manifest_over_default() -> None:
@@ -88,6 +91,63 @@ def test_lean_decoder_matches_transformers(architecture: str, tiny_llama_dir: Pa
     torch.testing.assert_close(
         lean.forward(lean.new_cache(32), torch.cat([ids, torch.tensor([11, 12, 13, 200])])), full, atol=1e-4, rtol=1e-4
     )
+
+
+@pytest.mark.parametrize("architecture", ["llama", "qwen3"])
+def test_lora_deltas_on_shared_weights_decode_as_the_merged_weights(
+    architecture: str, tiny_llama_dir: Path, tiny_qwen3_dir: Path
+) -> None:
+    """Prefill and single-token steps with an expert's deltas beside the base weights give the logits
+    of a decoder over the merged weights (fp32), q/k/v, o, gate/up and down all adapted."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir if architecture == "llama" else tiny_qwen3_dir)
+    torch.manual_seed(0)
+    merged = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+    adapted, layers = {}, int(model.config.num_hidden_layers)
+    for index in range(layers):
+        for module in PROJECTIONS:
+            weight = f"model.layers.{index}.{'mlp' if module in MLP else 'self_attn'}.{module}.weight"
+            out, inputs = merged[weight].shape
+            a, b = torch.randn(4, inputs) * 0.2, torch.randn(out, 4) * 0.2
+            adapted[(index, module)] = (a, b)
+            merged[weight] += b @ a
+    outs = {
+        module: merged[f"model.layers.0.{'mlp' if module in MLP else 'self_attn'}.{module}.weight"].shape[0]
+        for module in PROJECTIONS
+    }
+    deltas = fused_deltas(adapted, layers, lambda index, module: int(outs[module]))
+    assert deltas is not None
+    lean = LeanDecoder(model).with_deltas(deltas)
+    reference = LeanDecoder.from_tensors(merged, model.config, model.model.rotary_emb)
+    ids = torch.tensor([5, 17, 42, 99, 3])
+    lean_cache, ref_cache = lean.new_cache(16), reference.new_cache(16)
+    torch.testing.assert_close(lean.forward(lean_cache, ids), reference.forward(ref_cache, ids), atol=1e-4, rtol=1e-4)
+    for token in (11, 200, 7):
+        step = torch.tensor([token])
+        torch.testing.assert_close(
+            lean.forward(lean_cache, step), reference.forward(ref_cache, step), atol=1e-4, rtol=1e-4
+        )
+
+
+def test_a_bf16_step_stays_near_fp32(tiny_llama_dir: Path) -> None:
+    """The single-token step keeps its residual stream in fp32: in bf16 its logits stay within bf16's
+    rounding of fp32's, as close as the block path's (which rounds the stream to bf16 at every layer)."""
+    ids, steps = torch.tensor([5, 17, 42, 99, 3]), (11, 200, 7, 64)
+    full = torch.cat([ids, torch.tensor(steps)])
+    logits = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        decoder = LeanDecoder(AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=dtype))
+        cache = decoder.new_cache(16)
+        decoder.forward(cache, ids)
+        for token in steps[:-1]:
+            decoder.forward(cache, torch.tensor([token]))
+        logits[dtype] = (
+            decoder.forward(cache, torch.tensor([steps[-1]])),
+            decoder.forward(decoder.new_cache(16), full),
+        )
+    stepped_error = (logits[torch.bfloat16][0] - logits[torch.float32][0]).abs().max()
+    block_error = (logits[torch.bfloat16][1] - logits[torch.float32][1]).abs().max()
+    assert stepped_error <= block_error * 1.5
+    assert torch.equal(logits[torch.float32][0].argmax(), logits[torch.bfloat16][0].argmax())
 
 
 def test_generate_finish_reasons_and_fresh_cache(tiny_llama_dir: Path) -> None:

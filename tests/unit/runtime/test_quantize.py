@@ -11,7 +11,7 @@ import torch
 
 from expertkit.errors import UsageError
 from expertkit.runtime.engine import Engine
-from expertkit.runtime.llama_decoder import Linear
+from expertkit.runtime.llama_weights import Linear
 from expertkit.runtime.options import LoadOptions
 from expertkit.runtime.quantize import INT4_GROUP, Int4Linear, Int8Linear, parse_quantize, quantize_linear
 
