@@ -237,13 +237,17 @@ class LeanDecoder:
         return self._norms32
 
     def _rows(self, linear: AnyLinear, x: torch.Tensor, groups: list[RowGroup], index: int, name: str) -> torch.Tensor:
-        """``x @ W.T`` with ``x`` in the decode dtype for the kernel, plus an expert's fp32 delta (the
-        sum is then fp32)."""
+        """``x @ W.T`` with ``x`` in the decode dtype for the kernel, plus each expert group's fp32 delta
+        on its rows (the sum is then fp32)."""
         y = linear.mm(x if x.dtype == self.dtype else x.to(self.dtype))
         for group in groups:
             delta = group.deltas.layers[index].get(name)
-            if delta is not None:
+            if delta is None:
+                continue
+            if group.rows.numel() == y.shape[0]:
                 y = y + delta(x)
+            else:  # a mixed batch: this expert's rows only
+                y = y.float().index_add_(0, group.rows, delta(x.index_select(0, group.rows)))
         return y
 
     def _step_block(
@@ -263,7 +267,12 @@ class LeanDecoder:
         scores = torch.baddbmm(self._zero, q, keys[:, :, : position + 1], beta=0, alpha=self.scale)
         out = torch.bmm(torch.softmax(scores, dim=-1), values[:, : position + 1]).view(1, h)
         x = x + self._rows(layer.out, out, groups, index, "out")
-        gate_up = self._rows(layer.gate_up, self._norm(x, norm2), groups, index, "gate_up")
+        return self._rows_mlp(layer, index, x, norm2, groups)
+
+    def _rows_mlp(
+        self, layer: Layer, index: int, x: torch.Tensor, norm: torch.Tensor, groups: list[RowGroup]
+    ) -> torch.Tensor:
+        gate_up = self._rows(layer.gate_up, self._norm(x, norm), groups, index, "gate_up")
         gate, up = gate_up.split(self.intermediate, dim=-1)
         return x + self._rows(layer.down, nnf.silu(gate) * up, groups, index, "down")
 
@@ -288,36 +297,27 @@ class LeanDecoder:
         batch.values[:, target] = batch.values[:, source]
 
     def _batch_block(
-        self,
-        layer: Layer,
-        index: int,
-        x: torch.Tensor,
-        batch: KVCache,
-        step: tuple[torch.Tensor, Any, Any],
-        groups: list[RowGroup],
+        self, layer: Layer, index: int, x: torch.Tensor, step: tuple[Any, ...], groups: list[RowGroup]
     ) -> torch.Tensor:
-        lengths, cos, sin = step
-        rows = x.shape[0]
-        h, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
-        q, k, v = self._project(layer.qkv, self._norm(x, layer.norm1), groups, index, "qkv").split([h, kv, kv], dim=-1)
-        q = q.view(rows, 1, self.heads, self.head_dim)
-        k = k.view(rows, 1, self.kv_heads, self.head_dim)
-        if layer.q_norm is not None and layer.k_norm is not None:
-            q, k = self._norm(q, layer.q_norm), self._norm(k, layer.k_norm)
-        q = self._rope(q.transpose(1, 2), cos, sin)  # [B, H, 1, D]
-        k = self._rope(k.transpose(1, 2), cos, sin)  # [B, KV, 1, D]
-        slots = torch.arange(rows)
-        keys, values = batch.keys[index], batch.values[index]
-        keys[slots, :, :, lengths] = k[:, :, 0].float()
-        values[slots, :, lengths] = v.view(rows, self.kv_heads, self.head_dim).float()
-        span = int(lengths.max()) + 1
-        grouped = q.reshape(rows, self.kv_heads, self.heads // self.kv_heads, self.head_dim).float()
-        scores = torch.matmul(grouped, keys[:rows, :, :, :span]) * self.scale
-        beyond = torch.arange(span)[None, :] > lengths[:, None]
-        scores = scores.masked_fill(beyond[:, None, None, :], float("-inf"))
-        out = torch.matmul(torch.softmax(scores, dim=-1), values[:rows, :, :span]).to(self.dtype)
-        x = x + self._project(layer.out, out.reshape(rows, 1, h), groups, index, "out")
-        return self._mlp(layer, index, x, groups)
+        """The single-token step's arithmetic for B rows at their own positions (``lengths``): each
+        row's RoPE matrix, its key and value written at its position, attention masked past it."""
+        batch, rotations, (norm1, norm2, q_norm, k_norm), lengths, slots, beyond = step
+        rows, heads, h = x.shape[0], self.heads, self.heads * self.head_dim
+        kv = self.kv_heads * self.head_dim
+        qkv = self._rows(layer.qkv, self._norm(x, norm1), groups, index, "qkv")
+        qk = qkv[:, : h + kv].float().view(rows, heads + self.kv_heads, self.head_dim)
+        if q_norm is not None and k_norm is not None:
+            qk = torch.cat([self._norm(qk[:, :heads], q_norm), self._norm(qk[:, heads:], k_norm)], dim=1)
+        qk = torch.bmm(qk, rotations)  # [B, heads + kv_heads, head_dim]
+        keys, values = batch.keys[index], batch.values[index]  # [slots, kv, D, capacity], [slots, kv, capacity, D]
+        keys[slots, :, :, lengths] = qk[:, heads:]
+        values[slots, :, lengths] = qkv[:, h + kv :].float().view(rows, self.kv_heads, self.head_dim)
+        span = beyond.shape[-1]
+        q = qk[:, :heads].reshape(rows, self.kv_heads, heads // self.kv_heads, self.head_dim)
+        scores = torch.matmul(q, keys[:rows, :, :, :span]).mul_(self.scale).masked_fill_(beyond, float("-inf"))
+        out = torch.matmul(torch.softmax(scores, dim=-1), values[:rows, :, :span]).reshape(rows, h)
+        x = x + self._rows(layer.out, out, groups, index, "out")
+        return self._rows_mlp(layer, index, x, norm2, groups)
 
     def with_deltas(self, deltas: ExpertDeltas) -> LeanDecoder:
         """This decoder's weights (shared, not copied) with an expert's LoRA added as deltas on every
@@ -337,12 +337,15 @@ class LeanDecoder:
         ``lengths[b]`` is how many positions slot ``b`` already holds (its new token's position).
         ``groups``: rows of experts decoding as LoRA deltas over these (shared, unmerged) weights."""
         capacity = int(batch.values.shape[3])  # [layers, slots, kv_heads, capacity, head_dim]
-        if int(lengths.max()) >= capacity:
+        span = int(lengths.max()) + 1
+        if span > capacity:
             raise ValueError(f"a sequence exceeds the batch cache ({capacity} positions)")
-        x = self.embed[tokens][:, None]
-        cos_table, sin_table = self._rope_table(int(lengths.max()) + 1)
-        cos, sin = cos_table[lengths][:, None, None], sin_table[lengths][:, None, None]
+        self._rotation(span - 1)  # the tables and the swap matrix reach every row's position
+        rotations = self._eye * self._cos32[lengths][:, None, :] + self._swap * self._sin32[lengths][:, None, :]
+        beyond = (torch.arange(span)[None, :] > lengths[:, None])[:, None, None, :]
+        x = self.embed[tokens].float()  # [B, hidden]
         groups = groups or self._own_groups(x.shape[0])
+        norms, slots = self._fp32_norms(), torch.arange(x.shape[0])
         for index, layer in enumerate(self.layers):
-            x = self._batch_block(layer, index, x, batch, (lengths, cos, sin), groups)
-        return self.head(self._norm(x, self.norm))[:, 0].float()
+            x = self._batch_block(layer, index, x, (batch, rotations, norms[index], lengths, slots, beyond), groups)
+        return self.head.mm(self._norm(x, self._final_norm32).to(self.dtype)).float()
