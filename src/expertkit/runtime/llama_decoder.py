@@ -29,7 +29,7 @@ from expertkit.runtime.llama_weights import (
     read_layer,
     required,
 )
-from expertkit.runtime.lora_deltas import ExpertDeltas, RowGroup, add_deltas
+from expertkit.runtime.lora_deltas import ExpertDeltas, RowGroup
 from expertkit.runtime.quantize import Quantize
 
 SUPPORTED_TYPES = ("llama", "mistral", "qwen2", "qwen3")
@@ -93,7 +93,7 @@ class LeanDecoder:
         self.rotary = rotary
         self.deltas: ExpertDeltas | None = None  # an expert's LoRA kept unmerged (see with_deltas)
         self.dtype = self.embed.dtype
-        self._cos = self._sin = self._cos32 = self._sin32 = torch.empty(0)
+        self._cos32 = self._sin32 = torch.empty(0)
         self._eye = self._swap = torch.empty(0)
         self._zero = torch.zeros(())  # baddbmm's ignored input (beta=0)
         self._norms32: list[tuple[torch.Tensor | None, ...]] = []
@@ -116,116 +116,20 @@ class LeanDecoder:
         keys = torch.zeros(shape[:2] + shape[:1:-1], dtype=torch.float32)
         return KVCache(keys, torch.zeros(shape, dtype=torch.float32))
 
-    def _rope_table(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and sin for positions 0..length-1 and beyond, in the decode dtype (from fp32, as
-        transformers rounds them); the fp32 tables are kept for :meth:`_rotation`."""
-        if self._cos.shape[0] < length:
-            size = min(max(length, 2 * self._cos.shape[0], 256), self.max_positions)
-            positions = torch.arange(size)[None]
-            cos, sin = self.rotary(torch.zeros(1, dtype=torch.float32), positions)
+    def _rotations(self, positions: torch.Tensor) -> torch.Tensor:
+        """RoPE at each of ``positions`` as ``[n, head_dim, head_dim]`` fp32 matrices R (``x·R = x·cos +
+        rotate_half(x)·sin``), from the model's own rotary module (so its scaling is the model's)."""
+        needed = int(positions.max()) + 1
+        if self._cos32.shape[0] < needed:
+            size = min(max(needed, 2 * self._cos32.shape[0], 256), self.max_positions)
+            cos, sin = self.rotary(torch.zeros(1, dtype=torch.float32), torch.arange(size)[None])
             self._cos32, self._sin32 = cos[0].float(), sin[0].float()
-            self._cos, self._sin = self._cos32.to(self.dtype), self._sin32.to(self.dtype)
-        return self._cos, self._sin
-
-    def _rotation(self, position: int) -> torch.Tensor:
-        """RoPE at ``position`` as a ``[head_dim, head_dim]`` fp32 matrix R (``x·R = x·cos +
-        rotate_half(x)·sin``), built once per step: every layer's q and k rotate in one product."""
-        self._rope_table(position + 1)
-        if self._swap.shape[0] != self.head_dim:
             half, eye = self.head_dim // 2, torch.eye(self.head_dim)
             self._eye, self._swap = eye, torch.cat([-eye[half:], eye[:half]]).T.contiguous()
-        return self._eye * self._cos32[position] + self._swap * self._sin32[position]
+        return self._eye * self._cos32[positions][:, None, :] + self._swap * self._sin32[positions][:, None, :]
 
     def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return nnf.rms_norm(x, (x.shape[-1],), weight, self.eps)
-
-    def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        half = self.head_dim // 2
-        rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-        return x * cos + rotated * sin
-
-    def _attend(self, q: torch.Tensor, cache: KVCache, index: int, end: int) -> torch.Tensor:
-        keys, values = cache.keys[index, :, :, :end], cache.values[index, :, :end]
-        tokens = q.shape[2]
-        if tokens > 1:  # prefill from an empty cache: causal over the prompt
-            out = nnf.scaled_dot_product_attention(
-                q.float(), keys.transpose(-1, -2)[None], values[None], is_causal=True, enable_gqa=True, scale=self.scale
-            )
-            return out.to(self.dtype).transpose(1, 2).reshape(1, tokens, self.heads * self.head_dim)
-        grouped = q.view(self.kv_heads, self.heads // self.kv_heads, self.head_dim).float()
-        scores = torch.matmul(grouped, keys) * self.scale
-        out = torch.matmul(torch.softmax(scores, dim=-1), values).to(self.dtype)
-        return out.reshape(1, 1, self.heads * self.head_dim)
-
-    @staticmethod
-    def _project(linear: AnyLinear, x: torch.Tensor, groups: list[RowGroup], index: int, name: str) -> torch.Tensor:
-        """The shared projection of ``x``, plus each expert group's LoRA delta on its rows."""
-        y = linear(x)
-        return add_deltas(y, x, groups, index, name) if groups else y
-
-    def _block(
-        self, layer: Layer, index: int, x: torch.Tensor, cache: KVCache, cos: Any, sin: Any, groups: list[RowGroup]
-    ) -> torch.Tensor:
-        tokens, start = x.shape[1], cache.length
-        h, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
-        q, k, v = self._project(layer.qkv, self._norm(x, layer.norm1), groups, index, "qkv").split([h, kv, kv], dim=-1)
-        q = q.view(1, tokens, self.heads, self.head_dim)
-        k = k.view(1, tokens, self.kv_heads, self.head_dim)
-        if layer.q_norm is not None and layer.k_norm is not None:
-            q, k = self._norm(q, layer.q_norm), self._norm(k, layer.k_norm)
-        q = self._rope(q.transpose(1, 2), cos, sin)
-        k = self._rope(k.transpose(1, 2), cos, sin)
-        cache.keys[index, :, :, start : start + tokens] = k[0].transpose(-1, -2)
-        cache.values[index, :, start : start + tokens] = v.view(tokens, self.kv_heads, self.head_dim).transpose(0, 1)
-        x = x + self._project(layer.out, self._attend(q, cache, index, start + tokens), groups, index, "out")
-        return self._mlp(layer, index, x, groups)
-
-    def _mlp(self, layer: Layer, index: int, x: torch.Tensor, groups: list[RowGroup]) -> torch.Tensor:
-        gate_up = self._project(layer.gate_up, self._norm(x, layer.norm2), groups, index, "gate_up")
-        gate, up = gate_up.split([self.intermediate, self.intermediate], dim=-1)
-        return x + self._project(layer.down, nnf.silu(gate) * up, groups, index, "down")
-
-    @torch.inference_mode()
-    def forward(
-        self, cache: KVCache, ids: torch.Tensor, prefix: torch.Tensor | None = None, deltas: ExpertDeltas | None = None
-    ) -> torch.Tensor:
-        """Logits (fp32, ``[vocab]``) after feeding ``ids`` (and, first, ``prefix`` embeddings), with
-        an expert's LoRA ``deltas`` added to the shared weights when given."""
-        deltas = deltas if deltas is not None else self.deltas
-        groups = [RowGroup(torch.zeros(1, dtype=torch.long), deltas)] if deltas is not None else []
-        if prefix is None and ids.numel() == 1:
-            return self._step(cache, ids, groups)
-        x = self.embed[ids][None]
-        if prefix is not None:
-            x = torch.cat([prefix.to(self.dtype)[None], x], dim=1)
-        tokens, start = x.shape[1], cache.length
-        if start + tokens > cache.capacity:
-            raise ValueError(f"context of {start + tokens} tokens exceeds the cache ({cache.capacity})")
-        cos_table, sin_table = self._rope_table(start + tokens)
-        cos, sin = cos_table[start : start + tokens], sin_table[start : start + tokens]
-        for index, layer in enumerate(self.layers):
-            x = self._block(layer, index, x, cache, cos, sin, groups)
-        cache.length += tokens
-        return self.head(self._norm(x[:, -1:], self.norm))[0, -1].float()
-
-    # One token at a time (decoding after the prompt): the same arithmetic in about half the tensor
-    # operations of the block path. At batch size 1 a CPU spends as long on the fixed cost of each
-    # small operation as on reading the weights, so rows stay 2-D (no reshapes around the kernels),
-    # q and k rotate together in one product with the step's RoPE matrix, and the key cache is
-    # stored transposed for single-query attention. The residual stream stays in fp32 whatever the
-    # decode dtype (transformers keeps it in bf16): the kernels still read bf16 or quantised weights,
-    # an expert's fp32 deltas add without casts, and bf16 decoding stays closer to fp32's tokens.
-
-    def _step(self, cache: KVCache, ids: torch.Tensor, groups: list[RowGroup]) -> torch.Tensor:
-        if cache.length + 1 > cache.capacity:
-            raise ValueError(f"context of {cache.length + 1} tokens exceeds the cache ({cache.capacity})")
-        rotation = self._rotation(cache.length)
-        norms = self._fp32_norms()
-        x = self.embed[ids].float()  # [1, hidden]
-        for index, layer in enumerate(self.layers):
-            x = self._step_block(layer, index, x, (cache, rotation, norms[index]), groups)
-        cache.length += 1
-        return self.head.mm(self._norm(x, self._final_norm32).to(self.dtype))[0].float()
 
     def _fp32_norms(self) -> list[tuple[torch.Tensor | None, ...]]:
         """Each layer's norm weights in fp32, made once (and the final norm's)."""
@@ -235,6 +139,14 @@ class LeanDecoder:
                 self._norms32.append(tuple(t.float() if t is not None else None for t in norms))
             self._final_norm32 = self.norm.float()
         return self._norms32
+
+    # Every path works on rows (tokens or sequences) of a 2-D stream: at batch size 1 a CPU spends as
+    # long on the fixed cost of each small tensor operation as on reading the weights, so there are
+    # no reshapes around the kernels, q and k rotate together in one product with their position's
+    # RoPE matrix, and the key cache is stored transposed for single-query attention. The residual
+    # stream stays in fp32 whatever the decode dtype (transformers keeps it in bf16): the kernels still
+    # read bf16 or quantised weights, an expert's fp32 deltas add without casts, and bf16 decoding
+    # stays closer to fp32's tokens.
 
     def _rows(self, linear: AnyLinear, x: torch.Tensor, groups: list[RowGroup], index: int, name: str) -> torch.Tensor:
         """``x @ W.T`` with ``x`` in the decode dtype for the kernel, plus each expert group's fp32 delta
@@ -250,36 +162,78 @@ class LeanDecoder:
                 y = y.float().index_add_(0, group.rows, delta(x.index_select(0, group.rows)))
         return y
 
-    def _step_block(
-        self, layer: Layer, index: int, x: torch.Tensor, step: tuple[KVCache, torch.Tensor, Any], groups: list[RowGroup]
-    ) -> torch.Tensor:
-        (cache, rotation, (norm1, norm2, q_norm, k_norm)), position = step, step[0].length
-        heads, h, kv = self.heads, self.heads * self.head_dim, self.kv_heads * self.head_dim
-        qkv = self._rows(layer.qkv, self._norm(x, norm1), groups, index, "qkv")
-        qk = qkv[:, : h + kv].float().view(heads + self.kv_heads, self.head_dim)
-        if q_norm is not None and k_norm is not None:
-            qk = torch.cat([self._norm(qk[:heads], q_norm), self._norm(qk[heads:], k_norm)])
-        qk = torch.mm(qk, rotation)  # [heads + kv_heads, head_dim], fp32 like the cache
-        keys, values = cache.keys[index], cache.values[index]
-        keys[:, :, position] = qk[heads:]
-        values[:, position] = qkv[:, h + kv :].view(self.kv_heads, self.head_dim)
-        q = qk[:heads].view(self.kv_heads, heads // self.kv_heads, self.head_dim)
-        scores = torch.baddbmm(self._zero, q, keys[:, :, : position + 1], beta=0, alpha=self.scale)
-        out = torch.bmm(torch.softmax(scores, dim=-1), values[:, : position + 1]).view(1, h)
-        x = x + self._rows(layer.out, out, groups, index, "out")
-        return self._rows_mlp(layer, index, x, norm2, groups)
+    def _qkv(self, layer: Layer, index: int, x: torch.Tensor, norms: Any, groups: list[RowGroup]) -> Any:
+        """q and k (``[rows, heads + kv_heads, head_dim]``, fp32, not yet rotated) and v (``[rows,
+        kv_heads, head_dim]``) of the rows ``x``."""
+        h, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        qkv = self._rows(layer.qkv, self._norm(x, norms[0]), groups, index, "qkv")
+        qk = qkv[:, : h + kv].float().view(x.shape[0], self.heads + self.kv_heads, self.head_dim)
+        if norms[2] is not None and norms[3] is not None:  # Qwen3: q and k normalised per head
+            qk = torch.cat([self._norm(qk[:, : self.heads], norms[2]), self._norm(qk[:, self.heads :], norms[3])], 1)
+        return qk, qkv[:, h + kv :].view(x.shape[0], self.kv_heads, self.head_dim)
 
-    def _rows_mlp(
-        self, layer: Layer, index: int, x: torch.Tensor, norm: torch.Tensor, groups: list[RowGroup]
-    ) -> torch.Tensor:
+    def _rest(self, layer: Layer, index: int, x: torch.Tensor, attended: torch.Tensor, norm: Any, groups: Any) -> Any:
+        """The attention output projected and added, then the MLP block."""
+        x = x + self._rows(layer.out, attended.reshape(x.shape[0], -1), groups, index, "out")
         gate_up = self._rows(layer.gate_up, self._norm(x, norm), groups, index, "gate_up")
         gate, up = gate_up.split(self.intermediate, dim=-1)
         return x + self._rows(layer.down, nnf.silu(gate) * up, groups, index, "down")
 
-    # Batched decoding: several sequences of one expert step together. Their caches live in one
-    # tensor, one slot per sequence, active sequences in slots 0..B-1 (the scheduler keeps them
-    # compact), so every projection is one [B, hidden] matrix product instead of B vector products:
-    # on a memory-bound CPU, B tokens cost little more than one.
+    @torch.inference_mode()
+    def forward(
+        self, cache: KVCache, ids: torch.Tensor, prefix: torch.Tensor | None = None, deltas: ExpertDeltas | None = None
+    ) -> torch.Tensor:
+        """Logits (fp32, ``[vocab]``) after feeding ``ids`` (and, first, ``prefix`` embeddings), with
+        an expert's LoRA ``deltas`` added to the shared weights when given."""
+        deltas = deltas if deltas is not None else self.deltas
+        x = self.embed[ids].float()
+        if prefix is not None:
+            x = torch.cat([prefix.float(), x])
+        tokens, start, norms = x.shape[0], cache.length, self._fp32_norms()
+        groups = [RowGroup(torch.arange(tokens), deltas)] if deltas is not None else []
+        if start + tokens > cache.capacity:
+            raise ValueError(f"context of {start + tokens} tokens exceeds the cache ({cache.capacity})")
+        rotations = self._rotations(torch.arange(start, start + tokens))
+        block = self._step_block if tokens == 1 else self._prefill_block
+        for index, layer in enumerate(self.layers):
+            x = block(layer, index, x, (cache, rotations, norms[index]), groups)
+        cache.length += tokens
+        return self.head.mm(self._norm(x[-1:], self._final_norm32).to(self.dtype))[0].float()
+
+    def _prefill_block(self, layer: Layer, index: int, x: torch.Tensor, step: Any, groups: Any) -> torch.Tensor:
+        """Several tokens of one sequence: causal attention over the cache and them (SDPA)."""
+        (cache, rotations, norms), start, tokens = step, step[0].length, x.shape[0]
+        qk, v = self._qkv(layer, index, x, norms, groups)
+        qk = torch.bmm(qk, rotations)  # [tokens, heads + kv_heads, head_dim]
+        keys, values = cache.keys[index], cache.values[index]
+        keys[:, :, start : start + tokens] = qk[:, self.heads :].permute(1, 2, 0)
+        values[:, start : start + tokens] = v.transpose(0, 1)
+        end, q = start + tokens, qk[:, : self.heads].transpose(0, 1)[None]
+        causal = torch.arange(end)[None, :] <= torch.arange(start, end)[:, None]  # a cache before: its prefix
+        attended = nnf.scaled_dot_product_attention(
+            q, keys[:, :, :end].transpose(-1, -2)[None], values[:, :end][None],
+            attn_mask=None if start == 0 else causal, is_causal=start == 0, enable_gqa=True, scale=self.scale,
+        )  # fmt: skip
+        return self._rest(layer, index, x, attended[0].transpose(0, 1), norms[1], groups)
+
+    def _step_block(self, layer: Layer, index: int, x: torch.Tensor, step: Any, groups: Any) -> torch.Tensor:
+        """One token: single-query attention written as two small products."""
+        (cache, rotations, norms), position = step, step[0].length
+        qk, v = self._qkv(layer, index, x, norms, groups)
+        qk = torch.mm(qk[0], rotations[0])  # [heads + kv_heads, head_dim], fp32 like the cache
+        keys, values = cache.keys[index], cache.values[index]
+        keys[:, :, position] = qk[self.heads :]
+        values[:, position] = v[0]
+        q = qk[: self.heads].view(self.kv_heads, self.heads // self.kv_heads, self.head_dim)
+        scores = torch.baddbmm(self._zero, q, keys[:, :, : position + 1], beta=0, alpha=self.scale)
+        attended = torch.bmm(torch.softmax(scores, dim=-1), values[:, : position + 1])
+        return self._rest(layer, index, x, attended, norms[1], groups)
+
+    # Batched decoding: several sequences step together. Their caches live in one tensor, one slot
+    # per sequence, active sequences in slots 0..B-1 (the scheduler keeps them compact), so every
+    # projection is one [B, hidden] matrix product instead of B vector products: on a memory-bound
+    # CPU, B tokens cost little more than one. Sequences of different experts can share a step when
+    # their LoRA rides as deltas beside these (shared) weights (``groups``).
 
     def new_batch_cache(self, slots: int, capacity: int) -> KVCache:
         shape = (len(self.layers), slots, self.kv_heads, min(capacity, self.max_positions), self.head_dim)
@@ -296,28 +250,22 @@ class LeanDecoder:
         batch.keys[:, target] = batch.keys[:, source]
         batch.values[:, target] = batch.values[:, source]
 
-    def _batch_block(
-        self, layer: Layer, index: int, x: torch.Tensor, step: tuple[Any, ...], groups: list[RowGroup]
-    ) -> torch.Tensor:
-        """The single-token step's arithmetic for B rows at their own positions (``lengths``): each
-        row's RoPE matrix, its key and value written at its position, attention masked past it."""
-        batch, rotations, (norm1, norm2, q_norm, k_norm), lengths, slots, beyond = step
-        rows, heads, h = x.shape[0], self.heads, self.heads * self.head_dim
-        kv = self.kv_heads * self.head_dim
-        qkv = self._rows(layer.qkv, self._norm(x, norm1), groups, index, "qkv")
-        qk = qkv[:, : h + kv].float().view(rows, heads + self.kv_heads, self.head_dim)
-        if q_norm is not None and k_norm is not None:
-            qk = torch.cat([self._norm(qk[:, :heads], q_norm), self._norm(qk[:, heads:], k_norm)], dim=1)
+    def _batch_block(self, layer: Layer, index: int, x: torch.Tensor, step: Any, groups: Any) -> torch.Tensor:
+        """One token for each of B rows at its own position: each row's key and value written at its
+        position, attention masked past it."""
+        batch, rotations, norms, lengths, beyond = step
+        rows = x.shape[0]
+        qk, v = self._qkv(layer, index, x, norms, groups)
         qk = torch.bmm(qk, rotations)  # [B, heads + kv_heads, head_dim]
+        slots = torch.arange(rows)
         keys, values = batch.keys[index], batch.values[index]  # [slots, kv, D, capacity], [slots, kv, capacity, D]
-        keys[slots, :, :, lengths] = qk[:, heads:]
-        values[slots, :, lengths] = qkv[:, h + kv :].float().view(rows, self.kv_heads, self.head_dim)
+        keys[slots, :, :, lengths] = qk[:, self.heads :]
+        values[slots, :, lengths] = v.float()
         span = beyond.shape[-1]
-        q = qk[:, :heads].reshape(rows, self.kv_heads, heads // self.kv_heads, self.head_dim)
+        q = qk[:, : self.heads].reshape(rows, self.kv_heads, self.heads // self.kv_heads, self.head_dim)
         scores = torch.matmul(q, keys[:rows, :, :, :span]).mul_(self.scale).masked_fill_(beyond, float("-inf"))
-        out = torch.matmul(torch.softmax(scores, dim=-1), values[:rows, :, :span]).reshape(rows, h)
-        x = x + self._rows(layer.out, out, groups, index, "out")
-        return self._rows_mlp(layer, index, x, norm2, groups)
+        attended = torch.matmul(torch.softmax(scores, dim=-1), values[:rows, :, :span])
+        return self._rest(layer, index, x, attended, norms[1], groups)
 
     def with_deltas(self, deltas: ExpertDeltas) -> LeanDecoder:
         """This decoder's weights (shared, not copied) with an expert's LoRA added as deltas on every
@@ -325,9 +273,6 @@ class LeanDecoder:
         view = copy.copy(self)
         view.deltas = deltas
         return view
-
-    def _own_groups(self, rows: int) -> list[RowGroup]:
-        return [RowGroup(torch.arange(rows), self.deltas)] if self.deltas is not None else []
 
     @torch.inference_mode()
     def step_batch(
@@ -340,12 +285,11 @@ class LeanDecoder:
         span = int(lengths.max()) + 1
         if span > capacity:
             raise ValueError(f"a sequence exceeds the batch cache ({capacity} positions)")
-        self._rotation(span - 1)  # the tables and the swap matrix reach every row's position
-        rotations = self._eye * self._cos32[lengths][:, None, :] + self._swap * self._sin32[lengths][:, None, :]
-        beyond = (torch.arange(span)[None, :] > lengths[:, None])[:, None, None, :]
         x = self.embed[tokens].float()  # [B, hidden]
-        groups = groups or self._own_groups(x.shape[0])
-        norms, slots = self._fp32_norms(), torch.arange(x.shape[0])
+        if not groups and self.deltas is not None:
+            groups = [RowGroup(torch.arange(x.shape[0]), self.deltas)]
+        rotations, norms = self._rotations(lengths), self._fp32_norms()
+        beyond = (torch.arange(span)[None, :] > lengths[:, None])[:, None, None, :]
         for index, layer in enumerate(self.layers):
-            x = self._batch_block(layer, index, x, (batch, rotations, norms[index], lengths, slots, beyond), groups)
+            x = self._batch_block(layer, index, x, (batch, rotations, norms[index], lengths, beyond), groups or [])
         return self.head.mm(self._norm(x, self._final_norm32).to(self.dtype)).float()

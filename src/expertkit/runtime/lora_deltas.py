@@ -145,16 +145,3 @@ class RowGroup:
 
     rows: torch.Tensor  # row indices into the batch
     deltas: ExpertDeltas
-
-
-def add_deltas(y: torch.Tensor, x: torch.Tensor, groups: list[RowGroup], layer: int, projection: str) -> torch.Tensor:
-    """``y`` (``[rows, ..., out]``, the shared projection of ``x``) plus each group's delta on its rows."""
-    for group in groups:
-        delta = group.deltas.layers[layer].get(projection)
-        if delta is None:
-            continue
-        if group.rows.numel() == y.shape[0]:
-            y = y + delta(x).to(y.dtype)
-        else:
-            y = y.index_add(0, group.rows, delta(x.index_select(0, group.rows)).to(y.dtype))
-    return y

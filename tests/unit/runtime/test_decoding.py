@@ -128,6 +128,17 @@ def test_lora_deltas_on_shared_weights_decode_as_the_merged_weights(
         )
 
 
+def test_a_prompt_fed_in_parts_gives_the_logits_of_one_prefill(tiny_llama_dir: Path) -> None:
+    """Several tokens onto a cache that already holds some (causal over the cache and the new ones)."""
+    decoder = LeanDecoder(AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32))
+    ids = torch.tensor([5, 17, 42, 99, 3, 250, 7, 64])
+    whole = decoder.forward(decoder.new_cache(16), ids)
+    cache = decoder.new_cache(16)
+    decoder.forward(cache, ids[:5])
+    torch.testing.assert_close(decoder.forward(cache, ids[5:]), whole, atol=1e-5, rtol=1e-5)
+    assert cache.length == 8
+
+
 def test_a_bf16_step_stays_near_fp32(tiny_llama_dir: Path) -> None:
     """The single-token step keeps its residual stream in fp32: in bf16 its logits stay within bf16's
     rounding of fp32's, as close as the block path's (which rounds the stream to bf16 at every layer)."""
