@@ -15,6 +15,7 @@ score on GeoQuery's **dev** split (chosen there, reported on test once); and, un
 recipe's settings are fixed before the run. The last line is one JSON object.
 
     .venv/bin/python benchmarks/expert_gain.py [--steps 40] [--spar-sample 150] [--replay 0.5]
+        [--spar-at STEPS] [--kinds identify,correct,confirm] [--plain-from DIR]
 """
 
 from __future__ import annotations
@@ -82,9 +83,12 @@ def forgetting(expert: Path) -> float:
     return float(body["summary"]["kl"])
 
 
-def spar_arm(steps: int, sample: int, replay: float) -> Path:
+def spar_arm(
+    steps: int, sample: int, replay: float, spar_at: int | None = None, kinds: list[str] | None = None
+) -> Path:
     expert = arm_copy("spar")
-    first, second = steps // 2, steps - steps // 2
+    first = spar_at if spar_at is not None else steps // 2
+    second = steps - first
 
     def phases(manifest: dict[str, Any]) -> None:
         dataset = manifest["training"]["dataset"]
@@ -94,7 +98,8 @@ def spar_arm(steps: int, sample: int, replay: float) -> Path:
         manifest["training"]["phases"] = [
             {"name": "recipe", "datasets": sources, "max_steps": first, "gate": False},
             {"name": "spar", "datasets": ["sparring"], "max_steps": second, "replay": replay, "gate": False,
-             "spar": {"into": "sparring", "set": "geoquery-train", "sample": sample}},
+             "spar": {"into": "sparring", "set": "geoquery-train", "sample": sample,
+                      "kinds": kinds or ["identify", "correct", "confirm"]}},
         ]  # fmt: skip
 
     manifest_edit(expert, phases)
@@ -107,6 +112,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40, help="optimizer steps per arm")
     parser.add_argument("--spar-sample", type=int, default=150, help="GeoQuery train items the spar round tries")
     parser.add_argument("--replay", type=float, default=0.5, help="share of the first phase's data in the second")
+    parser.add_argument("--spar-at", type=int, help="recipe steps before the sparring round (default: half)")
+    parser.add_argument("--kinds", default="identify,correct,confirm", help="sparring example kinds")
+    parser.add_argument("--plain-from", help="a plain arm trained earlier with the same recipe and steps: re-scored")
     parser.add_argument("--no-forgetting", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the arms' expert directories")
     parser.add_argument(
@@ -117,9 +125,12 @@ def main() -> None:
     plain = arm_copy("plain")
     results: dict[str, Any] = {"base": cached_base() if args.reuse_base else None}
     results["base"] = results["base"] or score(plain, base_only=True)
-    run("train", "--expert", str(plain), "--max-steps", str(args.steps))
+    if args.plain_from:  # its weights, re-scored by this code
+        shutil.copytree(Path(args.plain_from) / "weights", plain / "weights")
+    else:
+        run("train", "--expert", str(plain), "--max-steps", str(args.steps))
     results["plain"] = score(plain)
-    spar = spar_arm(args.steps, args.spar_sample, args.replay)
+    spar = spar_arm(args.steps, args.spar_sample, args.replay, args.spar_at, args.kinds.split(","))
     results["spar"] = score(spar)
     lineage = json.loads((spar / "sparring" / "round1.lineage.json").read_text())
     arms = {"plain": plain, "spar": spar}
@@ -137,6 +148,8 @@ def main() -> None:
         "forgetting_plain": kl["plain"], "forgetting_best": kl[best],
         "ci95": {k: v["ci95"] for k, v in results.items()}, "test_items": results["base"]["n"],
         "spar_round": lineage["counts"], "spar_sample": args.spar_sample, "replay": args.replay,
+        "spar_at": args.spar_at if args.spar_at is not None else args.steps // 2, "kinds": args.kinds,
+        "plain_reused": bool(args.plain_from),
         "wall_s": round(time.time() - started),
     }))  # fmt: skip
 
