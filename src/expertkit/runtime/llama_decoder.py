@@ -1,14 +1,20 @@
-"""A lean decoder for Llama-family models (Llama, Mistral-style, Qwen2, Qwen3) at batch size 1.
+"""A lean decoder for Llama-family models (Llama, Mistral-style, Qwen2, Qwen3), one sequence or a batch.
 
 Why by hand: at batch size 1 on a CPU, transformers' forward spends more time in Python and
 small-tensor bookkeeping (cache objects, masks, hooks, generic attention dispatch) than in the
-matrix products that bound decoding. This module runs the same weights (an adapter merged in)
-through the minimum of operations: fused QKV and gate/up projections, weights pre-packed for
-oneDNN when the CPU build has it, a KV cache preallocated per generation (never shared between
-generations), cos/sin looked up from a table the model's own rotary module computed (so RoPE
-scaling is the model's), and a single-query attention written as two small matmuls.
-Prefill uses PyTorch's SDPA. Architectures it does not know go through transformers instead
-(:mod:`expertkit.runtime.hf_decoder`); :func:`lean_supported` says which.
+matrix products that bound decoding. This module runs the same weights (an adapter merged in, or
+an expert's LoRA beside them as deltas) through the minimum of operations: fused QKV and gate/up
+projections on rows of a 2-D stream (no reshapes around the kernels), weights pre-packed for oneDNN
+or weight-only quantised, q and k rotated together by one product with their position's RoPE
+matrix (built from the model's own rotary module, so RoPE scaling is the model's), a KV cache
+preallocated per generation (never shared between generations) with keys stored transposed, and a
+single-query attention written as two small products; a prompt goes through PyTorch's SDPA.
+
+The residual stream is fp32 whatever the decode dtype (transformers keeps it in the model's dtype):
+the kernels still read bf16 or quantised weights, an expert's fp32 deltas add without casts, and
+bf16 decoding follows fp32's greedy tokens far longer (``benchmarks/decode_speed.py`` counts them).
+Architectures it does not know go through transformers instead (:mod:`expertkit.runtime.hf_decoder`);
+:func:`lean_supported` says which.
 """
 
 from __future__ import annotations
