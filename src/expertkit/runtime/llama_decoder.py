@@ -102,8 +102,12 @@ class LeanDecoder:
         self._cos32 = self._sin32 = torch.empty(0)
         self._eye = self._swap = torch.empty(0)
         self._zero = torch.zeros(())  # baddbmm's ignored input (beta=0)
-        self._norms32: list[tuple[torch.Tensor | None, ...]] = []
-        self._final_norm32 = self.norm
+        # The norm weights in fp32, for the fp32 stream (per layer: input, post-attention, q, k).
+        self._norms32 = [
+            tuple(t.float() if t is not None else None for t in (x.norm1, x.norm2, x.q_norm, x.k_norm))
+            for x in self.layers
+        ]
+        self._final_norm32 = self.norm.float()
 
     def nbytes(self) -> int:
         """Bytes of the weights this decoder holds (its private copy of the model's; for a view made
@@ -136,23 +140,6 @@ class LeanDecoder:
 
     def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return nnf.rms_norm(x, (x.shape[-1],), weight, self.eps)
-
-    def _fp32_norms(self) -> list[tuple[torch.Tensor | None, ...]]:
-        """Each layer's norm weights in fp32, made once (and the final norm's)."""
-        if not self._norms32:
-            for layer in self.layers:
-                norms = (layer.norm1, layer.norm2, layer.q_norm, layer.k_norm)
-                self._norms32.append(tuple(t.float() if t is not None else None for t in norms))
-            self._final_norm32 = self.norm.float()
-        return self._norms32
-
-    # Every path works on rows (tokens or sequences) of a 2-D stream: at batch size 1 a CPU spends as
-    # long on the fixed cost of each small tensor operation as on reading the weights, so there are
-    # no reshapes around the kernels, q and k rotate together in one product with their position's
-    # RoPE matrix, and the key cache is stored transposed for single-query attention. The residual
-    # stream stays in fp32 whatever the decode dtype (transformers keeps it in bf16): the kernels still
-    # read bf16 or quantised weights, an expert's fp32 deltas add without casts, and bf16 decoding
-    # stays closer to fp32's tokens.
 
     def _rows(self, linear: AnyLinear, x: torch.Tensor, groups: list[RowGroup], index: int, name: str) -> torch.Tensor:
         """``x @ W.T`` with ``x`` in the decode dtype for the kernel, plus each expert group's fp32 delta
@@ -195,7 +182,7 @@ class LeanDecoder:
         x = self.embed[ids].float()
         if prefix is not None:
             x = torch.cat([prefix.float(), x])
-        tokens, start, norms = x.shape[0], cache.length, self._fp32_norms()
+        tokens, start, norms = x.shape[0], cache.length, self._norms32
         groups = [RowGroup(torch.arange(tokens), deltas)] if deltas is not None else []
         if start + tokens > cache.capacity:
             raise ValueError(f"context of {start + tokens} tokens exceeds the cache ({cache.capacity})")
@@ -294,7 +281,7 @@ class LeanDecoder:
         x = self.embed[tokens].float()  # [B, hidden]
         if not groups and self.deltas is not None:
             groups = [RowGroup(torch.arange(x.shape[0]), self.deltas)]
-        rotations, norms = self._rotations(lengths), self._fp32_norms()
+        rotations, norms = self._rotations(lengths), self._norms32
         beyond = (torch.arange(span)[None, :] > lengths[:, None])[:, None, None, :]
         for index, layer in enumerate(self.layers):
             x = self._batch_block(layer, index, x, (batch, rotations, norms[index], lengths, beyond), groups or [])
