@@ -13,7 +13,7 @@ from rich.table import Table
 
 from expertkit.cli.console import err_console, out_console, reports_errors
 from expertkit.errors import UsageError
-from expertkit.manifest.sections import EvalFormat
+from expertkit.set_formats import EvalFormat
 
 if TYPE_CHECKING:
     from expertkit.eval.job import EvalResult

@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 
 from expertkit.cli.console import err_console, out_console, reports_errors
-from expertkit.manifest.sections import EvalFormat
+from expertkit.set_formats import EvalFormat
 
 PLAIN_EVERY = 10  # answers between progress lines
 

@@ -12,10 +12,10 @@ from typing import Any, Literal
 from pydantic import Field
 
 from expertkit.manifest.base import Section, unset_means
+from expertkit.set_formats import EvalFormat
 
 AdapterType = Literal["lora", "dora", "ia3", "lokr"]
 DatasetFormat = Literal["jsonl", "json", "huggingface", "csv", "parquet"]
-EvalFormat = Literal["spider", "geoquery", "defog", "bfcl", "bfcl-irrelevance", "text2cypher", "jsonl"]
 ModuleName = str
 
 
