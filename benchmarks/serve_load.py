@@ -1,5 +1,7 @@
 """Load test: the server on the embedded model with two experts, 200 requests from 16 concurrent
-clients, beside the same 200 requests sent one at a time; loopback only, bounded in time.
+clients, beside the same 200 requests sent one at a time; loopback only, bounded in time. The server
+runs in its own process (``expert-cli serve``, as deployed); ``--in-process`` runs it in this one,
+where the 16 client threads share its interpreter lock (what earlier figures measured).
 
 Both experts are LoRA adapters with random (non-zero) weights: serving speed does not depend on
 what they learned. Requests alternate between the two experts and ask for 24 tokens at temperature
@@ -17,13 +19,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -112,6 +118,46 @@ def run_load(url: str, requests: int, clients: int) -> tuple[float, list[tuple[i
 
 
 def serve_and_load(experts: list[str], mixed: bool, args: argparse.Namespace, sequential: bool) -> dict:
+    """The load against a server in its own process, as deployed (``expert-cli serve``), or, with
+    ``--in-process``, in this one (the clients' threads then share the server's interpreter lock)."""
+    if args.in_process:
+        return _in_process(experts, mixed, args, sequential)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "expertkit", "serve", "--experts", ",".join(experts), "--port", str(port)]
+    command += ["--router-embedder", "none", "--max-batch", "16", "--max-queue", "64", "--timeout", "300"]
+    command += ["--mixed-batches" if mixed else "--no-mixed-batches"]
+    with tempfile.TemporaryFile("w+") as log:  # a file, not a pipe: the server's log never blocks it
+        server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, text=True)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            _wait_healthy(server, url, log)
+            out = {"sequential": run_load(url, args.requests, 1)} if sequential else {}
+            out["concurrent"] = run_load(url, args.requests, args.clients)
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.wait(timeout=60)
+    return out
+
+
+def _wait_healthy(server: subprocess.Popen, url: str, log: Any, limit_s: float = 180.0) -> None:
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            log.seek(0)
+            raise SystemExit(f"expert-cli serve exited {server.returncode}:\n{log.read()[-2000:]}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    server.kill()
+    raise SystemExit(f"expert-cli serve was not healthy within {limit_s:.0f} s")
+
+
+def _in_process(experts: list[str], mixed: bool, args: argparse.Namespace, sequential: bool) -> dict:
     from expertkit.serve.server import ServeRequest, build_server_app
     from unit.serve.conftest import start
 
@@ -137,6 +183,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--in-process", action="store_true", help="run the server in this process (shares the GIL)")
     args = parser.parse_args()
     from rich.console import Console
 
@@ -185,6 +232,7 @@ def main() -> None:
         "requests": args.requests,
         "sequential_req_per_s": round(sequential_throughput, 3),
         "concurrent_req_per_s": round(best["throughput"], 3),
+        "server": "in-process" if args.in_process else "own process",
     }
     print(json.dumps(result))
 
