@@ -9,7 +9,7 @@ would add a dependency for the same kernels behind a tensor subclass the lean de
 need, so the quantisation here is the few lines of round-to-nearest arithmetic those kernels
 expect. ``benchmarks/decode_speed.py`` measures how far these kernels get. A hand-written int4 x int8
 kernel (llama.cpp's Q4_1 x Q8 arithmetic with AVX512-VNNI dot products, loaded with ctypes) was
-tried: 1.4x PyTorch's int4 kernel on weights in cache, and no faster in a decode step, where both
+tried: 1.1-1.5x PyTorch's int4 kernel on weights in cache, and no faster in a decode step, where both
 wait on memory; it is not shipped.
 
 The engine quantises the base model once; a LoRA expert keeps its change as fp32 deltas on top
