@@ -15,7 +15,7 @@ score on GeoQuery's **dev** split (chosen there, reported on test once); and, un
 recipe's settings are fixed before the run. The last line is one JSON object.
 
     .venv/bin/python benchmarks/expert_gain.py [--steps 40] [--spar-sample 150] [--replay 0.5]
-        [--spar-at STEPS] [--kinds identify,correct,confirm] [--plain-from DIR]
+        [--spar-at STEPS] [--kinds identify,correct,confirm] [--plain-from DIR] [--spar-lr LR]
 """
 
 from __future__ import annotations
@@ -84,7 +84,12 @@ def forgetting(expert: Path) -> float:
 
 
 def spar_arm(
-    steps: int, sample: int, replay: float, spar_at: int | None = None, kinds: list[str] | None = None
+    steps: int,
+    sample: int,
+    replay: float,
+    spar_at: int | None = None,
+    kinds: list[str] | None = None,
+    learning_rate: float | None = None,
 ) -> Path:
     expert = arm_copy("spar")
     first = spar_at if spar_at is not None else steps // 2
@@ -98,6 +103,7 @@ def spar_arm(
         manifest["training"]["phases"] = [
             {"name": "recipe", "datasets": sources, "max_steps": first, "gate": False},
             {"name": "spar", "datasets": ["sparring"], "max_steps": second, "replay": replay, "gate": False,
+             **({"learning_rate": learning_rate} if learning_rate else {}),
              "spar": {"into": "sparring", "set": "geoquery-train", "sample": sample,
                       "kinds": kinds or ["identify", "correct", "confirm"]}},
         ]  # fmt: skip
@@ -114,6 +120,7 @@ def main() -> None:
     parser.add_argument("--replay", type=float, default=0.5, help="share of the first phase's data in the second")
     parser.add_argument("--spar-at", type=int, help="recipe steps before the sparring round (default: half)")
     parser.add_argument("--kinds", default="identify,correct,confirm", help="sparring example kinds")
+    parser.add_argument("--spar-lr", type=float, help="the sparring phase's learning rate (default: the recipe's)")
     parser.add_argument("--plain-from", help="a plain arm trained earlier with the same recipe and steps: re-scored")
     parser.add_argument("--no-forgetting", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the arms' expert directories")
@@ -130,7 +137,7 @@ def main() -> None:
     else:
         run("train", "--expert", str(plain), "--max-steps", str(args.steps))
     results["plain"] = score(plain)
-    spar = spar_arm(args.steps, args.spar_sample, args.replay, args.spar_at, args.kinds.split(","))
+    spar = spar_arm(args.steps, args.spar_sample, args.replay, args.spar_at, args.kinds.split(","), args.spar_lr)
     results["spar"] = score(spar)
     lineage = json.loads((spar / "sparring" / "round1.lineage.json").read_text())
     arms = {"plain": plain, "spar": spar}
@@ -149,7 +156,7 @@ def main() -> None:
         "ci95": {k: v["ci95"] for k, v in results.items()}, "test_items": results["base"]["n"],
         "spar_round": lineage["counts"], "spar_sample": args.spar_sample, "replay": args.replay,
         "spar_at": args.spar_at if args.spar_at is not None else args.steps // 2, "kinds": args.kinds,
-        "plain_reused": bool(args.plain_from),
+        "plain_reused": bool(args.plain_from), "spar_lr": args.spar_lr,
         "wall_s": round(time.time() - started),
     }))  # fmt: skip
 
