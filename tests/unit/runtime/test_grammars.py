@@ -81,6 +81,11 @@ def test_sql_grammars_accept_every_spider_and_geoquery_gold_query(compile_with) 
     assert [q for q in queries[::LARK_SAMPLE] if not lark.accepts(q)] == []
     for grammar in (gbnf, lark):
         assert not grammar.accepts("DROP TABLE singer;") and not grammar.accepts("SELECT (name FROM singer")
+        # one ORDER BY and one LIMIT per SELECT (the base model once wrote the second; sqlglot refuses it)
+        assert not grammar.accepts("SELECT name FROM singer ORDER BY age LIMIT 1 ORDER BY name")
+        assert not grammar.accepts("SELECT a FROM t UNION SELECT b FROM u ORDER BY b LIMIT 1 ORDER BY a")
+        assert grammar.accepts("SELECT a FROM t ORDER BY a LIMIT 1 UNION SELECT b FROM u ORDER BY b LIMIT 2")
+        assert grammar.accepts("(SELECT a FROM t) ORDER BY a")
 
 
 def test_cypher_grammars_accept_the_text2cypher_gold_queries(compile_with) -> None:
