@@ -140,8 +140,8 @@ def test_a_prompt_fed_in_parts_gives_the_logits_of_one_prefill(tiny_llama_dir: P
 
 
 def test_a_bf16_step_stays_near_fp32(tiny_llama_dir: Path) -> None:
-    """The single-token step keeps its residual stream in fp32: in bf16 its logits stay within bf16's
-    rounding of fp32's, as close as the block path's (which rounds the stream to bf16 at every layer)."""
+    """In bf16, a sequence stepped token by token stays as close to fp32's logits as one prefill of it
+    does (the residual stream is fp32 on both paths), and picks fp32's next token."""
     ids, steps = torch.tensor([5, 17, 42, 99, 3]), (11, 200, 7, 64)
     full = torch.cat([ids, torch.tensor(steps)])
     logits = {}
