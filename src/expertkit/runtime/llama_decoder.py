@@ -126,9 +126,9 @@ class LeanDecoder:
         keys = torch.zeros(shape[:2] + shape[:1:-1], dtype=torch.float32)
         return KVCache(keys, torch.zeros(shape, dtype=torch.float32))
 
-    def _cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """fp32 cos and sin rows (``[n, head_dim]``) at ``positions``, from the model's own rotary module
-        (so its scaling is the model's); the tables grow as positions do."""
+    def _rotations(self, positions: torch.Tensor) -> torch.Tensor:
+        """RoPE at each of ``positions`` as ``[n, head_dim, head_dim]`` fp32 matrices R (``x·R = x·cos +
+        rotate_half(x)·sin``), from the model's own rotary module (so its scaling is the model's)."""
         needed = int(positions.max()) + 1
         if self._cos32.shape[0] < needed:
             size = min(max(needed, 2 * self._cos32.shape[0], 256), self.max_positions)
@@ -136,14 +136,7 @@ class LeanDecoder:
             self._cos32, self._sin32 = cos[0].float(), sin[0].float()
             half, eye = self.head_dim // 2, torch.eye(self.head_dim)
             self._eye, self._swap = eye, torch.cat([-eye[half:], eye[:half]]).T.contiguous()
-        return self._cos32[positions], self._sin32[positions]
-
-    def _rotations(self, positions: torch.Tensor) -> torch.Tensor:
-        """RoPE at each of ``positions`` as ``[n, head_dim, head_dim]`` fp32 matrices R (``x·R = x·cos +
-        rotate_half(x)·sin``): one product rotates a token's q and k. For decode steps (n is the batch);
-        a prompt rotates elementwise, its matrices would grow with its length."""
-        cos, sin = self._cos_sin(positions)
-        return self._eye * cos[:, None, :] + self._swap * sin[:, None, :]
+        return self._eye * self._cos32[positions][:, None, :] + self._swap * self._sin32[positions][:, None, :]
 
     def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return nnf.rms_norm(x, (x.shape[-1],), weight, self.eps)
@@ -193,32 +186,26 @@ class LeanDecoder:
         groups = [RowGroup(torch.arange(tokens), deltas)] if deltas is not None else []
         if start + tokens > cache.capacity:
             raise ValueError(f"context of {start + tokens} tokens exceeds the cache ({cache.capacity})")
-        positions = torch.arange(start, start + tokens)
-        if tokens == 1:
-            rope: Any = self._rotations(positions)
-            block = self._step_block
-        else:
-            rope, block = self._cos_sin(positions), self._prefill_block
+        rotations = self._rotations(torch.arange(start, start + tokens))
+        block = self._step_block if tokens == 1 else self._prefill_block
         for index, layer in enumerate(self.layers):
-            x = block(layer, index, x, (cache, rope, norms[index]), groups)
+            x = block(layer, index, x, (cache, rotations, norms[index]), groups)
         cache.length += tokens
         return self.head.mm(self._norm(x[-1:], self._final_norm32).to(self.dtype))[0].float()
 
     def _prefill_block(self, layer: Layer, index: int, x: torch.Tensor, step: Any, groups: Any) -> torch.Tensor:
         """Several tokens of one sequence: causal attention over the cache and them (SDPA)."""
-        (cache, (cos, sin), norms), start, tokens = step, step[0].length, x.shape[0]
-        qk, v = self._qkv(layer, index, x, norms, groups)  # [tokens, heads + kv_heads, head_dim]
-        half = self.head_dim // 2
-        qk = qk * cos[:, None, :] + torch.cat([-qk[..., half:], qk[..., :half]], dim=-1) * sin[:, None, :]
+        (cache, rotations, norms), start, tokens = step, step[0].length, x.shape[0]
+        qk, v = self._qkv(layer, index, x, norms, groups)
+        qk = torch.bmm(qk, rotations)  # [tokens, heads + kv_heads, head_dim]
         keys, values = cache.keys[index], cache.values[index]
         keys[:, :, start : start + tokens] = qk[:, self.heads :].permute(1, 2, 0)
         values[:, start : start + tokens] = v.transpose(0, 1)
         end, q = start + tokens, qk[:, : self.heads].transpose(0, 1)[None]
-        # onto a non-empty cache, each token sees the cache and the tokens before it
-        causal = None if start == 0 else torch.arange(end)[None, :] <= torch.arange(start, end)[:, None]
+        causal = torch.arange(end)[None, :] <= torch.arange(start, end)[:, None]  # a cache before: its prefix
         attended = nnf.scaled_dot_product_attention(
             q, keys[:, :, :end].transpose(-1, -2)[None], values[:, :end][None],
-            attn_mask=causal, is_causal=start == 0, enable_gqa=True, scale=self.scale,
+            attn_mask=None if start == 0 else causal, is_causal=start == 0, enable_gqa=True, scale=self.scale,
         )  # fmt: skip
         return self._rest(layer, index, x, attended[0].transpose(0, 1), norms[1], groups)
 
