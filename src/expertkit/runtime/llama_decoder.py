@@ -39,6 +39,10 @@ from expertkit.runtime.lora_deltas import ExpertDeltas, RowGroup
 from expertkit.runtime.quantize import Quantize
 
 SUPPORTED_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+# Prompt tokens whose RoPE matrices exist at once: a longer prompt is rotated in chunks of this many,
+# so memory stays at ROPE_CHUNK x head_dim^2 fp32 (16 MB at head_dim 128) instead of growing with the
+# prompt (2 GB for 32k tokens). Each token's product is the same in any chunk, so chunks change no bit.
+ROPE_CHUNK = 256
 
 
 def lean_supported(config: Any) -> bool:
@@ -186,7 +190,9 @@ class LeanDecoder:
         groups = [RowGroup(torch.arange(tokens), deltas)] if deltas is not None else []
         if start + tokens > cache.capacity:
             raise ValueError(f"context of {start + tokens} tokens exceeds the cache ({cache.capacity})")
-        rotations = self._rotations(torch.arange(start, start + tokens))
+        positions = torch.arange(start, start + tokens)
+        # one prompt's matrices are built once for every layer; a longer one per chunk and layer
+        rotations = self._rotations(positions) if tokens <= ROPE_CHUNK else positions
         block = self._step_block if tokens == 1 else self._prefill_block
         for index, layer in enumerate(self.layers):
             x = block(layer, index, x, (cache, rotations, norms[index]), groups)
@@ -197,7 +203,7 @@ class LeanDecoder:
         """Several tokens of one sequence: causal attention over the cache and them (SDPA)."""
         (cache, rotations, norms), start, tokens = step, step[0].length, x.shape[0]
         qk, v = self._qkv(layer, index, x, norms, groups)
-        qk = torch.bmm(qk, rotations)  # [tokens, heads + kv_heads, head_dim]
+        qk = self._rotate_prompt(qk, rotations)  # [tokens, heads + kv_heads, head_dim]
         keys, values = cache.keys[index], cache.values[index]
         keys[:, :, start : start + tokens] = qk[:, self.heads :].permute(1, 2, 0)
         values[:, start : start + tokens] = v.transpose(0, 1)
@@ -208,6 +214,17 @@ class LeanDecoder:
             attn_mask=None if start == 0 else causal, is_causal=start == 0, enable_gqa=True, scale=self.scale,
         )  # fmt: skip
         return self._rest(layer, index, x, attended[0].transpose(0, 1), norms[1], groups)
+
+    def _rotate_prompt(self, qk: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
+        """``qk`` rotated by its tokens' RoPE matrices (``rope``), or by positions (``rope`` 1-D) whose
+        matrices are built ``ROPE_CHUNK`` tokens at a time."""
+        if rope.dim() == 3:
+            return torch.bmm(qk, rope)
+        out = torch.empty_like(qk)
+        for first in range(0, rope.shape[0], ROPE_CHUNK):
+            part = slice(first, first + ROPE_CHUNK)
+            torch.bmm(qk[part], self._rotations(rope[part]), out=out[part])
+        return out
 
     def _step_block(self, layer: Layer, index: int, x: torch.Tensor, step: Any, groups: Any) -> torch.Tensor:
         """One token: single-query attention written as two small products."""

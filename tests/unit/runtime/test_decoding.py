@@ -139,6 +139,28 @@ def test_a_prompt_fed_in_parts_gives_the_logits_of_one_prefill(tiny_llama_dir: P
     assert cache.length == 8
 
 
+def test_a_long_prompt_is_rotated_in_chunks_with_the_same_logits(
+    tiny_llama_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A prompt longer than ROPE_CHUNK never builds more than ROPE_CHUNK RoPE matrices at once (their
+    memory would grow as length x head_dim^2), and its logits and cache are bit for bit those of one
+    prefill with every matrix at once."""
+    from expertkit.runtime import llama_decoder
+
+    decoder = LeanDecoder(AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32))
+    ids = torch.tensor([5, 17, 42, 99, 3, 250, 7, 64, 11, 200, 9])
+    whole_cache = decoder.new_cache(16)
+    whole = decoder.forward(whole_cache, ids)
+    built: list[int] = []
+    rotations = decoder._rotations
+    monkeypatch.setattr(decoder, "_rotations", lambda positions: built.append(len(positions)) or rotations(positions))
+    monkeypatch.setattr(llama_decoder, "ROPE_CHUNK", 4)
+    cache = decoder.new_cache(16)
+    assert torch.equal(decoder.forward(cache, ids), whole)
+    assert torch.equal(cache.keys, whole_cache.keys) and torch.equal(cache.values, whole_cache.values)
+    assert max(built) == 4 and sum(built) == len(ids) * len(decoder.layers)
+
+
 def test_a_bf16_step_stays_near_fp32(tiny_llama_dir: Path) -> None:
     """In bf16, a sequence stepped token by token stays as close to fp32's logits as one prefill of it
     does (the residual stream is fp32 on both paths), and picks fp32's next token."""
