@@ -14,8 +14,12 @@ score on GeoQuery's **dev** split (chosen there, reported on test once); and, un
 (mean KL against the base on the shipped general prompts). Nothing is tuned on the test split: the
 recipe's settings are fixed before the run. The last line is one JSON object.
 
-    .venv/bin/python benchmarks/expert_gain.py [--steps 40] [--spar-sample 150] [--replay 0.5]
-        [--spar-at STEPS] [--kinds identify,correct,confirm] [--plain-from DIR] [--spar-lr LR]
+``--task json`` runs the same two arms on ``examples/experts/expert-json``: sparring on BFCL simple's
+training items, both arms scored on BFCL's held-out simple and multiple items (the pooled score is the
+share right over both; BFCL has no dev split, so no recipe is chosen).
+
+    .venv/bin/python benchmarks/expert_gain.py [--task sql|json] [--steps 40] [--spar-sample 150]
+        [--replay 0.5] [--spar-at STEPS] [--kinds identify,correct,confirm] [--plain-from DIR] [--spar-lr LR]
 """
 
 from __future__ import annotations
@@ -26,13 +30,39 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-SOURCE = REPO / "examples" / "experts" / "expert-sql"
 GEOQUERY = "../../../../shared/data/sql/geoquery/geography.json"
+BFCL = "../../../../shared/data/json/bfcl/"
 CLI = [sys.executable, "-m", "expertkit"]
+
+
+@dataclass(frozen=True)
+class Task:
+    expert: str  # examples/experts/<expert>
+    scored: dict[str, dict[str, str]]  # name -> an evaluation set (path, format, answers?, split)
+    spar_set: dict[str, str]  # the evaluation set whose train items the sparring round answers
+    dev: bool  # the set has a dev split to choose the recipe on
+
+
+def bfcl(name: str, split: str | None = None) -> dict[str, str]:
+    return {"path": f"{BFCL}{name}", "format": "bfcl", "answers": f"{BFCL}possible_answer/{name}"} | (
+        {"split": split} if split else {}
+    )
+
+
+TASKS = {
+    "sql": Task("expert-sql", {"geography": {"path": GEOQUERY, "format": "geoquery", "split": "test"}},
+                {"name": "geoquery-train", "path": GEOQUERY, "format": "geoquery"}, dev=True),
+    "json": Task("expert-json", {"bfcl-simple": bfcl("BFCL_v4_simple_python.json", "heldout"),
+                                 "bfcl-multiple": bfcl("BFCL_v4_multiple.json", "heldout")},
+                 {"name": "bfcl-simple-train"} | bfcl("BFCL_v4_simple_python.json"), dev=False),
+}  # fmt: skip
+TASK = TASKS["sql"]
+SOURCE = REPO / "examples" / "experts" / TASK.expert
 
 
 def run(*args: str) -> str:
@@ -45,7 +75,7 @@ def run(*args: str) -> str:
 
 
 def arm_copy(name: str) -> Path:
-    target = SOURCE.with_name(f"expert-sql-gain-{name}")
+    target = SOURCE.with_name(f"{TASK.expert}-gain-{name}")
     shutil.rmtree(target, ignore_errors=True)
     shutil.copytree(SOURCE, target, ignore=shutil.ignore_patterns("weights", "sparring"))
     return target
@@ -58,12 +88,23 @@ def manifest_edit(expert: Path, change: Any) -> None:
     path.write_text(json.dumps(manifest, indent=1))
 
 
-def score(expert: Path, base_only: bool = False, split: str = "test") -> dict[str, Any]:
-    args = ["eval", "--expert", str(expert), "--set", str(SOURCE / GEOQUERY), "--format", "geoquery", "--split", split]
-    args += ["--json", "--base-only"] if base_only else ["--json", "--baseline", "none"]
-    body = json.loads(run(*args).strip().splitlines()[-1])
-    summary = body.get("baseline_summary") if base_only else body.get("expert_summary")
-    return {"score": summary["score"], "ci95": summary["ci95"], "n": summary["n"]}
+def score(expert: Path, base_only: bool = False, split: str | None = None) -> dict[str, Any]:
+    """The task's scored sets (``split`` instead of each set's own, e.g. GeoQuery's dev); with several
+    sets, the pooled share right and each set's figures under ``sets``."""
+    sets = {}
+    for name, spec in TASK.scored.items():
+        args = ["eval", "--expert", str(expert), "--set", str(SOURCE / spec["path"]), "--format", spec["format"]]
+        args += ["--answers", str(SOURCE / spec["answers"])] if "answers" in spec else []
+        args += ["--split", split or spec["split"]]
+        args += ["--json", "--base-only"] if base_only else ["--json", "--baseline", "none"]
+        body = json.loads(run(*args).strip().splitlines()[-1])
+        summary = body.get("baseline_summary") if base_only else body.get("expert_summary")
+        sets[name] = {"score": summary["score"], "ci95": summary["ci95"], "n": summary["n"]}
+    if len(sets) == 1:
+        return next(iter(sets.values()))
+    n = sum(s["n"] for s in sets.values())
+    pooled = sum(s["score"] * s["n"] for s in sets.values()) / n
+    return {"score": round(pooled, 4), "ci95": None, "n": n, "sets": sets}
 
 
 def cached_base() -> dict[str, Any] | None:
@@ -72,7 +113,7 @@ def cached_base() -> dict[str, Any] | None:
 
     path = expertkit_home() / "evals" / "expert-sql" / "base" / "geography.json"
     body = json.loads(path.read_text()) if path.is_file() else None
-    if not body or body.get("n") != 182:
+    if TASK.expert != "expert-sql" or not body or body.get("n") != 182:
         return None
     print(f"  base: reused {path}", file=sys.stderr)
     return {"score": body["base"], "ci95": body["ci95"], "n": body["n"]}
@@ -99,12 +140,12 @@ def spar_arm(
         dataset = manifest["training"]["dataset"]
         sources = [s["name"] for s in dataset["datasets"]]
         dataset["datasets"].append({"name": "sparring", "path": "sparring/round1.jsonl", "format": "jsonl"})
-        manifest["evaluation"]["sets"].append({"name": "geoquery-train", "path": GEOQUERY, "format": "geoquery"})
+        manifest["evaluation"]["sets"].append(dict(TASK.spar_set))
         manifest["training"]["phases"] = [
             {"name": "recipe", "datasets": sources, "max_steps": first, "gate": False},
             {"name": "spar", "datasets": ["sparring"], "max_steps": second, "replay": replay, "gate": False,
              **({"learning_rate": learning_rate} if learning_rate else {}),
-             "spar": {"into": "sparring", "set": "geoquery-train", "sample": sample,
+             "spar": {"into": "sparring", "set": TASK.spar_set["name"], "sample": sample,
                       "kinds": kinds or ["identify", "correct", "confirm"]}},
         ]  # fmt: skip
 
@@ -115,6 +156,9 @@ def spar_arm(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--task", choices=sorted(TASKS), default="sql", help="expert-sql (GeoQuery) or expert-json (BFCL)"
+    )
     parser.add_argument("--steps", type=int, default=40, help="optimizer steps per arm")
     parser.add_argument("--spar-sample", type=int, default=150, help="GeoQuery train items the spar round tries")
     parser.add_argument("--replay", type=float, default=0.5, help="share of the first phase's data in the second")
@@ -128,6 +172,8 @@ def main() -> None:
         "--reuse-base", action="store_true", help="reuse the base model's result on the same set if the home has it"
     )
     args = parser.parse_args()
+    global TASK, SOURCE
+    TASK, SOURCE = TASKS[args.task], REPO / "examples" / "experts" / TASKS[args.task].expert
     started = time.time()
     plain = arm_copy("plain")
     results: dict[str, Any] = {"base": cached_base() if args.reuse_base else None}
@@ -141,13 +187,26 @@ def main() -> None:
     results["spar"] = score(spar)
     lineage = json.loads((spar / "sparring" / "round1.lineage.json").read_text())
     arms = {"plain": plain, "spar": spar}
-    dev = {name: score(path, split="dev") for name, path in arms.items()}  # the recipe is chosen on dev, never test
-    best = max(arms, key=lambda name: dev[name]["score"])
+    # the recipe is chosen on dev, never test (a task without a dev split chooses none)
+    dev = {name: score(path, split="dev") for name, path in arms.items()} if TASK.dev else {}
+    best = max(arms, key=lambda name: dev[name]["score"]) if TASK.dev else None
     kl = {name: None if args.no_forgetting else forgetting(path) for name, path in arms.items()}
-    if not args.keep:
+    if args.keep:
+        print(f"  arms kept: {', '.join(str(path) for path in arms.values())}", file=sys.stderr)
+    else:
         for path in arms.values():
             shutil.rmtree(path, ignore_errors=True)
     print(json.dumps({name: figures for name, figures in results.items()}, indent=1), file=sys.stderr)
+    if best is None:
+        print(json.dumps({
+            "task": args.task, "base": results["base"]["score"], "plain": results["plain"]["score"],
+            "spar": results["spar"]["score"], "sets": {k: v.get("sets") for k, v in results.items()},
+            "steps_per_arm": args.steps, "forgetting_plain": kl["plain"], "forgetting_spar": kl["spar"],
+            "spar_round": lineage["counts"], "spar_sample": args.spar_sample, "replay": args.replay,
+            "spar_at": args.spar_at if args.spar_at is not None else args.steps // 2, "kinds": args.kinds,
+            "spar_lr": args.spar_lr, "wall_s": round(time.time() - started),
+        }))  # fmt: skip
+        return
     print(json.dumps({
         "base": results["base"]["score"], "plain": results["plain"]["score"], "spar": results["spar"]["score"],
         "best": results[best]["score"], "best_recipe": best, "chosen_on": "dev",
