@@ -29,6 +29,7 @@ class SourcePlan:
     format: str | None
     mapping: FieldMapping | None
     weight: float
+    share: float | None = None  # a fixed fraction of the mix, instead of weight
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ class CollectReport:
 def source_plans(config: DatasetConfig, root: Path) -> list[SourcePlan]:
     if config.datasets:
         plans = [
-            SourcePlan(s.name or Path(s.path).stem, root / s.path, s.path, s.format, s.field_mapping, s.weight)
+            SourcePlan(s.name or Path(s.path).stem, root / s.path, s.path, s.format, s.field_mapping, s.weight, s.share)
             for s in config.datasets
         ]
     elif config.path:

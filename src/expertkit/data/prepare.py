@@ -253,7 +253,9 @@ def _build(job: DataJob, work: Path, progress: bool) -> dict[str, Any]:
     sources = [r["source"] for r in records]
     groups = {p.name: [i for i in train_idx if sources[i] == p.name] for p in job.plans}
     own = {p.name: groups[p.name] for p in job.own_plans}
-    mixed, counts = weighted_mix(own, {p.name: p.weight for p in job.own_plans}, job.config.seed)
+    weights = {p.name: p.weight for p in job.own_plans}
+    shares = {p.name: p.share for p in job.own_plans if p.share is not None}
+    mixed, counts = weighted_mix(own, weights, job.config.seed, shares)
     if job.replay is not None:
         mixed, replay_counts = replay_mix(job.replay, groups, mixed, job.config.seed)
         counts = {**counts, **replay_counts}
@@ -298,6 +300,7 @@ def _meta(job: DataJob, outcome: _Outcome) -> dict[str, Any]:
                 "path": p.display,
                 "sha256": sha256_path(p.path),
                 "weight": p.weight,
+                **({"share": p.share} if p.share is not None else {}),
                 "records": report.records.get(p.name, 0),
                 "kept": report.kept.get(p.name, 0),
             }

@@ -48,18 +48,35 @@ def hash_split(hashes: Sequence[str], eval_size: float, seed: int) -> tuple[list
 
 
 def weighted_mix(
-    groups: dict[str, list[int]], weights: dict[str, float], seed: int
+    groups: dict[str, list[int]], weights: dict[str, float], seed: int, shares: dict[str, float] | None = None
 ) -> tuple[list[int], dict[str, int]]:
-    """Indices of the mixed, shuffled train set and how many each source contributed."""
+    """Indices of the mixed, shuffled train set and how many each source contributed: a weighted source
+    gives ``weight`` × its size; a source with a ``share`` makes up that fraction of the whole mix."""
     rng = random.Random(seed)
     mixed: list[int] = []
     counts: dict[str, int] = {}
+    shares = shares or {}
     for name, indices in groups.items():
         if not indices:
             raise DataError(f"dataset source {name!r} has no usable training examples", "fix or remove the source")
-        whole, rest = divmod(max(1, round(weights[name] * len(indices))), len(indices))
-        chosen = indices * whole + rng.sample(indices, rest)
-        counts[name] = len(chosen)
-        mixed.extend(chosen)
+    weighted = [name for name in groups if name not in shares]
+    if shares and not weighted:
+        raise DataError(
+            f"every source of this mix has a share ({', '.join(shares)}): a share is a fraction of the others",
+            "give at least one source of the mix a weight instead of a share",
+        )
+    for name in weighted:
+        counts[name] = _draw(groups[name], weights[name] * len(groups[name]), rng, mixed)
+    rest, total = len(mixed), sum(shares.values())
+    for name, share in shares.items():
+        counts[name] = _draw(groups[name], share / (1 - total) * rest, rng, mixed)
     rng.shuffle(mixed)
     return mixed, counts
+
+
+def _draw(indices: list[int], count: float, rng: random.Random, into: list[int]) -> int:
+    """``count`` of ``indices`` (at least one): whole repeats, then a seeded sample of the rest."""
+    whole, rest = divmod(max(1, round(count)), len(indices))
+    chosen = indices * whole + rng.sample(indices, rest)
+    into.extend(chosen)
+    return len(chosen)

@@ -14,7 +14,7 @@ from pathlib import Path
 import regex
 
 from expertkit.manifest.model import ManifestV2
-from expertkit.manifest.phase_checks import check_phases, sparring_outputs
+from expertkit.manifest.phase_checks import check_phases, share_problems, sparring_outputs
 from expertkit.manifest.report import Problem
 from expertkit.manifest.sections import Adapter
 from expertkit.naming import normalise_model_name
@@ -197,6 +197,7 @@ def check_training(manifest: ManifestV2, ctx: CheckContext) -> list[Problem]:
     if dataset and (dataset.path is None) == (dataset.datasets is None):
         found = "both" if dataset.path else "neither"
         problems.append(Problem("$.training.dataset", "give either path or datasets[]", "exactly one of them", found))
+    problems += share_problems(manifest)
     if decoding and decoding.use_grammar and not (decoding.grammar_file or decoding.grammar_type):
         problems.append(
             Problem(

@@ -77,6 +77,35 @@ def sparring_problems(manifest: ManifestV2, index: int, spar: PhaseSparring, dat
     return problems
 
 
+def share_problems(manifest: ManifestV2) -> list[Problem]:
+    """Sources with a ``share`` (a fixed fraction of the mix): no weight beside it, and every mix (the
+    whole dataset, or each phase's sources) keeps weighted sources for the shares to be fractions of."""
+    training = manifest.training
+    dataset = training.dataset if training else None
+    if training is None or dataset is None or not dataset.datasets:
+        return []
+    problems, shares = [], {}
+    for i, source in enumerate(dataset.datasets):
+        if source.share is None:
+            continue
+        shares[source.name or source.path] = source.share
+        if source.weight != 1.0:
+            where = f"$.training.dataset.datasets[{i}].weight"
+            problems.append(Problem(where, "a source with a share has no weight", "one of them", str(source.weight)))
+    if not shares:
+        return problems
+    mixes = {f"$.training.phases[{i}].datasets": p.datasets for i, p in enumerate(training.phases or [])}
+    if not mixes:
+        mixes = {"$.training.dataset.datasets": [s.name or s.path for s in dataset.datasets]}
+    for where, names in mixes.items():
+        total = sum(shares.get(name, 0.0) for name in names)
+        if total and all(name in shares for name in names):
+            problems.append(Problem(where, "every source of this mix has a share", "a weighted source too", str(names)))
+        elif total > 0.5:
+            problems.append(Problem(where, "the shares of this mix add up to more than half", "<= 0.5", f"{total:g}"))
+    return problems
+
+
 def sparring_outputs(manifest: ManifestV2) -> set[str]:
     """Paths of the dataset sources a phase's sparring writes (they exist only once that phase starts)."""
     training = manifest.training

@@ -214,6 +214,10 @@ class DatasetSource(Section):
     """How this source's records become conversations; default: detected."""
     weight: float = Field(default=1.0, gt=0)
     """Relative share of this source in the training mix."""
+    share: float | None = Field(default=None, gt=0, le=0.5)
+    """A fixed fraction of the training mix whatever the source's size (drawn with repeats when it is
+    small), instead of weight: e.g. 0.03 of general text replayed against forgetting. In a curriculum,
+    of each phase that lists the source."""
     name: str | None = None
     """The source's name (for phases and reports); default: the file name."""
 

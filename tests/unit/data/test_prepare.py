@@ -95,6 +95,33 @@ def test_mix_is_deterministic_and_follows_weights(tmp_path, tiny_llama_dir):
     assert [r["example_ids"] for r in first.load("train")] == [r["example_ids"] for r in again.load("train")]
 
 
+def test_a_source_with_a_share_is_that_fraction_of_the_mix_whatever_its_size(tmp_path, tiny_llama_dir):
+    """General text replayed at 10 %: a 5-record source is drawn (with repeats) to a tenth of the mix,
+    the weighted sources are as without it, and a mix of shares only is refused."""
+    dataset = {
+        "datasets": [
+            {"name": "task", "path": "task.jsonl", "weight": 2.0},
+            {"name": "general", "path": "general.jsonl", "share": 0.1},
+        ],
+        "split": {"eval_size": 2, "seed": 0},
+        "checks": {"min_supervised_ratio": 0.05},
+    }
+    expert = write_expert(tmp_path / "e", tiny_llama_dir, dataset)
+    write_jsonl(expert / "task.jsonl", [qa_record(n) for n in range(40)])
+    write_jsonl(expert / "general.jsonl", [qa_record(n) for n in range(500, 505)])
+    prepared, _ = prepare_expert_data(expert)
+    counts = prepared.meta["steps"]["mix"]["counts"]
+    task = counts["task"]
+    assert task in (74, 76, 78, 80) and counts["general"] == round(0.1 / 0.9 * task)
+    assert {s["name"]: s.get("share") for s in prepared.meta["sources"]} == {"task": None, "general": 0.1}
+
+    dataset["datasets"] = [{"name": "general", "path": "general.jsonl", "share": 0.1}]
+    alone = write_expert(tmp_path / "alone", tiny_llama_dir, dataset)
+    write_jsonl(alone / "general.jsonl", [qa_record(n) for n in range(500, 505)])
+    with pytest.raises(DataError, match="every source of this mix has a share"):
+        prepare_expert_data(alone)
+
+
 def test_empty_source_is_an_error(tmp_path, tiny_llama_dir):
     dataset = {"datasets": [{"name": "a", "path": "a.jsonl"}, {"name": "b", "path": "b.jsonl"}], "on_error": "skip"}
     expert = write_expert(tmp_path / "e", tiny_llama_dir, dataset)

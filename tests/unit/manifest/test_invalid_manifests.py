@@ -254,6 +254,20 @@ CASES = [
         "value out of range",
     ),
     (
+        "share-over-half",
+        "training.dataset.datasets[1].share",
+        0.6,
+        "$.training.dataset.datasets[1].share",
+        "value out of range",
+    ),
+    (
+        "share-beside-weight",
+        "training.dataset.datasets[0].share",
+        0.05,
+        "$.training.dataset.datasets[0].weight",
+        "a source with a share has no weight",
+    ),
+    (
         "dataset-missing-file",
         "training.dataset.datasets[1].path",
         "nope.jsonl",

@@ -70,6 +70,7 @@ STRUCTURAL = [
         "warmup-both",
         "dataset-missing-file",
         "dataset-path-and-datasets",
+        "share-beside-weight",
         "routing-bad-regex",
         "readme-missing",
     }
