@@ -74,10 +74,11 @@ def generate(
     seed: int | None = typer.Option(None, "--seed", help="Random seed (default: the config's, else 0)."),
     as_json: bool = typer.Option(False, "--json", help="Print the lineage as JSON."),
 ) -> None:
-    """Generate training conversations (templates over value tables; distill from a teacher endpoint), each
-    kept only when its checks pass, with a lineage sidecar."""
+    """Generate training conversations (templates over value tables; distill from a teacher endpoint;
+    base_replay: the base model's own answers to general prompts), each kept only when its checks pass,
+    with a lineage sidecar."""
     from expertkit.data.generators import lineage_path, run_generator
-    from expertkit.workflows import distill  # noqa: F401  (registers the distill generator)
+    from expertkit.workflows import base_replay, distill  # noqa: F401  (register their generators)
 
     result = run_generator(config, out, count, seed)
     if as_json:
