@@ -6,7 +6,10 @@ relative data paths hold) with the same seed and the same total number of optimi
 - ``plain``: the manifest's recipe (Spider + GeoQuery train), ``--steps`` steps;
 - ``spar``: the same recipe for half the steps, then ``expert-cli spar`` on a sample of GeoQuery's
   **train** items with that adapter, then the other half on the sparring data plus ``--replay`` of the
-  first phase's data (a curriculum: ``training.phases`` with ``spar`` on the second phase).
+  first phase's data (a curriculum: ``training.phases`` with ``spar`` on the second phase);
+- ``general`` (``--arms spar,general``): the recipe with general text replayed at ``--general-share``
+  of the mix: the base model's own answers to the shipped general prompts (``data generate``, generator
+  ``base_replay``; disjoint from the forgetting prompts).
 
 Each arm (and the base model, under the expert's contract) is scored on GeoQuery's test split (all of
 it, execution accuracy with bootstrap 95 % intervals); the best recipe is the arm with the higher
@@ -20,6 +23,7 @@ share right over both; BFCL has no dev split, so no recipe is chosen).
 
     .venv/bin/python benchmarks/expert_gain.py [--task sql|json] [--steps 40] [--spar-sample 150]
         [--replay 0.5] [--spar-at STEPS] [--kinds identify,correct,confirm] [--plain-from DIR] [--spar-lr LR]
+        [--arms spar,general] [--general-share 0.05]
 """
 
 from __future__ import annotations
@@ -154,6 +158,22 @@ def spar_arm(
     return expert
 
 
+def general_arm(steps: int, share: float) -> Path:
+    """The recipe with the base model's own answers to the shipped general prompts (``data generate``,
+    generator ``base_replay``) mixed in at ``share``: general text replayed against forgetting."""
+    expert = arm_copy("general")
+    config = expert / "generators" / "general_replay.json"
+    config.parent.mkdir(exist_ok=True)
+    config.write_text(json.dumps({"generator": "base_replay", "expert": "..", "max_tokens": 160}))
+    run(
+        "data", "generate", "--config", str(config), "--out", str(expert / "general" / "replay.jsonl"), "--count", "130"
+    )
+    source = {"name": "general", "path": "general/replay.jsonl", "format": "jsonl", "share": share}
+    manifest_edit(expert, lambda manifest: manifest["training"]["dataset"]["datasets"].append(source))
+    run("train", "--expert", str(expert), "--max-steps", str(steps))
+    return expert
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -166,6 +186,8 @@ def main() -> None:
     parser.add_argument("--kinds", default="identify,correct,confirm", help="sparring example kinds")
     parser.add_argument("--spar-lr", type=float, help="the sparring phase's learning rate (default: the recipe's)")
     parser.add_argument("--plain-from", help="a plain arm trained earlier with the same recipe and steps: re-scored")
+    parser.add_argument("--arms", default="spar", help="arms beside plain: spar, general (comma-separated)")
+    parser.add_argument("--general-share", type=float, default=0.05, help="the general arm's share of replayed text")
     parser.add_argument("--no-forgetting", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the arms' expert directories")
     parser.add_argument(
@@ -182,11 +204,16 @@ def main() -> None:
         shutil.copytree(Path(args.plain_from) / "weights", plain / "weights")
     else:
         run("train", "--expert", str(plain), "--max-steps", str(args.steps))
-    results["plain"] = score(plain)
-    spar = spar_arm(args.steps, args.spar_sample, args.replay, args.spar_at, args.kinds.split(","), args.spar_lr)
-    results["spar"] = score(spar)
-    lineage = json.loads((spar / "sparring" / "round1.lineage.json").read_text())
-    arms = {"plain": plain, "spar": spar}
+    arms = {"plain": plain}
+    chosen = {arm.strip() for arm in args.arms.split(",") if arm.strip()}
+    if "spar" in chosen:
+        kinds = args.kinds.split(",")
+        arms["spar"] = spar_arm(args.steps, args.spar_sample, args.replay, args.spar_at, kinds, args.spar_lr)
+    if "general" in chosen:
+        arms["general"] = general_arm(args.steps, args.general_share)
+    results.update({name: score(path) for name, path in arms.items()})
+    spar_lineage = arms["spar"] / "sparring" / "round1.lineage.json" if "spar" in arms else None
+    lineage = json.loads(spar_lineage.read_text()) if spar_lineage else {"counts": None}
     # the recipe is chosen on dev, never test (a task without a dev split chooses none)
     dev = {name: score(path, split="dev") for name, path in arms.items()} if TASK.dev else {}
     best = max(arms, key=lambda name: dev[name]["score"]) if TASK.dev else None
@@ -199,19 +226,20 @@ def main() -> None:
     print(json.dumps({name: figures for name, figures in results.items()}, indent=1), file=sys.stderr)
     if best is None:
         print(json.dumps({
-            "task": args.task, "base": results["base"]["score"], "plain": results["plain"]["score"],
-            "spar": results["spar"]["score"], "sets": {k: v.get("sets") for k, v in results.items()},
-            "steps_per_arm": args.steps, "forgetting_plain": kl["plain"], "forgetting_spar": kl["spar"],
+            "task": args.task, **{name: figures["score"] for name, figures in results.items()},
+            "sets": {k: v.get("sets") for k, v in results.items()}, "steps_per_arm": args.steps,
+            **{f"forgetting_{name}": value for name, value in kl.items()},
             "spar_round": lineage["counts"], "spar_sample": args.spar_sample, "replay": args.replay,
             "spar_at": args.spar_at if args.spar_at is not None else args.steps // 2, "kinds": args.kinds,
             "spar_lr": args.spar_lr, "wall_s": round(time.time() - started),
         }))  # fmt: skip
         return
     print(json.dumps({
-        "base": results["base"]["score"], "plain": results["plain"]["score"], "spar": results["spar"]["score"],
+        **{name: figures["score"] for name, figures in results.items()},
         "best": results[best]["score"], "best_recipe": best, "chosen_on": "dev",
         "dev": {name: figures["score"] for name, figures in dev.items()}, "steps_per_arm": args.steps,
-        "forgetting_plain": kl["plain"], "forgetting_best": kl[best],
+        "forgetting_plain": kl["plain"], "forgetting_best": kl[best], "forgetting": kl,
+        "general_share": args.general_share if "general" in arms else None,
         "ci95": {k: v["ci95"] for k, v in results.items()}, "test_items": results["base"]["n"],
         "spar_round": lineage["counts"], "spar_sample": args.spar_sample, "replay": args.replay,
         "spar_at": args.spar_at if args.spar_at is not None else args.steps // 2, "kinds": args.kinds,
