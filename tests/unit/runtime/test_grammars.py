@@ -88,6 +88,73 @@ def test_sql_grammars_accept_every_spider_and_geoquery_gold_query(compile_with) 
         assert grammar.accepts("(SELECT a FROM t) ORDER BY a")
 
 
+# Every function form the SQL grammars allow, by number of arguments ("*": count(*)); nothing else.
+SQL_FUNCTIONS = {
+    "count": ("*", 1), "sum": (1,), "avg": (1,), "total": (1,), "min": (1, 2, 3, 4), "max": (1, 2, 3, 4),
+    "group_concat": (1, 2), "abs": (1,), "length": (1,), "lower": (1,), "upper": (1,), "typeof": (1,),
+    "hex": (1,), "quote": (1,), "unicode": (1,), "sign": (1,), "round": (1, 2), "trim": (1, 2),
+    "ltrim": (1, 2), "rtrim": (1, 2), "instr": (2,), "ifnull": (2,), "nullif": (2,), "substr": (2, 3),
+    "substring": (2, 3), "replace": (3,), "iif": (3,), "coalesce": (2, 3, 4), "date": (0, 1, 2, 3, 4),
+    "time": (0, 1, 2, 3, 4), "datetime": (0, 1, 2, 3, 4), "julianday": (0, 1, 2, 3, 4), "strftime": (0, 1, 2, 3, 4),
+}  # fmt: skip
+
+
+def _call(name: str, arity: object) -> str:
+    if arity == "*":
+        return f"SELECT {name}(*) FROM t"
+    values = ["'2020-01-01'" if name in ("date", "time", "datetime", "julianday") else "a", "'x'", "2", "3"]
+    return f"SELECT {name}({', '.join(values[: int(arity)])}) FROM t"  # type: ignore[call-overload]
+
+
+def test_sql_grammars_allow_exactly_the_function_forms_sqlite_and_sqlglot_both_take(compile_with) -> None:
+    """A free function name with any arguments let the base model write CONVERT(',', 64), which
+    sqlglot refuses: every allowed form parses in sqlglot and runs in SQLite, and other names or
+    other argument counts are refused."""
+    import sqlite3
+
+    import sqlglot
+
+    database = sqlite3.connect(":memory:")
+    database.execute("CREATE TABLE t (a TEXT)")
+    grammars = [compile_with(GrammarSpec("gbnf", grammar_text("sql"), "sql.gbnf")),
+                compile_with(GrammarSpec("lark", grammar_text("sql", "lark"), "sql.lark"))]  # fmt: skip
+    for name, arities in SQL_FUNCTIONS.items():
+        for arity in ("*", 0, 1, 2, 3, 4):
+            query = _call(name, arity)
+            allowed = arity in arities
+            assert [grammar.accepts(query) for grammar in grammars] == [allowed, allowed], query
+            if allowed:
+                sqlglot.parse_one(query, read="sqlite")
+                database.execute(query).fetchall()
+    for query in ("SELECT convert(',', 64) FROM t", "SELECT cast2(a) FROM t", "SELECT foo(a) FROM t"):
+        assert not any(grammar.accepts(query) for grammar in grammars), query
+    for query in ("SELECT count(DISTINCT a) FROM t", "SELECT max(DISTINCT a) FROM t", "SELECT COUNT (*) FROM t"):
+        assert all(grammar.accepts(query) for grammar in grammars), query
+        sqlglot.parse_one(query, read="sqlite")
+
+
+def test_the_lark_sql_grammar_takes_a_sqlglot_keyword_as_a_name_only_where_sqlglot_does(compile_with) -> None:
+    """Words sqlglot's SQLite tokenizer treats as keywords (IF, VALUES, GLOB, ...) are names only where
+    sqlglot still parses the query; the base model once wrote CASE IF NOT IN (...), which it refuses."""
+    import re
+
+    import sqlglot
+    from sqlglot.dialects.sqlite import SQLite
+
+    lark = compile_with(GrammarSpec("lark", grammar_text("sql", "lark"), "sql.lark"))
+    parser = SQLite.parser_class
+    special = [*SQLite.tokenizer_class.KEYWORDS, *parser.FUNCTION_PARSERS, *parser.NO_PAREN_FUNCTION_PARSERS]
+    keywords = {k.lower() for k in special if re.fullmatch(r"[A-Za-z_]\w*", k)}
+    assert {"if", "values", "glob", "interval"} <= keywords
+    shapes = ("SELECT {} FROM t", "SELECT a FROM t WHERE {} = 1", "SELECT a FROM {}",
+              "SELECT CASE WHEN {} THEN 1 END FROM t")  # fmt: skip
+    for keyword in sorted(keywords):
+        for shape in shapes:
+            query = shape.format(keyword)
+            if lark.accepts(query):
+                sqlglot.parse_one(query, read="sqlite")
+
+
 def test_cypher_grammars_accept_the_text2cypher_gold_queries(compile_with) -> None:
     queries = text2cypher()
     assert len(queries) > 14_000
