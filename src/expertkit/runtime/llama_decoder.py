@@ -147,16 +147,19 @@ class LeanDecoder:
 
     def _rows(self, linear: AnyLinear, x: torch.Tensor, groups: list[RowGroup], index: int, name: str) -> torch.Tensor:
         """``x @ W.T`` with ``x`` in the decode dtype for the kernel, plus each expert group's fp32 delta
-        on its rows (the sum is then fp32)."""
+        on its rows (the sum is then fp32), rescaled per channel for a DoRA expert."""
         y = linear.mm(x if x.dtype == self.dtype else x.to(self.dtype))
         for group in groups:
             delta = group.deltas.layers[index].get(name)
             if delta is None:
                 continue
             if group.rows.numel() == y.shape[0]:
-                y = y + delta(x)
-            else:  # a mixed batch: this expert's rows only
+                y = delta.apply(y, x)
+            elif delta.rescale is None:  # a mixed batch: this expert's rows only
                 y = y.float().index_add_(0, group.rows, delta(x.index_select(0, group.rows)))
+            else:  # DoRA rescales its rows: they are replaced
+                y, rows = y.float(), group.rows
+                y = y.index_copy_(0, rows, delta.apply(y.index_select(0, rows), x.index_select(0, rows)))
         return y
 
     def _qkv(self, layer: Layer, index: int, x: torch.Tensor, norms: Any, groups: list[RowGroup]) -> Any:

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from expertkit.runtime.llama_decoder import lean_supported
-from expertkit.runtime.lora_deltas import PROJECTIONS, ExpertDeltas, fused_deltas
+from expertkit.runtime.lora_deltas import PROJECTIONS, ExpertDeltas, Factors, fused_deltas
 from expertkit.safepath import UnsafePathError, read_bounded
 
 MAX_CONFIG_BYTES = 1 << 20
@@ -170,7 +170,7 @@ def merged(base: dict[str, torch.Tensor], lora: LoraFactors) -> dict[str, torch.
 
 def deltas_from(lora: LoraFactors, base: dict[str, torch.Tensor], layers: int) -> ExpertDeltas | None:
     """The LoRA as the lean decoder's deltas (scale folded into B, fp32)."""
-    adapted = {}
+    adapted: dict[tuple[int, str], Factors] = {}
     for name, (a, b) in lora.factors.items():
         parts = name.split(".")  # model.layers.<i>.<self_attn|mlp>.<module>.weight
         adapted[(int(parts[2]), parts[-2])] = (a, b * lora.scale)  # fp32, as the deltas compute

@@ -12,9 +12,9 @@ kernel (llama.cpp's Q4_1 x Q8 arithmetic with AVX512-VNNI dot products, loaded w
 tried: 1.1-1.5x PyTorch's int4 kernel on weights in cache, and no faster in a decode step, where both
 wait on memory; it is not shipped.
 
-The engine quantises the base model once; a LoRA expert keeps its change as fp32 deltas on top
-(rounded after a merge, a low-rank change smaller than the grid step disappears), and only
-experts that must merge (DoRA, IA³, LoKr) are quantised after their exact merge.
+The engine quantises the base model once; a LoRA or DoRA expert keeps its change as fp32 deltas on
+top (rounded after a merge, a low-rank change smaller than the grid step disappears), and only
+experts that must merge (IA³, LoKr) are quantised after their exact merge.
 """
 
 from __future__ import annotations

@@ -91,10 +91,15 @@ def test_three_experts_decode_in_one_batch_token_for_token_as_alone(trained_sour
     assert [r.token_ids for r in results] == alone
 
 
-def test_experts_that_are_not_plain_lora_decode_merged(trained_source: Path, tmp_path: Path) -> None:
+def test_a_dora_expert_shares_a_batch_with_a_lora_expert_token_for_token_as_alone(
+    trained_source: Path, tmp_path: Path
+) -> None:
+    """DoRA rides as deltas too (its per-channel rescale applied to its own rows of the batch)."""
     dora = dora_expert(trained_source, tmp_path)
     engine = Engine.for_experts([str(trained_source), str(dora)], LoadOptions(dtype="float32"))
-    assert engine.mixable("expert-tiny") and not engine.mixable("expert-dora")
+    assert engine.mixable("expert-tiny") and engine.mixable("expert-dora")
+    deltas = engine.deltas_of("expert-dora")
+    assert deltas is not None and any(d.rescale is not None for d in deltas.layers[0].values())
     batch = requests(engine, "expert-dora", (4, 4, 4, 4)) + requests(engine, "expert-tiny", (4, 4, 4, 4))
     alone = [engine.execute(r).token_ids for r in batch]
     assert [r.token_ids for r in run_batched(engine, batch, max_batch=8)] == alone

@@ -128,6 +128,45 @@ def test_lora_deltas_on_shared_weights_decode_as_the_merged_weights(
         )
 
 
+def test_a_dora_expert_as_deltas_decodes_as_peft_merges_it_alone_and_in_a_mixed_batch(tiny_llama_dir: Path) -> None:
+    """A DoRA adapter as deltas over the shared base weights (its per-channel m / ||W + dW|| from the
+    base weights, applied to each row's sum) gives the logits of PEFT's merged model: one sequence,
+    and its row of a batch step whose other row is the base model."""
+    from peft import LoraConfig, get_peft_model
+
+    from expertkit.runtime.lora_deltas import RowGroup, lora_deltas
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
+    plain = LeanDecoder(base)
+    config = LoraConfig(r=4, lora_alpha=8, use_dora=True, target_modules=["q_proj", "v_proj", "o_proj", "down_proj"])
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32), config)
+    for name, parameter in model.named_parameters():
+        if "lora_B" in name or "magnitude" in name:  # a trained adapter: B moved, magnitudes changed
+            parameter.data += torch.randn_like(parameter) * (0.05 if "magnitude" in name else 0.2)
+    deltas = lora_deltas(model, "default")
+    assert deltas is not None and deltas.layers[0]["qkv"].rescale is not None
+    assert "gate_up" not in deltas.layers[0]  # not adapted: shared weights only
+    reference = LeanDecoder(model.merge_and_unload())
+    lean = plain.with_deltas(deltas)
+    ids = torch.tensor([5, 17, 42, 99, 3])
+    lean_cache, ref_cache = lean.new_cache(16), reference.new_cache(16)
+    torch.testing.assert_close(lean.forward(lean_cache, ids), reference.forward(ref_cache, ids), atol=1e-4, rtol=1e-4)
+    step = torch.tensor([11])
+    torch.testing.assert_close(lean.forward(lean_cache, step), reference.forward(ref_cache, step), atol=1e-4, rtol=1e-4)
+
+    batch = plain.new_batch_cache(2, 16)
+    for slot, decoder in ((0, reference), (1, plain)):
+        decoder.forward(plain.slot_view(batch, slot), ids)
+    groups = [RowGroup(torch.tensor([0]), deltas)]
+    logits = plain.step_batch(batch, torch.tensor([11, 11]), torch.tensor([5, 5]), groups)
+    alone = plain.new_cache(16)
+    plain.forward(alone, ids)
+    torch.testing.assert_close(logits[0], reference.forward(reference.new_cache(16), torch.cat([ids, step])),
+                               atol=1e-4, rtol=1e-4)  # fmt: skip
+    torch.testing.assert_close(logits[1], plain.forward(alone, step), atol=1e-4, rtol=1e-4)
+
+
 def test_a_prompt_fed_in_parts_gives_the_logits_of_one_prefill(tiny_llama_dir: Path) -> None:
     """Several tokens onto a cache that already holds some (causal over the cache and the new ones)."""
     decoder = LeanDecoder(AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32))

@@ -105,12 +105,41 @@ def test_only_a_plain_lora_whose_factors_fit_the_base_is_merged_by_hand(tmp_path
     assert plain_lora(adapter(good | {f"{key}.lora_magnitude_vector": torch.ones(8)}), base) is None
 
 
+def ia3_expert(trained_source: Path, tmp_path: Path) -> Path:
+    """The tiny expert as ``expert-ia3``: an IA³ adapter (scaling vectors moved off 1) on its base."""
+    from peft import IA3Config, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    ia3 = Path(shutil.copytree(trained_source, tmp_path / "expert-ia3"))
+    adapter = next((ia3 / "weights").iterdir()) / "adapter"
+    base = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
+    shutil.rmtree(adapter)
+    targets = ["k_proj", "v_proj", "down_proj"]
+    config = IA3Config(target_modules=targets, feedforward_modules=["down_proj"])
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), config)
+    for name, parameter in model.named_parameters():
+        if "ia3_l" in name:
+            parameter.data += torch.randn_like(parameter) * 0.1
+    model.save_pretrained(str(adapter))
+    manifest = json.loads((ia3 / "manifest.json").read_text())
+    manifest["base_models"][0]["adapters"] = [{"type": "ia3", "target_modules": targets,
+                                               "feedforward_modules": ["down_proj"]}]  # fmt: skip
+    (ia3 / "manifest.json").write_text(json.dumps(manifest | {"name": "expert-ia3"}))
+    return ia3
+
+
 def test_quantising_an_expert_that_must_merge_says_what_it_risks(trained_source: Path, tmp_path: Path) -> None:
-    dora = dora_expert(trained_source, tmp_path)
-    engine = Engine.for_experts([str(trained_source), str(dora)], LoadOptions(dtype="float32", quantize="int8"))
+    """IA³ is not a low-rank delta: merged, then quantised, and the notes say so; LoRA and DoRA ride as
+    deltas over the quantised base."""
+    options = LoadOptions(dtype="float32", quantize="int8")
+    ia3 = Engine.for_experts([str(ia3_expert(trained_source, tmp_path))], options)  # PEFT mixes no LoRA with IA³
+    assert "round away" in ia3.decoder_notes()[0] and not ia3.mixable("expert-ia3")
+    assert tokens(ia3, "expert-ia3")
+    engine = Engine.for_experts([str(trained_source), str(dora_expert(trained_source, tmp_path))], options)
     notes = engine.decoder_notes()
-    assert "round away" in next(n for n in notes if n.startswith("expert-dora"))
-    assert "round away" not in next(n for n in notes if n.startswith("expert-tiny"))  # kept as deltas
+    for deltas in ("expert-tiny", "expert-dora"):
+        assert "round away" not in next(n for n in notes if n.startswith(deltas))
+        assert engine.mixable(deltas)
 
 
 def test_a_config_that_leaves_values_to_transformers_defaults_goes_through_transformers(tmp_path: Path) -> None:
