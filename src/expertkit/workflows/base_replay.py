@@ -27,14 +27,10 @@ Config::
 from __future__ import annotations
 
 import random
-import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from expertkit.data.conversation import Message
-from expertkit.data.generators.base import GENERATORS, VERSION, Generated
-from expertkit.data.mapping import RecordError, check_conversation
+from expertkit.data.generators.base import GENERATORS, Answers, Generated
 from expertkit.errors import DataError
 from expertkit.workflows.distill import read_prompts
 
@@ -67,43 +63,22 @@ def run_base_replay(config: dict[str, Any], root: Path, count: int, seed: int) -
     base = files.loaded.manifest.base_models[0].name
     engine = Engine.for_files([], LoadOptions(dtype=best_dtype() if dtype == "auto" else dtype, base=base))  # type: ignore[arg-type]
     settings = resolve_settings({"temperature": 0.0, "seed": 0, "max_tokens": max_tokens}, None)
-    records: list[dict[str, Any]] = []
-    reasons, seen, tried = Counter[str](), set[str](), 0
+    answers = Answers(NAME)
     for messages in prompts:
-        if len(records) >= count:
+        if len(answers.records) >= count:
             break
-        tried += 1
+        answers.tried += 1
         ids = engine.prompt_ids([{"role": m.role, "content": m.content} for m in messages])
         answer = engine.run(None, ids, settings)
         if not answer.stopped:
-            reasons["cut by max_tokens"] += 1
+            answers.reasons["cut by max_tokens"] += 1
             continue
-        try:
-            conversation = check_conversation((*messages, Message("assistant", answer.text.strip())))
-        except RecordError:
-            reasons["empty answer"] += 1
-            continue
-        if conversation.content_hash() in seen:
-            reasons["duplicate"] += 1
-            continue
-        seen.add(conversation.content_hash())
-        records.append({**conversation.to_json(), "generator": NAME})
-    lineage = {
-        "generator": NAME,
-        "version": VERSION,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "parameters": {
-            "base_model": base,
-            "expert": config.get("expert"),
-            "prompts": str(config.get("prompts") or SHIPPED_PROMPTS.name),
-            "max_tokens": max_tokens,
-            "dtype": engine.options.dtype,
-            "count": count,
-            "seed": seed,
-        },
-        "counts": {"tried": tried, "kept": len(records), "rejected": dict(reasons.most_common())},
-    }
-    return Generated(records, lineage)
+        answers.add(messages, answer.text)
+    return answers.generated({
+        "base_model": base, "expert": config.get("expert"),
+        "prompts": str(config.get("prompts") or SHIPPED_PROMPTS.name), "max_tokens": max_tokens,
+        "dtype": engine.options.dtype, "count": count, "seed": seed,
+    })  # fmt: skip
 
 
 GENERATORS.register(NAME)(run_base_replay)  # beside the data stage's own generators, for expert-cli data generate

@@ -26,19 +26,16 @@ from __future__ import annotations
 import json
 import os
 import re
-import time
 import urllib.error
 import urllib.request
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 from expertkit.data.conversation import Conversation, Message
-from expertkit.data.generators.base import GENERATORS, VERSION, Generated
+from expertkit.data.generators.base import GENERATORS, Answers, Generated
 from expertkit.data.generators.templates import CHECKS
-from expertkit.data.mapping import RecordError, check_conversation
 from expertkit.errors import DataError
 from expertkit.manifest.load import load_manifest
 from expertkit.manifest.sections import DecodingConfig
@@ -140,42 +137,25 @@ def run_distill(config: dict[str, Any], root: Path, count: int, seed: int) -> Ge
     teacher = _teacher(config)
     prompts = read_prompts(root / str(config.get("prompts", "prompts.jsonl")))
     checks = _checks(config, root)
-    records: list[dict[str, Any]] = []
-    reasons, seen, tried = Counter[str](), set[str](), 0
+    answers = Answers(NAME)
     for messages in prompts:
-        if len(records) >= count:
+        if len(answers.records) >= count:
             break
-        tried += 1
+        answers.tried += 1
         try:
             answer, stopped = ask_teacher(teacher, messages)
         except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
-            reasons[f"teacher: {type(exc).__name__}"] += 1
+            answers.reasons[f"teacher: {type(exc).__name__}"] += 1
             continue
-        try:
-            conversation = check_conversation((*messages, Message("assistant", answer.strip())))
-        except RecordError:
-            reasons["empty answer"] += 1
-            continue
-        failed = next((reason for _, check in checks if (reason := check(conversation, stopped))), None)
-        if failed or conversation.content_hash() in seen:
-            reasons[failed or "duplicate"] += 1
-            continue
-        seen.add(conversation.content_hash())
-        records.append({**conversation.to_json(), "generator": NAME})
-    lineage = {
-        "generator": NAME,
-        "version": VERSION,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "parameters": {
-            "teacher": {k: teacher.get(k) for k in ("url", "model", "temperature", "max_tokens")},
-            "expert": config.get("expert"),
-            "count": count,
-            "seed": seed,
-            "checks": [name for name, _ in checks],
-        },
-        "counts": {"tried": tried, "kept": len(records), "rejected": dict(reasons.most_common())},
-    }
-    return Generated(records, lineage)
+
+        def failed(conversation: Conversation, stopped: bool = stopped) -> str | None:
+            return next((reason for _, check in checks if (reason := check(conversation, stopped))), None)
+
+        answers.add(messages, answer, failed)
+    return answers.generated({
+        "teacher": {k: teacher.get(k) for k in ("url", "model", "temperature", "max_tokens")},
+        "expert": config.get("expert"), "count": count, "seed": seed, "checks": [name for name, _ in checks],
+    })  # fmt: skip
 
 
 GENERATORS.register(NAME)(run_distill)  # beside the data stage's own generators, for expert-cli data generate

@@ -6,12 +6,15 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from expertkit.data.conversation import Message
+from expertkit.data.mapping import RecordError, check_conversation
 from expertkit.errors import DataError
 from expertkit.fsutil import write_text_atomic
 from expertkit.registry import Registry
@@ -39,6 +42,40 @@ class Tally:
 
     def note(self, template: int, outcome: str) -> None:
         self.per_template.setdefault(template, Counter())[outcome] += 1
+
+
+@dataclass
+class Answers:
+    """A generator's answers to prompts, as conversations: those kept, and why each other one was not
+    (an empty answer, a failed check, a duplicate; the caller counts its own reasons too)."""
+
+    generator: str
+    records: list[dict[str, Any]] = field(default_factory=list)
+    reasons: Counter[str] = field(default_factory=Counter)
+    seen: set[str] = field(default_factory=set)
+    tried: int = 0
+
+    def add(self, messages: list[Message], answer: str, check: Callable[[Any], str | None] | None = None) -> None:
+        """Keep ``messages`` + the assistant's ``answer`` unless it is empty, ``check`` gives a reason
+        (it gets the conversation), or it was kept already."""
+        try:
+            conversation = check_conversation((*messages, Message("assistant", answer.strip())))
+        except RecordError:
+            self.reasons["empty answer"] += 1
+            return
+        failed = check(conversation) if check is not None else None
+        if failed or conversation.content_hash() in self.seen:
+            self.reasons[failed or "duplicate"] += 1
+            return
+        self.seen.add(conversation.content_hash())
+        self.records.append({**conversation.to_json(), "generator": self.generator})
+
+    def generated(self, parameters: dict[str, Any]) -> Generated:
+        """The records and their lineage (generator, version, parameters, counts by reason)."""
+        counts = {"tried": self.tried, "kept": len(self.records), "rejected": dict(self.reasons.most_common())}
+        created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        lineage = {"generator": self.generator, "version": VERSION, "created": created, "parameters": parameters}
+        return Generated(self.records, {**lineage, "counts": counts})
 
 
 Generator = Callable[[dict[str, Any], Path, int, int], Generated]
