@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import typer
 from rich.markup import escape
 
-from expertkit.cli.console import fail, out_console, reports_errors
+from expertkit.cli.console import err_console, fail, out_console, reports_errors
+
+PROGRESS_EVERY = 10  # tries between progress lines of data generate
 
 data_app = typer.Typer(
     help="Training data: prepare (cache + lineage sidecar), inspect, generate.", no_args_is_help=True
@@ -80,7 +83,14 @@ def generate(
     from expertkit.data.generators import lineage_path, run_generator
     from expertkit.workflows import base_replay, distill  # noqa: F401  (register their generators)
 
-    result = run_generator(config, out, count, seed)
+    started = time.monotonic()
+
+    def progress(tried: int, kept: int) -> None:
+        if tried and tried % PROGRESS_EVERY == 0:
+            elapsed = time.monotonic() - started
+            err_console.print(f"generate: {tried} tried, {kept} kept, {elapsed:.0f} s", highlight=False)
+
+    result = run_generator(config, out, count, seed, progress)
     if as_json:
         print(json.dumps(result.lineage, ensure_ascii=False))
         return

@@ -30,7 +30,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from expertkit.data.generators.base import GENERATORS, Answers, Generated
+from expertkit.data.generators.base import GENERATORS, Answers, Generated, Progress
 from expertkit.errors import DataError
 from expertkit.workflows.distill import read_prompts
 
@@ -41,7 +41,9 @@ MAX_TOKENS_LIMIT = 1024
 DTYPES = ("auto", "bfloat16", "float32")
 
 
-def run_base_replay(config: dict[str, Any], root: Path, count: int, seed: int) -> Generated:
+def run_base_replay(
+    config: dict[str, Any], root: Path, count: int, seed: int, progress: Progress | None = None
+) -> Generated:
     from expertkit.models.hardware import best_dtype
     from expertkit.package.references import resolve_expert
     from expertkit.runtime.engine import Engine
@@ -63,11 +65,11 @@ def run_base_replay(config: dict[str, Any], root: Path, count: int, seed: int) -
     base = files.loaded.manifest.base_models[0].name
     engine = Engine.for_files([], LoadOptions(dtype=best_dtype() if dtype == "auto" else dtype, base=base))  # type: ignore[arg-type]
     settings = resolve_settings({"temperature": 0.0, "seed": 0, "max_tokens": max_tokens}, None)
-    answers = Answers(NAME)
+    answers = Answers(NAME, progress=progress)
     for messages in prompts:
         if len(answers.records) >= count:
             break
-        answers.tried += 1
+        answers.attempt()
         ids = engine.prompt_ids([{"role": m.role, "content": m.content} for m in messages])
         answer = engine.run(None, ids, settings)
         if not answer.stopped:

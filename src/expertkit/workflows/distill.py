@@ -34,7 +34,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from expertkit.data.conversation import Conversation, Message
-from expertkit.data.generators.base import GENERATORS, Answers, Generated
+from expertkit.data.generators.base import GENERATORS, Answers, Generated, Progress
 from expertkit.data.generators.templates import CHECKS
 from expertkit.errors import DataError
 from expertkit.manifest.load import load_manifest
@@ -133,15 +133,17 @@ def _decoding(config: dict[str, Any], root: Path) -> DecodingConfig:
     return training.decoding if training and training.decoding else DecodingConfig()
 
 
-def run_distill(config: dict[str, Any], root: Path, count: int, seed: int) -> Generated:
+def run_distill(
+    config: dict[str, Any], root: Path, count: int, seed: int, progress: Progress | None = None
+) -> Generated:
     teacher = _teacher(config)
     prompts = read_prompts(root / str(config.get("prompts", "prompts.jsonl")))
     checks = _checks(config, root)
-    answers = Answers(NAME)
+    answers = Answers(NAME, progress=progress)
     for messages in prompts:
         if len(answers.records) >= count:
             break
-        answers.tried += 1
+        answers.attempt()
         try:
             answer, stopped = ask_teacher(teacher, messages)
         except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:

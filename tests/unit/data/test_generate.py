@@ -65,9 +65,13 @@ def config(tmp_path: Path, **changes: Any) -> Path:
 
 
 def test_templates_generate_checked_varied_conversations_with_lineage(tmp_path: Path) -> None:
-    result = run_generator(config(tmp_path), tmp_path / "out" / "gen.jsonl")
+    heard: list[tuple[int, int]] = []
+    result = run_generator(config(tmp_path), tmp_path / "out" / "gen.jsonl", progress=lambda *c: heard.append(c))
     rows = [json.loads(line) for line in (tmp_path / "out" / "gen.jsonl").read_text().splitlines()]
     assert rows == result.records and 0 < len(rows) <= 12
+    # progress hears (tried, kept) before each try: every try, and the kept count never ahead of the rows
+    assert [tried for tried, _ in heard] == list(range(result.lineage["counts"]["generated"]))
+    assert heard[0] == (0, 0) and all(0 <= kept <= len(rows) for _, kept in heard)
     assert all(r["template"] == 0 for r in rows)  # atlantis has no row in the database: every one rejected
     users = {r["messages"][1]["content"] for r in rows}
     assert any(u.startswith("capital of") for u in users) and any(u.startswith("What is") for u in users)

@@ -44,6 +44,9 @@ class Tally:
         self.per_template.setdefault(template, Counter())[outcome] += 1
 
 
+Progress = Callable[[int, int], None]  # (tried, kept) so far, before each try
+
+
 @dataclass
 class Answers:
     """A generator's answers to prompts, as conversations: those kept, and why each other one was not
@@ -54,6 +57,13 @@ class Answers:
     reasons: Counter[str] = field(default_factory=Counter)
     seen: set[str] = field(default_factory=set)
     tried: int = 0
+    progress: Progress | None = None
+
+    def attempt(self) -> None:
+        """One more prompt tried (the progress callback hears the counts so far)."""
+        if self.progress is not None:
+            self.progress(self.tried, len(self.records))
+        self.tried += 1
 
     def add(self, messages: list[Message], answer: str, check: Callable[[Any], str | None] | None = None) -> None:
         """Keep ``messages`` + the assistant's ``answer`` unless it is empty, ``check`` gives a reason
@@ -78,7 +88,7 @@ class Answers:
         return Generated(self.records, {**lineage, "counts": counts})
 
 
-Generator = Callable[[dict[str, Any], Path, int, int], Generated]
+Generator = Callable[[dict[str, Any], Path, int, int, Progress | None], Generated]
 GENERATORS: Registry[Generator] = Registry()
 
 
@@ -96,15 +106,18 @@ def read_config(path: Path) -> dict[str, Any]:
     return config
 
 
-def run_generator(config_path: Path, out: Path, count: int | None = None, seed: int | None = None) -> Generated:
-    """Run the config's generator and write ``out`` and its lineage sidecar (temp file, then rename)."""
+def run_generator(
+    config_path: Path, out: Path, count: int | None = None, seed: int | None = None, progress: Progress | None = None
+) -> Generated:
+    """Run the config's generator and write ``out`` and its lineage sidecar (temp file, then rename);
+    ``progress`` hears (tried, kept) before each try."""
     config = read_config(config_path)
     name = config.get("generator", "templates")
     if name not in GENERATORS:
         raise DataError(f"{config_path}: $.generator: unknown generator {name!r}", f"one of: {', '.join(GENERATORS)}")
     wanted = count if count is not None else int(config.get("count", 100))
     chosen_seed = seed if seed is not None else int(config.get("seed", 0))
-    result = GENERATORS[name](config, config_path.parent, wanted, chosen_seed)
+    result = GENERATORS[name](config, config_path.parent, wanted, chosen_seed, progress)
     digest = hashlib.sha256(config_path.read_bytes()).hexdigest()
     result.lineage.update(config=str(config_path), config_sha256=digest, out=str(out))
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -42,6 +42,7 @@ from expertkit.data.generators.base import (
     MESSAGE_KEYS,
     VERSION,
     Generated,
+    Progress,
     Tally,
     load_table,
     readonly_sqlite,
@@ -112,7 +113,7 @@ def _episode(template: dict[str, Any], row: dict[str, Any], config: dict[str, An
 
 
 @GENERATORS.register(NAME)
-def templates(config: dict[str, Any], root: Path, count: int, seed: int) -> Generated:
+def templates(config: dict[str, Any], root: Path, count: int, seed: int, progress: Progress | None = None) -> Generated:
     env = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False)
     tables = {name: load_table(spec, root, f"$.tables.{name}") for name, spec in (config.get("tables") or {}).items()}
     constants = config.get("constants") or {}
@@ -132,6 +133,8 @@ def templates(config: dict[str, Any], root: Path, count: int, seed: int) -> Gene
     for attempt in range(count * ATTEMPTS_PER_EXAMPLE):
         if len(records) >= count:
             break
+        if progress is not None:
+            progress(attempt, len(records))
         index = attempt % len(specs)
         template, where = specs[index], f"$.templates[{index}]"
         rows = tables.get(template.get("table"), [{}]) if template.get("table") else [{}]
