@@ -51,7 +51,20 @@ def test_sql_preprocess_builds_create_table_schema() -> None:
     assert "Dialect: sqlite" in out["system"]
     assert (out["question"], out["query"]) == ("How many heads?", "SELECT count(*) FROM head")
     assert json.dumps(out)  # records stay JSON-serialisable
+
+
+@pytest.mark.parametrize("name", ["expert-json", "expert-neo4j", "expert-sql"])
+def test_every_example_hook_passes_conversations_through(name: str) -> None:
+    """Sparring and generated data are conversations already; a hook written for the task's own
+    records must pass them as they are (the JSON hook once failed a spar phase on a missing 'id')."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"preprocess_{name}", EXAMPLES / name / "preprocess.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
     conversation = {
-        "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "train": False}]
+        "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "train": False}],
+        "generator": "sparring",
     }
-    assert list(module.preprocess([conversation], EXAMPLES / "expert-sql")) == [conversation]  # sparring data passes
+    assert list(module.preprocess([conversation], EXAMPLES / name)) == [conversation]

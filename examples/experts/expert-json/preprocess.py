@@ -50,6 +50,9 @@ def canonical_call(ground_truth: dict[str, dict[str, list[Any]]]) -> dict[str, A
 def preprocess(records: Iterable[dict[str, Any]], manifest_dir: Path) -> Iterator[dict[str, Any]]:
     answers = _answers((manifest_dir / ANSWERS).resolve())
     for record in records:
+        if "messages" in record:  # a conversation already (sparring, generated data): as it is
+            yield record
+            continue
         if bfcl_held_out(record["id"]):
             continue
         truth = answers.get(record["id"])

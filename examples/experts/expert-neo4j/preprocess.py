@@ -37,6 +37,9 @@ def is_clean(record: dict[str, Any]) -> bool:
 def preprocess(records: Iterable[dict[str, Any]], manifest_dir: Path) -> Iterator[dict[str, Any]]:
     schemas = _schemas((manifest_dir / SCHEMAS).resolve())
     for record in records:
+        if "messages" in record:  # a conversation already (sparring, generated data): as it is
+            yield record
+            continue
         if not is_clean(record) or text2cypher_held_out(record["database"]):
             continue
         schema = schemas.get(record["database"])
