@@ -47,6 +47,9 @@ def hash_split(hashes: Sequence[str], eval_size: float, seed: int) -> tuple[list
     return train, evaluation
 
 
+MAX_SHARES = 0.5  # of a mix, all shares together (validate says so first)
+
+
 def weighted_mix(
     groups: dict[str, list[int]], weights: dict[str, float], seed: int, shares: dict[str, float] | None = None
 ) -> tuple[list[int], dict[str, int]]:
@@ -65,6 +68,8 @@ def weighted_mix(
             f"every source of this mix has a share ({', '.join(shares)}): a share is a fraction of the others",
             "give at least one source of the mix a weight instead of a share",
         )
+    if sum(shares.values()) > MAX_SHARES:
+        raise DataError(f"the shares of this mix add up to {sum(shares.values()):g}", f"keep them <= {MAX_SHARES}")
     for name in weighted:
         counts[name] = _draw(groups[name], weights[name] * len(groups[name]), rng, mixed)
     rest, total = len(mixed), sum(shares.values())
