@@ -107,8 +107,10 @@ def _lora_factors(module: Any, name: str) -> Factors | bool | None:
     """(A, B·scale[, DoRA rescale]) of adapter ``name`` on ``module``; ``None`` where the module lacks
     it; ``False`` where it has it in a form deltas cannot express (a LoRA bias, a non-linear base, a
     biased or transposed base under DoRA)."""
-    if name not in getattr(module, "lora_A", {}) or getattr(module, "lora_bias", {}).get(name):
-        return None if name not in getattr(module, "lora_A", {}) else False
+    if name not in getattr(module, "lora_A", {}):
+        return None
+    if getattr(module, "lora_bias", {}).get(name):
+        return False
     a, b = module.lora_A[name], module.lora_B[name]
     if not isinstance(a, torch.nn.Linear) or not isinstance(b, torch.nn.Linear):
         return False
