@@ -135,6 +135,7 @@ def spar_arm(
     spar_at: int | None = None,
     kinds: list[str] | None = None,
     learning_rate: float | None = None,
+    warmup_steps: int | None = None,
 ) -> Path:
     expert = arm_copy("spar")
     first = spar_at if spar_at is not None else steps // 2
@@ -149,6 +150,7 @@ def spar_arm(
             {"name": "recipe", "datasets": sources, "max_steps": first, "gate": False},
             {"name": "spar", "datasets": ["sparring"], "max_steps": second, "replay": replay, "gate": False,
              **({"learning_rate": learning_rate} if learning_rate else {}),
+             **({"warmup_steps": warmup_steps} if warmup_steps is not None else {}),
              "spar": {"into": "sparring", "set": TASK.spar_set["name"], "sample": sample,
                       "kinds": kinds or ["identify", "correct", "confirm"]}},
         ]  # fmt: skip
@@ -185,6 +187,7 @@ def main() -> None:
     parser.add_argument("--spar-at", type=int, help="recipe steps before the sparring round (default: half)")
     parser.add_argument("--kinds", default="identify,correct,confirm", help="sparring example kinds")
     parser.add_argument("--spar-lr", type=float, help="the sparring phase's learning rate (default: the recipe's)")
+    parser.add_argument("--spar-warmup", type=int, help="the sparring phase's warm-up steps (default: the recipe's)")
     parser.add_argument("--plain-from", help="a plain arm trained earlier with the same recipe and steps: re-scored")
     parser.add_argument("--arms", default="spar", help="arms beside plain: spar, general (comma-separated)")
     parser.add_argument("--general-share", type=float, default=0.05, help="the general arm's share of replayed text")
@@ -208,7 +211,9 @@ def main() -> None:
     chosen = {arm.strip() for arm in args.arms.split(",") if arm.strip()}
     if "spar" in chosen:
         kinds = args.kinds.split(",")
-        arms["spar"] = spar_arm(args.steps, args.spar_sample, args.replay, args.spar_at, kinds, args.spar_lr)
+        arms["spar"] = spar_arm(
+            args.steps, args.spar_sample, args.replay, args.spar_at, kinds, args.spar_lr, args.spar_warmup
+        )
     if "general" in chosen:
         arms["general"] = general_arm(args.steps, args.general_share)
     results.update({name: score(path) for name, path in arms.items()})
@@ -231,7 +236,7 @@ def main() -> None:
             **{f"forgetting_{name}": value for name, value in kl.items()},
             "spar_round": lineage["counts"], "spar_sample": args.spar_sample, "replay": args.replay,
             "spar_at": args.spar_at if args.spar_at is not None else args.steps // 2, "kinds": args.kinds,
-            "spar_lr": args.spar_lr, "wall_s": round(time.time() - started),
+            "spar_lr": args.spar_lr, "spar_warmup": args.spar_warmup, "wall_s": round(time.time() - started),
         }))  # fmt: skip
         return
     print(json.dumps({
@@ -243,7 +248,7 @@ def main() -> None:
         "ci95": {k: v["ci95"] for k, v in results.items()}, "test_items": results["base"]["n"],
         "spar_round": lineage["counts"], "spar_sample": args.spar_sample, "replay": args.replay,
         "spar_at": args.spar_at if args.spar_at is not None else args.steps // 2, "kinds": args.kinds,
-        "plain_reused": bool(args.plain_from), "spar_lr": args.spar_lr,
+        "plain_reused": bool(args.plain_from), "spar_lr": args.spar_lr, "spar_warmup": args.spar_warmup,
         "wall_s": round(time.time() - started),
     }))  # fmt: skip
 

@@ -397,6 +397,9 @@ class TrainingPhase(Section):
     """This phase's passes over its data."""
     max_steps: int | None = Field(default=None, ge=1)
     """This phase's optimizer steps (overrides epochs)."""
+    warmup_steps: int | None = Field(default=None, ge=0)
+    """This phase's learning-rate warm-up steps (default: training.config's). 0 starts the phase at its
+    full rate: a phase that goes on from a trained adapter need not warm up again."""
     replay: float = Field(
         default=0.0, ge=0, lt=1, description="Share of this phase's examples drawn from earlier phases' sources."
     )

@@ -84,11 +84,13 @@ AfterPhase = Callable[[PhaseOutcome], list[str]]
 
 
 def phase_config(config: TrainingConfig | None, phase: TrainingPhase) -> TrainingConfig:
-    """The run's training config for one phase: the phase's learning rate and length win."""
+    """The run's training config for one phase: the phase's learning rate, warm-up and length win."""
     base = config or TrainingConfig()
     update: dict[str, Any] = {}
     if phase.learning_rate is not None:
         update["learning_rate"] = phase.learning_rate
+    if phase.warmup_steps is not None:
+        update["warmup_steps"], update["warmup_ratio"] = phase.warmup_steps, None
     if phase.epochs is not None or phase.max_steps is not None:
         update["epochs"] = phase.epochs or base.epochs
         update["max_steps"] = phase.max_steps

@@ -49,7 +49,14 @@ def phased_expert(directory: Path, model: Path, gate_min: float, replay: float =
     dataset["split"] = {"eval_size": 4}
     manifest["training"]["phases"] = [
         {"name": "basics", "datasets": ["first"], "learning_rate": 0.005, "max_steps": 3},
-        {"name": "advanced", "datasets": ["second"], "learning_rate": 0.002, "max_steps": 2, "replay": replay},
+        {
+            "name": "advanced",
+            "datasets": ["second"],
+            "learning_rate": 0.002,
+            "max_steps": 2,
+            "replay": replay,
+            "warmup_steps": 0,
+        },
     ]
     manifest["evaluation"] = {
         "sets": [{"name": "say", "path": "eval.jsonl", "format": "jsonl"}],
@@ -95,6 +102,7 @@ def test_phases_train_in_order_from_the_previous_adapter(
     meta = json.loads((weights / "training_meta.json").read_text())
     assert meta["phase"] == {"name": "advanced", "init_from": str(weights / "phases/01-basics")}
     assert meta["plan"]["learning_rate"] == 0.002 and meta["plan"]["max_steps"] == 2
+    assert meta["plan"]["warmup_steps"] == 0  # the second phase goes on at its full rate, no warm-up again
     # resume: both phases finished on the same manifest, nothing is trained again
     again = train_with_gates(TrainRequest(expert, progress=False, resume=True))
     assert again.phases == [] and again.final is None
