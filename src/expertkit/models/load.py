@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from expertkit.errors import ModelLoadError
+from expertkit.models.lean_tokenizer import PLAIN_FAST_CLASSES, LeanTokenizer, lean_tokenizer
 from expertkit.models.pull import ensure_ready
 from expertkit.models.resolve import ResolvedModel, ensure_offline, refuse_remote_code
 from expertkit.safepath import UnsafePathError, read_bounded
@@ -14,9 +15,8 @@ from expertkit.safepath import UnsafePathError, read_bounded
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 
 
-# Tokenizer classes that are transformers' plain tokenizers-backed class: loaded through it directly,
-# AutoTokenizer's class resolution imports every model configuration (seconds at start-up).
-PLAIN_FAST_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
+# PLAIN_FAST_CLASSES: tokenizer classes that are transformers' plain tokenizers-backed class, loaded
+# through it directly; AutoTokenizer's class resolution imports every model configuration (seconds).
 
 
 def _tokenizer_class(model_dir: Path) -> Any:
@@ -43,6 +43,26 @@ def load_tokenizer(resolved: ResolvedModel) -> Any:
         raise ModelLoadError(
             f"cannot load the tokenizer in {resolved.path}: {exc}", "check the model directory"
         ) from exc
+
+
+def decode_tokenizer(resolved: ResolvedModel) -> Any:
+    """The tokenizer for decoding: without transformers when the model's tokenizer allows it
+    (:mod:`expertkit.models.lean_tokenizer`), else transformers' own."""
+    ensure_offline()
+    resolved = ensure_ready(resolved)
+    refuse_remote_code(resolved.path)
+    try:
+        lean = lean_tokenizer(resolved.path)
+    except Exception as exc:  # a malformed tokenizer.json: the tokenizers library raises a plain Exception
+        raise ModelLoadError(
+            f"cannot load the tokenizer in {resolved.path}: {exc}", "check the model directory"
+        ) from exc
+    return lean if lean is not None else load_tokenizer(resolved)
+
+
+def transformers_tokenizer(tokenizer: Any) -> Any:
+    """transformers' tokenizer for one that may be lean (for code that reads only transformers' own)."""
+    return tokenizer.transformers() if isinstance(tokenizer, LeanTokenizer) else tokenizer
 
 
 def load_model(resolved: ResolvedModel, dtype: DType = "float32", device: str = "cpu") -> tuple[Any, Any]:

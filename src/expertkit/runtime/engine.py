@@ -2,9 +2,11 @@
 
 Fast start: when the lean decoder covers the base model and an expert is a plain LoRA, the engine
 reads the model's tensors and the adapter's factors straight from their files and merges them
-itself (:mod:`expertkit.runtime.model_files`): no transformers model object and no PEFT on that
-path. Anything else (other adapter types, other architectures, control tokens, the base-model
-router, perf measurement) reads ``engine.model``, which loads transformers + PEFT on first use.
+itself (:mod:`expertkit.runtime.model_files`), and tokenises without transformers when the
+model's tokenizer allows it (:mod:`expertkit.models.lean_tokenizer`): no transformers import, no
+model object and no PEFT on that path. Anything else (other adapter types, other architectures,
+control tokens, the base-model router, perf measurement) reads ``engine.model``, which loads
+transformers + PEFT on first use.
 
 Through PEFT, activating an expert merges its adapter into the weights the decoder reads, then
 puts the model's own weights back exactly as they were (a snapshot of every adapted layer is
@@ -24,7 +26,7 @@ import torch
 from expertkit.errors import UsageError
 from expertkit.manifest.sections import DecodingConfig
 from expertkit.models.fingerprint import fingerprint
-from expertkit.models.load import load_model, load_tokenizer
+from expertkit.models.load import decode_tokenizer, load_model
 from expertkit.models.pull import ensure_ready
 from expertkit.models.resolve import ResolvedModel, resolve_model
 from expertkit.models.tokens import add_control_tokens
@@ -64,9 +66,9 @@ class Engine:
         if self._config is not None and options.dtype != "auto":
             import safetensors.torch  # noqa: F401  (imported here, not raced by the tokenizer's thread)
 
-            # The tokenizer's imports (transformers) take about as long as reading the weights.
+            # The tokenizer (transformers' own, when the lean one cannot stand in) loads beside the weights.
             with ThreadPoolExecutor(1, thread_name_prefix="expertkit-tokenizer") as pool:
-                tokenizer = pool.submit(load_tokenizer, base)
+                tokenizer = pool.submit(decode_tokenizer, base)
                 self._tensors = read_tensors(base.path, getattr(torch, options.dtype))
                 self.tokenizer = tokenizer.result()
         else:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from expertkit.models.load import transformers_tokenizer
 from expertkit.models.resolve import ResolvedModel
 from expertkit.package.references import ExpertFiles
 from expertkit.runtime.engine import Engine
@@ -44,6 +45,5 @@ def load_expert(reference: str, options: LoadOptions | None = None) -> LoadedExp
     """
     engine = Engine.for_experts([reference], options)
     expert = next(iter(engine.experts.values()))
-    return LoadedExpert(
-        expert.files, engine.model, engine.tokenizer, engine.base, expert.soft_prompt, expert.warnings, engine
-    )
+    tokenizer = transformers_tokenizer(engine.tokenizer)  # callers of a loaded model read transformers' own
+    return LoadedExpert(expert.files, engine.model, tokenizer, engine.base, expert.soft_prompt, expert.warnings, engine)

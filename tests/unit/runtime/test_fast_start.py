@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from expertkit.models.lean_tokenizer import LeanTokenizer
 from expertkit.runtime.engine import Engine
 from expertkit.runtime.options import LoadOptions
 from expertkit.runtime.settings import resolve_settings
@@ -36,6 +37,9 @@ def test_the_fast_start_decodes_exactly_as_transformers_and_peft(
         assert torch.equal(a.forward(a.new_cache(16), IDS), b.forward(b.new_cache(16), IDS)), name
         assert tokens(fast, name) == tokens(slow, name)
     assert fast._model is None  # nothing above needed transformers' model object or PEFT
+    assert isinstance(fast.tokenizer, LeanTokenizer)  # nor transformers' tokenizer
+    conversation = [{"role": "system", "content": "SQL only"}, {"role": "user", "content": "Count <b>them</b>"}]
+    assert fast.prompt_ids(conversation) == slow.prompt_ids(conversation)
     assert fast.vocab_size == slow.vocab_size and fast.context_length == slow.context_length
     assert (
         fast.request(None, [1], resolve_settings({}, None)).end_ids

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from expertkit.models.load import transformers_tokenizer
 from expertkit.runtime.grammar.cache import CompileCache, tokenizer_key
 from expertkit.runtime.grammar.errors import GrammarError
 from expertkit.runtime.grammar.spec import GrammarSpec, compile_error
@@ -77,7 +78,7 @@ class XGrammarBackend:
         key = tokenizer_key(tokenizer, vocab_size)
         with self._lock:
             if key not in self._compilers:
-                info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size)
+                info = xgr.TokenizerInfo.from_huggingface(transformers_tokenizer(tokenizer), vocab_size=vocab_size)
                 # Our CompileCache bounds what is kept; XGrammar's own cache would grow with every schema.
                 self._compilers[key] = xgr.GrammarCompiler(info, max_threads=1, cache_enabled=False)
             return self._compilers[key]
