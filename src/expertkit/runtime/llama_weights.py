@@ -34,16 +34,17 @@ class Linear:
     """``x @ W.T (+ b)``, with W pre-packed for oneDNN on CPU when that works (about 2× on GEMV)."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
-        # A private copy: the engine restores the model's weights after reading a merged adapter.
-        self.weight, self.packed = weight.detach().clone().contiguous(), None
+        # Private copies: the engine restores the model's weights after reading a merged adapter. The
+        # packed weight is one already (oneDNN's own layout), so the plain one is copied only if kept.
+        weight, self.packed = weight.detach().contiguous(), None
         self.bias = bias.detach().clone() if bias is not None else None
         if weight.device.type == "cpu" and torch.backends.mkldnn.is_available():
             try:
-                packed = torch.ops.mkldnn._reorder_linear_weight(self.weight, 1)
-                if _packing_works(self.weight, packed):
-                    self.packed, self.weight = packed, torch.empty(0)  # the packed copy is all we need
+                packed = torch.ops.mkldnn._reorder_linear_weight(weight, 1)
+                self.packed = packed if _packing_works(weight, packed) else None
             except (RuntimeError, AttributeError):
                 self.packed = None
+        self.weight = torch.empty(0) if self.packed is not None else weight.clone()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed is None:
