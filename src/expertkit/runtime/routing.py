@@ -27,6 +27,7 @@ import regex
 from expertkit.errors import ModelLoadError, UsageError
 from expertkit.manifest.sections import Routing
 from expertkit.models.embedder import Embedder, hidden_state_embedder, minilm_embedder
+from expertkit.models.load import transformers_tokenizer
 from expertkit.registry import Registry
 from expertkit.runtime.engine import Engine
 
@@ -136,7 +137,7 @@ def _minilm(engine: Engine) -> Embedder | None:
 @EMBEDDERS.register("base")
 def _base_model(engine: Engine) -> Embedder | None:
     model = engine.model.get_base_model() if engine.experts else engine.model
-    return hidden_state_embedder(model, engine.tokenizer)
+    return hidden_state_embedder(model, transformers_tokenizer(engine.tokenizer))  # batches, pads: transformers
 
 
 @EMBEDDERS.register("none")

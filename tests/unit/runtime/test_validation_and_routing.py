@@ -143,3 +143,15 @@ def test_keywords_decide_without_an_embedder() -> None:
     router = Router(ROUTES)
     assert router.route("draw the graph of each node").expert == "cypher"
     assert router.route("hello there").expert is None
+
+
+def test_the_base_model_embedder_works_on_a_fast_started_engine(trained_source: Path) -> None:
+    from expertkit.runtime.engine import Engine
+    from expertkit.runtime.routing import build_router
+
+    engine = Engine.for_experts([str(trained_source)])  # tokenises without transformers until asked
+    router = build_router(engine, "base")
+    assert router.embed is not None
+    vectors = router.embed(["how many singers", "a longer question about the singers and their ages"])
+    assert tuple(vectors.shape) == (2, engine.model_config.hidden_size)
+    assert torch.allclose(vectors.norm(dim=-1), torch.ones(2))
