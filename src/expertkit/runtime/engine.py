@@ -1,8 +1,8 @@
 """One base model, any number of experts, one active at a time (or several in a mixed batch).
 
-Fast start: when the lean decoder covers the base model and an expert is a plain LoRA, the engine
-reads the model's tensors and the adapter's factors straight from their files and merges them
-itself (:mod:`expertkit.runtime.model_files`), and tokenises without transformers when the
+Fast start: when the lean decoder covers the base model and an expert is a plain LoRA or DoRA, the
+engine reads the model's tensors and the adapter's factors straight from their files and merges a
+LoRA itself (a DoRA runs as deltas; :mod:`expertkit.runtime.model_files`), and tokenises without transformers when the
 model's tokenizer allows it (:mod:`expertkit.models.lean_tokenizer`): no transformers import, no
 model object and no PEFT on that path. Anything else (other adapter types, other architectures,
 control tokens, the base-model router, perf measurement) reads ``engine.model``, which loads
@@ -222,6 +222,8 @@ class Engine:
         if name is not None and quantize != "none" and (deltas := self._expert_deltas(name)) is not None:
             return self._base_decoder(quantize).with_deltas(deltas)
         if self._tensors is not None and name in self._lora:
+            if self._lora[name].dora and (deltas := self._expert_deltas(name)) is not None:
+                return self._base_decoder(quantize).with_deltas(deltas)  # DoRA read from files: as deltas
             return LeanDecoder.from_tensors(merged(self._tensors, self._lora[name]), self._config, self._rope, quantize)
         if name is None:
             return self._base_decoder(quantize)

@@ -4,8 +4,9 @@ Why by hand: building a transformers model object and wrapping it with PEFT cost
 imports and module construction before the first token, while the lean decoder only needs the
 tensors. This module reads ``config.json`` and the ``*.safetensors`` weights (safetensors only,
 sizes bounded), a plain LoRA's factors from its adapter files, and computes the default rotary
-tables, all with torch and safetensors alone. Anything it does not cover exactly (RoPE scaling,
-DoRA, regex targets, rank or alpha patterns, modules_to_save, LoRA biases) is refused here, and the
+tables, all with torch and safetensors alone. A DoRA is read too (its magnitudes); it runs as
+deltas over the base decoder, never merged by hand. Anything it does not cover exactly (RoPE scaling,
+regex targets, rank or alpha patterns, modules_to_save, LoRA biases) is refused here, and the
 engine falls back to transformers + PEFT (:func:`plain_lora` returns ``None``,
 :func:`fast_config` returns ``None``).
 """
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -22,10 +23,14 @@ from typing import Any
 import torch
 
 from expertkit.runtime.llama_decoder import lean_supported
-from expertkit.runtime.lora_deltas import PROJECTIONS, ExpertDeltas, Factors, fused_deltas
+from expertkit.runtime.lora_deltas import PROJECTIONS, ExpertDeltas, Factors, dora_rescale, fused_deltas
 from expertkit.safepath import UnsafePathError, read_bounded
 
 MAX_CONFIG_BYTES = 1 << 20
+# PEFT options that change what a LoRA computes beyond W + B·A·scale (DoRA is read, these are not).
+EXOTIC = ("lora_bias", "use_qalora", "use_bdlora", "alora_invocation_tokens", "target_parameters",
+          "trainable_token_indices", "layer_replication")  # fmt: skip
+MAGNITUDE = ".lora_magnitude_vector"  # a DoRA magnitude's key suffix in PEFT's saved adapter
 LAYER_WEIGHT = re.compile(r"model\.layers\.\d+\.(self_attn|mlp)\.[a-z]+_proj\.weight")
 
 
@@ -97,23 +102,29 @@ class DefaultRope:
 
 @dataclass
 class LoraFactors:
-    """A plain LoRA's factors by base weight name (``model.layers.0.self_attn.q_proj.weight``)."""
+    """A LoRA's (or DoRA's) factors by base weight name (``model.layers.0.self_attn.q_proj.weight``)."""
 
     scale: float
     factors: dict[str, tuple[torch.Tensor, torch.Tensor]]  # weight name -> (A [r, in], B [out, r])
+    magnitudes: dict[str, torch.Tensor] = field(default_factory=dict)  # DoRA: weight name -> m [out]
+
+    @property
+    def dora(self) -> bool:
+        return bool(self.magnitudes)
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for pair in self.factors.values() for t in pair)
+        pairs = sum(t.numel() * t.element_size() for pair in self.factors.values() for t in pair)
+        return pairs + sum(t.numel() * t.element_size() for t in self.magnitudes.values())
 
 
 def _plain_config(config: dict[str, Any]) -> float | None:
-    """The LoRA's scale when its config is one :class:`LoraFactors` expresses exactly, else ``None``."""
+    """The LoRA's (or DoRA's) scale when its config is one :class:`LoraFactors` expresses exactly."""
     targets = config.get("target_modules")
     r, alpha = config.get("r"), config.get("lora_alpha")
     plain = (
         config.get("peft_type") == "LORA"
-        and not config.get("use_dora")
         and config.get("bias", "none") == "none"
+        and not any(config.get(key) for key in EXOTIC)
         and not config.get("modules_to_save")
         and not config.get("rank_pattern")
         and not config.get("alpha_pattern")
@@ -131,36 +142,43 @@ def _plain_config(config: dict[str, Any]) -> float | None:
 
 
 def plain_lora(adapter_dir: Path, base: dict[str, torch.Tensor]) -> LoraFactors | None:
-    """The adapter's factors in fp32, or ``None`` when it is not a plain LoRA on the projections whose
-    every factor matches a base weight's shape (the engine then loads it with PEFT)."""
+    """The adapter's factors (and a DoRA's magnitudes) in fp32, or ``None`` when it is not a LoRA or
+    DoRA on the projections whose every tensor matches a base weight's shape (the engine then loads
+    it with PEFT)."""
     from safetensors.torch import load_file
 
     config = _json(adapter_dir / "adapter_config.json")
     scale = _plain_config(config) if config is not None else None
     weights = adapter_dir / "adapter_model.safetensors"
-    if scale is None or not weights.is_file():
+    if config is None or scale is None or not weights.is_file():
         return None
     raw = load_file(str(weights))
+    dora = bool(config.get("use_dora"))
     factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    magnitudes: dict[str, torch.Tensor] = {}
     for key, a in raw.items():
-        if not key.endswith(".lora_A.weight"):
-            if not key.endswith(".lora_B.weight"):
-                return None  # anything else (magnitudes, embeddings, extra modules): not plain
-            continue
+        if key.endswith(".lora_B.weight") or (dora and key.endswith(MAGNITUDE)):
+            continue  # read beside their A
         name = key.removeprefix("base_model.model.").removesuffix(".lora_A.weight") + ".weight"
-        if not LAYER_WEIGHT.fullmatch(name):
-            return None
-        b = raw.get(key.replace(".lora_A.", ".lora_B."))
-        target = base.get(name)
+        if not key.endswith(".lora_A.weight") or not LAYER_WEIGHT.fullmatch(name):
+            return None  # anything else (embeddings, extra modules, magnitudes without DoRA): not plain
+        b, target = raw.get(key.replace(".lora_A.", ".lora_B.")), base.get(name)
         if b is None or target is None or a.shape[1] != target.shape[1] or b.shape != (target.shape[0], a.shape[0]):
             return None
         factors[name] = (a.float(), b.float())
-    return LoraFactors(scale, factors) if factors else None
+        if dora:  # DoRA rescales each output row of W + dW: a base bias or a missing magnitude, PEFT decides
+            m = raw.get(key.removesuffix(".lora_A.weight") + MAGNITUDE)
+            if m is None or m.shape != (target.shape[0],) or base.get(name.removesuffix("weight") + "bias") is not None:
+                return None
+            magnitudes[name] = m.float()
+    return LoraFactors(scale, factors, magnitudes) if factors else None
 
 
 def merged(base: dict[str, torch.Tensor], lora: LoraFactors) -> dict[str, torch.Tensor]:
     """``base`` with the LoRA merged as PEFT merges it (adapter factors in fp32): ``W + (B @ A) * scale``
     in fp32 (one ``addmm``), stored in the weight's dtype; the tests hold it equal to PEFT's merge."""
+    if lora.dora:
+        raise ValueError("a DoRA is not merged by hand: it runs as deltas (deltas_from)")
     out = dict(base)
     for name, (a, b) in lora.factors.items():
         weight = base[name]
@@ -169,11 +187,15 @@ def merged(base: dict[str, torch.Tensor], lora: LoraFactors) -> dict[str, torch.
 
 
 def deltas_from(lora: LoraFactors, base: dict[str, torch.Tensor], layers: int) -> ExpertDeltas | None:
-    """The LoRA as the lean decoder's deltas (scale folded into B, fp32)."""
+    """The LoRA as the lean decoder's deltas (scale folded into B, fp32; a DoRA's per-row rescale
+    ``m / ‖W + ΔW‖`` from the base weight, as :func:`lora_deltas` computes it from PEFT's modules)."""
     adapted: dict[tuple[int, str], Factors] = {}
     for name, (a, b) in lora.factors.items():
         parts = name.split(".")  # model.layers.<i>.<self_attn|mlp>.<module>.weight
-        adapted[(int(parts[2]), parts[-2])] = (a, b * lora.scale)  # fp32, as the deltas compute
+        b_scaled = b * lora.scale  # fp32, as the deltas compute
+        m = lora.magnitudes.get(name)
+        key = (int(parts[2]), parts[-2])
+        adapted[key] = (a, b_scaled) if m is None else (a, b_scaled, dora_rescale(base[name], a, b_scaled, m))
 
     def out_of(index: int, module: str) -> int:
         group = "self_attn" if module in ("q_proj", "k_proj", "v_proj", "o_proj") else "mlp"

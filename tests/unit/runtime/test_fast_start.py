@@ -74,6 +74,41 @@ def test_an_expert_that_is_not_a_plain_lora_loads_through_peft(trained_source: P
     assert tokens(engine, "expert-dora") == tokens(reference, "expert-dora")
 
 
+def test_a_dora_expert_is_read_from_its_files_and_decodes_as_through_peft(
+    trained_source: Path, tmp_path: Path, tiny_llama_dir: Path
+) -> None:
+    """A DoRA saved by PEFT (magnitudes in the file): read without PEFT, run as deltas whose A, B·scale
+    and m / ‖W + ΔW‖ are PEFT's own, decoding as PEFT's merged model does, unquantised and int4."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    dora = dora_expert(trained_source, tmp_path)
+    torch.manual_seed(0)
+    config = LoraConfig(r=4, lora_alpha=8, use_dora=True, target_modules=["q_proj", "v_proj", "o_proj", "down_proj"])
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32), config)
+    for name, parameter in model.named_parameters():
+        if "lora_B" in name or "magnitude" in name:  # a trained adapter: B moved, magnitudes changed
+            parameter.data += torch.randn_like(parameter) * (0.05 if "magnitude" in name else 0.2)
+    model.save_pretrained(next((dora / "weights").iterdir()) / "adapter")
+    for quantize in ("none", "int4"):
+        options = {"dtype": "float32", "quantize": quantize}
+        fast = Engine.for_experts([str(dora)], LoadOptions(**options))  # type: ignore[arg-type]
+        slow = Engine.for_experts([str(dora)], LoadOptions(**options, fast_start=False))  # type: ignore[arg-type]
+        assert fast._model is None and fast._lora["expert-dora"].dora
+        ours, peft = fast.deltas_of("expert-dora"), slow.deltas_of("expert-dora")
+        assert ours is not None and peft is not None
+        for layer_ours, layer_peft in zip(ours.layers, peft.layers, strict=True):
+            assert layer_ours.keys() == layer_peft.keys()
+            for key, delta in layer_ours.items():
+                assert all(torch.equal(x, y) for x, y in zip(delta.tensors(), layer_peft[key].tensors(), strict=True))
+        a, b = fast.activate("expert-dora"), slow.activate("expert-dora")  # deltas / PEFT's merge (none)
+        torch.testing.assert_close(
+            a.forward(a.new_cache(16), IDS), b.forward(b.new_cache(16), IDS), atol=1e-4, rtol=1e-4
+        )
+        assert tokens(fast, "expert-dora") == tokens(slow, "expert-dora")
+        assert fast._model is None  # still no transformers model object, no PEFT
+
+
 def test_only_a_plain_lora_whose_factors_fit_the_base_is_merged_by_hand(tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
