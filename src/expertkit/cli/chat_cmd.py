@@ -57,6 +57,12 @@ def chat(
         "--quantize",
         help="Weight-only quantisation: none, int8 or int4 (default: the manifest's runtime.quantize).",
     ),
+    decoder: str | None = typer.Option(
+        None,
+        "--decoder",
+        help="What runs decode steps: lean (PyTorch) or onnx (ONNX Runtime, built once per expert; default: "
+        "the manifest's runtime.decoder, else lean).",
+    ),
 ) -> None:
     """Talk to one expert, or to several with routing; each expert's decoding contract is enforced."""
     from expertkit.runtime.chat import ChatRequest, open_session
@@ -73,6 +79,7 @@ def chat(
         base=base,
         dtype=dtype,
         quantize=quantize,
+        decoder=decoder,
         router_embedder=router_embedder,
     )
     with err_console.status("loading the base model and experts…"):

@@ -40,6 +40,12 @@ def eval_expert(
         "--quantize",
         help="Weight-only quantisation: none, int8 or int4; results go to eval/<set>.quantize-<q>.json.",
     ),
+    decoder: str | None = typer.Option(
+        None,
+        "--decoder",
+        help="What runs decode steps: lean (PyTorch) or onnx (ONNX Runtime, built once per expert; default: "
+        "the manifest's runtime.decoder, else lean).",
+    ),
     gate: bool = typer.Option(False, "--gate", help="Exit 1 when the manifest's evaluation.thresholds are missed."),
     plot: Path | None = typer.Option(None, "--plot", help="Save a bar chart per bucket (PNG) here."),
     base_only: bool = typer.Option(
@@ -81,6 +87,7 @@ def eval_expert(
         sample,
         batch,
         quantize,
+        decoder,
     )
     if via_tools is not None:
         _via_tools(request, via_tools, as_json)

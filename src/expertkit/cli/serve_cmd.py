@@ -26,6 +26,12 @@ def serve(
         "--quantize",
         help="Weight-only quantisation: none, int8 or int4 (default: the manifest's runtime.quantize).",
     ),
+    decoder: str | None = typer.Option(
+        None,
+        "--decoder",
+        help="What runs decode steps: lean (PyTorch) or onnx (ONNX Runtime, built once per expert; default: "
+        "the manifest's runtime.decoder, else lean).",
+    ),
     max_queue: int = typer.Option(32, "--max-queue", min=1, help="Queued requests before answering 429."),
     max_batch: int = typer.Option(8, "--max-batch", min=1, help="Sequences decoded together (continuous batching)."),
     mixed_batches: bool = typer.Option(
@@ -60,6 +66,7 @@ def serve(
         base=base,
         dtype=dtype,
         quantize=quantize,
+        decoder=decoder,
         max_queue=max_queue,
         max_batch=max_batch,
         mixed_batches=mixed_batches,

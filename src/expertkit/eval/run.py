@@ -25,7 +25,7 @@ from expertkit.models.fingerprint import sha256_file
 from expertkit.models.hardware import best_dtype
 from expertkit.package.references import ExpertFiles, resolve_expert
 from expertkit.runtime.engine import Engine
-from expertkit.runtime.options import LoadOptions
+from expertkit.runtime.options import LoadOptions, parse_decoder
 from expertkit.runtime.quantize import parse_quantize
 from expertkit.safepath import child_file, contained
 
@@ -109,15 +109,17 @@ def run_eval(request: EvalRequest, on_item: Callable[[str, ItemResult], None] | 
     as JSON beside the weights (``eval/<set>.json``) with the adapter's sha256 and the gate."""
     files = resolve_expert(request.expert)
     dtype = best_dtype() if request.dtype == "auto" else request.dtype
-    quantize = parse_quantize(request.quantize)
+    quantize, decoder = parse_quantize(request.quantize), parse_decoder(request.decoder)
     if request.base_only:
         base = files.loaded.manifest.base_models[0].name
-        engine = Engine.for_files([], LoadOptions(dtype=dtype, base=base, quantize=quantize))  # type: ignore[arg-type]
+        options = LoadOptions(dtype=dtype, base=base, quantize=quantize, decoder=decoder)  # type: ignore[arg-type]
+        engine = Engine.for_files([], options)
         return [_run_base(files, engine, chosen, on_item, request.batch) for chosen in eval_sets(request, files)]
     references = [request.expert]
     if request.baseline not in (None, "base"):
         references.append(request.baseline)
-    engine = Engine.for_experts(references, LoadOptions(dtype=dtype, quantize=quantize))  # type: ignore[arg-type]
+    options = LoadOptions(dtype=dtype, quantize=quantize, decoder=decoder)  # type: ignore[arg-type]
+    engine = Engine.for_experts(references, options)
     return [_run_set(request, files, engine, chosen, on_item) for chosen in eval_sets(request, files)]
 
 
@@ -161,8 +163,11 @@ def _run_set(
 ) -> EvalResult:
     name = files.loaded.manifest.name
     quantize, source = engine.quantize_of(name)
-    # An explicit --quantize is a comparison: written aside, never over the result the gate reads.
-    path = result_path(files, chosen.name if source != "cli" else f"{chosen.name}.quantize-{quantize}")
+    decoder, decoder_source = engine.decoder_of(name)
+    # An explicit --quantize or --decoder is a comparison: written aside, never over the result the gate reads.
+    stem = chosen.name + (f".quantize-{quantize}" if source == "cli" else "")
+    stem += f".decoder-{decoder}" if decoder_source == "cli" else ""
+    path = result_path(files, stem)
     systems = [name] if request.baseline is None else [name, "baseline"]
     events, record = _item_writer(events_path(path), chosen, systems, on_item)
     report = evaluate(engine, name, chosen.items, on_item=lambda r: record(name, r), batch=request.batch)
@@ -181,7 +186,13 @@ def _run_set(
             "expert_system": name,
             "set": chosen.name,
             "adapter_sha256": sha256_file(adapter) if adapter.is_file() else None,
-            "decoder": {"dtype": engine.options.dtype, "quantize": quantize, "quantize_source": source},
+            "decoder": {
+                "dtype": engine.options.dtype,
+                "quantize": quantize,
+                "quantize_source": source,
+                "kind": decoder,
+                "kind_source": decoder_source,
+            },
             "items": _item_rows(report),
         }
     )

@@ -322,11 +322,11 @@ def check_perf(manifest: ManifestV2, ctx: CheckContext) -> list[Problem]:
 
 
 def check_runtime(manifest: ManifestV2, ctx: CheckContext) -> list[Problem]:
-    """``runtime`` is metadata for other runtimes but ``quantize`` (expertkit's decoder reads it): say,
+    """``runtime`` is metadata for other runtimes but ``quantize`` and ``decoder`` (expertkit reads them): say,
     once per other field set, that nothing checks it."""
     if ctx.packaged or manifest.runtime is None:
         return []
-    given = sorted(set(manifest.runtime.model_dump(exclude_none=True)) - {"quantize"})  # quantize: read
+    given = sorted(set(manifest.runtime.model_dump(exclude_none=True)) - {"quantize", "decoder"})  # read
     message = "informational for other runtimes: expertkit ships it as written but neither reads nor checks it"
     return [Problem(f"$.runtime.{name}", message, "", "", "warning") for name in given]
 

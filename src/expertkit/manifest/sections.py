@@ -489,6 +489,11 @@ class Runtime(Section):
     of 32). A --quantize flag wins; unset: expertkit's default (none). Check the quality first:
     expert-cli eval --quantize int8 against none on the expert's own sets."""
 
+    decoder: Literal["lean", "onnx"] | None = None
+    """What runs expertkit's decode steps on a CPU: lean (PyTorch) or onnx (ONNX Runtime, a graph
+    built once per expert and quantisation and cached). A --decoder flag wins; unset: lean. onnx
+    covers LoRA and DoRA experts on Llama/Qwen bases read from their files; others decode lean."""
+
     candle_compatible: bool | None = None
     """Whether the adapter loads in candle (informational)."""
     requires_kv_cache_persistence: bool | None = None

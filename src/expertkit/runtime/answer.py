@@ -27,6 +27,7 @@ class Answer:
     attempts: int = 1
     routing: dict[str, Any] | None = None
     quantize: tuple[str, str] = ("none", "default")  # the decoder's weight-only quantisation, and its source
+    decoder: tuple[str, str] = ("lean", "default")  # what ran the decode steps, and where that came from
 
     def to_json(self) -> dict[str, Any]:
         usage = {
@@ -41,7 +42,11 @@ class Answer:
             "valid": self.validation.valid,
             "validation_error": self.validation.error,
             "usage": usage,
-            "decoding": self.settings.to_json() | {"quantize": {"value": self.quantize[0], "source": self.quantize[1]}},
+            "decoding": self.settings.to_json()
+            | {
+                "quantize": {"value": self.quantize[0], "source": self.quantize[1]},
+                "decoder": {"value": self.decoder[0], "source": self.decoder[1]},
+            },
             "attempts": self.attempts,
             "timing": {"first_token_s": round(self.result.first_token_s, 4), "total_s": round(self.result.total_s, 4)},
         }
@@ -134,8 +139,10 @@ class AskPlan:
         shown = (
             self.settings if self.settings.seed is not None else replace(self.settings, seed=self.base_seed + attempt)
         )
-        quantize = self.engine.quantize_of(self.name)
-        return Answer(result.text, self.name, result, validation, shown, attempt + 1, quantize=quantize)
+        quantize, decoder = self.engine.quantize_of(self.name), self.engine.decoder_of(self.name)
+        return Answer(
+            result.text, self.name, result, validation, shown, attempt + 1, quantize=quantize, decoder=decoder
+        )
 
 
 def _within_context(

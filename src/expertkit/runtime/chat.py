@@ -9,7 +9,7 @@ from expertkit.errors import UsageError
 from expertkit.models.hardware import best_dtype, dtype_reason
 from expertkit.package.signing import default_trusted_keys_dir, trusted_keys
 from expertkit.runtime.engine import Engine
-from expertkit.runtime.options import LoadOptions
+from expertkit.runtime.options import LoadOptions, parse_decoder
 from expertkit.runtime.quantize import parse_quantize
 from expertkit.runtime.routing import build_router
 from expertkit.runtime.session import ChatSession
@@ -29,6 +29,7 @@ class ChatRequest:
     base: str | None = None
     dtype: str = "auto"
     quantize: str | None = None  # none|int8|int4; None: each expert's manifest, else the default
+    decoder: str | None = None  # lean|onnx; None: each expert's manifest, else the default
     router_embedder: str = "minilm"
 
 
@@ -45,6 +46,7 @@ def open_session(request: ChatRequest) -> tuple[ChatSession, list[str]]:
     options = LoadOptions(
         dtype=dtype,  # type: ignore[arg-type]
         quantize=parse_quantize(request.quantize),
+        decoder=parse_decoder(request.decoder),
         allow_template_drift=request.allow_template_drift,
         base=request.base,
         keys=keys,

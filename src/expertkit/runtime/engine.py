@@ -48,7 +48,8 @@ from expertkit.runtime.model_files import (
     plain_lora,
     read_tensors,
 )
-from expertkit.runtime.options import LoadOptions
+from expertkit.runtime.onnx_decoder import OnnxDecoder
+from expertkit.runtime.options import DEFAULT_DECODER, DecoderKind, LoadOptions
 from expertkit.runtime.peft_merge import peft_merged_decoder
 from expertkit.runtime.quantize import DEFAULT_QUANTIZE, Quantize
 from expertkit.runtime.settings import DecodingOverrides, DecodingSettings, Source, resolve_settings
@@ -84,8 +85,8 @@ class Engine:
         self.experts: dict[str, Expert] = {}
         self.active: str | None = None
         self._decoder: Decoder | None = None
-        # Merged decoders kept for switching back without re-merging (each holds a weight copy).
-        self._lean_decoders: dict[str | None, LeanDecoder] = {}
+        # Decoders kept for switching back without rebuilding (a merged one holds a weight copy).
+        self._lean_decoders: dict[str | None, LeanDecoder | OnnxDecoder] = {}
         # Experts' LoRA factors for mixed-expert batches over the shared base decoder (None: must merge).
         self._deltas: dict[str, ExpertDeltas | None] = {}
         self._bases: dict[Quantize, LeanDecoder] = {}  # quantised base decoders under experts' deltas
@@ -202,7 +203,7 @@ class Engine:
         if self._decoder is not None and self.active == name:
             return self._decoder
         if self.lean:
-            lean = self._lean_decoders.pop(name, None) or self._new_lean(name)
+            lean = self._lean_decoders.pop(name, None) or self._new_decoder(name)
             self._lean_decoders[name] = lean  # most recent last
             self._decoder = lean
             while len(self._lean_decoders) > self.options.cached_decoders:
@@ -211,6 +212,17 @@ class Engine:
             self._decoder = self._hf_decoder(name)
         self.active = name
         return self._decoder
+
+    def _new_decoder(self, name: str | None) -> LeanDecoder | OnnxDecoder:
+        if self.decoder_of(name)[0] == "onnx":
+            from expertkit.runtime.onnx_build import onnx_model
+
+            lora = self._lora.get(name) if name is not None else None
+            model = onnx_model(self.base.path, self.fingerprint.weights_sha256, lora, self.quantize_of(name)[0])
+            assert self._tensors is not None  # decoder_of says onnx only on the fast start
+            embeddings = self._tensors["model.embed_tokens.weight"]
+            return OnnxDecoder(model, embeddings, self._config, threads=torch.get_num_threads())
+        return self._new_lean(name)
 
     def _new_lean(self, name: str | None) -> LeanDecoder:
         """A lean decoder for ``name``: merged by hand from the files (fast start), else through PEFT.
@@ -262,6 +274,21 @@ class Engine:
             return runtime.quantize, "manifest"
         return DEFAULT_QUANTIZE, "default"
 
+    def decoder_of(self, name: str | None) -> tuple[DecoderKind, Source]:
+        """What runs expert ``name``'s decode steps and where that came from (the load options > its
+        manifest's ``runtime.decoder`` > the default); ``lean`` wherever the ONNX path does not cover
+        the expert: only a base model and LoRA/DoRA experts read from their files build as ONNX."""
+        expert = self.experts.get(name) if name else None
+        runtime = expert.files.loaded.manifest.runtime if expert else None
+        if self.options.decoder is not None:
+            kind, source = self.options.decoder, "cli"
+        elif runtime is not None and runtime.decoder is not None:
+            kind, source = runtime.decoder, "manifest"
+        else:
+            kind, source = DEFAULT_DECODER, "default"
+        covered = self._tensors is not None and (name is None or name in self._lora)
+        return (kind if covered else "lean"), source  # type: ignore[return-value]
+
     def deltas_of(self, name: str | None) -> ExpertDeltas | None:
         """Expert ``name``'s LoRA as deltas over the shared base decoder, when it can decode that way
         (a plain LoRA on the projections, quantised like the base decoder); ``None``: it decodes merged."""
@@ -284,16 +311,24 @@ class Engine:
 
     def mixable(self, name: str | None) -> bool:
         """Whether ``name``'s sequences can share a batch with other experts' (the base model's can)."""
+        if self.decoder_of(name)[0] == "onnx":
+            return False
         return self.lean and (name is None or self.deltas_of(name) is not None)
 
     def decoder_notes(self) -> list[str]:
         """One line per expert: the dtype and quantisation it decodes in, and where each came from."""
-        kind = "lean decoder" if self.lean else "transformers forward"
         notes = []
         for name in self.experts or [None]:
             quantize, source = self.quantize_of(name)
-            note = f"{name or 'base'}: {kind}, {self.options.dtype}, quantize {quantize} ({source})"
-            if name is not None and quantize != "none" and self._expert_deltas(name) is None:
+            decoder, chosen = self.decoder_of(name)
+            kind = (
+                "ONNX Runtime decoder" if decoder == "onnx" else "lean decoder" if self.lean else "transformers forward"
+            )
+            dtype = "float32 activations" if decoder == "onnx" else self.options.dtype
+            note = f"{name or 'base'}: {kind} ({chosen}), {dtype}, quantize {quantize} ({source})"
+            if decoder != "onnx" and self.options.decoder == "onnx":
+                note += "; the ONNX decoder covers LoRA and DoRA experts read from their files, not this one"
+            if decoder != "onnx" and name is not None and quantize != "none" and self._expert_deltas(name) is None:
                 note += "; merged, then quantised: a small adapter change can round away (check eval --quantize)"
             notes.append(note)
         return notes

@@ -4,10 +4,25 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
+from expertkit.errors import UsageError
 from expertkit.models.load import DType
 from expertkit.package.signing import PublicKey
 from expertkit.runtime.quantize import Quantize
+
+DecoderKind = Literal["lean", "onnx"]
+DECODER_CHOICES: tuple[str, ...] = get_args(DecoderKind)
+DEFAULT_DECODER: DecoderKind = "lean"  # see benchmarks/decode_speed.py and the eval tables before changing it
+
+
+def parse_decoder(value: str | None) -> DecoderKind | None:
+    """A ``--decoder`` value checked (``None``: not given, the manifest or the default decides)."""
+    if value is None:
+        return None
+    if value not in DECODER_CHOICES:
+        raise UsageError(f"--decoder {value!r}", f"choose one of: {', '.join(DECODER_CHOICES)}")
+    return value  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -22,6 +37,10 @@ class LoadOptions:
     # Weight-only quantisation of the lean decoder; None: each expert's manifest runtime.quantize,
     # else DEFAULT_QUANTIZE. A value here (a CLI flag) wins over the manifests.
     quantize: Quantize | None = None
+    # What runs a decode step: "lean" (PyTorch, :mod:`expertkit.runtime.llama_decoder`) or "onnx"
+    # (ONNX Runtime, :mod:`expertkit.runtime.onnx_build`); None: the manifest's runtime.decoder, else
+    # DEFAULT_DECODER. Experts the ONNX path does not cover decode lean (the engine says so).
+    decoder: DecoderKind | None = None
     # Read the model and plain-LoRA experts straight from their files when the lean decoder covers
     # them (no transformers model or PEFT until something needs them); False: always through them.
     # EXPERTKIT_FAST_START=0 in the environment turns it off (the escape hatch, and the benchmark's anchor).

@@ -22,7 +22,7 @@ from expertkit.package.signing import default_trusted_keys_dir, trusted_keys
 from expertkit.package.store import list_installed
 from expertkit.runtime.answer import expert_grammar
 from expertkit.runtime.engine import Engine
-from expertkit.runtime.options import LoadOptions
+from expertkit.runtime.options import LoadOptions, parse_decoder
 from expertkit.runtime.quantize import parse_quantize
 from expertkit.runtime.routing import build_router
 from expertkit.serve.app import ServerConfig, create_app
@@ -41,6 +41,7 @@ class ServeRequest:
     base: str | None = None
     dtype: str = "auto"
     quantize: str | None = None  # none|int8|int4; None: each expert's manifest, else the default
+    decoder: str | None = None  # lean|onnx; None: each expert's manifest, else the default
     max_queue: int = 32
     max_batch: int = 8
     mixed_batches: bool = True
@@ -70,6 +71,7 @@ def build_server_app(request: ServeRequest, notes: list[str]) -> tuple[Any, Serv
     options = LoadOptions(
         dtype=best_dtype() if request.dtype == "auto" else request.dtype,  # type: ignore[arg-type]
         quantize=parse_quantize(request.quantize),
+        decoder=parse_decoder(request.decoder),
         allow_template_drift=request.allow_template_drift,
         base=request.base,
         keys=keys,

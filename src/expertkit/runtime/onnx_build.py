@@ -1,0 +1,205 @@
+"""An expert's decoder as an ONNX Runtime model (int4/int8 weight-only, or fp32), built once and cached.
+
+Why ONNX Runtime: a decode step of a 135M model is ~1,000 small operators. Through PyTorch each one
+pays Python and dispatcher overhead, and on a 2-core CPU that overhead, not the bytes of weights, is
+what a step costs (``benchmarks/decode_speed.py``: the lean decoder's int4 gained 1.4x for a quarter
+of the bytes). ONNX Runtime runs the whole step as one C++ graph call with its fused CPU kernels
+(``MatMulNBits``: int4/int8 weights in blocks of 32 with int8 activations, ``GroupQueryAttention``
+with rotary embedding, ``SkipSimplifiedLayerNormalization``). The graph is written by
+onnxruntime-genai's model builder (the tool Microsoft ships for exactly this), not by hand.
+
+What is built, from files expertkit has already read and checked:
+
+* the base model's ``config.json``, tokenizer files and safetensors (linked, not copied), without
+  the embedding table in the graph (``exclude_embeds``): the decoder looks embeddings up itself, so
+  a soft prompt's virtual tokens go in front like any other embedding;
+* a LoRA expert's factors, rewritten here into a fresh PEFT adapter directory (``adapter_config.json``
+  and ``adapter_model.safetensors`` only: nothing from the expert's own directory is handed to
+  PEFT or to the builder). The builder keeps them as their own fp32 ``MatMul`` pair beside each
+  quantised projection: the base is rounded, the expert's change is not (rounded after a merge, a
+  low-rank change smaller than the grid step disappears; see :mod:`expertkit.runtime.quantize`);
+* a DoRA expert as the same LoRA over a base whose adapted rows are rescaled: DoRA computes
+  ``r ⊙ (W·x + s·B·A·x)`` with ``r = m / ‖W + s·B·A‖`` per output row, which is exactly
+  ``(diag(r)·W)·x + s·(diag(r)·B)·A·x``. Row scaling commutes with per-block quantisation (the
+  codes are the same, each block's scale is multiplied by ``r``), so the expert is exact up to the
+  same rounding the base gets.
+
+The build runs the builder in a subprocess with a time limit, into a temporary directory renamed
+into ``$EXPERTKIT_HOME/onnx/<key>`` when complete; the key hashes the base model's fingerprint, the
+expert's factors, the quantisation and the two libraries' versions, so a changed expert or library
+builds anew and nothing half-written is ever read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+from expertkit.errors import ExpertkitError
+from expertkit.home import expertkit_home
+from expertkit.runtime.lora_deltas import dora_rescale
+from expertkit.runtime.model_files import LoraFactors
+from expertkit.runtime.quantize import Quantize
+
+ONNX_DIR = "onnx"  # $EXPERTKIT_HOME/onnx/<key>/model.onnx
+BUILD_TIMEOUT_S = 900
+PRECISION: dict[Quantize, str] = {"none": "fp32", "int8": "int8", "int4": "int4"}
+BASE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+              "special_tokens_map.json", "chat_template.jinja")  # fmt: skip
+
+
+class OnnxBuildError(ExpertkitError):
+    """The ONNX Runtime model could not be built (the builder failed or timed out)."""
+
+
+@dataclass(frozen=True)
+class OnnxModel:
+    """A built decoder graph: ``directory/model.onnx`` (weights in ``model.onnx.data``)."""
+
+    directory: Path
+    quantize: Quantize
+    built_s: float  # seconds spent building it now (0.0: it was cached)
+
+    @property
+    def path(self) -> Path:
+        return self.directory / "model.onnx"
+
+
+def versions() -> str:
+    return f"onnxruntime {metadata.version('onnxruntime')}, onnxruntime-genai {metadata.version('onnxruntime-genai')}"
+
+
+def build_key(base_sha256: str, lora: LoraFactors | None, quantize: Quantize) -> str:
+    """A hash of everything the graph depends on."""
+    digest = hashlib.sha256(f"{base_sha256}|{quantize}|{versions()}|v1".encode())
+    if lora is not None:
+        digest.update(f"scale={lora.scale!r}".encode())
+        for name in sorted(lora.factors):
+            for tensor in (*lora.factors[name], lora.magnitudes.get(name)):
+                if tensor is not None:
+                    digest.update(name.encode())
+                    digest.update(tensor.detach().float().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:24]
+
+
+def onnx_model(
+    base_dir: Path, base_sha256: str, lora: LoraFactors | None, quantize: Quantize, log: bool = True
+) -> OnnxModel:
+    """The ONNX decoder for the base model at ``base_dir`` with ``lora`` (``None``: the base alone),
+    quantised as asked: from the cache, else built now (seconds to a minute, once)."""
+    root = expertkit_home() / ONNX_DIR
+    target = root / build_key(base_sha256, lora, quantize)
+    if (target / "model.onnx").is_file():
+        return OnnxModel(target, quantize, 0.0)
+    root.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    if log:
+        print(f"building the ONNX Runtime decoder ({quantize}; once, cached in {target})", file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix=".build-", dir=root) as tmp:
+        work = Path(tmp)
+        adapter = None
+        if lora is not None:
+            adapter = work / "adapter"
+            _write_adapter(adapter, lora, _write_model(work / "model", base_dir, lora))
+        else:
+            _link_model(work / "model", base_dir)
+        out = work / "out"
+        _run_builder(work / "model", out, work / "cache", adapter, quantize)
+        if not (out / "model.onnx").is_file():
+            raise OnnxBuildError("the ONNX builder wrote no model.onnx", f"use --decoder lean meanwhile ({versions()})")
+        try:
+            out.replace(target)
+        except OSError:  # another process finished the same build first: theirs is identical
+            if not (target / "model.onnx").is_file():
+                raise
+    return OnnxModel(target, quantize, time.perf_counter() - started)
+
+
+def _link_model(model: Path, base_dir: Path) -> None:
+    """The base model's config, tokenizer and safetensors, linked into ``model``."""
+    model.mkdir(parents=True)
+    for name in BASE_FILES:
+        if (base_dir / name).is_file():
+            shutil.copyfile(base_dir / name, model / name)
+    for weights in sorted(base_dir.glob("*.safetensors")):
+        (model / weights.name).symlink_to(weights.resolve())
+
+
+def _write_model(model: Path, base_dir: Path, lora: LoraFactors) -> dict[str, torch.Tensor]:
+    """The base model for a LoRA (linked as it is) or a DoRA (adapted rows rescaled by ``r``, the
+    whole model written in fp32). Returns the per-row rescale of each DoRA weight (empty for a LoRA)."""
+    _link_model(model, base_dir)
+    if not lora.dora:
+        return {}
+    from safetensors.torch import load_file, save_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    for weights in sorted(model.glob("*.safetensors")):
+        tensors.update({k: v.float() for k, v in load_file(str(weights)).items()})
+        weights.unlink()
+    rescales = {}
+    for name, (a, b) in lora.factors.items():
+        rescales[name] = dora_rescale(tensors[name], a, b * lora.scale, lora.magnitudes[name])
+        tensors[name] = tensors[name] * rescales[name][:, None]
+    save_file(tensors, str(model / "model.safetensors"), metadata={"format": "pt"})
+    config = json.loads((model / "config.json").read_text())
+    config["torch_dtype"] = config["dtype"] = "float32"
+    (model / "config.json").write_text(json.dumps(config))
+    return rescales
+
+
+def _write_adapter(adapter: Path, lora: LoraFactors, rescales: dict[str, torch.Tensor]) -> None:
+    """``lora`` as a PEFT LoRA directory (a DoRA's B rows rescaled, see the module docstring)."""
+    from safetensors.torch import save_file
+
+    adapter.mkdir(parents=True)
+    tensors, modules, rank = {}, set(), 0
+    for name, (a, b) in lora.factors.items():
+        stem = "base_model.model." + name.removesuffix(".weight")
+        rescale = rescales.get(name)
+        tensors[f"{stem}.lora_A.weight"] = a.float().contiguous()
+        tensors[f"{stem}.lora_B.weight"] = (b.float() if rescale is None else b.float() * rescale[:, None]).contiguous()
+        modules.add(name.split(".")[-2])
+        rank = int(a.shape[0])
+    save_file(tensors, str(adapter / "adapter_model.safetensors"), metadata={"format": "pt"})
+    config = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "r": rank,
+        "lora_alpha": lora.scale * rank,
+        "target_modules": sorted(modules),
+        "lora_dropout": 0.0,
+        "bias": "none",
+        "use_rslora": False,
+        "use_dora": False,
+    }
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+
+
+def _run_builder(model: Path, out: Path, cache: Path, adapter: Path | None, quantize: Quantize) -> None:
+    options = ["exclude_embeds=true", "filename=model.onnx"]
+    if adapter is not None:
+        options.append(f"adapter_path={adapter}")
+    command = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(model), "-o", str(out)]
+    command += ["-p", PRECISION[quantize], "-e", "cpu", "-c", str(cache), "--extra_options", *options]
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TQDM_DISABLE": "1"}
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S, env=env)
+    except subprocess.TimeoutExpired as exc:
+        raise OnnxBuildError(
+            f"building the ONNX decoder took over {BUILD_TIMEOUT_S} s", "use --decoder lean for now"
+        ) from exc
+    if done.returncode != 0:
+        tail = "\n".join(done.stderr.strip().splitlines()[-8:])
+        raise OnnxBuildError(f"the ONNX builder failed ({versions()}):\n{tail}", "use --decoder lean meanwhile")
