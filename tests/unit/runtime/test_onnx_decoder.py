@@ -45,7 +45,9 @@ def test_the_onnx_decoder_decodes_as_the_lean_decoder(
         a, b = onnx.activate(name), lean.activate(name)
         assert isinstance(a, OnnxDecoder) and not isinstance(b, OnnxDecoder), name
         assert onnx.decoder_of(name) == ("onnx", "cli")
-        torch.testing.assert_close(a.forward(a.new_cache(16), IDS), b.forward(b.new_cache(16), IDS), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            a.forward(a.new_cache(16), IDS), b.forward(b.new_cache(16), IDS), atol=1e-4, rtol=1e-4
+        )
         assert tokens(onnx, name) == tokens(lean, name), name
         # A soft prompt's virtual tokens go in front as embeddings, as in the lean decoder.
         prefix = torch.randn(3, 64) * 0.02
