@@ -1,12 +1,15 @@
-"""Single-stream greedy decode speed: expertkit's lean decoder (every dtype × quantisation) against
-transformers' ``generate`` (every dtype) and llama.cpp on the same base model's GGUF, best against best.
+"""Single-stream greedy decode speed: expertkit's lean decoder (every dtype × quantisation) and its
+ONNX Runtime decoder (every quantisation; the graph is built once and cached, its build time is not
+timed) against transformers' ``generate`` (every dtype) and llama.cpp on the same base model's GGUF,
+best against best.
 
 Same prompt (about 100 tokens), 128 new tokens, greedy, all measured in this run on this machine.
 The expert is a LoRA r=8 on every linear layer with random-but-nonzero weights (speed does not
 depend on what the adapter learned), merged (``generate`` runs the merged model too, the faster of
 its two ways). llama.cpp runs the base model alone (it has no expert) through ``llama-bench``
 (``-p 0 -n 128``, as many threads as cores) on the GGUF the embedded model ships (Q4_1) and on
-Q4_0 / Q8_0 re-quantisations of it.
+Q4_0 / Q8_0 re-quantisations of it; expertkit's fastest setting is also timed on the base model
+alone (``expertkit_base_alone_tokens_per_s``), the like-for-like figure.
 
 llama.cpp comes from ``$LLAMACPP_BIN`` (a directory holding llama-bench and llama-quantize) or a
 one-time build cached in ``~/.cache/expertkit-bench`` (``--build-llamacpp``: the source is the
@@ -19,7 +22,8 @@ differently, so their greedy paths part after a while; quality is judged on eval
 (``expert-cli eval --quantize``), not here.
 
 Last line: {"expertkit_best_tokens_per_s", "llamacpp_tokens_per_s", "ratio_vs_llamacpp",
-"generate_best_tokens_per_s", "ratio_vs_generate_best", "quantize", "dtype", "cpu", "settings", ...}
+"expertkit_base_alone_tokens_per_s", "ratio_base_alone_vs_llamacpp", "generate_best_tokens_per_s",
+"ratio_vs_generate_best", "decoder", "quantize", "dtype", "cpu", "settings", ...}
 """
 
 from __future__ import annotations
@@ -107,16 +111,20 @@ def time_generate(model, tokenizer, ids: torch.Tensor) -> tuple[float, list[int]
     return NEW_TOKENS / elapsed, out[0, ids.shape[1] :].tolist()
 
 
-def time_engine(expert: Path, dtype: str, quantize: str, prompt: list[dict[str, str]]) -> dict:
-    """Load, merge (and quantise) the expert, then decode 128 tokens greedily; best of two runs."""
+def time_engine(
+    expert: Path, dtype: str, quantize: str, prompt: list[dict[str, str]], decoder: str = "lean", alone: bool = False
+) -> dict:
+    """Load, merge (and quantise) the expert (or build its ONNX graph: cached after the first time),
+    then decode 128 tokens greedily; best of two runs. ``alone``: the base model without the expert."""
     from expertkit.runtime.engine import Engine
     from expertkit.runtime.generate import GenerationRequest, generate
     from expertkit.runtime.options import LoadOptions
     from expertkit.runtime.settings import resolve_settings
 
     start = time.perf_counter()
-    engine = Engine.for_experts([str(expert)], LoadOptions(dtype=dtype, quantize=quantize))  # type: ignore[arg-type]
-    decoder = engine.activate("expert-bench")
+    options = LoadOptions(dtype=dtype, quantize=quantize, decoder=decoder)  # type: ignore[arg-type]
+    engine = Engine.for_experts([str(expert)], options)
+    decoder = engine.activate(None if alone else "expert-bench")
     ready_s = time.perf_counter() - start
     ids = engine.prompt_ids(prompt)
     settings = resolve_settings({"max_tokens": NEW_TOKENS, "temperature": 0.0}, None)
@@ -213,6 +221,7 @@ def main() -> None:
         "--build-llamacpp", action="store_true", help="build llama.cpp once into ~/.cache/expertkit-bench"
     )
     parser.add_argument("--quantize", default="none,int8,int4", help="expertkit quantisations to time")
+    parser.add_argument("--decoders", default="lean,onnx", help="expertkit decoders to time (lean, onnx)")
     args = parser.parse_args()
     from rich.console import Console
 
@@ -240,13 +249,21 @@ def main() -> None:
             reference = reference or tokens
             console.print(f"generate {dtype}: {rate:.1f} tokens/s")
             del engine, merged, run
-        for dtype in dtypes:
-            for quantize in args.quantize.split(","):
-                run = time_engine(expert, dtype, quantize, prompt)
-                run["agreeing_tokens"] = agreement(run.pop("tokens"), reference)
-                run.pop("engine"), run.pop("ids")
-                settings[f"{dtype}/{quantize}"] = run
-                console.print(f"expertkit {dtype}/{quantize}: {run}")
+        decoders = args.decoders.split(",")
+        runs = [("lean", d, q) for d in dtypes for q in args.quantize.split(",") if "lean" in decoders]
+        # The ONNX graph computes in fp32 whatever the dtype: one run per quantisation.
+        runs += [("onnx", "float32", q) for q in args.quantize.split(",") if "onnx" in decoders]
+        for decoder, dtype, quantize in runs:
+            run = time_engine(expert, dtype, quantize, prompt, decoder)
+            run["agreeing_tokens"] = agreement(run.pop("tokens"), reference)
+            run.pop("engine"), run.pop("ids")
+            settings[f"{decoder}/{dtype}/{quantize}"] = run
+            console.print(f"expertkit {decoder}/{dtype}/{quantize}: {run}")
+        # llama.cpp decodes the base model alone: the fastest setting's rate without the expert too.
+        fastest = max(settings, key=lambda name: settings[name]["tokens_per_s"]).split("/")
+        alone = time_engine(expert, fastest[1], fastest[2], prompt, fastest[0], alone=True)
+        alone.pop("tokens"), alone.pop("engine"), alone.pop("ids")
+        console.print(f"expertkit {'/'.join(fastest)}, base model alone: {alone}")
         bin_dir = llamacpp_bin(args.build_llamacpp)
         llama_rates: dict[str, float] = {}
         if bin_dir is None:
@@ -259,11 +276,14 @@ def main() -> None:
     best_name, best = max(settings.items(), key=lambda item: item[1]["tokens_per_s"])
     generate_best = max(generate_rates.values())
     llama_best = max(llama_rates.values()) if llama_rates else None
-    dtype, quantize = best_name.split("/")
+    decoder, dtype, quantize = best_name.split("/")
     result = {
         "expertkit_best_tokens_per_s": best["tokens_per_s"],
         "llamacpp_tokens_per_s": llama_best,
         "ratio_vs_llamacpp": round(best["tokens_per_s"] / llama_best, 3) if llama_best else None,
+        "expertkit_base_alone_tokens_per_s": alone["tokens_per_s"],
+        "ratio_base_alone_vs_llamacpp": round(alone["tokens_per_s"] / llama_best, 3) if llama_best else None,
+        "decoder": decoder,
         "generate_best_tokens_per_s": generate_best,
         "ratio_vs_generate_best": round(best["tokens_per_s"] / generate_best, 3),
         "quantize": quantize,

@@ -17,7 +17,6 @@ in bf16. Each expert is checked against its lock before its adapter is attached.
 from __future__ import annotations
 
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 from typing import Any
 
@@ -40,13 +39,13 @@ from expertkit.runtime.llama_decoder import LeanDecoder, lean_supported
 from expertkit.runtime.lora_deltas import ExpertDeltas, lora_deltas
 from expertkit.runtime.model_files import (
     DefaultRope,
+    FileTensors,
     LoraFactors,
     deltas_from,
     fast_config,
     generation_end_ids,
     merged,
     plain_lora,
-    read_tensors,
 )
 from expertkit.runtime.onnx_decoder import OnnxDecoder
 from expertkit.runtime.options import DEFAULT_DECODER, DecoderKind, LoadOptions
@@ -62,16 +61,11 @@ class Engine:
         base = ensure_ready(base)  # an embedded model is converted once, before its files are read
         self.base, self.options = base, options
         self._model: Any = None
-        self._tensors: dict[str, torch.Tensor] | None = None  # fast start: the base weights, read once
+        self._tensors: FileTensors | None = None  # fast start: the base weights, each read on first use
         self._config = fast_config(base.path) if options.fast_start and options.device == "cpu" else None
         if self._config is not None and options.dtype != "auto":
-            import safetensors.torch  # noqa: F401  (imported here, not raced by the tokenizer's thread)
-
-            # The tokenizer (transformers' own, when the lean one cannot stand in) loads beside the weights.
-            with ThreadPoolExecutor(1, thread_name_prefix="expertkit-tokenizer") as pool:
-                tokenizer = pool.submit(decode_tokenizer, base)
-                self._tensors = read_tensors(base.path, getattr(torch, options.dtype))
-                self.tokenizer = tokenizer.result()
+            self._tensors = FileTensors(base.path, getattr(torch, options.dtype))
+            self.tokenizer = decode_tokenizer(base)
         else:
             self._config = None
             self._model, self.tokenizer = load_model(base, options.dtype, options.device)
@@ -160,7 +154,7 @@ class Engine:
             self._resize_embeddings()
         expert = Expert(files, soft_prompt(files), notes)
         check_bounds(expert, self.model_config, self.context_length)
-        lora = plain_lora(files.adapter_dir, self._tensors) if self._tensors is not None else None
+        lora = plain_lora(files.adapter_dir, self._tensors.shapes) if self._tensors is not None else None
         if lora is not None:
             self._lora[expert.name] = lora
         if self._model is not None or lora is None:
@@ -220,7 +214,7 @@ class Engine:
             lora = self._lora.get(name) if name is not None else None
             model = onnx_model(self.base.path, self.fingerprint.weights_sha256, lora, self.quantize_of(name)[0])
             assert self._tensors is not None  # decoder_of says onnx only on the fast start
-            embeddings = self._tensors["model.embed_tokens.weight"]
+            embeddings = self._tensors.stored("model.embed_tokens.weight")  # the graph computes in fp32
             return OnnxDecoder(model, embeddings, self._config, threads=torch.get_num_threads())
         return self._new_lean(name)
 

@@ -20,6 +20,7 @@ Architectures it does not know go through transformers instead (:mod:`expertkit.
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,7 +77,7 @@ class LeanDecoder:
 
     @classmethod
     def from_tensors(
-        cls, tensors: dict[str, torch.Tensor], config: Any, rotary: Any, quantize: Quantize = "none"
+        cls, tensors: Mapping[str, torch.Tensor], config: Any, rotary: Any, quantize: Quantize = "none"
     ) -> LeanDecoder:
         """From the model's tensors by name (read from its files), its config and a rotary table maker."""
         decoder = cls.__new__(cls)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -74,14 +75,44 @@ def generation_end_ids(model_dir: Path) -> set[int]:
     return {int(v) for v in values if isinstance(v, int)}
 
 
-def read_tensors(model_dir: Path, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Every tensor of the model's safetensors files, in ``dtype``."""
-    from safetensors.torch import load_file
+class FileTensors(Mapping[str, torch.Tensor]):
+    """The model's safetensors tensors by name, each read (memory-mapped) and cast to ``dtype`` on
+    first use and kept: a decoder that needs only some of them (the ONNX decoder: the embedding
+    table) never pays for casting the rest. Shapes come from the files' headers without reading."""
 
-    tensors: dict[str, torch.Tensor] = {}
-    for path in sorted(model_dir.glob("*.safetensors")):
-        tensors.update({k: v.to(dtype) for k, v in load_file(str(path)).items()})
-    return tensors
+    def __init__(self, model_dir: Path, dtype: torch.dtype) -> None:
+        from safetensors import safe_open
+
+        self.dtype = dtype
+        self._files: dict[str, Path] = {}
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        for path in sorted(model_dir.glob("*.safetensors")):
+            with safe_open(str(path), "pt") as handle:
+                for name in handle.keys():  # noqa: SIM118 (a safetensors handle, not a dict)
+                    self._files[name] = path
+                    self.shapes[name] = tuple(handle.get_slice(name).get_shape())
+        self._read: dict[str, torch.Tensor] = {}
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self._read:
+            from safetensors import safe_open
+
+            with safe_open(str(self._files[name]), "pt") as handle:
+                self._read[name] = handle.get_tensor(name).to(self.dtype)
+        return self._read[name]
+
+    def stored(self, name: str) -> torch.Tensor:
+        """Tensor ``name`` as the file stores it (not cast, not kept)."""
+        from safetensors import safe_open
+
+        with safe_open(str(self._files[name]), "pt") as handle:
+            return handle.get_tensor(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._files)
+
+    def __len__(self) -> int:
+        return len(self._files)
 
 
 class DefaultRope:
@@ -141,7 +172,7 @@ def _plain_config(config: dict[str, Any]) -> float | None:
     return float(alpha) / (r**0.5 if config.get("use_rslora") else r)
 
 
-def plain_lora(adapter_dir: Path, base: dict[str, torch.Tensor]) -> LoraFactors | None:
+def plain_lora(adapter_dir: Path, shapes: Mapping[str, tuple[int, ...]]) -> LoraFactors | None:
     """The adapter's factors (and a DoRA's magnitudes) in fp32, or ``None`` when it is not a LoRA or
     DoRA on the projections whose every tensor matches a base weight's shape (the engine then loads
     it with PEFT)."""
@@ -162,19 +193,19 @@ def plain_lora(adapter_dir: Path, base: dict[str, torch.Tensor]) -> LoraFactors 
         name = key.removeprefix("base_model.model.").removesuffix(".lora_A.weight") + ".weight"
         if not key.endswith(".lora_A.weight") or not LAYER_WEIGHT.fullmatch(name):
             return None  # anything else (embeddings, extra modules, magnitudes without DoRA): not plain
-        b, target = raw.get(key.replace(".lora_A.", ".lora_B.")), base.get(name)
-        if b is None or target is None or a.shape[1] != target.shape[1] or b.shape != (target.shape[0], a.shape[0]):
+        b, target = raw.get(key.replace(".lora_A.", ".lora_B.")), shapes.get(name)
+        if b is None or target is None or a.shape[1] != target[1] or b.shape != (target[0], a.shape[0]):
             return None
         factors[name] = (a.float(), b.float())
         if dora:  # DoRA rescales each output row of W + dW: a base bias or a missing magnitude, PEFT decides
             m = raw.get(key.removesuffix(".lora_A.weight") + MAGNITUDE)
-            if m is None or m.shape != (target.shape[0],) or base.get(name.removesuffix("weight") + "bias") is not None:
+            if m is None or m.shape != (target[0],) or name.removesuffix("weight") + "bias" in shapes:
                 return None
             magnitudes[name] = m.float()
     return LoraFactors(scale, factors, magnitudes) if factors else None
 
 
-def merged(base: dict[str, torch.Tensor], lora: LoraFactors) -> dict[str, torch.Tensor]:
+def merged(base: Mapping[str, torch.Tensor], lora: LoraFactors) -> dict[str, torch.Tensor]:
     """``base`` with the LoRA merged as PEFT merges it (adapter factors in fp32): ``W + (B @ A) * scale``
     in fp32 (one ``addmm``), stored in the weight's dtype; the tests hold it equal to PEFT's merge."""
     if lora.dora:
@@ -186,7 +217,7 @@ def merged(base: dict[str, torch.Tensor], lora: LoraFactors) -> dict[str, torch.
     return out
 
 
-def deltas_from(lora: LoraFactors, base: dict[str, torch.Tensor], layers: int) -> ExpertDeltas | None:
+def deltas_from(lora: LoraFactors, base: Mapping[str, torch.Tensor], layers: int) -> ExpertDeltas | None:
     """The LoRA as the lean decoder's deltas (scale folded into B, fp32; a DoRA's per-row rescale
     ``m / ‖W + ΔW‖`` from the base weight, as :func:`lora_deltas` computes it from PEFT's modules)."""
     adapted: dict[tuple[int, str], Factors] = {}

@@ -13,12 +13,17 @@ What is built, from files expertkit has already read and checked:
 * the base model's ``config.json``, tokenizer files and safetensors (linked, not copied), without
   the embedding table in the graph (``exclude_embeds``): the decoder looks embeddings up itself, so
   a soft prompt's virtual tokens go in front like any other embedding;
-* a LoRA expert's factors, rewritten here into a fresh PEFT adapter directory (``adapter_config.json``
-  and ``adapter_model.safetensors`` only: nothing from the expert's own directory is handed to
-  PEFT or to the builder). The builder keeps them as their own fp32 ``MatMul`` pair beside each
-  quantised projection: the base is rounded, the expert's change is not (rounded after a merge, a
-  low-rank change smaller than the grid step disappears; see :mod:`expertkit.runtime.quantize`);
-* a DoRA expert as the same LoRA over a base whose adapted rows are rescaled: DoRA computes
+* in fp32 and int8, the expert merged into the weights in fp32 first (``W + s·B·A``): the graph is
+  then exactly the base model's, with no extra operators per step. int8 keeps a low-rank change
+  (255 steps per block of 32; measured on the example experts, see the README);
+* in int4, a LoRA expert's factors rewritten here into a fresh PEFT adapter directory
+  (``adapter_config.json`` and ``adapter_model.safetensors`` only: nothing from the expert's own
+  directory is handed to PEFT or to the builder). The builder keeps them as their own fp32
+  ``MatMul`` pair beside each quantised projection: the base is rounded, the expert's change is not
+  (rounded after a merge, a low-rank change smaller than a 16-step grid disappears; see
+  :mod:`expertkit.runtime.quantize`);
+* a DoRA expert merged and then rescaled row by row, or, in int4, as the same LoRA over a base whose
+  adapted rows are rescaled: DoRA computes
   ``r ⊙ (W·x + s·B·A·x)`` with ``r = m / ‖W + s·B·A‖`` per output row, which is exactly
   ``(diag(r)·W)·x + s·(diag(r)·B)·A·x``. Row scaling commutes with per-block quantisation (the
   codes are the same, each block's scale is multiplied by ``r``), so the expert is exact up to the
@@ -82,7 +87,7 @@ def versions() -> str:
 
 def build_key(base_sha256: str, lora: LoraFactors | None, quantize: Quantize) -> str:
     """A hash of everything the graph depends on."""
-    digest = hashlib.sha256(f"{base_sha256}|{quantize}|{versions()}|v1".encode())
+    digest = hashlib.sha256(f"{base_sha256}|{quantize}|merged={merges(quantize)}|{versions()}|v1".encode())
     if lora is not None:
         digest.update(f"scale={lora.scale!r}".encode())
         for name in sorted(lora.factors):
@@ -109,9 +114,11 @@ def onnx_model(
     with tempfile.TemporaryDirectory(prefix=".build-", dir=root) as tmp:
         work = Path(tmp)
         adapter = None
-        if lora is not None:
+        if lora is not None and merges(quantize):
+            _write_model(work / "model", base_dir, lora, merge=True)
+        elif lora is not None:
             adapter = work / "adapter"
-            _write_adapter(adapter, lora, _write_model(work / "model", base_dir, lora))
+            _write_adapter(adapter, lora, _write_model(work / "model", base_dir, lora, merge=False))
         else:
             _link_model(work / "model", base_dir)
         out = work / "out"
@@ -136,11 +143,19 @@ def _link_model(model: Path, base_dir: Path) -> None:
         (model / weights.name).symlink_to(weights.resolve())
 
 
-def _write_model(model: Path, base_dir: Path, lora: LoraFactors) -> dict[str, torch.Tensor]:
-    """The base model for a LoRA (linked as it is) or a DoRA (adapted rows rescaled by ``r``, the
-    whole model written in fp32). Returns the per-row rescale of each DoRA weight (empty for a LoRA)."""
+def merges(quantize: Quantize) -> bool:
+    """Whether the expert is merged into the weights before the build: in fp32 (exact) and int8 (a
+    grid of 255 steps per block of 32 keeps a low-rank change: measured, see the README), not int4,
+    whose 16 steps round a change smaller than a step away (it keeps its own product instead)."""
+    return quantize != "int4"
+
+
+def _write_model(model: Path, base_dir: Path, lora: LoraFactors, merge: bool) -> dict[str, torch.Tensor]:
+    """The base model for the expert, in ``model``: merged (``W + s·B·A``, a DoRA's rows rescaled
+    after) or, unmerged, linked as it is (a LoRA) or with a DoRA's adapted rows rescaled by ``r``.
+    A changed model is written whole in fp32. Returns the per-row rescale of each DoRA weight."""
     _link_model(model, base_dir)
-    if not lora.dora:
+    if not lora.dora and not merge:
         return {}
     from safetensors.torch import load_file, save_file
 
@@ -150,8 +165,12 @@ def _write_model(model: Path, base_dir: Path, lora: LoraFactors) -> dict[str, to
         weights.unlink()
     rescales = {}
     for name, (a, b) in lora.factors.items():
-        rescales[name] = dora_rescale(tensors[name], a, b * lora.scale, lora.magnitudes[name])
-        tensors[name] = tensors[name] * rescales[name][:, None]
+        if lora.dora:
+            rescales[name] = dora_rescale(tensors[name], a, b * lora.scale, lora.magnitudes[name])
+        if merge:
+            tensors[name] = torch.addmm(tensors[name], b, a, alpha=lora.scale)
+        if lora.dora:
+            tensors[name] = tensors[name] * rescales[name][:, None]
     save_file(tensors, str(model / "model.safetensors"), metadata={"format": "pt"})
     config = json.loads((model / "config.json").read_text())
     config["torch_dtype"] = config["dtype"] = "float32"

@@ -114,10 +114,7 @@ def test_only_a_plain_lora_whose_factors_fit_the_base_is_merged_by_hand(tmp_path
 
     from expertkit.runtime.model_files import plain_lora
 
-    base = {
-        "model.layers.0.self_attn.q_proj.weight": torch.zeros(8, 4),
-        "model.embed_tokens.weight": torch.zeros(10, 4),
-    }
+    base = {"model.layers.0.self_attn.q_proj.weight": (8, 4), "model.embed_tokens.weight": (10, 4)}
     config = {"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["q_proj"], "bias": "none"}
 
     def adapter(tensors: dict[str, torch.Tensor], **changes: object) -> Path:
