@@ -319,7 +319,8 @@ class Engine:
                 "ONNX Runtime decoder" if decoder == "onnx" else "lean decoder" if self.lean else "transformers forward"
             )
             dtype = "float32 activations" if decoder == "onnx" else self.options.dtype
-            note = f"{name or 'base'}: {kind} ({chosen}), {dtype}, quantize {quantize} ({source})"
+            kind += f" ({chosen})" if chosen != "default" else ""
+            note = f"{name or 'base'}: {kind}, {dtype}, quantize {quantize} ({source})"
             if decoder != "onnx" and self.options.decoder == "onnx":
                 note += "; the ONNX decoder covers LoRA and DoRA experts read from their files, not this one"
             if decoder != "onnx" and name is not None and quantize != "none" and self._expert_deltas(name) is None:
