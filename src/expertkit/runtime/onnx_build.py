@@ -60,6 +60,7 @@ from expertkit.runtime.quantize import Quantize
 ONNX_DIR = "onnx"  # $EXPERTKIT_HOME/onnx/<key>/model.onnx
 BUILD_TIMEOUT_S = 900
 PRECISION: dict[Quantize, str] = {"none": "fp32", "int8": "int8", "int4": "int4"}
+SYMMETRIC = os.environ.get("EXPERTKIT_ONNX_SYMMETRIC", "1") != "0"
 BASE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
               "special_tokens_map.json", "chat_template.jinja")  # fmt: skip
 
@@ -87,7 +88,7 @@ def versions() -> str:
 
 def build_key(base_sha256: str, lora: LoraFactors | None, quantize: Quantize) -> str:
     """A hash of everything the graph depends on."""
-    digest = hashlib.sha256(f"{base_sha256}|{quantize}|merged={merges(quantize)}|{versions()}|v1".encode())
+    digest = hashlib.sha256(f"{base_sha256}|{quantize}|merged={merges(quantize)}|sym={SYMMETRIC}|{versions()}|v1".encode())
     if lora is not None:
         digest.update(f"scale={lora.scale!r}".encode())
         for name in sorted(lora.factors):
@@ -207,7 +208,7 @@ def _write_adapter(adapter: Path, lora: LoraFactors, rescales: dict[str, torch.T
 
 
 def _run_builder(model: Path, out: Path, cache: Path, adapter: Path | None, quantize: Quantize) -> None:
-    options = ["exclude_embeds=true", "filename=model.onnx"]
+    options = ["exclude_embeds=true", "filename=model.onnx", f"is_symmetric={str(SYMMETRIC).lower()}"]
     if adapter is not None:
         options.append(f"adapter_path={adapter}")
     command = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(model), "-o", str(out)]

@@ -60,6 +60,8 @@ def test_chat_errors_are_clean(tmp_path: Path, expert_dir: Path) -> None:
     assert result.exit_code == 2 and "--dtype" in result.stderr
     result = invoke("chat", "-e", str(expert_dir), "-p", "hi", "--quantize", "int3")
     assert result.exit_code == 2 and "error: --quantize 'int3'" in result.stderr and "none, int8, int4" in result.stderr
+    result = invoke("chat", "-e", str(expert_dir), "-p", "hi", "--decoder", "fast")
+    assert result.exit_code == 2 and "error: --decoder 'fast'" in result.stderr and "lean, onnx" in result.stderr
 
 
 def test_quantize_is_reported_with_its_source(expert_dir: Path) -> None:
@@ -75,6 +77,20 @@ def test_quantize_is_reported_with_its_source(expert_dir: Path) -> None:
     (expert_dir / "manifest.json").write_text(json.dumps(manifest | {"runtime": {"quantize": "int4"}}))
     body = json.loads(invoke(*args).stdout.strip().splitlines()[-1])
     assert body["decoding"]["quantize"] == {"value": "int4", "source": "manifest"}
+    assert body["decoding"]["decoder"] == {"value": "lean", "source": "default"}
+
+
+def test_the_onnx_decoder_answers_under_the_experts_contract(expert_dir: Path) -> None:
+    """``--decoder onnx``: the graph is built on first use (said on stderr), then read from the cache."""
+    args = ("chat", "-e", str(expert_dir), "-p", "hi", "--json", "--max-tokens", "4", "--temperature", "0")
+    lean = invoke(*args, "--dtype", "float32")
+    first, again = invoke(*args, "--decoder", "onnx"), invoke(*args, "--decoder", "onnx")
+    assert first.exit_code == 0 and again.exit_code == 0, first.output
+    assert "building the ONNX Runtime decoder (none" in first.stderr and "building" not in again.stderr
+    body = json.loads(again.stdout.strip().splitlines()[-1])
+    assert body["decoding"]["decoder"] == {"value": "onnx", "source": "cli"}
+    assert "expert-tiny: ONNX Runtime decoder (cli), float32 activations, quantize none" in again.stderr
+    assert body["text"] == json.loads(lean.stdout.strip().splitlines()[-1])["text"]
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="pseudo-terminal test")
