@@ -88,7 +88,8 @@ def versions() -> str:
 
 def build_key(base_sha256: str, lora: LoraFactors | None, quantize: Quantize) -> str:
     """A hash of everything the graph depends on."""
-    digest = hashlib.sha256(f"{base_sha256}|{quantize}|merged={merges(quantize)}|sym={SYMMETRIC}|{versions()}|v1".encode())
+    recipe = f"{base_sha256}|{quantize}|merged={merges(quantize)}|symmetric={SYMMETRIC}|{versions()}|v1"
+    digest = hashlib.sha256(recipe.encode())
     if lora is not None:
         digest.update(f"scale={lora.scale!r}".encode())
         for name in sorted(lora.factors):
