@@ -108,3 +108,16 @@ def test_the_manifest_chooses_the_decoder_and_a_flag_wins(trained_source: Path, 
     through_peft = Engine.for_experts([str(expert)], LoadOptions(decoder="onnx", fast_start=False))
     assert through_peft.decoder_of("expert-tiny")[0] == "lean"
     assert "not this one" in through_peft.decoder_notes()[0]
+
+
+def test_the_graph_cache_keeps_the_most_recently_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from expertkit.runtime import onnx_build
+
+    monkeypatch.setattr(onnx_build, "KEPT_GRAPHS", 2)
+    for age, name in enumerate(["c", "b", "a", ".build-x"]):  # c is the oldest; a build in progress is hidden
+        (tmp_path / name).mkdir()
+        os.utime(tmp_path / name, (1000 + age, 1000 + age))
+    onnx_build._prune(tmp_path, keep=tmp_path / "c")  # the one just used stays whatever its age
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".build-x", "a", "c"]
