@@ -145,3 +145,94 @@ def _prune(root: Path, keep: Path) -> None:
     others.sort(key=lambda p: p.stat().st_mtime)
     for old in others[: max(0, len(others) + 1 - KEPT_GRAPHS)]:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _link_model(model: Path, base_dir: Path) -> None:
+    """The base model's config, tokenizer and safetensors, linked into ``model``."""
+    model.mkdir(parents=True)
+    for name in BASE_FILES:
+        if (base_dir / name).is_file():
+            shutil.copyfile(base_dir / name, model / name)
+    for weights in sorted(base_dir.glob("*.safetensors")):
+        (model / weights.name).symlink_to(weights.resolve())
+
+
+def merges(quantize: Quantize) -> bool:
+    """Whether the expert is merged into the weights before the build: in fp32 (exact) and int8 (a
+    grid of 255 steps per block of 32 keeps a low-rank change: measured, see the README), not int4,
+    whose 16 steps round a change smaller than a step away (it keeps its own product instead)."""
+    return quantize != "int4"
+
+
+def _write_model(model: Path, base_dir: Path, lora: LoraFactors, merge: bool) -> dict[str, torch.Tensor]:
+    """The base model for the expert, in ``model``: merged (``W + s·B·A``, a DoRA's rows rescaled
+    after) or, unmerged, linked as it is (a LoRA) or with a DoRA's adapted rows rescaled by ``r``.
+    A changed model is written whole in fp32. Returns the per-row rescale of each DoRA weight."""
+    _link_model(model, base_dir)
+    if not lora.dora and not merge:
+        return {}
+    from safetensors.torch import load_file, save_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    for weights in sorted(model.glob("*.safetensors")):
+        tensors.update({k: v.float() for k, v in load_file(str(weights)).items()})
+        weights.unlink()
+    rescales = {}
+    for name, (a, b) in lora.factors.items():
+        if lora.dora:
+            rescales[name] = dora_rescale(tensors[name], a, b * lora.scale, lora.magnitudes[name])
+        if merge:
+            tensors[name] = torch.addmm(tensors[name], b, a, alpha=lora.scale)
+        if lora.dora:
+            tensors[name] = tensors[name] * rescales[name][:, None]
+    save_file(tensors, str(model / "model.safetensors"), metadata={"format": "pt"})
+    config = json.loads((model / "config.json").read_text())
+    config["torch_dtype"] = config["dtype"] = "float32"
+    (model / "config.json").write_text(json.dumps(config))
+    return rescales
+
+
+def _write_adapter(adapter: Path, lora: LoraFactors, rescales: dict[str, torch.Tensor]) -> None:
+    """``lora`` as a PEFT LoRA directory (a DoRA's B rows rescaled, see the module docstring)."""
+    from safetensors.torch import save_file
+
+    adapter.mkdir(parents=True)
+    tensors, modules, rank = {}, set(), 0
+    for name, (a, b) in lora.factors.items():
+        stem = "base_model.model." + name.removesuffix(".weight")
+        rescale = rescales.get(name)
+        tensors[f"{stem}.lora_A.weight"] = a.float().contiguous()
+        tensors[f"{stem}.lora_B.weight"] = (b.float() if rescale is None else b.float() * rescale[:, None]).contiguous()
+        modules.add(name.split(".")[-2])
+        rank = int(a.shape[0])
+    save_file(tensors, str(adapter / "adapter_model.safetensors"), metadata={"format": "pt"})
+    config = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "r": rank,
+        "lora_alpha": lora.scale * rank,
+        "target_modules": sorted(modules),
+        "lora_dropout": 0.0,
+        "bias": "none",
+        "use_rslora": False,
+        "use_dora": False,
+    }
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+
+
+def _run_builder(model: Path, out: Path, cache: Path, adapter: Path | None, quantize: Quantize) -> None:
+    options = ["exclude_embeds=true", "filename=model.onnx", f"is_symmetric={str(SYMMETRIC).lower()}"]
+    if adapter is not None:
+        options.append(f"adapter_path={adapter}")
+    command = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(model), "-o", str(out)]
+    command += ["-p", PRECISION[quantize], "-e", "cpu", "-c", str(cache), "--extra_options", *options]
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TQDM_DISABLE": "1"}
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S, env=env)
+    except subprocess.TimeoutExpired as exc:
+        raise OnnxBuildError(
+            f"building the ONNX decoder took over {BUILD_TIMEOUT_S} s", "use --decoder lean for now"
+        ) from exc
+    if done.returncode != 0:
+        tail = "\n".join(done.stderr.strip().splitlines()[-8:])
+        raise OnnxBuildError(f"the ONNX builder failed ({versions()}):\n{tail}", "use --decoder lean meanwhile")
