@@ -1,10 +1,11 @@
 """The decoder interface over an ONNX Runtime session (:mod:`expertkit.runtime.onnx_build` builds it).
 
 One ``run`` per step: the graph takes the step's embeddings (looked up here, so a soft prompt's
-virtual tokens go in front as they do in the lean decoder), the attention mask and the previous
-keys/values, and returns the logits and the grown keys/values, which stay ONNX Runtime values and
-are bound straight back in on the next step (no copy through numpy). Logits come back as a torch
-tensor (a view of ONNX Runtime's buffer) for the shared decode loop.
+virtual tokens go in front as they do in the lean decoder) and the attention mask, and returns the
+logits. Keys and values live in one buffer per layer allocated at the generation's capacity and
+bound as both the past input and the present output: ``GroupQueryAttention`` writes each step's
+keys in place (its shared-buffer mode, as onnxruntime-genai runs it), so a step copies nothing
+that grows with the context. Logits come back as a torch tensor for the shared decode loop.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from expertkit.runtime.onnx_build import OnnxModel
 @dataclass
 class OnnxCache:
     capacity: int
-    past: list[Any] = field(default_factory=list)  # OrtValues, in the session's input order
+    buffers: list[Any] = field(default_factory=list)  # OrtValues [1, kv_heads, capacity, head_dim], input order
     length: int = 0
 
 
@@ -42,9 +43,8 @@ class OnnxDecoder:
         names = [i.name for i in self.session.get_inputs()]
         self.past_names = [n for n in names if n.startswith("past_key_values.")]
         self.present_names = ["present." + n.removeprefix("past_key_values.") for n in self.past_names]
-        heads = int(getattr(config, "num_key_value_heads", None) or config.num_attention_heads)
-        head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads)
-        self._empty = np.zeros((1, heads, 0, head_dim), dtype=np.float32)
+        self.kv_heads = int(getattr(config, "num_key_value_heads", None) or config.num_attention_heads)
+        self.head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads)
 
     def nbytes(self) -> int:
         data = self.model.directory / "model.onnx.data"
@@ -53,8 +53,10 @@ class OnnxDecoder:
     def new_cache(self, capacity: int) -> OnnxCache:
         import onnxruntime as ort
 
-        empty = ort.OrtValue.ortvalue_from_numpy(self._empty)
-        return OnnxCache(min(capacity, self.max_positions), [empty] * len(self.past_names))
+        capacity = min(capacity, self.max_positions)
+        shape = (1, self.kv_heads, capacity, self.head_dim)
+        buffers = [ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32) for _ in self.past_names]
+        return OnnxCache(capacity, buffers)
 
     @torch.inference_mode()
     def forward(self, cache: OnnxCache, ids: torch.Tensor, prefix: torch.Tensor | None = None) -> torch.Tensor:
@@ -67,12 +69,10 @@ class OnnxDecoder:
         binding = self.session.io_binding()
         binding.bind_cpu_input("inputs_embeds", np.ascontiguousarray(embeds[None]))
         binding.bind_cpu_input("attention_mask", np.ones((1, cache.length + tokens), dtype=np.int64))
-        for name, value in zip(self.past_names, cache.past, strict=True):
-            binding.bind_ortvalue_input(name, value)
+        for past, present, buffer in zip(self.past_names, self.present_names, cache.buffers, strict=True):
+            binding.bind_ortvalue_input(past, buffer)
+            binding.bind_ortvalue_output(present, buffer)
         binding.bind_output("logits", "cpu")
-        for name in self.present_names:
-            binding.bind_output(name, "cpu")
         self.session.run_with_iobinding(binding)
-        outputs = binding.get_outputs()
-        cache.past, cache.length = list(outputs[1:]), cache.length + tokens
-        return torch.from_numpy(outputs[0].numpy()[0, -1])
+        cache.length += tokens
+        return torch.from_numpy(binding.get_outputs()[-1].numpy()[0, -1].copy())  # owned, not a view
