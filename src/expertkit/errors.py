@@ -57,3 +57,10 @@ class DataError(ExpertkitError):
 
 class TemplateError(ExpertkitError):
     """A chat template cannot be rendered with exact loss masks (not prefix-stable, or drifted)."""
+
+
+def checked_choice(flag: str, value: str | None, choices: tuple[str, ...]) -> str | None:
+    """A CLI choice checked against ``choices`` (``None``: not given, a manifest or a default decides)."""
+    if value is not None and value not in choices:
+        raise UsageError(f"{flag} {value!r}", f"choose one of: {', '.join(choices)}")
+    return value

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
-from expertkit.errors import UsageError
+from expertkit.errors import checked_choice
 from expertkit.models.load import DType
 from expertkit.package.signing import PublicKey
 from expertkit.runtime.quantize import Quantize
@@ -18,11 +18,7 @@ DEFAULT_DECODER: DecoderKind = "lean"  # see benchmarks/decode_speed.py and the 
 
 def parse_decoder(value: str | None) -> DecoderKind | None:
     """A ``--decoder`` value checked (``None``: not given, the manifest or the default decides)."""
-    if value is None:
-        return None
-    if value not in DECODER_CHOICES:
-        raise UsageError(f"--decoder {value!r}", f"choose one of: {', '.join(DECODER_CHOICES)}")
-    return value  # type: ignore[return-value]
+    return checked_choice("--decoder", value, DECODER_CHOICES)  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from typing import Literal, get_args
 
 import torch
 
-from expertkit.errors import UsageError
+from expertkit.errors import checked_choice
 
 Quantize = Literal["none", "int8", "int4"]
 QUANTIZE_CHOICES: tuple[str, ...] = get_args(Quantize)
@@ -110,8 +110,4 @@ def quantize_linear(weight: torch.Tensor, bias: torch.Tensor | None, mode: Quant
 
 def parse_quantize(value: str | None) -> Quantize | None:
     """A ``--quantize`` value checked (``None``: not given, the manifest or the default decides)."""
-    if value is None:
-        return None
-    if value not in QUANTIZE_CHOICES:
-        raise UsageError(f"--quantize {value!r}", f"choose one of: {', '.join(QUANTIZE_CHOICES)}")
-    return value  # type: ignore[return-value]
+    return checked_choice("--quantize", value, QUANTIZE_CHOICES)  # type: ignore[return-value]
