@@ -123,6 +123,8 @@ def test_eval_cli_jsonl_set_writes_the_result(expert_dir: Path, tmp_path: Path) 
         "dtype": "float32",
         "quantize": "none",
         "quantize_source": "default",
+        "kind": "lean",
+        "kind_source": "default",
     }
     quantized = CliRunner().invoke(app, [*args, "--quantize", "int8", "--baseline", "none"], catch_exceptions=False)
     assert quantized.exit_code == 0, quantized.output
