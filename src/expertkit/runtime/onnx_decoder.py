@@ -24,6 +24,7 @@ class OnnxCache:
     capacity: int
     buffers: list[Any] = field(default_factory=list)  # OrtValues [1, kv_heads, capacity, head_dim], input order
     length: int = 0
+    binding: Any = None  # the session's IO binding, the buffers bound once (a step rebinds only its inputs)
 
 
 class OnnxDecoder:
@@ -66,13 +67,15 @@ class OnnxDecoder:
         tokens = embeds.shape[0]
         if cache.length + tokens > cache.capacity:
             raise ValueError(f"context of {cache.length + tokens} tokens exceeds the cache ({cache.capacity})")
-        binding = self.session.io_binding()
+        if cache.binding is None:
+            cache.binding = self.session.io_binding()
+            for past, present, buffer in zip(self.past_names, self.present_names, cache.buffers, strict=True):
+                cache.binding.bind_ortvalue_input(past, buffer)
+                cache.binding.bind_ortvalue_output(present, buffer)
+        binding = cache.binding
         binding.bind_cpu_input("inputs_embeds", np.ascontiguousarray(embeds[None]))
         binding.bind_cpu_input("attention_mask", np.ones((1, cache.length + tokens), dtype=np.int64))
-        for past, present, buffer in zip(self.past_names, self.present_names, cache.buffers, strict=True):
-            binding.bind_ortvalue_input(past, buffer)
-            binding.bind_ortvalue_output(present, buffer)
-        binding.bind_output("logits", "cpu")
+        binding.bind_output("logits", "cpu")  # bound last: rebinding a name keeps its place
         self.session.run_with_iobinding(binding)
         cache.length += tokens
         return torch.from_numpy(binding.get_outputs()[-1].numpy()[0, -1].copy())  # owned, not a view
