@@ -272,3 +272,28 @@ def test_serve_reaches_the_batcher_with_mixed_batches_on_or_off(trained_source: 
     app, _ = build_server_app(request, [])
     assert app.state.expertkit.worker.scheduler.mixing is False
     assert app.state.expertkit.engine.quantize_of("expert-tiny") == ("int8", "cli")
+
+
+def test_serve_with_the_onnx_decoder_answers_concurrent_requests_as_lean_does(serve_app) -> None:
+    """An ONNX decoder is not batched: concurrent requests take turns and each gets the answer the
+    lean decoder gives it (fp32, greedy)."""
+    lean, onnx = serve_app(), serve_app(decoder="onnx")
+    assert onnx.app.state.expertkit.engine.decoder_of("expert-tiny") == ("onnx", "cli")
+    prompts = ["Count the singers", "List every stadium", "Oldest singer?"]
+
+    def answers(server) -> list[str]:
+        out: dict[int, str] = {}
+
+        def ask(i: int) -> None:
+            body = {"model": "expert-tiny", "messages": [{"role": "user", "content": prompts[i]}]}
+            response = httpx.post(f"{server.url}{CHAT}", json=body | {"max_tokens": 6, "temperature": 0}, timeout=120)
+            out[i] = response.json()["choices"][0]["message"]["content"]
+
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(prompts))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return [out[i] for i in range(len(prompts))]
+
+    assert answers(onnx) == answers(lean)
