@@ -272,16 +272,18 @@ class Engine:
         """What runs expert ``name``'s decode steps and where that came from (the load options > its
         manifest's ``runtime.decoder`` > the default); ``lean`` wherever the ONNX path does not cover
         the expert: only a base model and LoRA/DoRA experts read from their files build as ONNX."""
+        kind, source = self._asked_decoder(name)
+        covered = self._tensors is not None and (name is None or name in self._lora)
+        return (kind if covered else "lean"), source
+
+    def _asked_decoder(self, name: str | None) -> tuple[DecoderKind, Source]:
         expert = self.experts.get(name) if name else None
         runtime = expert.files.loaded.manifest.runtime if expert else None
         if self.options.decoder is not None:
-            kind, source = self.options.decoder, "cli"
-        elif runtime is not None and runtime.decoder is not None:
-            kind, source = runtime.decoder, "manifest"
-        else:
-            kind, source = DEFAULT_DECODER, "default"
-        covered = self._tensors is not None and (name is None or name in self._lora)
-        return (kind if covered else "lean"), source  # type: ignore[return-value]
+            return self.options.decoder, "cli"
+        if runtime is not None and runtime.decoder is not None:
+            return runtime.decoder, "manifest"
+        return DEFAULT_DECODER, "default"
 
     def deltas_of(self, name: str | None) -> ExpertDeltas | None:
         """Expert ``name``'s LoRA as deltas over the shared base decoder, when it can decode that way
@@ -321,7 +323,7 @@ class Engine:
             dtype = "float32 activations" if decoder == "onnx" else self.options.dtype
             kind += f" ({chosen})" if chosen != "default" else ""
             note = f"{name or 'base'}: {kind}, {dtype}, quantize {quantize} ({source})"
-            if decoder != "onnx" and self.options.decoder == "onnx":
+            if decoder != "onnx" and self._asked_decoder(name)[0] == "onnx":
                 note += "; the ONNX decoder covers LoRA and DoRA experts read from their files, not this one"
             if decoder != "onnx" and name is not None and quantize != "none" and self._expert_deltas(name) is None:
                 note += "; merged, then quantised: a small adapter change can round away (check eval --quantize)"

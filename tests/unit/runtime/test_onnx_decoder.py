@@ -108,6 +108,9 @@ def test_the_manifest_chooses_the_decoder_and_a_flag_wins(trained_source: Path, 
     through_peft = Engine.for_experts([str(expert)], LoadOptions(decoder="onnx", fast_start=False))
     assert through_peft.decoder_of("expert-tiny")[0] == "lean"
     assert "not this one" in through_peft.decoder_notes()[0]
+    asked_by_manifest = Engine.for_experts([str(expert)], LoadOptions(fast_start=False))
+    assert asked_by_manifest.decoder_of("expert-tiny") == ("lean", "manifest")
+    assert "not this one" in asked_by_manifest.decoder_notes()[0]
 
 
 def test_the_graph_cache_keeps_the_most_recently_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
