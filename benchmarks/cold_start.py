@@ -66,7 +66,9 @@ def main() -> None:
     parser.add_argument("--expert", help="an expert directory (default: a random LoRA expert)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
-        "--decoders", default="lean,onnx", help="decoders to time the fast start with (onnx: its graph built first)"
+        "--decoders",
+        default="lean,onnx,onnx:int8",
+        help="decoders to time the fast start with, each DECODER[:QUANTIZE] (onnx: its graph built first)",
     )
     args = parser.parse_args()
     from decode_speed import make_expert
@@ -82,7 +84,8 @@ def main() -> None:
         help_s = timed([*CLI, "--help"], fast_env, args.repeats * 2)
         by_decoder = {}
         for decoder in args.decoders.split(","):
-            command = [*chat, "--decoder", decoder]
+            kind, _, quantize = decoder.partition(":")
+            command = [*chat, "--decoder", kind, *(["--quantize", quantize] if quantize else [])]
             subprocess.run(command, env=fast_env, capture_output=True)  # an ONNX graph is built once, here
             seconds = timed(command, fast_env, args.repeats)
             by_decoder[decoder] = {"chat_s": seconds, **import_profile(command, fast_env)}
