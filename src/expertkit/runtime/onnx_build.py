@@ -143,7 +143,11 @@ def onnx_model(
 
 def _prune(root: Path, keep: Path) -> None:
     """Remove the least recently used graphs beyond :data:`KEPT_GRAPHS` (never ``keep``, never a build
-    in progress: those are hidden ``.build-*`` directories)."""
+    in progress: those are hidden ``.build-*`` directories, removed only when older than two build
+    time limits, as a killed build leaves them)."""
+    for stale in root.glob(".build-*"):
+        if stale.is_dir() and time.time() - stale.stat().st_mtime > 2 * BUILD_TIMEOUT_S:
+            shutil.rmtree(stale, ignore_errors=True)
     others = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and p != keep]
     others.sort(key=lambda p: p.stat().st_mtime)
     for old in others[: max(0, len(others) + 1 - KEPT_GRAPHS)]:

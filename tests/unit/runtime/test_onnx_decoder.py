@@ -119,8 +119,9 @@ def test_the_graph_cache_keeps_the_most_recently_used(tmp_path: Path, monkeypatc
     from expertkit.runtime import onnx_build
 
     monkeypatch.setattr(onnx_build, "KEPT_GRAPHS", 2)
-    for age, name in enumerate(["c", "b", "a", ".build-x"]):  # c is the oldest; a build in progress is hidden
+    for age, name in enumerate([".build-killed", "c", "b", "a"]):  # c is the oldest graph
         (tmp_path / name).mkdir()
         os.utime(tmp_path / name, (1000 + age, 1000 + age))
+    (tmp_path / ".build-running").mkdir()  # a build in progress (just started) is never touched
     onnx_build._prune(tmp_path, keep=tmp_path / "c")  # the one just used stays whatever its age
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".build-x", "a", "c"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".build-running", "a", "c"]
