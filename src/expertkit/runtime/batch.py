@@ -10,8 +10,14 @@ Two modes, chosen whenever the batch is empty:
   plain LoRA (:meth:`Engine.mixable`). The batch runs on the shared base decoder; each row adds its
   own expert's low-rank delta, grouped by expert (:mod:`expertkit.runtime.lora_deltas`), so any
   mixable expert's sequence joins at once;
-* **merged**: otherwise the oldest sequence's expert is merged into the weights and only its
-  sequences join; when none is left, the next expert's start.
+* **merged**: otherwise the oldest sequence's expert is merged into the weights (a little faster per
+  step) and only its sequences join. When a mixable sequence of another expert arrives, the running
+  batch turns mixed (the same model: the merged weights equal the base plus the deltas, so the
+  caches stay); otherwise, when none is left, the next expert's start.
+
+A prompt's start that was prefilled before (the chat template's system prompt, most often) is
+copied from a :class:`PrefixCache` instead of computed again, and its last token joins the batch
+step as a row, so a request whose template start is cached costs the batch one more row.
 
 Architectures without the lean decoder run one at a time.
 """
@@ -26,10 +32,14 @@ import torch
 
 from expertkit.runtime.engine import Engine
 from expertkit.runtime.generate import GenerationRequest, GenerationResult, SequenceState
-from expertkit.runtime.llama_decoder import KVCache, LeanDecoder
+from expertkit.runtime.llama_decoder import KVCache, LeanDecoder, PromptRows
 from expertkit.runtime.lora_deltas import ExpertDeltas, RowGroup
+from expertkit.runtime.prefix_cache import PrefixCache
 
 Done = Callable[[GenerationResult | BaseException], None]
+# A joining prompt's uncached tokens up to this many ride in the next batch step as rows; a longer
+# rest is prefilled on its own first (so one step never grows past this many rows per prompt).
+PROMPT_ROWS = 64
 
 
 @dataclass
@@ -40,6 +50,7 @@ class Sequence:
     length: int = 0
     token: int = 0
     deltas: ExpertDeltas | None = None  # in a mixed batch: the expert's LoRA over the shared weights
+    prompt: PromptRows | None = None  # prompt tokens still to feed, beside its first step's row
 
     def done(self, outcome: GenerationResult | BaseException) -> None:
         """Deliver ``outcome``; a callback that raises fails this sequence's caller alone, never the batch."""
@@ -62,6 +73,7 @@ class BatchScheduler:
     mixed: bool = False  # the running batch decodes on the shared base weights, experts as deltas
     mixing: bool = True  # allow mixed batches (False: one expert per batch, merged)
     cache: KVCache | None = None
+    prefixes: PrefixCache = field(default_factory=PrefixCache)  # prompts' starts already prefilled
 
     def submit(self, request: GenerationRequest, done: Done) -> None:
         self.waiting.append(Sequence(request, done))
@@ -76,6 +88,8 @@ class BatchScheduler:
             if not self.waiting:
                 return
             self._switch(self.waiting[0].request.expert)
+        elif not self.mixed and self._another_mixable_waits():
+            self._mix_running()
         decoder = self.engine.activate(None if self.mixed else self.active)
         if not isinstance(decoder, LeanDecoder):
             self._run_one()
@@ -91,6 +105,20 @@ class BatchScheduler:
         decoder = self.engine.activate(None if self.mixed else expert)
         if isinstance(decoder, LeanDecoder) and self.cache is None:
             self.cache = decoder.new_batch_cache(self.max_batch, self.max_positions)
+
+    def _another_mixable_waits(self) -> bool:
+        """Whether a sequence of another expert waits that could decode beside the running ones."""
+        if not self.mixing or not self.engine.mixable(self.active):
+            return False
+        return any(s.request.expert != self.active and self.engine.mixable(s.request.expert) for s in self.waiting)
+
+    def _mix_running(self) -> None:
+        """Turn the running merged batch into a mixed one: its sequences go on with their expert as
+        deltas over the shared weights (the same model: their caches stay), so another expert's
+        sequences join now instead of waiting for the whole batch to finish."""
+        self.mixed = True
+        for item in self.running:
+            item.deltas = self.engine.deltas_of(item.request.expert)
 
     def _run_one(self) -> None:
         item = self.waiting.pop(0)
@@ -113,25 +141,42 @@ class BatchScheduler:
             item.state = state
             item.deltas = self.engine.deltas_of(item.request.expert) if self.mixed else None
             try:
-                view = LeanDecoder.slot_view(self.cache, slot)
-                logits = decoder.forward(view, state.seen, item.request.prefix, item.deltas)
-                token = state.advance(logits)
+                item.length, item.prompt = self._prefill(decoder, slot, item)
             except Exception as exc:
                 item.done(exc)
                 continue
-            item.length = len(state.seen) + (0 if item.request.prefix is None else int(item.request.prefix.shape[0]))
-            item.length -= 0 if token is None else 1  # advance() appended the new token to seen
-            if token is None:
-                item.done(state.result())
-                continue
-            item.token = token
+            item.token = int(state.seen[-1])
             self.running.append(item)
+
+    def _prefill(self, decoder: LeanDecoder, slot: int, item: Sequence) -> tuple[int, PromptRows | None]:
+        """Start ``item``'s prompt in cache slot ``slot``: its longest start already prefilled is copied
+        (:class:`PrefixCache`); up to ``PROMPT_ROWS`` tokens after it become rows of the next batch step
+        (returned), a longer rest is prefilled here. The prompt's last token is its sequence's row in
+        that step, whose logits choose the first token. Returns the position of that row."""
+        assert self.cache is not None and item.state is not None
+        view, head, prefix = LeanDecoder.slot_view(self.cache, slot), item.state.seen[:-1], item.request.prefix
+        if len(item.state.seen) == 0:
+            raise ValueError("the prompt has no tokens")
+        reused = self.prefixes.restore(view, *self._owner(decoder, item), head, prefix)
+        rest = head[reused:]
+        if len(rest) > PROMPT_ROWS or (prefix is not None and not reused):  # a soft prompt goes in here
+            decoder.forward(view, rest, None if reused else prefix, item.deltas)
+            self.prefixes.store(view, *self._owner(decoder, item), head, prefix)
+            return view.length, None
+        return view.length + len(rest), PromptRows(slot, view.length, rest) if len(rest) else None
+
+    @staticmethod
+    def _owner(decoder: LeanDecoder, item: Sequence) -> tuple[LeanDecoder, ExpertDeltas | None]:
+        """Whose weights computed ``item``'s keys and values: the decoder and the deltas it added."""
+        return decoder, item.deltas if item.deltas is not None else decoder.deltas
 
     def _advance(self, decoder: LeanDecoder) -> None:
         assert self.cache is not None
         tokens = torch.tensor([s.token for s in self.running])
         lengths = torch.tensor([s.length for s in self.running])
-        logits = decoder.step_batch(self.cache, tokens, lengths, self._groups())
+        prompts = [s.prompt for s in self.running if s.prompt is not None]
+        logits = decoder.step_batch(self.cache, tokens, lengths, self._groups(), prompts)
+        self._keep_prompts(decoder)
         finished: list[int] = []
         for row, item in enumerate(self.running):
             assert item.state is not None
@@ -149,6 +194,16 @@ class BatchScheduler:
                 item.token = token
         self._compact(finished)
 
+    def _keep_prompts(self, decoder: LeanDecoder) -> None:
+        """The prompts that joined in this step, now in their slots, into the prefix cache."""
+        assert self.cache is not None
+        for item in self.running:
+            if item.prompt is not None and item.state is not None:
+                view = LeanDecoder.slot_view(self.cache, item.prompt.slot)
+                view.length = item.length
+                self.prefixes.store(view, *self._owner(decoder, item), item.state.seen[:-1], item.request.prefix)
+                item.prompt = None
+
     def _joins(self, expert: str | None) -> bool:
         """Whether a waiting sequence of ``expert`` may join the running batch."""
         return self.engine.mixable(expert) if self.mixed else expert == self.active
@@ -156,9 +211,15 @@ class BatchScheduler:
     def _groups(self) -> list[RowGroup]:
         """The running rows of each expert decoding as deltas (rows of the base model need none)."""
         rows: dict[int, tuple[ExpertDeltas, list[int]]] = {}
+        extra = len(self.running)  # joining prompts' rows come after one row per sequence, in order
         for row, item in enumerate(self.running):
             if item.deltas is not None:
                 rows.setdefault(id(item.deltas), (item.deltas, []))[1].append(row)
+        for item in self.running:
+            count = 0 if item.prompt is None else len(item.prompt.ids)
+            if item.deltas is not None and count:
+                rows[id(item.deltas)][1].extend(range(extra, extra + count))
+            extra += count
         return [RowGroup(torch.tensor(indices), deltas) for deltas, indices in rows.values()]
 
     def _compact(self, finished: list[int]) -> None:
@@ -167,6 +228,6 @@ class BatchScheduler:
         for row in sorted(finished, reverse=True):
             last = len(self.running) - 1
             if row != last:
-                LeanDecoder.move_slot(self.cache, last, row)
+                LeanDecoder.move_slot(self.cache, last, row, self.running[last].length)
                 self.running[row] = self.running[last]
             self.running.pop()

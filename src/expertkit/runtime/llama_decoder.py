@@ -27,6 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as nnf
 
+from expertkit.runtime.delta_rows import DeltaStacks, RowDeltas
 from expertkit.runtime.llama_weights import (
     AnyLinear,
     Layer,
@@ -65,6 +66,22 @@ class KVCache:
     @property
     def capacity(self) -> int:
         return int(self.values.shape[-2])
+
+
+@dataclass
+class PromptRows:
+    """A joining sequence's prompt tokens fed as extra rows of a batch step (prefill beside decoding):
+    ``ids`` of cache slot ``slot`` at positions ``start`` onwards. They attend causally to the slot's
+    cache and to each other; the step returns no logits for them."""
+
+    slot: int
+    start: int
+    ids: torch.Tensor
+
+    def causal(self) -> torch.Tensor:
+        """``[len(ids), start + len(ids)]``: which cached positions each of these rows attends to."""
+        end = self.start + len(self.ids)
+        return torch.arange(end)[None, :] <= torch.arange(self.start, end)[:, None]
 
 
 class LeanDecoder:
@@ -107,6 +124,7 @@ class LeanDecoder:
         self._cos32 = self._sin32 = torch.empty(0)
         self._eye = self._swap = torch.empty(0)
         self._zero = torch.zeros(())  # baddbmm's ignored input (beta=0)
+        self._stacks = DeltaStacks()  # mixed batches' experts' factors, stacked (kept per set of experts)
         # The norm weights in fp32, for the fp32 stream (per layer: input, post-attention, q, k).
         self._norms32 = [
             tuple(t.float() if t is not None else None for t in (x.norm1, x.norm2, x.q_norm, x.k_norm))
@@ -146,24 +164,13 @@ class LeanDecoder:
     def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return nnf.rms_norm(x, (x.shape[-1],), weight, self.eps)
 
-    def _rows(self, linear: AnyLinear, x: torch.Tensor, groups: list[RowGroup], index: int, name: str) -> torch.Tensor:
-        """``x @ W.T`` with ``x`` in the decode dtype for the kernel, plus each expert group's fp32 delta
-        on its rows (the sum is then fp32), rescaled per channel for a DoRA expert."""
+    def _rows(self, linear: AnyLinear, x: torch.Tensor, deltas: RowDeltas | None, index: int, name: str) -> Any:
+        """``x @ W.T`` with ``x`` in the decode dtype for the kernel, plus each row's expert's fp32 delta
+        (the sum is then fp32), rescaled per channel for a DoRA expert."""
         y = linear.mm(x if x.dtype == self.dtype else x.to(self.dtype))
-        for group in groups:
-            delta = group.deltas.layers[index].get(name)
-            if delta is None:
-                continue
-            if group.rows.numel() == y.shape[0]:
-                y = delta.apply(y, x)
-            elif delta.rescale is None:  # a mixed batch: this expert's rows only
-                y = y.float().index_add_(0, group.rows, delta(x.index_select(0, group.rows)))
-            else:  # DoRA rescales its rows: they are replaced
-                y, rows = y.float(), group.rows
-                y = y.index_copy_(0, rows, delta.apply(y.index_select(0, rows), x.index_select(0, rows)))
-        return y
+        return y if deltas is None else deltas.add(y, x, index, name)
 
-    def _qkv(self, layer: Layer, index: int, x: torch.Tensor, norms: Any, groups: list[RowGroup]) -> Any:
+    def _qkv(self, layer: Layer, index: int, x: torch.Tensor, norms: Any, groups: RowDeltas | None) -> Any:
         """q and k (``[rows, heads + kv_heads, head_dim]``, fp32, not yet rotated) and v (``[rows,
         kv_heads, head_dim]``) of the rows ``x``."""
         h, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
@@ -191,7 +198,7 @@ class LeanDecoder:
         if prefix is not None:
             x = torch.cat([prefix.float(), x])
         tokens, start, norms = x.shape[0], cache.length, self._norms32
-        groups = [RowGroup(torch.arange(tokens), deltas)] if deltas is not None else []
+        groups = self._row_deltas([RowGroup(torch.arange(tokens), deltas)] if deltas is not None else [], tokens)
         if start + tokens > cache.capacity:
             raise ValueError(f"context of {start + tokens} tokens exceeds the cache ({cache.capacity})")
         positions = torch.arange(start, start + tokens)
@@ -260,26 +267,40 @@ class LeanDecoder:
         return KVCache(batch.keys[:, slot], batch.values[:, slot])
 
     @staticmethod
-    def move_slot(batch: KVCache, source: int, target: int) -> None:
-        batch.keys[:, target] = batch.keys[:, source]
-        batch.values[:, target] = batch.values[:, source]
+    def move_slot(batch: KVCache, source: int, target: int, positions: int) -> None:
+        """Slot ``source``'s first ``positions`` keys and values into slot ``target`` (only those: a
+        whole slot is the model's context length, megabytes per layer)."""
+        batch.keys[:, target, ..., :positions] = batch.keys[:, source, ..., :positions]
+        batch.values[:, target, :, :positions] = batch.values[:, source, :, :positions]
 
     def _batch_block(self, layer: Layer, index: int, x: torch.Tensor, step: Any, groups: Any) -> torch.Tensor:
-        """One token for each of B rows at its own position: each row's key and value written at its
-        position, attention masked past it."""
-        batch, rotations, norms, lengths, beyond = step
-        rows = x.shape[0]
+        """One token for each of B rows at its own position (each row's key and value written at its
+        position, attention masked past it), then any joining prompts' rows (``PromptRows``)."""
+        batch, rotations, norms, lengths, beyond, (slots, positions, prompts) = step
+        rows = lengths.shape[0]
         qk, v = self._qkv(layer, index, x, norms, groups)
-        qk = torch.bmm(qk, rotations)  # [B, heads + kv_heads, head_dim]
-        slots = torch.arange(rows)
+        qk = torch.bmm(qk, rotations)  # [rows + prompt rows, heads + kv_heads, head_dim]
         keys, values = batch.keys[index], batch.values[index]  # [slots, kv, D, capacity], [slots, kv, capacity, D]
-        keys[slots, :, :, lengths] = qk[:, self.heads :]
-        values[slots, :, lengths] = v.float()
+        keys[slots, :, :, positions] = qk[:, self.heads :]
+        values[slots, :, positions] = v.float()
         span = beyond.shape[-1]
-        q = qk[:, : self.heads].reshape(rows, self.kv_heads, self.heads // self.kv_heads, self.head_dim)
+        q = qk[:rows, : self.heads].reshape(rows, self.kv_heads, self.heads // self.kv_heads, self.head_dim)
         scores = torch.matmul(q, keys[:rows, :, :, :span]).mul_(self.scale).masked_fill_(beyond, float("-inf"))
-        attended = torch.matmul(torch.softmax(scores, dim=-1), values[:rows, :, :span])
+        attended = torch.matmul(torch.softmax(scores, dim=-1), values[:rows, :, :span]).reshape(rows, -1)
+        first = rows
+        for prompt, causal in prompts:  # each joining prompt: causal attention over its slot (SDPA)
+            end, count = causal.shape[1], causal.shape[0]
+            q = qk[first : first + count, : self.heads].transpose(0, 1)[None]
+            out = nnf.scaled_dot_product_attention(
+                q, keys[prompt.slot, :, :, :end].transpose(-1, -2)[None], values[prompt.slot, :, :end][None],
+                attn_mask=causal, enable_gqa=True, scale=self.scale,
+            )  # fmt: skip
+            attended = torch.cat([attended, out[0].transpose(0, 1).reshape(count, -1)])
+            first += count
         return self._rest(layer, index, x, attended, norms[1], groups)
+
+    def _row_deltas(self, groups: list[RowGroup], rows: int) -> RowDeltas | None:
+        return RowDeltas(groups, rows, self._stacks) if groups else None
 
     def with_deltas(self, deltas: ExpertDeltas) -> LeanDecoder:
         """This decoder's weights (shared, not copied) with an expert's LoRA added as deltas on every
@@ -290,20 +311,35 @@ class LeanDecoder:
 
     @torch.inference_mode()
     def step_batch(
-        self, batch: KVCache, tokens: torch.Tensor, lengths: torch.Tensor, groups: list[RowGroup] | None = None
+        self,
+        batch: KVCache,
+        tokens: torch.Tensor,
+        lengths: torch.Tensor,
+        groups: list[RowGroup] | None = None,
+        prompts: list[PromptRows] | None = None,
     ) -> torch.Tensor:
         """Logits ``[B, vocab]`` after feeding one token to each of the sequences in slots 0..B-1;
         ``lengths[b]`` is how many positions slot ``b`` already holds (its new token's position).
-        ``groups``: rows of experts decoding as LoRA deltas over these (shared, unmerged) weights."""
+        ``groups``: rows of experts decoding as LoRA deltas over these (shared, unmerged) weights
+        (prompt rows numbered after the B rows, in order). ``prompts``: joining sequences' prompt
+        tokens, written into their slots in the same step, before their slot's row."""
+        prompts = prompts or []
         capacity = int(batch.values.shape[3])  # [layers, slots, kv_heads, capacity, head_dim]
         span = int(lengths.max()) + 1
         if span > capacity:
             raise ValueError(f"a sequence exceeds the batch cache ({capacity} positions)")
-        x = self.embed[tokens].float()  # [B, hidden]
+        rows = tokens.shape[0]
+        ids = torch.cat([tokens, *(p.ids for p in prompts)])
+        positions = torch.cat([lengths, *(torch.arange(p.start, p.start + len(p.ids)) for p in prompts)])
+        slots = torch.cat([torch.arange(rows), *(torch.full((len(p.ids),), p.slot) for p in prompts)])
+        x = self.embed[ids].float()  # [rows + prompt rows, hidden]
         if not groups and self.deltas is not None:
             groups = [RowGroup(torch.arange(x.shape[0]), self.deltas)]
-        rotations, norms = self._rotations(lengths), self._norms32
+        deltas = self._row_deltas(groups or [], x.shape[0])
+        rotations, norms = self._rotations(positions), self._norms32
         beyond = (torch.arange(span)[None, :] > lengths[:, None])[:, None, None, :]
+        joining = (slots, positions, [(p, p.causal()) for p in prompts])
         for index, layer in enumerate(self.layers):
-            x = self._batch_block(layer, index, x, (batch, rotations, norms[index], lengths, beyond), groups or [])
-        return self.head.mm(self._norm(x, self._final_norm32).to(self.dtype)).float()
+            step = (batch, rotations, norms[index], lengths, beyond, joining)
+            x = self._batch_block(layer, index, x, step, deltas)
+        return self.head.mm(self._norm(x[:rows], self._final_norm32).to(self.dtype)).float()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from expertkit.runtime.batch import BatchScheduler
@@ -10,6 +11,7 @@ from expertkit.runtime.options import LoadOptions
 from expertkit.runtime.settings import resolve_settings
 from unit.runtime.test_engine import renamed_expert, second_expert
 from unit.runtime.test_fast_start import dora_expert
+from unit.runtime.test_prefix_cache import assert_same
 
 PROMPTS = ["What is 1 plus 1?", "Write SQL.", "Count the singers in the table please, quickly", "hi"]
 
@@ -103,3 +105,34 @@ def test_a_dora_expert_shares_a_batch_with_a_lora_expert_token_for_token_as_alon
     batch = requests(engine, "expert-dora", (4, 4, 4, 4)) + requests(engine, "expert-tiny", (4, 4, 4, 4))
     alone = [engine.execute(r).token_ids for r in batch]
     assert [r.token_ids for r in run_batched(engine, batch, max_batch=8)] == alone
+
+
+def test_a_merged_batch_turns_mixed_when_another_expert_arrives(trained_source: Path, tmp_path: Path) -> None:
+    """One expert's batch runs merged; another expert's request joins it at once (the batch turns
+    mixed, its sequences keeping their caches), and every sequence still decodes as alone."""
+    engine = Engine.for_experts([str(trained_source), str(second_expert(trained_source, tmp_path))], LoadOptions())
+
+    def batch(expert: str, limits: tuple[int, ...]) -> list:
+        return [dataclasses.replace(r, top_logprobs=3) for r in requests(engine, expert, limits)]
+
+    alone = [engine.execute(r) for r in batch("expert-tiny", (9, 12, 10, 11)) + batch("expert-other", (5, 6, 4, 7))]
+    scheduler = BatchScheduler(engine, max_batch=8, max_positions=256)
+    results: list = [None] * 8
+    for index, request in enumerate(batch("expert-tiny", (9, 12, 10, 11))):
+        scheduler.submit(request, lambda result, index=index: results.__setitem__(index, result))
+    scheduler.step()
+    scheduler.step()
+    assert not scheduler.mixed and len(scheduler.running) == 4
+    for index, request in enumerate(batch("expert-other", (5, 6, 4, 7)), start=4):
+        scheduler.submit(request, lambda result, index=index: results.__setitem__(index, result))
+    scheduler.step()
+    assert scheduler.mixed and {s.request.expert for s in scheduler.running} == {"expert-tiny", "expert-other"}
+    while scheduler.busy:
+        scheduler.step()
+    assert_same(results, alone)
+    separate = BatchScheduler(engine, max_batch=8, max_positions=256, mixing=False)
+    separate.submit(batch("expert-tiny", (9, 12, 10, 11))[0], lambda result: None)
+    separate.step()
+    separate.submit(batch("expert-other", (5, 6, 4, 7))[0], lambda result: None)
+    separate.step()
+    assert not separate.mixed and [s.request.expert for s in separate.running] == ["expert-tiny"]
