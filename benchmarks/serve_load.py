@@ -5,7 +5,9 @@ where the 16 client threads share its interpreter lock (what earlier figures mea
 
 Both experts are LoRA adapters with random (non-zero) weights: serving speed does not depend on
 what they learned. Requests alternate between the two experts and ask for 24 tokens at temperature
-0, streamed (time to first token is the first content chunk). The concurrent load runs twice, in
+0, streamed (time to first token is the first content chunk). Every request's message is distinct
+(it starts with its number), so the server's prefix cache can reuse only what real traffic shares:
+the chat template's start (its default system prompt), never a whole prompt. The concurrent load runs twice, in
 one run: with mixed-expert batches (the default: both experts' sequences in one batch, each adding
 its LoRA delta to the shared weights) and with one expert per batch (``--no-mixed-batches``, the
 previous behaviour). Last line:
@@ -85,7 +87,7 @@ def one(client: httpx.Client, url: str, index: int) -> tuple[int, float, float]:
     """(status, latency, time to the first content chunk) of one streamed request."""
     body = {
         "model": ("expert-a", "expert-b")[index % 2],
-        "messages": [{"role": "user", "content": PROMPTS[index % len(PROMPTS)]}],
+        "messages": [{"role": "user", "content": f"Request {index}. {PROMPTS[index % len(PROMPTS)]}"}],
         "max_tokens": 24,
         "temperature": 0,
         "stream": True,

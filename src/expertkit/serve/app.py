@@ -43,8 +43,14 @@ OPEN_PATHS = ("/health",)
 def create_app(engine: Engine, router: Router | None, config: ServerConfig) -> FastAPI:
     metrics = ServerMetrics()
     worker = GenerationWorker(
-        engine, config.max_queue, config.max_batch, on_depth=metrics.queue_depth.set, mixed=config.mixed_batches
+        engine,
+        config.max_queue,
+        config.max_batch,
+        on_depth=metrics.queue_depth.set,
+        mixed=config.mixed_batches,
+        prefix_cache_bytes=config.prefix_cache_bytes,
     )
+    metrics.watch_prefixes(worker.scheduler.prefixes)
     state = ServerState(engine, router, config, worker, metrics, int(time.time()), TokenTexts(engine.tokenizer))
 
     @contextlib.asynccontextmanager

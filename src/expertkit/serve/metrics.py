@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from expertkit.runtime.prefix_cache import PrefixCache
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128)
 
@@ -30,8 +34,27 @@ class ServerMetrics:
             registry=r,
         )
 
+    def watch_prefixes(self, prefixes: PrefixCache) -> None:
+        """Report the prefix cache's reuse (read when scraped)."""
+        self.registry.register(_PrefixCollector(prefixes))
+
     def error(self, kind: str) -> None:
         self.errors.labels(kind=kind).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _PrefixCollector(Collector):
+    def __init__(self, prefixes: PrefixCache) -> None:
+        self.prefixes = prefixes
+
+    def collect(self) -> list:
+        p = self.prefixes
+        hits = CounterMetricFamily("expertkit_prefix_cache_hits", "Prompts whose start was reused", value=p.hits)
+        misses = CounterMetricFamily("expertkit_prefix_cache_misses", "Prompts prefilled whole", value=p.misses)
+        tokens = CounterMetricFamily(
+            "expertkit_prefix_cache_reused_tokens", "Prompt tokens not prefilled again", value=p.reused_tokens
+        )
+        size = GaugeMetricFamily("expertkit_prefix_cache_bytes", "Keys and values kept for reuse", value=p.nbytes)
+        return [hits, misses, tokens, size]

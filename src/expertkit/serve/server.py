@@ -45,6 +45,7 @@ class ServeRequest:
     max_queue: int = 32
     max_batch: int = 8
     mixed_batches: bool = True
+    prefix_cache_mb: int = 128  # prompts' prefilled starts kept for reuse (0: none)
     timeout_s: float = 120.0
     graceful_s: int = 30
     router_embedder: str = "minilm"
@@ -88,6 +89,7 @@ def build_server_app(request: ServeRequest, notes: list[str]) -> tuple[Any, Serv
         max_queue=request.max_queue,
         max_batch=request.max_batch,
         mixed_batches=request.mixed_batches,
+        prefix_cache_bytes=request.prefix_cache_mb * 2**20,
         timeout_s=request.timeout_s,
         allowed_hosts=frozenset(request.allowed_hosts),
         compile_timeout_s=request.compile_timeout_s,

@@ -26,6 +26,7 @@ class ServerConfig:
     max_queue: int = 32
     max_batch: int = 8
     mixed_batches: bool = True  # sequences of different LoRA experts share a batch (else one expert per batch)
+    prefix_cache_bytes: int = 128 * 2**20  # prompts' prefilled starts kept for reuse (0: none)
     timeout_s: float = 120.0
     max_body_bytes: int = 1 << 20
     allowed_hosts: frozenset[str] = frozenset()  # Host names accepted besides loopback (without a key: only these)

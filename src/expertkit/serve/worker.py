@@ -21,6 +21,7 @@ from typing import Any
 
 from expertkit.runtime.batch import BatchScheduler
 from expertkit.runtime.engine import Engine
+from expertkit.runtime.prefix_cache import PrefixCache
 from expertkit.serve.errors import APIError
 
 
@@ -60,10 +61,12 @@ class GenerationWorker:
         max_batch: int = 8,
         on_depth: Callable[[int], None] | None = None,
         mixed: bool = True,
+        prefix_cache_bytes: int = 128 * 2**20,
     ) -> None:
         self.queue: queue.Queue[Job | None] = queue.Queue(maxsize=max_queue)
         positions = min(engine.context_length, 2048)
-        self.scheduler = BatchScheduler(engine, max_batch=max_batch, max_positions=positions, mixing=mixed)
+        prefixes = PrefixCache(max_bytes=prefix_cache_bytes)
+        self.scheduler = BatchScheduler(engine, max_batch, positions, mixing=mixed, prefixes=prefixes)
         self.on_depth = on_depth or (lambda depth: None)
         self.capacity = max_batch + max_queue
         self.closing = False
