@@ -276,28 +276,44 @@ class LeanDecoder:
     def _batch_block(self, layer: Layer, index: int, x: torch.Tensor, step: Any, groups: Any) -> torch.Tensor:
         """One token for each of B rows at its own position (each row's key and value written at its
         position, attention masked past it), then any joining prompts' rows (``PromptRows``)."""
-        batch, rotations, norms, lengths, beyond, (slots, positions, prompts) = step
+        batch, rotations, norms, lengths, beyond, (writes, prompts) = step
         rows = lengths.shape[0]
         qk, v = self._qkv(layer, index, x, norms, groups)
         qk = torch.bmm(qk, rotations)  # [rows + prompt rows, heads + kv_heads, head_dim]
         keys, values = batch.keys[index], batch.values[index]  # [slots, kv, D, capacity], [slots, kv, capacity, D]
-        keys[slots, :, :, positions] = qk[:, self.heads :]
-        values[slots, :, positions] = v.float()
-        span = beyond.shape[-1]
-        q = qk[:rows, : self.heads].reshape(rows, self.kv_heads, self.heads // self.kv_heads, self.head_dim)
+        keys.view(-1).index_put_((writes[0],), qk[:, self.heads :].reshape(-1))  # each row at its slot, position
+        values.view(-1, self.head_dim).index_copy_(0, writes[1], v.float().reshape(-1, self.head_dim))
+        span, group = beyond.shape[-1], self.heads // self.kv_heads
+        q = qk[:rows, : self.heads].reshape(rows, self.kv_heads, group, self.head_dim)
         scores = torch.matmul(q, keys[:rows, :, :, :span]).mul_(self.scale).masked_fill_(beyond, float("-inf"))
-        attended = torch.matmul(torch.softmax(scores, dim=-1), values[:rows, :, :span]).reshape(rows, -1)
+        attended = torch.empty(qk.shape[0], self.heads * self.head_dim)
+        torch.matmul(torch.softmax(scores, dim=-1), values[:rows, :, :span], out=attended[:rows].view(q.shape))
         first = rows
-        for prompt, causal in prompts:  # each joining prompt: causal attention over its slot (SDPA)
-            end, count = causal.shape[1], causal.shape[0]
-            q = qk[first : first + count, : self.heads].transpose(0, 1)[None]
-            out = nnf.scaled_dot_product_attention(
-                q, keys[prompt.slot, :, :, :end].transpose(-1, -2)[None], values[prompt.slot, :, :end][None],
-                attn_mask=causal, enable_gqa=True, scale=self.scale,
-            )  # fmt: skip
-            attended = torch.cat([attended, out[0].transpose(0, 1).reshape(count, -1)])
+        for prompt, hidden in prompts:  # each joining prompt: causal attention over its slot
+            count, end = hidden.shape[0], hidden.shape[-1]
+            q = qk[first : first + count, : self.heads].view(count, self.kv_heads, group, self.head_dim)
+            q = q.permute(1, 0, 2, 3).reshape(self.kv_heads, count * group, self.head_dim)
+            scores = torch.bmm(q, keys[prompt.slot, :, :, :end]).mul_(self.scale)
+            scores = scores.view(self.kv_heads, count, group, end).masked_fill_(hidden, float("-inf"))
+            out = torch.bmm(
+                torch.softmax(scores, dim=-1).view(self.kv_heads, count * group, end), values[prompt.slot, :, :end]
+            )
+            attended[first : first + count] = (
+                out.view(self.kv_heads, count, group, self.head_dim).transpose(0, 1).reshape(count, -1)
+            )
             first += count
         return self._rest(layer, index, x, attended, norms[1], groups)
+
+    def _cache_writes(self, batch: KVCache, slots: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Where every row's key and value go in one layer's cache, at its slot and position (the same
+        for every layer, so each layer writes with one indexed copy each): flat indices of the key
+        entries (stored transposed, one per head and dim) and row indices of the value vectors (one
+        per head) in the cache viewed as ``[-1, head_dim]``."""
+        _, _, kv, dims, capacity = batch.keys.shape  # [layers, slots, kv, D, capacity]
+        inner = torch.arange(kv * dims)  # (head, dim) pairs, in the order of a row's kv_heads x head_dim
+        keys = (slots * kv * dims * capacity + positions)[:, None] + inner[None, :] * capacity
+        values = (slots * kv)[:, None] * capacity + torch.arange(kv)[None, :] * capacity + positions[:, None]
+        return keys.reshape(-1), values.reshape(-1)
 
     def _row_deltas(self, groups: list[RowGroup], rows: int) -> RowDeltas | None:
         return RowDeltas(groups, rows, self._stacks) if groups else None
@@ -338,7 +354,7 @@ class LeanDecoder:
         deltas = self._row_deltas(groups or [], x.shape[0])
         rotations, norms = self._rotations(positions), self._norms32
         beyond = (torch.arange(span)[None, :] > lengths[:, None])[:, None, None, :]
-        joining = (slots, positions, [(p, p.causal()) for p in prompts])
+        joining = (self._cache_writes(batch, slots, positions), [(p, ~p.causal()[:, None, :]) for p in prompts])
         for index, layer in enumerate(self.layers):
             step = (batch, rotations, norms[index], lengths, beyond, joining)
             x = self._batch_block(layer, index, x, step, deltas)

@@ -9,9 +9,7 @@ returns a traceback.
 from __future__ import annotations
 
 import contextlib
-import hmac
 import json
-import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -23,7 +21,8 @@ from expertkit.runtime.engine import Engine
 from expertkit.runtime.routing import Router
 from expertkit.serve import completions as comp
 from expertkit.serve import flow
-from expertkit.serve.errors import APIError, install_error_handlers
+from expertkit.serve.access import AccessMiddleware
+from expertkit.serve.errors import install_error_handlers
 from expertkit.serve.guards import RequestGuard
 from expertkit.serve.logprobs import TokenTexts
 from expertkit.serve.metrics import ServerMetrics
@@ -36,8 +35,6 @@ from expertkit.serve.stream import StreamSpec, StreamWriter
 from expertkit.serve.worker import GenerationWorker
 
 __all__ = ["ServerConfig", "create_app"]
-
-OPEN_PATHS = ("/health",)
 
 
 def create_app(engine: Engine, router: Router | None, config: ServerConfig) -> FastAPI:
@@ -63,8 +60,8 @@ def create_app(engine: Engine, router: Router | None, config: ServerConfig) -> F
     app = FastAPI(title="expertkit", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.expertkit = state
     install_error_handlers(app, metrics.error)
-    _install_middleware(app, state)
     _install_routes(app, state)
+    app.add_middleware(AccessMiddleware, state=state)
     app.add_middleware(
         RequestGuard,
         max_body_bytes=config.max_body_bytes,
@@ -73,50 +70,6 @@ def create_app(engine: Engine, router: Router | None, config: ServerConfig) -> F
         on_error=metrics.error,
     )
     return app
-
-
-def _install_middleware(app: FastAPI, state: ServerState) -> None:
-    @app.middleware("http")
-    async def guard(request: Request, call_next: Any) -> Response:
-        started = time.perf_counter()
-        response = await _guarded(request, call_next, state)
-        route = request.scope.get("route")  # the matched route's template: one label per route, not per path
-        endpoint = getattr(route, "path", None) or "unmatched"
-        elapsed = time.perf_counter() - started
-        state.metrics.requests.labels(endpoint=endpoint, status=str(response.status_code)).inc()
-        state.metrics.latency.labels(endpoint=endpoint).observe(elapsed)
-        _access_log(request, endpoint, response.status_code, elapsed)
-        return response
-
-
-ACCESS_LOG = logging.getLogger("expertkit.serve.access")
-
-
-def _access_log(request: Request, endpoint: str, status: int, elapsed: float) -> None:
-    """One line per request: method, route, model, status, tokens, latency; never the key, and the
-    prompt only with ``--log-prompts``. A stream's line is written when its headers go out."""
-    info = getattr(request.state, "log", {})
-    tokens = f"{info['prompt_tokens']}+{info['completion_tokens']}" if "completion_tokens" in info else "-"
-    line = (
-        f"{request.method} {endpoint} model={info.get('model', '-')} status={status} tokens={tokens} "
-        f"latency_ms={elapsed * 1000:.0f}"
-    )
-    if "prompt" in info:
-        line += f" prompt={info['prompt']!r}"
-    ACCESS_LOG.info(line)
-
-
-async def _guarded(request: Request, call_next: Any, state: ServerState) -> Response:
-    key = state.config.api_key
-    if key is not None and request.url.path not in OPEN_PATHS:
-        given = request.headers.get("authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
-            state.metrics.error("unauthorized")
-            return APIError(
-                401, "missing or wrong API key (Authorization: Bearer ...)", code="invalid_api_key"
-            ).response()
-    response: Response = await call_next(request)
-    return response
 
 
 def _model_card(state: ServerState, ident: str, **extra: Any) -> ModelCard:

@@ -175,17 +175,16 @@ def start_stream(
         options = comp.ask_options(body, on_text=on_text, **logprobs, **prepared.ask_extra)
         comp.start_choices(job, scheduler, state.engine, prepared.target, prepared.messages, options, 1)
 
-    return state.worker.submit(start, state.config.timeout_s), events
+    job = state.worker.submit(start, state.config.timeout_s)
+    # the job's end comes after every event it delivered (one thread, one order): mark it in the queue
+    job.future.add_done_callback(lambda _: events.put_nowait(("end", None)))
+    return job, events
 
 
 async def next_event(job: Job, events: asyncio.Queue[tuple[str, Any]]) -> tuple[str, Any] | None:
     """The next streamed event, or ``None`` once the job is done and every event was read."""
-    while not (job.future.done() and events.empty()):
-        try:
-            return await asyncio.wait_for(events.get(), timeout=0.1)
-        except TimeoutError:
-            continue
-    return None
+    event = await events.get()
+    return None if event[0] == "end" else event
 
 
 async def await_job(request: Request, job: Job) -> Any:

@@ -6,7 +6,8 @@ the server answers 429 with Retry-After; after ``close`` it answers 503). Each r
 generations join the :class:`BatchScheduler`, which steps every running sequence of the active
 expert together. A request carries a cancel flag and a deadline that the decode loop checks
 before every token, so a client that disconnects or a request that times out stops within one
-step.
+step. What a step decides for the event loop (streamed text, results) is handed over once per step
+(:class:`Outbox`): one wake-up of the loop for a whole batch's tokens, not one per token.
 """
 
 from __future__ import annotations
@@ -25,6 +26,33 @@ from expertkit.runtime.prefix_cache import PrefixCache
 from expertkit.serve.errors import APIError
 
 
+class Outbox:
+    """Calls for event loops, gathered on the generation thread during a step and handed over in one
+    ``call_soon_threadsafe`` per loop (in order); from any other thread a call goes at once."""
+
+    def __init__(self) -> None:
+        self.thread: threading.Thread | None = None
+        self._pending: dict[asyncio.AbstractEventLoop, list[tuple[Callable[..., Any], tuple[Any, ...]]]] = {}
+
+    def put(self, loop: asyncio.AbstractEventLoop, callback: Callable[..., Any], *args: Any) -> None:
+        if threading.current_thread() is not self.thread:
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(callback, *args)
+            return
+        self._pending.setdefault(loop, []).append((callback, args))
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, {}
+        for loop, calls in pending.items():
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(_run_all, calls)
+
+
+def _run_all(calls: list[tuple[Callable[..., Any], tuple[Any, ...]]]) -> None:
+    for callback, args in calls:
+        callback(*args)
+
+
 @dataclass
 class Job:
     start: Callable[[Job, BatchScheduler], None]
@@ -33,13 +61,16 @@ class Job:
     loop: asyncio.AbstractEventLoop
     cancelled: threading.Event = field(default_factory=threading.Event)
     finished: bool = False
+    outbox: Outbox | None = None
 
     def should_stop(self) -> bool:
         return self.cancelled.is_set() or time.monotonic() > self.deadline
 
     def deliver(self, callback: Callable[..., Any], *args: Any) -> None:
-        """Run ``callback(*args)`` on the event loop (from the worker thread)."""
-        if not self.loop.is_closed():
+        """Run ``callback(*args)`` on the event loop (from the worker thread: after this step)."""
+        if self.outbox is not None:
+            self.outbox.put(self.loop, callback, *args)
+        elif not self.loop.is_closed():
             self.loop.call_soon_threadsafe(callback, *args)
 
     def complete(self, value: Any) -> None:
@@ -72,7 +103,9 @@ class GenerationWorker:
         self.closing = False
         self.draining = False
         self.in_flight = 0
+        self.outbox = Outbox()
         self.thread = threading.Thread(target=self._loop, name="expertkit-generation", daemon=True)
+        self.outbox.thread = self.thread
         self.thread.start()
 
     def depth(self) -> int:
@@ -82,7 +115,7 @@ class GenerationWorker:
         if self.closing:
             raise APIError(503, "the server is shutting down", code="shutting_down")
         loop = asyncio.get_running_loop()
-        job = Job(start, time.monotonic() + timeout_s, loop.create_future(), loop)
+        job = Job(start, time.monotonic() + timeout_s, loop.create_future(), loop, outbox=self.outbox)
         try:
             if self.depth() >= self.capacity:  # running batch + waiting requests
                 raise queue.Full
@@ -126,17 +159,25 @@ class GenerationWorker:
             job.fail(exc)
 
     def _loop(self) -> None:
-        while self._take():
-            if self.draining and not self.scheduler.busy:
-                return
-            try:
-                self.scheduler.step()
-            except Exception as exc:  # never let one bad step kill the worker; fail what was running
-                for item in [*self.scheduler.running, *self.scheduler.waiting]:
-                    item.done(exc)
-                self.scheduler.running.clear()
-                self.scheduler.waiting.clear()
-            self.on_depth(self.depth())
+        try:
+            while self._take():
+                self.outbox.flush()
+                if self.draining and not self.scheduler.busy:
+                    return
+                self._step()
+                self.outbox.flush()
+                self.on_depth(self.depth())
+        finally:
+            self.outbox.flush()
+
+    def _step(self) -> None:
+        try:
+            self.scheduler.step()
+        except Exception as exc:  # never let one bad step kill the worker; fail what was running
+            for item in [*self.scheduler.running, *self.scheduler.waiting]:
+                item.done(exc)
+            self.scheduler.running.clear()
+            self.scheduler.waiting.clear()
 
     def close(self, wait_s: float = 30.0) -> None:
         """Stop accepting, cancel what is queued, let running generations finish (bounded)."""
