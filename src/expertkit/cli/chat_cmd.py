@@ -69,6 +69,7 @@ def chat(
 
     values = dict(temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_tokens, stop=stop)
     values |= dict(repetition_penalty=repetition_penalty, seed=seed)
+    one_shot = prompt is not None or not sys.stdin.isatty()
     request = ChatRequest(
         experts=[e.strip() for e in experts.split(",") if e.strip()],
         overrides=_overrides(**values),
@@ -81,12 +82,13 @@ def chat(
         quantize=quantize,
         decoder=decoder,
         router_embedder=router_embedder,
+        one_answer=one_shot,
     )
     with err_console.status("loading the base model and experts…"):
         session, notes = open_session(request)
     for note in notes:
         err_console.print(f"[yellow]note:[/] {escape(note)}")
-    text = prompt if prompt is not None else (sys.stdin.read() if not sys.stdin.isatty() else None)
+    text = prompt if prompt is not None else (sys.stdin.read() if one_shot else None)
     if text is None:
         _interactive(session, verbose, explain_routing)
         return

@@ -31,6 +31,7 @@ class ChatRequest:
     quantize: str | None = None  # none|int8|int4; None: each expert's manifest, else the default
     decoder: str | None = None  # lean|onnx; None: each expert's manifest, else the default
     router_embedder: str = "minilm"
+    one_answer: bool = False  # a one-shot answer: LoRA experts are not merged (see LoadOptions.merge_experts)
 
 
 def open_session(request: ChatRequest) -> tuple[ChatSession, list[str]]:
@@ -51,6 +52,7 @@ def open_session(request: ChatRequest) -> tuple[ChatSession, list[str]]:
         base=request.base,
         keys=keys,
         require_signature=request.require_signature,
+        merge_experts=not request.one_answer,
     )
     engine = Engine.for_experts(request.experts, options)
     notes = [f"using {expert.files.origin}" for expert in engine.experts.values()]

@@ -223,9 +223,10 @@ class Engine:
         Quantised, a LoRA expert is not merged: rounding the merged weights to an int4 (or int8) grid
         would erase most of a low-rank change (measured: a 4-bit base model's weights sit on that grid,
         and the merged expert decoded like the base model), so it runs as the quantised base decoder
-        plus its deltas (in fp32)."""
+        plus its deltas (in fp32). Asked not to merge (``merge_experts``: one answer), likewise."""
         quantize = self.quantize_of(name)[0]
-        if name is not None and quantize != "none" and (deltas := self._expert_deltas(name)) is not None:
+        unmerged = quantize != "none" or not self.options.merge_experts
+        if name is not None and unmerged and (deltas := self._expert_deltas(name)) is not None:
             return self._base_decoder(quantize).with_deltas(deltas)
         if self._tensors is not None and name in self._lora:
             if self._lora[name].dora and (deltas := self._expert_deltas(name)) is not None:
@@ -325,6 +326,8 @@ class Engine:
             note = f"{name or 'base'}: {kind}, {dtype}, quantize {quantize} ({source})"
             if decoder != "onnx" and self._asked_decoder(name)[0] == "onnx":
                 note += "; the ONNX decoder covers LoRA and DoRA experts read from their files, not this one"
+            if decoder != "onnx" and name and not self.options.merge_experts and self._expert_deltas(name):
+                note += "; as deltas over the base weights (one answer: not merged)"
             if decoder != "onnx" and name is not None and quantize != "none" and self._expert_deltas(name) is None:
                 note += "; merged, then quantised: a small adapter change can round away (check eval --quantize)"
             notes.append(note)

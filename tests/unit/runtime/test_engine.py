@@ -71,3 +71,14 @@ def test_engine_generate_uses_the_manifest_decoding_and_cli_overrides(expert_dir
     assert longer.completion_tokens <= 8
     if result.finish_reason == "length" and longer.finish_reason == "length":
         assert longer.token_ids[:5] == result.token_ids and len(longer.token_ids) == 8
+
+
+def test_an_expert_loaded_for_one_answer_is_not_merged_and_decodes_as_merged(trained_source: Path) -> None:
+    merged = Engine.for_experts([str(trained_source)], LoadOptions(dtype="float32"))
+    unmerged = Engine.for_experts([str(trained_source)], LoadOptions(dtype="float32", merge_experts=False))
+    assert merged.activate("expert-tiny").deltas is None
+    assert unmerged.activate("expert-tiny").deltas is not None  # the base weights, the LoRA beside them
+    assert unmerged.activate("expert-tiny").nbytes() < merged.activate("expert-tiny").nbytes() / 10
+    torch.testing.assert_close(logits(unmerged, "expert-tiny"), logits(merged, "expert-tiny"), atol=1e-4, rtol=1e-4)
+    assert (logits(unmerged, "expert-tiny") - logits(unmerged, None)).abs().max() > 1e-3
+    assert any("one answer: not merged" in note for note in unmerged.decoder_notes())
