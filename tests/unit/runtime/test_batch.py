@@ -11,7 +11,7 @@ from expertkit.runtime.options import LoadOptions
 from expertkit.runtime.settings import resolve_settings
 from unit.runtime.test_engine import renamed_expert, second_expert
 from unit.runtime.test_fast_start import dora_expert
-from unit.runtime.test_prefix_cache import assert_same
+from unit.runtime.test_prefix_cache import assert_same, run
 
 PROMPTS = ["What is 1 plus 1?", "Write SQL.", "Count the singers in the table please, quickly", "hi"]
 
@@ -25,13 +25,7 @@ def requests(engine: Engine, expert: str | None, max_tokens: tuple[int, ...]):
 
 
 def run_batched(engine: Engine, batch: list, max_batch: int) -> list:
-    scheduler = BatchScheduler(engine, max_batch=max_batch, max_positions=256)
-    results: list = [None] * len(batch)
-    for index, request in enumerate(batch):
-        scheduler.submit(request, lambda result, index=index: results.__setitem__(index, result))
-    while scheduler.busy:
-        scheduler.step()
-    return results
+    return run(BatchScheduler(engine, max_batch=max_batch, max_positions=256), batch)
 
 
 def test_batched_sequences_match_one_at_a_time(trained_source: Path, tmp_path: Path) -> None:
