@@ -13,6 +13,7 @@ step. What a step decides for the event loop (streamed text, results) is handed 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import threading
 import time
@@ -44,7 +45,7 @@ class Outbox:
     def flush(self) -> None:
         pending, self._pending = self._pending, {}
         for loop, calls in pending.items():
-            if not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody is waiting
                 loop.call_soon_threadsafe(_run_all, calls)
 
 
