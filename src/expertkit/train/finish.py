@@ -133,6 +133,9 @@ def training_meta(job: TrainJob, trainer: Any, checkpoint: str) -> TrainingMeta:
 
 
 def finish_run(job: TrainJob, trainer: Any) -> TrainResult:
+    # Every rank past the end of train() first: transformers' last act there lists the checkpoints in
+    # the staging directory on each rank, which the main rank is about to remove.
+    trainer.accelerator.wait_for_everyone()
     if not trainer.args.should_save:  # non-zero ranks under accelerate launch
         return TrainResult(job.weights_dir, None, None)
     clear_staging(job.checkpoints)
