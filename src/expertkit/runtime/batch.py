@@ -16,8 +16,9 @@ Two modes, chosen whenever the batch is empty:
   caches stay); otherwise, when none is left, the next expert's start.
 
 A prompt's start that was prefilled before (the chat template's system prompt, most often) is
-copied from a :class:`PrefixCache` instead of computed again, and its last token joins the batch
-step as a row, so a request whose template start is cached costs the batch one more row.
+copied from a :class:`PrefixCache` instead of computed again, and the rest of the prompt joins the
+next batch step as rows beside the decoding ones (:class:`PromptRows`), so a request whose template
+start is cached costs the batch a few rows, not a forward pass of its own.
 
 Architectures without the lean decoder run one at a time.
 """
@@ -152,7 +153,8 @@ class BatchScheduler:
         """Start ``item``'s prompt in cache slot ``slot``: its longest start already prefilled is copied
         (:class:`PrefixCache`); up to ``PROMPT_ROWS`` tokens after it become rows of the next batch step
         (returned), a longer rest is prefilled here. The prompt's last token is its sequence's row in
-        that step, whose logits choose the first token. Returns the position of that row."""
+        that step, whose logits choose the first token. Returns that row's position and the prompt's
+        rows for the step (``None``: nothing left to feed but the last token)."""
         assert self.cache is not None and item.state is not None
         view, head, prefix = LeanDecoder.slot_view(self.cache, slot), item.state.seen[:-1], item.request.prefix
         if len(item.state.seen) == 0:
