@@ -1,10 +1,13 @@
 """Cold start: wall time of ``expert-cli --help`` and of a first answer from
-``expert-cli chat --experts DIR --prompt …`` on a cached model and an expert on disk, with the fast
+``expert-cli chat --experts NAME --prompt …`` on a cached model and an installed expert, with the fast
 start (the model and a plain LoRA read from their files: no transformers model object, no PEFT)
 and without it (``EXPERTKIT_FAST_START=0``: transformers + PEFT, the previous path), in one run.
 
 The expert is a LoRA r=8 on every projection with random weights unless ``--expert`` names a real
-one; the answer is 16 tokens, greedy. Each command runs ``--repeats`` times (median reported; the
+one; it is packaged and installed into a private ``EXPERTKIT_HOME`` that links this home's models and
+fingerprints (the model stays cached, nothing is installed here; ONNX graphs are built there, once
+per run, before their timing). ``--directory`` times the expert's directory instead. The answer is 16
+tokens, greedy. Each command runs ``--repeats`` times (median reported; the
 first run warms the page cache). ``python -X importtime`` of one fast chat run tells whether
 transformers or PEFT were imported and which top-level imports cost most.
 
@@ -12,7 +15,7 @@ Each decoder (``--decoders lean,onnx``) is timed on its own; an ONNX graph is bu
 before its timing starts. ``chat_s`` is the fastest decoder's.
 
 Last line: {"help_s", "chat_s", "decoder", "chat_s_by_decoder", "chat_s_without_fast_start", "speedup",
-"imports_transformers", "imports_peft", "top_imports_ms", ...}
+"imports_transformers", "imports_peft", "imports_torch", "imports_torch_by_decoder", "top_imports_ms", ...}
 """
 
 from __future__ import annotations
@@ -58,7 +61,36 @@ def import_profile(command: list[str], env: dict[str, str]) -> dict:
         if not name.startswith(" ") and "." not in name.strip():
             top[name.strip()] = max(top.get(name.strip(), 0.0), int(cumulative) / 1000)
     ranked = dict(sorted(top.items(), key=lambda item: -item[1])[:8])
-    return {"transformers": "transformers" in names, "peft": "peft" in names, "top_ms": ranked}
+    return {
+        "transformers": "transformers" in names,
+        "peft": "peft" in names,
+        "torch": "torch" in names,
+        "top_ms": ranked,
+    }
+
+
+def run_ok(command: list[str], env: dict[str, str]) -> None:
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
+
+
+def install(expert: Path, work: Path, env: dict[str, str]) -> tuple[str, dict[str, str]]:
+    """``expert`` packaged and installed into a private home sharing this home's models: its name,
+    and the environment that points there."""
+    from expertkit.home import expertkit_home
+
+    home = work / "home"
+    home.mkdir()
+    for shared in ("models", "fingerprints", "downloads"):
+        if (expertkit_home() / shared).is_dir():
+            (home / shared).symlink_to((expertkit_home() / shared).resolve())
+    env = env | {"EXPERTKIT_HOME": str(home)}
+    out = work / "package"
+    run_ok([*CLI, "package", "--expert", str(expert), "--output", str(out), "--no-measure"], env)
+    run_ok([*CLI, "install", str(next(out.glob("*.expert")))], env)
+    name = json.loads((expert / "manifest.json").read_text())["name"]
+    return name, env
 
 
 def main() -> None:
@@ -70,6 +102,7 @@ def main() -> None:
         default="lean,onnx,onnx:int8",
         help="decoders to time the fast start with, each DECODER[:QUANTIZE] (onnx: its graph built first)",
     )
+    parser.add_argument("--directory", action="store_true", help="answer from the expert's directory, not installed")
     args = parser.parse_args()
     from decode_speed import make_expert
 
@@ -77,10 +110,13 @@ def main() -> None:
 
     base = pull_model("SmolLM2-135M-Instruct")
     with tempfile.TemporaryDirectory() as tmp:
-        expert = args.expert or str(make_expert(base.path, Path(tmp)))
-        chat = [*CLI, "chat", "--experts", expert, "--prompt", PROMPT, "--max-tokens", "16", "--temperature", "0"]
-        fast_env = os.environ | {"EXPERTKIT_FAST_START": "1"}
-        slow_env = os.environ | {"EXPERTKIT_FAST_START": "0"}
+        expert = Path(args.expert) if args.expert else make_expert(base.path, Path(tmp))
+        env = dict(os.environ)
+        if not args.directory:
+            expert, env = install(expert, Path(tmp), env)
+        chat = [*CLI, "chat", "--experts", str(expert), "--prompt", PROMPT, "--max-tokens", "16", "--temperature", "0"]
+        fast_env = env | {"EXPERTKIT_FAST_START": "1"}
+        slow_env = env | {"EXPERTKIT_FAST_START": "0"}
         help_s = timed([*CLI, "--help"], fast_env, args.repeats * 2)
         by_decoder = {}
         for decoder in args.decoders.split(","):
@@ -96,7 +132,11 @@ def main() -> None:
         f"expert-cli --help: {help_s:.2f} s; chat first answer: {chat_s:.2f} s fast start, {slow_s:.2f} s without",
         file=sys.stderr,
     )
-    print(f"fast chat imports transformers: {imports['transformers']}, peft: {imports['peft']}", file=sys.stderr)
+    print(
+        f"fast chat ({best}) imports transformers: {imports['transformers']}, peft: {imports['peft']}, "
+        f"torch: {imports['torch']}",
+        file=sys.stderr,
+    )
     result = {
         "help_s": round(help_s, 3),
         "chat_s": round(chat_s, 3),
@@ -106,8 +146,11 @@ def main() -> None:
         "speedup": round(slow_s / chat_s, 2),
         "imports_transformers": imports["transformers"],
         "imports_peft": imports["peft"],
+        "imports_torch": imports["torch"],
+        "imports_torch_by_decoder": {name: run["torch"] for name, run in by_decoder.items()},
         "top_imports_ms": imports["top_ms"],
         "repeats": args.repeats,
+        "expert": "directory" if args.directory else "installed",
         "cpus": os.cpu_count(),
     }
     print(json.dumps(result))

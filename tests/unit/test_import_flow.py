@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SRC = Path(__file__).resolve().parents[2] / "src" / "expertkit"
 # Each stage may import the stages listed (and shared top-level modules: errors, home, naming, ...).
 ALLOWED: dict[str, set[str]] = {
@@ -168,9 +170,15 @@ print(json.dumps(sorted(sys.modules)))
 
 
 def imported(*args: str) -> list[str]:
-    done = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, timeout=120)
+    return probe(*args)[1]
+
+
+def probe(*args: str) -> tuple[list[str], list[str]]:
+    """The command's printed lines, and every module it imported (a fresh interpreter)."""
+    done = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    *lines, modules = done.stdout.strip().splitlines()
+    return lines, json.loads(modules)
 
 
 def heavy_imports(*args: str) -> list[str]:
@@ -195,3 +203,21 @@ def test_every_module_imports_in_a_fresh_interpreter() -> None:
     script = "import importlib, sys\nfor name in sys.argv[1:]:\n    importlib.import_module(name)\n"
     done = subprocess.run([sys.executable, "-c", script, *names], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_a_one_shot_onnx_answer_from_a_built_graph_imports_no_torch(
+    trained_source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``chat --prompt`` through the ONNX decoder, once its graph is built (the first answer builds
+    it, with torch), answers without importing torch, transformers or PEFT: the same answer."""
+    monkeypatch.setenv("EXPERTKIT_HOME", str(tmp_path / "home"))
+    args = ["chat", "--experts", str(trained_source), "--prompt", "How many singers?", "--json"]
+    args += ["--decoder", "onnx", "--quantize", "int8", "--max-tokens", "5", "--temperature", "0"]
+    first, first_modules = probe(*args)
+    again, modules = probe(*args)
+    assert "torch" in first_modules  # the build merged the expert with torch
+    assert [m for m in modules if m.split(".")[0] in ("torch", "transformers", "peft")] == []
+    answer, before = json.loads(again[-1]), json.loads(first[-1])
+    for key in ("text", "usage", "finish_reason", "expert"):
+        assert answer[key] == before[key], key
+    assert answer["decoding"]["decoder"] == {"value": "onnx", "source": "cli"} and answer["usage"]["completion_tokens"]

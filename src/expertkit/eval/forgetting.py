@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from expertkit.errors import DataError
@@ -92,9 +93,9 @@ def _log_probs(engine: Engine, name: str | None, prompt: list[int], answer: list
     decoder = engine.activate(name)
     prefix = engine.experts[name].soft_prompt if name else None
     cache = decoder.new_cache(len(prompt) + len(answer) + engine.prefix_length(name) + 1)
-    rows = [decoder.forward(cache, torch.tensor(prompt), prefix)]
+    rows = [torch.as_tensor(decoder.forward(cache, np.asarray(prompt, dtype=np.int64), prefix))]
     for token in answer[:-1]:
-        rows.append(decoder.forward(cache, torch.tensor([token])))
+        rows.append(torch.as_tensor(decoder.forward(cache, np.asarray([token], dtype=np.int64))))
     return torch.log_softmax(torch.stack(rows).float(), dim=-1)
 
 

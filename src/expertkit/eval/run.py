@@ -25,8 +25,7 @@ from expertkit.models.fingerprint import sha256_file
 from expertkit.models.hardware import best_dtype
 from expertkit.package.references import ExpertFiles, resolve_expert
 from expertkit.runtime.engine import Engine
-from expertkit.runtime.options import LoadOptions, parse_decoder
-from expertkit.runtime.quantize import parse_quantize
+from expertkit.runtime.options import LoadOptions, parse_decoder, parse_quantize
 from expertkit.safepath import child_file, contained
 
 _SET_NAME_DISALLOWED = re.compile(r"[^A-Za-z0-9_.-]+")

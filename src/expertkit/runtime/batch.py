@@ -156,7 +156,8 @@ class BatchScheduler:
         that step, whose logits choose the first token. Returns that row's position and the prompt's
         rows for the step (``None``: nothing left to feed but the last token)."""
         assert self.cache is not None and item.state is not None
-        view, head, prefix = LeanDecoder.slot_view(self.cache, slot), item.state.seen[:-1], item.request.prefix
+        view, prefix = LeanDecoder.slot_view(self.cache, slot), item.request.prefix
+        head = torch.from_numpy(item.state.seen[:-1])
         if len(item.state.seen) == 0:
             raise ValueError("the prompt has no tokens")
         reused = self.prefixes.restore(view, *self._owner(decoder, item), head, prefix)
@@ -177,7 +178,7 @@ class BatchScheduler:
         tokens = torch.tensor([s.token for s in self.running])
         lengths = torch.tensor([s.length for s in self.running])
         prompts = [s.prompt for s in self.running if s.prompt is not None]
-        logits = decoder.step_batch(self.cache, tokens, lengths, self._groups(), prompts)
+        logits = decoder.step_batch(self.cache, tokens, lengths, self._groups(), prompts).numpy()
         self._keep_prompts(decoder)
         finished: list[int] = []
         for row, item in enumerate(self.running):
@@ -203,7 +204,8 @@ class BatchScheduler:
             if item.prompt is not None and item.state is not None:
                 view = LeanDecoder.slot_view(self.cache, item.prompt.slot)
                 view.length = item.length
-                self.prefixes.store(view, *self._owner(decoder, item), item.state.seen[:-1], item.request.prefix)
+                head = torch.from_numpy(item.state.seen[:-1])
+                self.prefixes.store(view, *self._owner(decoder, item), head, item.request.prefix)
                 item.prompt = None
 
     def _joins(self, expert: str | None) -> bool:

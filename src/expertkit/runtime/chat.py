@@ -9,8 +9,7 @@ from expertkit.errors import UsageError
 from expertkit.models.hardware import best_dtype, dtype_reason
 from expertkit.package.signing import default_trusted_keys_dir, trusted_keys
 from expertkit.runtime.engine import Engine
-from expertkit.runtime.options import LoadOptions, parse_decoder
-from expertkit.runtime.quantize import parse_quantize
+from expertkit.runtime.options import LoadOptions, parse_decoder, parse_quantize
 from expertkit.runtime.routing import build_router
 from expertkit.runtime.session import ChatSession
 from expertkit.runtime.settings import DecodingOverrides

@@ -8,6 +8,10 @@ model object and no PEFT on that path. Anything else (other adapter types, other
 control tokens, the base-model router, perf measurement) reads ``engine.model``, which loads
 transformers + PEFT on first use.
 
+Torch is imported where a decoder that computes with it is built, not here: an expert that decodes
+through the ONNX Runtime decoder from a graph already built answers without loading torch at all
+(a one-shot ``chat``; about 1.5 s of import on a 2-core CPU).
+
 Through PEFT, activating an expert merges its adapter into the weights the decoder reads, then
 puts the model's own weights back exactly as they were (a snapshot of every adapted layer is
 restored), so switching experts or returning to the base model leaves no rounding residue, even
@@ -18,9 +22,7 @@ from __future__ import annotations
 
 import warnings
 from types import SimpleNamespace
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from expertkit.errors import UsageError
 from expertkit.manifest.sections import DecodingConfig
@@ -33,25 +35,18 @@ from expertkit.package.lock import check_base_model, check_template
 from expertkit.package.references import ExpertFiles, resolve_expert
 from expertkit.runtime.constraints import ordered_by_constraints
 from expertkit.runtime.expert_checks import Expert, check_bounds, check_control_tokens, lock_of, soft_prompt
+from expertkit.runtime.file_tensors import FileTensors
 from expertkit.runtime.generate import Decoder, GenerationRequest, GenerationResult, end_token_ids, generate
-from expertkit.runtime.hf_decoder import HFDecoder
-from expertkit.runtime.llama_decoder import LeanDecoder, lean_supported
-from expertkit.runtime.lora_deltas import ExpertDeltas, lora_deltas
-from expertkit.runtime.model_files import (
-    DefaultRope,
-    FileTensors,
-    LoraFactors,
-    deltas_from,
-    fast_config,
-    generation_end_ids,
-    merged,
-    plain_lora,
-)
+from expertkit.runtime.lora_file import LoraFile, plain_lora_file
+from expertkit.runtime.model_config import fast_config, generation_end_ids, lean_supported
 from expertkit.runtime.onnx_decoder import OnnxDecoder
-from expertkit.runtime.options import DEFAULT_DECODER, DecoderKind, LoadOptions
-from expertkit.runtime.peft_merge import peft_merged_decoder
-from expertkit.runtime.quantize import DEFAULT_QUANTIZE, Quantize
+from expertkit.runtime.options import DEFAULT_DECODER, DEFAULT_QUANTIZE, DecoderKind, LoadOptions, Quantize
 from expertkit.runtime.settings import DecodingOverrides, DecodingSettings, Source, resolve_settings
+
+if TYPE_CHECKING:
+    from expertkit.runtime.llama_decoder import LeanDecoder
+    from expertkit.runtime.lora_deltas import ExpertDeltas
+    from expertkit.runtime.model_files import DefaultRope
 
 
 class Engine:
@@ -64,13 +59,13 @@ class Engine:
         self._tensors: FileTensors | None = None  # fast start: the base weights, each read on first use
         self._config = fast_config(base.path) if options.fast_start and options.device == "cpu" else None
         if self._config is not None and options.dtype != "auto":
-            self._tensors = FileTensors(base.path, getattr(torch, options.dtype))
+            self._tensors = FileTensors(base.path, options.dtype)
             self.tokenizer = decode_tokenizer(base)
         else:
             self._config = None
             self._model, self.tokenizer = load_model(base, options.dtype, options.device)
-        self._lora: dict[str, LoraFactors] = {}  # experts merged by hand (fast start)
-        self._rope = DefaultRope(self._config) if self._config is not None else None
+        self._lora: dict[str, LoraFile] = {}  # experts read from their files (fast start)
+        self._default_rope: DefaultRope | None = None
         self._end_config: SimpleNamespace | None = None  # generation_config.json's end ids (fast start)
         # The base tokenizer's own special tokens (EOS, BOS, pad ...) are hidden from output text;
         # tokens an expert adds are plain text to every other expert, never stripped.
@@ -154,7 +149,7 @@ class Engine:
             self._resize_embeddings()
         expert = Expert(files, soft_prompt(files), notes)
         check_bounds(expert, self.model_config, self.context_length)
-        lora = plain_lora(files.adapter_dir, self._tensors.shapes) if self._tensors is not None else None
+        lora = plain_lora_file(files.adapter_dir, self._tensors.shapes) if self._tensors is not None else None
         if lora is not None:
             self._lora[expert.name] = lora
         if self._model is not None or lora is None:
@@ -209,14 +204,29 @@ class Engine:
 
     def _new_decoder(self, name: str | None) -> LeanDecoder | OnnxDecoder:
         if self.decoder_of(name)[0] == "onnx":
-            from expertkit.runtime.onnx_build import onnx_model
+            from expertkit.runtime.onnx_cache import cached_onnx_model
 
             lora = self._lora.get(name) if name is not None else None
-            model = onnx_model(self.base.path, self.fingerprint.weights_sha256, lora, self.quantize_of(name)[0])
+            sha, quantize = self.fingerprint.weights_sha256, self.quantize_of(name)[0]
+            model = cached_onnx_model(sha, lora, quantize)
+            if model is None:  # built once (this imports torch); later answers open it as it is
+                from expertkit.runtime.onnx_build import onnx_model
+
+                model = onnx_model(self.base.path, sha, lora, quantize)
             assert self._tensors is not None  # decoder_of says onnx only on the fast start
-            embeddings = self._tensors.stored("model.embed_tokens.weight")  # the graph computes in fp32
-            return OnnxDecoder(model, embeddings, self._config, threads=torch.get_num_threads())
+            embeddings = self._tensors.float_rows("model.embed_tokens.weight")  # the graph computes in fp32
+            return OnnxDecoder(model, embeddings, self._config)
         return self._new_lean(name)
+
+    @property
+    def _rope(self) -> DefaultRope:
+        """The rotary tables the fast start's lean decoders share (made on first use)."""
+        if self._default_rope is None:
+            from expertkit.runtime.model_files import DefaultRope
+
+            assert self._config is not None  # only the fast start builds decoders from the files
+            self._default_rope = DefaultRope(self._config)
+        return self._default_rope
 
     def _new_lean(self, name: str | None) -> LeanDecoder:
         """A lean decoder for ``name``: merged by hand from the files (fast start), else through PEFT.
@@ -224,6 +234,10 @@ class Engine:
         would erase most of a low-rank change (measured: a 4-bit base model's weights sit on that grid,
         and the merged expert decoded like the base model), so it runs as the quantised base decoder
         plus its deltas (in fp32). Asked not to merge (``merge_experts``: one answer), likewise."""
+        from expertkit.runtime.llama_decoder import LeanDecoder
+        from expertkit.runtime.model_files import merged
+        from expertkit.runtime.peft_merge import peft_merged_decoder
+
         quantize = self.quantize_of(name)[0]
         unmerged = quantize != "none" or not self.options.merge_experts
         if name is not None and unmerged and (deltas := self._expert_deltas(name)) is not None:
@@ -231,13 +245,16 @@ class Engine:
         if self._tensors is not None and name in self._lora:
             if self._lora[name].dora and (deltas := self._expert_deltas(name)) is not None:
                 return self._base_decoder(quantize).with_deltas(deltas)  # DoRA read from files: as deltas
-            return LeanDecoder.from_tensors(merged(self._tensors, self._lora[name]), self._config, self._rope, quantize)
+            factors = self._lora[name].factors()
+            return LeanDecoder.from_tensors(merged(self._tensors, factors), self._config, self._rope, quantize)
         if name is None:
             return self._base_decoder(quantize)
         return peft_merged_decoder(self.model, name, quantize)
 
     def _base_decoder(self, quantize: Quantize) -> LeanDecoder:
         """The base model's decoder quantised as asked, kept once per quantisation."""
+        from expertkit.runtime.llama_decoder import LeanDecoder
+
         if quantize not in self._bases:
             if self._tensors is not None:
                 self._bases[quantize] = LeanDecoder.from_tensors(self._tensors, self._config, self._rope, quantize)
@@ -297,11 +314,14 @@ class Engine:
 
     def _expert_deltas(self, name: str) -> ExpertDeltas | None:
         """Expert ``name``'s LoRA as the lean decoder's deltas (``None``: not a plain LoRA)."""
+        from expertkit.runtime.lora_deltas import lora_deltas
+        from expertkit.runtime.model_files import deltas_from
+
         if name not in self._deltas:
             lora = self._lora.get(name)
             if lora is not None and self._tensors is not None:
                 layers = int(self.model_config.num_hidden_layers)
-                self._deltas[name] = deltas_from(lora, self._tensors, layers)
+                self._deltas[name] = deltas_from(lora.factors(), self._tensors, layers)
             else:
                 self._deltas[name] = lora_deltas(self.model, name)
         return self._deltas[name]
@@ -334,6 +354,8 @@ class Engine:
         return notes
 
     def _hf_decoder(self, name: str | None) -> Decoder:
+        from expertkit.runtime.hf_decoder import HFDecoder
+
         if not self.experts:
             return HFDecoder(self.model)
         if name is None:
@@ -415,5 +437,5 @@ class Engine:
     @property
     def vocab_size(self) -> int:
         if self._tensors is not None:
-            return int(self._tensors["model.embed_tokens.weight"].shape[0])
+            return int(self._tensors.shapes["model.embed_tokens.weight"][0])
         return int(self.model.get_input_embeddings().num_embeddings)

@@ -8,8 +8,6 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
 from expertkit.errors import ModelLoadError, UsageError
 from expertkit.package.lock import TrainedWith, lock_from_meta
 from expertkit.package.references import ExpertFiles
@@ -21,7 +19,7 @@ MAX_CONTROL_TOKENS, MAX_CONTROL_TOKEN_CHARS = 256, 64
 @dataclass
 class Expert:
     files: ExpertFiles
-    soft_prompt: torch.Tensor | None
+    soft_prompt: Any  # a torch tensor [virtual tokens, hidden], or None
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -39,7 +37,12 @@ def lock_of(files: ExpertFiles, notes: list[str]) -> TrainedWith | None:
     return lock_from_meta(meta)
 
 
-def soft_prompt(files: ExpertFiles) -> torch.Tensor | None:
+def soft_prompt(files: ExpertFiles) -> Any:
+    """The expert's soft prompts, concatenated in manifest order (``None`` without one; torch is
+    imported only for an expert that has one)."""
+    if not files.loaded.manifest.soft_prompts:
+        return None
+    import torch
     from safetensors.torch import load_file
 
     parts = []

@@ -1,5 +1,9 @@
 """The decode loop: prefill, then one token at a time with sampling, stop sequences, end-of-turn
-tokens and ``max_tokens``; optional grammar masking and streaming of text as it is decided."""
+tokens and ``max_tokens``; optional grammar masking and streaming of text as it is decided.
+
+The loop and a sequence's state are numpy, not torch (see :mod:`expertkit.runtime.sampling`): a
+decoder takes token ids as a 1-D int64 array and returns one row of fp32 logits, a numpy array or a
+CPU torch tensor (read without a copy), so the ONNX Runtime decoder answers without importing torch."""
 
 from __future__ import annotations
 
@@ -8,9 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-import torch
+import numpy as np
 
-from expertkit.runtime.sampling import Sampler
+from expertkit.runtime.sampling import Sampler, as_logits, log_softmax
 from expertkit.runtime.settings import DecodingSettings
 from expertkit.runtime.stops import StopMatcher
 
@@ -18,20 +22,23 @@ FinishReason = Literal["stop", "eos", "length", "grammar"]
 
 
 class Decoder(Protocol):
+    """``forward`` feeds 1-D int64 token ids (a numpy array; the soft prompt's rows in front when
+    ``prefix`` is given) and returns the last position's fp32 logits (numpy or a CPU torch tensor)."""
+
     def new_cache(self, capacity: int) -> Any: ...
-    def forward(self, cache: Any, ids: torch.Tensor, prefix: torch.Tensor | None = None) -> torch.Tensor: ...
+    def forward(self, cache: Any, ids: np.ndarray, prefix: Any = None) -> Any: ...
 
 
 class TokenMask(Protocol):
     """A grammar's view of decoding: which tokens may come next, and accepting the chosen one."""
 
-    def mask(self, logits: torch.Tensor) -> torch.Tensor: ...
+    def mask(self, logits: np.ndarray) -> np.ndarray: ...
     def allows(self, token: int) -> bool: ...
     def accept(self, token: int) -> None: ...
     def finished(self) -> bool: ...
 
 
-def constrained_choice(sampler: Sampler, logits: torch.Tensor, seen: torch.Tensor | None, grammar: TokenMask) -> int:
+def constrained_choice(sampler: Sampler, logits: np.ndarray, seen: np.ndarray | None, grammar: TokenMask) -> int:
     """The next token under a grammar. Greedy decoding first tries the unconstrained choice and
     computes the full mask only when the grammar rejects it: the argmax of the masked logits is the
     same token either way, and most steps of a good model need no mask at all."""
@@ -52,9 +59,11 @@ class TokenLogprob:
     top: tuple[tuple[int, float], ...]
 
 
-def token_logprob(log_probs: torch.Tensor, token: int, top_n: int) -> TokenLogprob:
-    values, ids = torch.topk(log_probs, max(0, min(top_n, log_probs.numel())))
-    top = tuple((int(i), float(v)) for i, v in zip(ids, values, strict=True) if v > float("-inf"))
+def token_logprob(log_probs: np.ndarray, token: int, top_n: int) -> TokenLogprob:
+    n = max(0, min(top_n, log_probs.size))
+    ids = np.argpartition(-log_probs, n - 1)[:n] if n else np.zeros(0, dtype=np.int64)
+    ids = ids[np.lexsort((ids, -log_probs[ids]))]  # likeliest first, ties by id
+    top = tuple((int(i), float(log_probs[i])) for i in ids if log_probs[i] > float("-inf"))
     return TokenLogprob(token, float(log_probs[token]), top)
 
 
@@ -92,7 +101,7 @@ class GenerationRequest:
     prompt_ids: list[int]
     settings: DecodingSettings
     end_ids: set[int]
-    prefix: torch.Tensor | None = None
+    prefix: Any = None  # the soft prompt's rows [virtual tokens, hidden] (a torch tensor or numpy array)
     grammar: TokenMask | None = None
     on_text: Callable[[str], None] | None = None
     # With a grammar, a stop string only ends generation where the text before it is complete
@@ -122,7 +131,7 @@ class SequenceState:
         self.request, self.settings = request, request.settings
         self.sampler = Sampler(request.settings)
         self.stops = StopMatcher(tokenizer, request.settings.stop_sequences, request.hidden_ids)
-        self.seen = torch.tensor(request.prompt_ids, dtype=torch.long)
+        self.seen = np.asarray(request.prompt_ids, dtype=np.int64)
         self.started = time.perf_counter()
         self.first_token_s, self.text, self.steps = 0.0, "", 0
         self.reason: FinishReason | None = None
@@ -133,7 +142,7 @@ class SequenceState:
         virtual = 0 if self.request.prefix is None else int(self.request.prefix.shape[0])
         return virtual + len(self.request.prompt_ids) + self.settings.max_tokens
 
-    def advance(self, logits: torch.Tensor) -> int | None:
+    def advance(self, logits: Any) -> int | None:
         """Choose the next token from ``logits``; the token to feed next, or ``None`` when finished.
 
         Raises:
@@ -142,6 +151,7 @@ class SequenceState:
         request = self.request
         if request.should_stop is not None and request.should_stop():
             raise GenerationCancelledError(f"cancelled after {self.steps} tokens")
+        logits = as_logits(logits)
         history = self.seen if self.settings.repetition_penalty != 1.0 else None
         if request.top_logprobs is not None:
             token = self._choose_with_logprobs(logits, history, request.top_logprobs)
@@ -165,18 +175,18 @@ class SequenceState:
         if result.stopped or (request.grammar is not None and request.grammar.finished()):
             self.reason = "stop" if result.stopped else "grammar"
             return None
-        self.seen = torch.cat([self.seen, torch.tensor([token])])
+        self.seen = np.append(self.seen, np.int64(token))
         if self.steps >= self.settings.max_tokens:
             self.reason = "length"
             return None
         return token
 
-    def _choose_with_logprobs(self, logits: torch.Tensor, history: torch.Tensor | None, top_n: int) -> int:
+    def _choose_with_logprobs(self, logits: np.ndarray, history: np.ndarray | None, top_n: int) -> int:
         """Choose as :meth:`advance` would, from the full masked distribution, and record it."""
         grammar = self.request.grammar
         processed = self.sampler.processed(grammar.mask(logits) if grammar is not None else logits, history)
         token = self.sampler.pick(processed)
-        entry = token_logprob(torch.log_softmax(processed, dim=-1), token, top_n)
+        entry = token_logprob(log_softmax(processed), token, top_n)
         self.logprobs.append(entry)
         if self.request.on_logprob is not None:
             self.request.on_logprob(entry, self.stops.lengths[-1] if self.stops.lengths else 0)
@@ -211,5 +221,5 @@ def generate(decoder: Decoder, tokenizer: Any, request: GenerationRequest) -> Ge
     cache = decoder.new_cache(state.capacity)
     logits = decoder.forward(cache, state.seen, request.prefix)
     while (token := state.advance(logits)) is not None:
-        logits = decoder.forward(cache, torch.tensor([token]))
+        logits = decoder.forward(cache, np.array([token], dtype=np.int64))
     return state.result()

@@ -28,10 +28,10 @@ class HFDecoder:
         return HFCache(min(capacity, self.max_positions), DynamicCache(config=self.model.config))
 
     @torch.inference_mode()
-    def forward(self, cache: HFCache, ids: torch.Tensor, prefix: torch.Tensor | None = None) -> torch.Tensor:
-        embeds = self.model.get_input_embeddings()(ids[None])
+    def forward(self, cache: HFCache, ids: Any, prefix: Any = None) -> torch.Tensor:
+        embeds = self.model.get_input_embeddings()(torch.as_tensor(ids)[None])
         if prefix is not None:
-            embeds = torch.cat([prefix.to(embeds.dtype)[None], embeds], dim=1)
+            embeds = torch.cat([torch.as_tensor(prefix).to(embeds.dtype)[None], embeds], dim=1)
         tokens = embeds.shape[1]
         if cache.length + tokens > cache.capacity:
             raise ValueError(f"context of {cache.length + tokens} tokens exceeds the cache ({cache.capacity})")

@@ -38,22 +38,12 @@ from expertkit.runtime.llama_weights import (
     required,
 )
 from expertkit.runtime.lora_deltas import ExpertDeltas, RowGroup
-from expertkit.runtime.quantize import Quantize
+from expertkit.runtime.options import Quantize
 
-SUPPORTED_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 # Prompt tokens whose RoPE matrices exist at once: a longer prompt is rotated in chunks of this many,
 # so memory stays at ROPE_CHUNK x head_dim^2 fp32 (16 MB at head_dim 128) instead of growing with the
 # prompt (2 GB for 32k tokens). Each token's product is the same in any chunk, so chunks change no bit.
 ROPE_CHUNK = 256
-
-
-def lean_supported(config: Any) -> bool:
-    return (
-        config.model_type in SUPPORTED_TYPES
-        and getattr(config, "hidden_act", "silu") == "silu"
-        and not getattr(config, "use_sliding_window", False)
-        and not getattr(config, "mlp_bias", False)
-    )
 
 
 @dataclass
@@ -188,15 +178,13 @@ class LeanDecoder:
         return x + self._rows(layer.down, nnf.silu(gate) * up, groups, index, "down")
 
     @torch.inference_mode()
-    def forward(
-        self, cache: KVCache, ids: torch.Tensor, prefix: torch.Tensor | None = None, deltas: ExpertDeltas | None = None
-    ) -> torch.Tensor:
-        """Logits (fp32, ``[vocab]``) after feeding ``ids`` (and, first, ``prefix`` embeddings), with
-        an expert's LoRA ``deltas`` added to the shared weights when given."""
+    def forward(self, cache: KVCache, ids: Any, prefix: Any = None, deltas: ExpertDeltas | None = None) -> torch.Tensor:
+        """Logits (fp32, ``[vocab]``) after feeding ``ids`` (a torch or numpy int array; and, first,
+        ``prefix`` embeddings), with an expert's LoRA ``deltas`` added to the shared weights when given."""
         deltas = deltas if deltas is not None else self.deltas
-        x = self.embed[ids].float()
+        x = self.embed[torch.as_tensor(ids)].float()
         if prefix is not None:
-            x = torch.cat([prefix.float(), x])
+            x = torch.cat([torch.as_tensor(prefix).float(), x])
         tokens, start, norms = x.shape[0], cache.length, self._norms32
         groups = self._row_deltas([RowGroup(torch.arange(tokens), deltas)] if deltas is not None else [], tokens)
         if start + tokens > cache.capacity:

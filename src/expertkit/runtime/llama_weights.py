@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as nnf
 
 from expertkit.errors import ModelLoadError
-from expertkit.runtime.quantize import Int4Linear, Int8Linear, Quantize, quantizable, quantize_linear
+from expertkit.runtime.options import Quantize
+from expertkit.runtime.quantize import Int4Linear, Int8Linear, quantizable, quantize_linear
 
 MODEL_HINT = "check the model directory: its safetensors must hold every weight its config.json names"
 

@@ -25,14 +25,7 @@ from typing import Any
 
 import torch
 
-# The lean decoder's fused projections and the model modules that make them, in order.
-FUSED = {
-    "qkv": ("q_proj", "k_proj", "v_proj"),
-    "out": ("o_proj",),
-    "gate_up": ("gate_proj", "up_proj"),
-    "down": ("down_proj",),
-}
-PROJECTIONS = {module: fused for fused, modules in FUSED.items() for module in modules}
+from expertkit.runtime.lora_file import FUSED, PROJECTIONS
 
 
 class Delta:

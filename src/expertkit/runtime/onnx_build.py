@@ -30,14 +30,12 @@ What is built, from files expertkit has already read and checked:
   same rounding the base gets.
 
 The build runs the builder in a subprocess with a time limit, into a temporary directory renamed
-into ``$EXPERTKIT_HOME/onnx/<key>`` when complete; the key hashes the base model's fingerprint, the
-expert's factors, the quantisation and the two libraries' versions, so a changed expert or library
-builds anew and nothing half-written is ever read.
+into ``$EXPERTKIT_HOME/onnx/<key>`` when complete (:mod:`expertkit.runtime.onnx_cache` names it), so
+a changed expert or library builds anew and nothing half-written is ever read.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -45,26 +43,19 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 import torch
 
 from expertkit.errors import ExpertkitError
-from expertkit.home import expertkit_home
 from expertkit.runtime.lora_deltas import dora_rescale
-from expertkit.runtime.model_files import LoraFactors
-from expertkit.runtime.quantize import Quantize
+from expertkit.runtime.lora_file import LoraFactors, LoraFile
+from expertkit.runtime.onnx_cache import SYMMETRIC, OnnxModel, cached_onnx_model, graph_dir, merges, versions
+from expertkit.runtime.options import Quantize
 
-ONNX_DIR = "onnx"  # $EXPERTKIT_HOME/onnx/<key>/model.onnx
 BUILD_TIMEOUT_S = 900
 KEPT_GRAPHS = 8  # built graphs kept in the cache (the least recently used go first; an fp32 one is ~0.5 GB)
 PRECISION: dict[Quantize, str] = {"none": "fp32", "int8": "int8", "int4": "int4"}
-# Asymmetric blocks (uint8/uint4 codes with a zero point) by default: on the embedded model, whose
-# weights come from an asymmetric Q4_1 GGUF, the SQL expert scored 23.6 % on GeoQuery with symmetric
-# int8 blocks and 27.5 % with asymmetric ones (lean bf16: 26.4 %; README). EXPERTKIT_ONNX_SYMMETRIC=1 switches.
-SYMMETRIC = os.environ.get("EXPERTKIT_ONNX_SYMMETRIC", "0") == "1"
 BASE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
               "special_tokens_map.json", "chat_template.jinja")  # fmt: skip
 
@@ -73,47 +64,15 @@ class OnnxBuildError(ExpertkitError):
     """The ONNX Runtime model could not be built (the builder failed or timed out)."""
 
 
-@dataclass(frozen=True)
-class OnnxModel:
-    """A built decoder graph: ``directory/model.onnx`` (weights in ``model.onnx.data``)."""
-
-    directory: Path
-    quantize: Quantize
-    built_s: float  # seconds spent building it now (0.0: it was cached)
-
-    @property
-    def path(self) -> Path:
-        return self.directory / "model.onnx"
-
-
-def versions() -> str:
-    return f"onnxruntime {metadata.version('onnxruntime')}, onnxruntime-genai {metadata.version('onnxruntime-genai')}"
-
-
-def build_key(base_sha256: str, lora: LoraFactors | None, quantize: Quantize) -> str:
-    """A hash of everything the graph depends on."""
-    recipe = f"{base_sha256}|{quantize}|merged={merges(quantize)}|symmetric={SYMMETRIC}|{versions()}|v1"
-    digest = hashlib.sha256(recipe.encode())
-    if lora is not None:
-        digest.update(f"scale={lora.scale!r}".encode())
-        for name in sorted(lora.factors):
-            for tensor in (*lora.factors[name], lora.magnitudes.get(name)):
-                if tensor is not None:
-                    digest.update(name.encode())
-                    digest.update(tensor.detach().float().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:24]
-
-
 def onnx_model(
-    base_dir: Path, base_sha256: str, lora: LoraFactors | None, quantize: Quantize, log: bool = True
+    base_dir: Path, base_sha256: str, lora: LoraFile | None, quantize: Quantize, log: bool = True
 ) -> OnnxModel:
     """The ONNX decoder for the base model at ``base_dir`` with ``lora`` (``None``: the base alone),
     quantised as asked: from the cache, else built now (seconds to a minute, once)."""
-    root = expertkit_home() / ONNX_DIR
-    target = root / build_key(base_sha256, lora, quantize)
-    if (target / "model.onnx").is_file():
-        target.touch()  # recently used: pruned last
-        return OnnxModel(target, quantize, 0.0)
+    if (cached := cached_onnx_model(base_sha256, lora, quantize)) is not None:
+        return cached
+    target = graph_dir(base_sha256, lora, quantize)
+    root = target.parent
     root.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     if log:
@@ -121,11 +80,12 @@ def onnx_model(
     with tempfile.TemporaryDirectory(prefix=".build-", dir=root) as tmp:
         work = Path(tmp)
         adapter = None
-        if lora is not None and merges(quantize):
-            _write_model(work / "model", base_dir, lora, merge=True)
-        elif lora is not None:
+        factors = lora.factors() if lora is not None else None
+        if factors is not None and merges(quantize):
+            _write_model(work / "model", base_dir, factors, merge=True)
+        elif factors is not None:
             adapter = work / "adapter"
-            _write_adapter(adapter, lora, _write_model(work / "model", base_dir, lora, merge=False))
+            _write_adapter(adapter, factors, _write_model(work / "model", base_dir, factors, merge=False))
         else:
             _link_model(work / "model", base_dir)
         out = work / "out"
@@ -162,13 +122,6 @@ def _link_model(model: Path, base_dir: Path) -> None:
             shutil.copyfile(base_dir / name, model / name)
     for weights in sorted(base_dir.glob("*.safetensors")):
         (model / weights.name).symlink_to(weights.resolve())
-
-
-def merges(quantize: Quantize) -> bool:
-    """Whether the expert is merged into the weights before the build: in fp32 (exact) and int8 (a
-    grid of 255 steps per block of 32 keeps a low-rank change: measured, see the README), not int4,
-    whose 16 steps round a change smaller than a step away (it keeps its own product instead)."""
-    return quantize != "int4"
 
 
 def _write_model(model: Path, base_dir: Path, lora: LoraFactors, merge: bool) -> dict[str, torch.Tensor]:

@@ -5,7 +5,10 @@ virtual tokens go in front as they do in the lean decoder) and the attention mas
 logits. Keys and values live in one buffer per layer allocated at the generation's capacity and
 bound as both the past input and the present output: ``GroupQueryAttention`` writes each step's
 keys in place (its shared-buffer mode, as onnxruntime-genai runs it), so a step copies nothing
-that grows with the context. Logits come back as a torch tensor for the shared decode loop.
+that grows with the context. Logits come back as a numpy row for the shared decode loop.
+
+Nothing here imports torch: with the embedding table read as numpy (``FileTensors.float_rows``)
+and the graph already built, a one-shot answer through this decoder never loads it.
 """
 
 from __future__ import annotations
@@ -14,9 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 
-from expertkit.runtime.onnx_build import OnnxModel
+from expertkit.runtime.onnx_cache import OnnxModel
 
 
 @dataclass
@@ -30,7 +32,9 @@ class OnnxCache:
 class OnnxDecoder:
     """Decodes with an ONNX Runtime model of the base model (and one expert), embeddings outside the graph."""
 
-    def __init__(self, model: OnnxModel, embeddings: torch.Tensor, config: Any, threads: int | None = None) -> None:
+    def __init__(self, model: OnnxModel, embeddings: Any, config: Any, threads: int | None = None) -> None:
+        """``embeddings``: the embedding table, indexed by an int64 id array into fp32 rows (a
+        :class:`~expertkit.runtime.file_tensors.FloatRows` reads only those rows from the file)."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -39,7 +43,7 @@ class OnnxDecoder:
             options.intra_op_num_threads = threads
         self.model = model
         self.session = ort.InferenceSession(str(model.path), options, providers=["CPUExecutionProvider"])
-        self.embeddings = embeddings.float().numpy()  # a view when the table is fp32 already
+        self.embeddings = embeddings
         self.max_positions = int(getattr(config, "max_position_embeddings", 1 << 30))
         names = [i.name for i in self.session.get_inputs()]
         self.past_names = [n for n in names if n.startswith("past_key_values.")]
@@ -59,11 +63,10 @@ class OnnxDecoder:
         buffers = [ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32) for _ in self.past_names]
         return OnnxCache(capacity, buffers)
 
-    @torch.inference_mode()
-    def forward(self, cache: OnnxCache, ids: torch.Tensor, prefix: torch.Tensor | None = None) -> torch.Tensor:
-        embeds = self.embeddings[ids.numpy()]
+    def forward(self, cache: OnnxCache, ids: Any, prefix: Any = None) -> np.ndarray:
+        embeds = np.asarray(self.embeddings[np.asarray(ids, dtype=np.int64)], dtype=np.float32)
         if prefix is not None:
-            embeds = np.concatenate([prefix.float().numpy(), embeds])
+            embeds = np.concatenate([np.asarray(prefix, dtype=np.float32), embeds])
         tokens = embeds.shape[0]
         if cache.length + tokens > cache.capacity:
             raise ValueError(f"context of {cache.length + tokens} tokens exceeds the cache ({cache.capacity})")
@@ -78,4 +81,4 @@ class OnnxDecoder:
         binding.bind_output("logits", "cpu")  # bound last: rebinding a name keeps its place
         self.session.run_with_iobinding(binding)
         cache.length += tokens
-        return torch.from_numpy(binding.get_outputs()[-1].numpy()[0, -1].copy())  # owned, not a view
+        return binding.get_outputs()[-1].numpy()[0, -1].copy()  # owned, not a view

@@ -1,4 +1,5 @@
-"""How experts are loaded: dtype, quantisation, device, template drift, another base directory, trusted keys."""
+"""How experts are loaded: dtype, quantisation, decoder, device, template drift, another base
+directory, trusted keys. Nothing here imports torch (the ONNX decoder's one-shot path reads it)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,18 @@ from typing import Literal, get_args
 from expertkit.errors import checked_choice
 from expertkit.models.load import DType
 from expertkit.package.signing import PublicKey
-from expertkit.runtime.quantize import Quantize
 
+Quantize = Literal["none", "int8", "int4"]
+QUANTIZE_CHOICES: tuple[str, ...] = get_args(Quantize)
+DEFAULT_QUANTIZE: Quantize = "none"  # see benchmarks/decode_speed.py and the eval tables before changing it
 DecoderKind = Literal["lean", "onnx"]
 DECODER_CHOICES: tuple[str, ...] = get_args(DecoderKind)
 DEFAULT_DECODER: DecoderKind = "lean"  # see benchmarks/decode_speed.py and the eval tables before changing it
+
+
+def parse_quantize(value: str | None) -> Quantize | None:
+    """A ``--quantize`` value checked (``None``: not given, the manifest or the default decides)."""
+    return checked_choice("--quantize", value, QUANTIZE_CHOICES)  # type: ignore[return-value]
 
 
 def parse_decoder(value: str | None) -> DecoderKind | None:

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from expertkit.runtime.llama_decoder import LeanDecoder
-from expertkit.runtime.quantize import Quantize
+from expertkit.runtime.options import Quantize
 
 
 def _adapted_layers(model: Any) -> list[Any]:

@@ -19,15 +19,10 @@ experts that must merge (IA³, LoKr) are quantised after their exact merge.
 
 from __future__ import annotations
 
-from typing import Literal, get_args
-
 import torch
 
-from expertkit.errors import checked_choice
+from expertkit.runtime.options import Quantize
 
-Quantize = Literal["none", "int8", "int4"]
-QUANTIZE_CHOICES: tuple[str, ...] = get_args(Quantize)
-DEFAULT_QUANTIZE: Quantize = "none"  # see benchmarks/decode_speed.py and the eval tables before changing it
 INT4_GROUP = 32  # input channels per scale/zero pair: small groups keep a 135M model's accuracy
 
 
@@ -106,8 +101,3 @@ def quantize_linear(weight: torch.Tensor, bias: torch.Tensor | None, mode: Quant
     if mode == "int4":
         return Int4Linear(weight, bias, weight.dtype)
     raise ValueError(f"no quantised linear for {mode!r}")
-
-
-def parse_quantize(value: str | None) -> Quantize | None:
-    """A ``--quantize`` value checked (``None``: not given, the manifest or the default decides)."""
-    return checked_choice("--quantize", value, QUANTIZE_CHOICES)  # type: ignore[return-value]

@@ -22,8 +22,7 @@ from expertkit.package.signing import default_trusted_keys_dir, trusted_keys
 from expertkit.package.store import list_installed
 from expertkit.runtime.answer import expert_grammar
 from expertkit.runtime.engine import Engine
-from expertkit.runtime.options import LoadOptions, parse_decoder
-from expertkit.runtime.quantize import parse_quantize
+from expertkit.runtime.options import LoadOptions, parse_decoder, parse_quantize
 from expertkit.runtime.routing import build_router
 from expertkit.serve.app import ServerConfig, create_app
 from expertkit.serve.guards import is_loopback, read_api_key

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -11,8 +12,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from expertkit.manifest.sections import DecodingConfig
 from expertkit.runtime.generate import GenerationRequest, generate
 from expertkit.runtime.hf_decoder import HFDecoder
-from expertkit.runtime.llama_decoder import LeanDecoder, lean_supported
+from expertkit.runtime.llama_decoder import LeanDecoder
 from expertkit.runtime.lora_deltas import PROJECTIONS, fused_deltas
+from expertkit.runtime.model_config import lean_supported
 from expertkit.runtime.sampling import Sampler
 from expertkit.runtime.settings import resolve_settings
 from expertkit.runtime.stops import StopMatcher
@@ -34,7 +36,7 @@ def test_settings_resolve_cli_over_manifest_over_default() -> None:
 
 
 def test_sampling_is_greedy_at_zero_and_reproducible_with_a_seed() -> None:
-    logits = torch.randn(500, generator=torch.Generator().manual_seed(0))
+    logits = np.random.default_rng(0).standard_normal(500).astype(np.float32)
     assert Sampler(resolve_settings({"temperature": 0.0}, None)).choose(logits) == int(logits.argmax())
     hot = {"temperature": 1.5, "top_p": 0.95, "top_k": 50, "seed": 7}
     first = [Sampler(resolve_settings(hot, None)).choose(logits) for _ in range(3)]
@@ -45,12 +47,27 @@ def test_sampling_is_greedy_at_zero_and_reproducible_with_a_seed() -> None:
     assert all(top1.choose(logits) == int(logits.argmax()) for _ in range(10))
     nucleus = Sampler(resolve_settings({"temperature": 1.0, "top_p": 1e-6, "seed": 1}, None))
     assert all(nucleus.choose(logits) == int(logits.argmax()) for _ in range(10))
+    assert Sampler(resolve_settings({"temperature": 0.0}, None)).choose(torch.from_numpy(logits)) == int(
+        logits.argmax()
+    )
+
+
+def test_sampling_draws_each_token_as_often_as_its_probability() -> None:
+    logits = np.log(np.array([0.5, 0.3, 0.15, 0.05], dtype=np.float32))
+    sampler = Sampler(resolve_settings({"temperature": 1.0, "seed": 3}, None))
+    counts = np.bincount([sampler.choose(logits) for _ in range(4000)], minlength=4) / 4000
+    assert np.abs(counts - [0.5, 0.3, 0.15, 0.05]).max() < 0.03
+    kept = Sampler(resolve_settings({"temperature": 1.0, "top_p": 0.7, "seed": 3}, None))
+    assert set(kept.choose(logits) for _ in range(400)) == {0, 1}  # 0.5 + 0.3 crosses 0.7: two kept
+    assert set(Sampler(resolve_settings({"temperature": 1.0, "top_k": 3}, None)).choose(logits) for _ in range(400)) == {
+        0, 1, 2}  # fmt: skip
 
 
 def test_repetition_penalty_lowers_seen_tokens() -> None:
-    logits = torch.tensor([2.0, -2.0, 1.0])
+    logits = np.array([2.0, -2.0, 1.0], dtype=np.float32)
     sampler = Sampler(resolve_settings({"repetition_penalty": 2.0}, None))
-    assert sampler.penalise(logits, torch.tensor([0, 1])).tolist() == [1.0, -4.0, 1.0]
+    assert sampler.penalise(logits, np.array([0, 1, 1])).tolist() == [1.0, -4.0, 1.0]
+    assert logits.tolist() == [2.0, -2.0, 1.0]  # the caller's row is not changed
 
 
 def test_stop_string_split_across_two_tokens_stops_and_is_not_returned(tiny_llama_dir: Path) -> None:

@@ -112,7 +112,7 @@ def test_a_dora_expert_is_read_from_its_files_and_decodes_as_through_peft(
 def test_only_a_plain_lora_whose_factors_fit_the_base_is_merged_by_hand(tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
-    from expertkit.runtime.model_files import plain_lora
+    from expertkit.runtime.lora_file import plain_lora_file as plain_lora
 
     base = {"model.layers.0.self_attn.q_proj.weight": (8, 4), "model.embed_tokens.weight": (10, 4)}
     config = {"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["q_proj"], "bias": "none"}
@@ -127,7 +127,9 @@ def test_only_a_plain_lora_whose_factors_fit_the_base_is_merged_by_hand(tmp_path
     key = "base_model.model.model.layers.0.self_attn.q_proj"
     good = {f"{key}.lora_A.weight": torch.ones(2, 4), f"{key}.lora_B.weight": torch.ones(8, 2)}
     lora = plain_lora(adapter(good), base)
-    assert lora is not None and lora.scale == 2.0 and list(lora.factors) == ["model.layers.0.self_attn.q_proj.weight"]
+    assert lora is not None and lora.scale == 2.0 and list(lora.keys) == ["model.layers.0.self_attn.q_proj.weight"]
+    a, b = lora.factors().factors["model.layers.0.self_attn.q_proj.weight"]
+    assert a.shape == (2, 4) and b.shape == (8, 2) and a.dtype == torch.float32
     assert plain_lora(adapter(good, use_rslora=True), base).scale == pytest.approx(4 / 2**0.5)  # type: ignore[union-attr]
     wrong_shape = {f"{key}.lora_A.weight": torch.ones(2, 4), f"{key}.lora_B.weight": torch.ones(9, 2)}
     assert plain_lora(adapter(wrong_shape), base) is None
@@ -182,7 +184,7 @@ def test_a_config_that_leaves_values_to_transformers_defaults_goes_through_trans
     from types import SimpleNamespace
 
     from expertkit.runtime.llama_decoder import LeanDecoder
-    from expertkit.runtime.model_files import fast_config
+    from expertkit.runtime.model_config import fast_config
 
     config = {"model_type": "llama", "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1}
     config |= {"num_attention_heads": 2, "rms_norm_eps": 1e-5, "max_position_embeddings": 64, "vocab_size": 10}

@@ -12,8 +12,8 @@ import torch
 from expertkit.errors import UsageError
 from expertkit.runtime.engine import Engine
 from expertkit.runtime.llama_weights import Linear
-from expertkit.runtime.options import LoadOptions
-from expertkit.runtime.quantize import INT4_GROUP, Int4Linear, Int8Linear, parse_quantize, quantize_linear
+from expertkit.runtime.options import LoadOptions, parse_quantize
+from expertkit.runtime.quantize import INT4_GROUP, Int4Linear, Int8Linear, quantize_linear
 
 IDS = torch.tensor([1, 5, 7, 9, 11, 13])
 

@@ -159,7 +159,10 @@ def test_chat_logprobs_are_log_probabilities_and_greedy_picks_the_top_one(tools_
         model="expert-tiny", messages=ASK, max_tokens=6, temperature=0, logprobs=True, top_logprobs=3, stream=True
     )
     pieces = [e for c in streamed if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
-    assert [(e.token, e.logprob) for e in pieces] == [(e.token, e.logprob) for e in content]
+    # The same tokens, and log-probabilities equal up to fp32 rounding: the second request reuses the
+    # first one's cached prompt keys (the prefix cache), computed in another order.
+    assert [e.token for e in pieces] == [e.token for e in content]
+    assert all(math.isclose(a.logprob, b.logprob, abs_tol=1e-5) for a, b in zip(pieces, content, strict=True))
 
 
 def test_logprobs_follow_the_grammar_mask_and_completions_use_the_legacy_shape(tools_live) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-import torch
+import numpy as np
 
 from expertkit.runtime.grammar.bitmask import apply_bitmask
 from expertkit.runtime.grammar.cache import CompileCache, tokenizer_key
@@ -25,14 +25,14 @@ class LLGuidanceMask:
 
         self.matcher = llguidance.LLMatcher(tokenizer, grammar, log_level=0)
         words = (vocab_size + 31) // 32
-        self.bitmask = torch.zeros((1, words), dtype=torch.int32)
+        self.bitmask = np.zeros((1, words), dtype=np.int32)
         self.vocab_size = vocab_size
 
-    def mask(self, logits: torch.Tensor) -> torch.Tensor:
-        # What llguidance.torch.fill_next_token_bitmask does, without importing that module: it
-        # decorates a function with torch.compile at import, which costs ~0.7 s of start-up.
+    def mask(self, logits: np.ndarray) -> np.ndarray:
+        from llguidance.numpy import fill_next_token_bitmask  # numpy only (llguidance.torch compiles at import)
+
+        fill_next_token_bitmask(self.matcher, self.bitmask)
         row = self.bitmask[0]
-        self.matcher.unsafe_compute_mask_ptr(row.data_ptr(), row.numel() * row.element_size())
         return apply_bitmask(logits, row)
 
     def allows(self, token: int) -> bool:

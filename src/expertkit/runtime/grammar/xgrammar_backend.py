@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-import torch
+import numpy as np
 
 from expertkit.models.load import transformers_tokenizer
 from expertkit.runtime.grammar.cache import CompileCache, tokenizer_key
@@ -27,11 +27,13 @@ class XGrammarMask:
         self.matcher = xgr.GrammarMatcher(compiled)
         self.bitmask = xgr.allocate_token_bitmask(1, compiled.tokenizer_info.vocab_size)
 
-    def mask(self, logits: torch.Tensor) -> torch.Tensor:
+    def mask(self, logits: np.ndarray) -> np.ndarray:
+        import torch  # XGrammar's bitmask is a torch tensor; this backend imports torch anyway
+
         self.matcher.fill_next_token_bitmask(self.bitmask)
-        masked = logits[None].clone()
+        masked = torch.from_numpy(np.array(logits, dtype=np.float32))[None]
         self._xgr.apply_token_bitmask_inplace(masked, self.bitmask)
-        return masked[0]
+        return masked[0].numpy()
 
     def allows(self, token: int) -> bool:
         if self.matcher.is_terminated() or not self.matcher.accept_token(token):
