@@ -8,9 +8,12 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from expertkit.errors import ModelLoadError, UsageError
 from expertkit.package.lock import TrainedWith, lock_from_meta
 from expertkit.package.references import ExpertFiles
+from expertkit.runtime.file_tensors import FloatRows, safetensors_index
 from expertkit.safepath import UnsafePathError, read_bounded
 
 MAX_CONTROL_TOKENS, MAX_CONTROL_TOKEN_CHARS = 256, 64
@@ -19,7 +22,7 @@ MAX_CONTROL_TOKENS, MAX_CONTROL_TOKEN_CHARS = 256, 64
 @dataclass
 class Expert:
     files: ExpertFiles
-    soft_prompt: Any  # a torch tensor [virtual tokens, hidden], or None
+    soft_prompt: np.ndarray | None  # [virtual tokens, hidden], fp32
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -37,21 +40,19 @@ def lock_of(files: ExpertFiles, notes: list[str]) -> TrainedWith | None:
     return lock_from_meta(meta)
 
 
-def soft_prompt(files: ExpertFiles) -> Any:
-    """The expert's soft prompts, concatenated in manifest order (``None`` without one; torch is
-    imported only for an expert that has one)."""
-    if not files.loaded.manifest.soft_prompts:
-        return None
-    import torch
-    from safetensors.torch import load_file
-
+def soft_prompt(files: ExpertFiles) -> np.ndarray | None:
+    """The expert's soft prompts, concatenated in manifest order, fp32 (``None`` without one); read
+    from their safetensors files without torch."""
     parts = []
     for prompt in files.loaded.manifest.soft_prompts:
         path = files.soft_prompt_dir / f"{prompt.name}.safetensors"
         if not path.is_file():
             raise ModelLoadError(f"soft prompt {prompt.name!r} is configured but {path} is missing")
-        parts.append(load_file(str(path))["prompt_embeddings"])
-    return torch.cat(parts) if parts else None
+        entry = safetensors_index(path).get("prompt_embeddings")
+        if entry is None:
+            raise ModelLoadError(f"{path} holds no 'prompt_embeddings' tensor", "re-train or re-install the expert")
+        parts.append(FloatRows(entry)[:])
+    return np.concatenate(parts) if parts else None
 
 
 def check_control_tokens(files: ExpertFiles, tokens: list[str], others: list[Expert]) -> None:

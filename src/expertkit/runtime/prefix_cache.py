@@ -23,6 +23,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from expertkit.runtime.llama_decoder import KVCache
@@ -32,7 +33,7 @@ from expertkit.runtime.llama_decoder import KVCache
 class _Entry:
     decoder: weakref.ref[Any]
     deltas: weakref.ref[Any] | None
-    prefix: torch.Tensor | None  # the soft prompt in front of the tokens (its positions come first)
+    prefix: Any  # the soft prompt in front of the tokens (its positions come first)
     tokens: torch.Tensor  # [n] token ids after the soft prompt
     keys: torch.Tensor  # [layers, kv_heads, head_dim, positions]
     values: torch.Tensor  # [layers, kv_heads, positions, head_dim]
@@ -41,12 +42,12 @@ class _Entry:
     def nbytes(self) -> int:
         return self.keys.numel() * self.keys.element_size() + self.values.numel() * self.values.element_size()
 
-    def owned_by(self, decoder: Any, deltas: Any, prefix: torch.Tensor | None) -> bool:
+    def owned_by(self, decoder: Any, deltas: Any, prefix: Any) -> bool:
         if self.decoder() is not decoder or (self.deltas() if self.deltas else None) is not deltas:
             return False
         if prefix is None or self.prefix is None:
             return prefix is None and self.prefix is None
-        return prefix.shape == self.prefix.shape and torch.equal(prefix, self.prefix)
+        return prefix.shape == self.prefix.shape and np.array_equal(np.asarray(prefix), np.asarray(self.prefix))
 
     def common(self, tokens: torch.Tensor) -> int:
         """How many leading tokens ``tokens`` shares with this entry."""
