@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from expertkit.cli.console import out_console, reports_errors
+from expertkit.cli.console import err_console, out_console, reports_errors
 
 
 @reports_errors
@@ -22,14 +22,24 @@ def install(
         None, "--trusted-keys", help="Directory of trusted *.pub keys (default: $EXPERTKIT_HOME/trusted-keys)."
     ),
     force: bool = typer.Option(False, "--force", help="Replace a different build of the same version."),
+    prepare: bool = typer.Option(
+        True,
+        "--prepare/--no-prepare",
+        help="Build what the first answer needs now: the ONNX graph, when the manifest names the ONNX decoder.",
+    ),
 ) -> None:
     """Verify a package and install it into $EXPERTKIT_HOME/experts/<name>/<version>/."""
-    from expertkit.package.store import install_package
+    from expertkit.workflows.install import install_expert
 
-    record, written = install_package(package_path, require_signature, trusted_keys, force)
+    result = install_expert(package_path, require_signature, trusted_keys, force, prepare)
+    record = result.record
     signer = f", signed by {record.signer}{' (trusted)' if record.trusted else ''}" if record.signer else ", unsigned"
-    verb = "installed" if written else "already installed"
+    verb = "installed" if result.written else "already installed"
     out_console.print(f"{verb} {record.name}@{record.version}{signer} → {escape(record.path)}")
+    if result.prepared:
+        out_console.print(f"prepared: {escape(result.prepared)}")
+    if result.note:
+        err_console.print(f"[yellow]note:[/] {escape(result.note)}")
 
 
 def _reverify(trusted_keys: Path | None, as_json: bool) -> None:

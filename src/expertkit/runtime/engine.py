@@ -218,6 +218,19 @@ class Engine:
             return OnnxDecoder(model, embeddings, self._config)
         return self._new_lean(name)
 
+    def prepare(self, name: str) -> str | None:
+        """Build now what expert ``name``'s first answer would otherwise build: its ONNX Runtime graph
+        when it decodes through that (once per expert and quantisation, cached). What was done, or
+        ``None`` when its decoder needs nothing built."""
+        if self.decoder_of(name)[0] != "onnx":
+            return None
+        from expertkit.runtime.onnx_build import onnx_model
+
+        quantize = self.quantize_of(name)[0]
+        model = onnx_model(self.base.path, self.fingerprint.weights_sha256, self._lora.get(name), quantize, log=False)
+        done = f"built in {model.built_s:.1f} s" if model.built_s else "already built"
+        return f"ONNX Runtime decoder ({quantize}) {done}"
+
     @property
     def _rope(self) -> DefaultRope:
         """The rotary tables the fast start's lean decoders share (made on first use)."""

@@ -91,3 +91,30 @@ def test_package_errors_are_clean(expert_dir: Path, tmp_path: Path) -> None:
     assert result.exit_code == 1 and "no trained weights in" in result.stderr
     result = invoke("sign", str(tmp_path / "nothing.expert"), "--key", str(tmp_path / "k"))
     assert result.exit_code == 1 and "no such package file" in result.stderr
+
+
+def test_installing_an_expert_that_names_the_onnx_decoder_builds_its_graph(expert_dir: Path, tmp_path: Path) -> None:
+    """The first answer after an install opens the graph the install built (no build, no torch
+    needed); ``--no-prepare`` leaves it to the first answer."""
+    from expertkit.home import expertkit_home
+
+    manifest = json.loads((expert_dir / "manifest.json").read_text())
+    (expert_dir / "manifest.json").write_text(
+        json.dumps(manifest | {"runtime": {"decoder": "onnx", "quantize": "int8"}})
+    )
+    dist = tmp_path / "dist"
+    assert invoke("package", "--manifest", str(expert_dir), "--output", str(dist), "--no-measure").exit_code == 0
+    package = str(next(dist.glob("*.expert")))
+    skipped = invoke("install", package, "--no-prepare")
+    assert skipped.exit_code == 0 and "prepared" not in skipped.stdout
+    assert not (expertkit_home() / "onnx").exists()
+    result = invoke("install", package)  # already installed: the graph is still built
+    assert result.exit_code == 0, result.output
+    assert "already installed expert-tiny@0.1.0" in result.stdout
+    assert "prepared: ONNX Runtime decoder (int8) built in" in result.stdout
+    assert [p.name for p in (expertkit_home() / "onnx").iterdir() if (p / "model.onnx").is_file()]
+    assert "prepared: ONNX Runtime decoder (int8) already built" in invoke("install", package).stdout
+    answer = invoke("chat", "-e", "expert-tiny", "-p", "hi", "--max-tokens", "2", "--json")
+    assert answer.exit_code == 0, answer.output
+    assert "building the ONNX" not in answer.stderr
+    assert json.loads(answer.stdout)["decoding"]["decoder"] == {"value": "onnx", "source": "manifest"}
