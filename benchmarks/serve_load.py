@@ -1,5 +1,6 @@
 """Load test: the server on the embedded model with two experts, 200 requests from 16 concurrent
-clients, beside the same 200 requests sent one at a time; loopback only, bounded in time. The server
+clients, beside 200 requests sent one at a time (half before the concurrent load, half after, so
+drift in the machine's speed weighs on both); loopback only, bounded in time. The server
 runs in its own process (``expert-cli serve``, as deployed); ``--in-process`` runs it in this one,
 where the 16 client threads share its interpreter lock (what earlier figures measured).
 
@@ -84,10 +85,11 @@ def _has_text(line: str) -> bool:
 
 
 def one(client: httpx.Client, url: str, index: int) -> tuple[int, float, float]:
-    """(status, latency, time to the first content chunk) of one streamed request."""
+    """(status, latency, time to the first content chunk) of one streamed request. Its number is
+    written with a fixed width, so every phase's prompts are equally long."""
     body = {
         "model": ("expert-a", "expert-b")[index % 2],
-        "messages": [{"role": "user", "content": f"Request {index}. {PROMPTS[index % len(PROMPTS)]}"}],
+        "messages": [{"role": "user", "content": f"Request {index:05d}. {PROMPTS[index % len(PROMPTS)]}"}],
         "max_tokens": 24,
         "temperature": 0,
         "stream": True,
@@ -105,7 +107,7 @@ def one(client: httpx.Client, url: str, index: int) -> tuple[int, float, float]:
     return status, time.perf_counter() - start, first
 
 
-def run_load(url: str, requests: int, clients: int) -> tuple[float, list[tuple[int, float, float]]]:
+def run_load(url: str, indices: range, clients: int) -> tuple[float, list[tuple[int, float, float]]]:
     local = threading.local()
 
     def call(index: int) -> tuple[int, float, float]:
@@ -115,7 +117,7 @@ def run_load(url: str, requests: int, clients: int) -> tuple[float, list[tuple[i
 
     start = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
-        results = list(pool.map(call, range(requests)))
+        results = list(pool.map(call, indices))
     return time.perf_counter() - start, results
 
 
@@ -135,11 +137,23 @@ def serve_and_load(experts: list[str], mixed: bool, args: argparse.Namespace, se
         url = f"http://127.0.0.1:{port}"
         try:
             _wait_healthy(server, url, log)
-            out = {"sequential": run_load(url, args.requests, 1)} if sequential else {}
-            out["concurrent"] = run_load(url, args.requests, args.clients)
+            out = phases(url, args, sequential)
         finally:
             server.send_signal(signal.SIGTERM)
             server.wait(timeout=60)
+    return out
+
+
+def phases(url: str, args: argparse.Namespace, sequential: bool) -> dict:
+    """The concurrent load, and (``sequential``) the same number of requests one at a time, half
+    before it and half after (A-B-A), so a machine whose speed drifts during the run weighs on both
+    alike. Phases use disjoint request numbers: no prompt repeats one the prefix cache has seen."""
+    half = args.requests // 2
+    first = run_load(url, range(half), 1) if sequential else None
+    out = {"concurrent": run_load(url, range(10_000, 10_000 + args.requests), args.clients)}
+    if first is not None:
+        second = run_load(url, range(20_000 + half, 20_000 + args.requests), 1)
+        out["sequential"] = (first[0] + second[0], first[1] + second[1])
     return out
 
 
@@ -169,8 +183,7 @@ def _in_process(experts: list[str], mixed: bool, args: argparse.Namespace, seque
     app, _ = build_server_app(request, [])
     server, thread, url = start(app)
     try:
-        out = {"sequential": run_load(url, args.requests, 1)} if sequential else {}
-        out["concurrent"] = run_load(url, args.requests, args.clients)
+        out = phases(url, args, sequential)
     finally:
         server.should_exit = True
         thread.join(timeout=30)
