@@ -23,7 +23,7 @@ import numpy as np
 from expertkit.errors import ModelLoadError
 
 MAX_HEADER_BYTES = 100 << 20  # the safetensors format's own limit
-NUMPY_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "I64": np.int64, "I32": np.int32}
+NUMPY_DTYPES = {"F32": "<f4", "F16": "<f2", "BF16": "<u2"}  # safetensors stores little-endian
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ class FloatRows:
     16 bits are the top half of an fp32). An embedding table is looked up this way, row by row."""
 
     def __init__(self, entry: TensorEntry) -> None:
-        if entry.dtype not in ("F32", "F16", "BF16"):
+        if entry.dtype not in NUMPY_DTYPES:
             raise ModelLoadError(f"{entry.path}: a {entry.dtype} tensor where a float tensor was expected")
         kind = np.dtype(NUMPY_DTYPES[entry.dtype])
         if entry.end - entry.start != int(np.prod(entry.shape, dtype=np.int64)) * kind.itemsize:
