@@ -48,8 +48,11 @@ def install_expert(
     try:
         engine = Engine.for_experts([f"{record.name}@{record.version}"], LoadOptions())
         prepared = engine.prepare(record.name)
-    except ExpertkitError as exc:
-        return InstallResult(record, written, note=f"the ONNX decoder was not prepared: {exc.message}")
+    except (ExpertkitError, OSError) as exc:  # the install stands; the first answer builds it instead
+        reason = exc.message if isinstance(exc, ExpertkitError) else str(exc)
+        return InstallResult(
+            record, written, note=f"the ONNX decoder was not prepared ({reason}); the first answer builds it"
+        )
     if prepared is None:
         note = "it decodes lean: the ONNX decoder covers LoRA and DoRA experts read from their files"
         return InstallResult(record, written, note=note)

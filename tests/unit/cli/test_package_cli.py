@@ -118,3 +118,24 @@ def test_installing_an_expert_that_names_the_onnx_decoder_builds_its_graph(exper
     assert answer.exit_code == 0, answer.output
     assert "building the ONNX" not in answer.stderr
     assert json.loads(answer.stdout)["decoding"]["decoder"] == {"value": "onnx", "source": "manifest"}
+
+
+def test_an_install_whose_graph_cannot_be_built_still_installs_and_says_why(
+    expert_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
+    from expertkit.errors import ModelNotFoundError
+    from expertkit.workflows import install
+
+    manifest = json.loads((expert_dir / "manifest.json").read_text())
+    (expert_dir / "manifest.json").write_text(json.dumps(manifest | {"runtime": {"decoder": "onnx"}}))
+    dist = tmp_path / "dist"
+    assert invoke("package", "--manifest", str(expert_dir), "--output", str(dist), "--no-measure").exit_code == 0
+
+    def missing(*args: object, **kwargs: object) -> None:
+        raise ModelNotFoundError("base model 'tiny' is not on this machine", "expert-cli models pull tiny")
+
+    monkeypatch.setattr(install.Engine, "for_experts", missing)
+    result = invoke("install", str(next(dist.glob("*.expert"))))
+    assert result.exit_code == 0 and "installed expert-tiny@0.1.0" in result.stdout
+    assert "the ONNX decoder was not prepared (base model 'tiny' is not on this machine)" in result.stderr
+    assert json.loads(invoke("list", "--json").stdout)[0]["name"] == "expert-tiny"
