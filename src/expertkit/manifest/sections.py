@@ -491,8 +491,9 @@ class Runtime(Section):
 
     decoder: Literal["lean", "onnx"] | None = None
     """What runs expertkit's decode steps on a CPU: lean (PyTorch) or onnx (ONNX Runtime, a graph
-    built once per expert and quantisation and cached). A --decoder flag wins; unset: lean. onnx
-    covers LoRA and DoRA experts on Llama/Qwen bases read from their files; others decode lean."""
+    built once per expert and quantisation and cached; install builds it). A --decoder flag wins;
+    unset: lean. onnx covers LoRA and DoRA experts on Llama/Qwen bases read from their files; others
+    decode lean."""
 
     candle_compatible: bool | None = None
     """Whether the adapter loads in candle (informational)."""
