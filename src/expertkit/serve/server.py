@@ -24,6 +24,7 @@ from expertkit.runtime.answer import expert_grammar
 from expertkit.runtime.engine import Engine
 from expertkit.runtime.options import LoadOptions, parse_decoder, parse_quantize
 from expertkit.runtime.routing import build_router
+from expertkit.runtime.threads import serial_torch
 from expertkit.serve.app import ServerConfig, create_app
 from expertkit.serve.guards import is_loopback, read_api_key
 
@@ -77,11 +78,12 @@ def build_server_app(request: ServeRequest, notes: list[str]) -> tuple[Any, Serv
         keys=keys,
         require_signature=request.require_signature,
     )
-    engine = Engine.for_experts(references, options)
-    notes += [w for e in engine.experts.values() for w in e.warnings] + engine.decoder_notes()
-    if request.dtype == "auto":
-        notes.append(f"--dtype auto chose {options.dtype}: {dtype_reason()}")
-    router = build_router(engine, request.router_embedder, notes) if len(engine.experts) > 1 else None
+    with serial_torch():  # no torch thread team on this thread: decoding keeps them (runtime.threads)
+        engine = Engine.for_experts(references, options)
+        notes += [w for e in engine.experts.values() for w in e.warnings] + engine.decoder_notes()
+        if request.dtype == "auto":
+            notes.append(f"--dtype auto chose {options.dtype}: {dtype_reason()}")
+        router = build_router(engine, request.router_embedder, notes) if len(engine.experts) > 1 else None
     config = ServerConfig(
         base_id=engine.base.name,
         api_key=api_key,

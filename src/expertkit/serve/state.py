@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 from expertkit.jsonschema_guard import DEFAULT_SCHEMA_LIMITS, SchemaLimits
 from expertkit.runtime.engine import Engine
 from expertkit.runtime.routing import Router
+from expertkit.runtime.threads import use_intra_op_threads
 from expertkit.serve.logprobs import TokenTexts
 from expertkit.serve.metrics import ServerMetrics
 from expertkit.serve.worker import GenerationWorker
@@ -46,12 +47,16 @@ class ServerState:
     texts: TokenTexts
     # Tokenising and routing run here, never on the event loop or the generation thread; client
     # grammars compile on their own threads, so a slow compile never delays tokenising.
-    helpers: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(max_workers=4, thread_name_prefix="expertkit-helper")
-    )
-    compilers: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(max_workers=2, thread_name_prefix="expertkit-compile")
-    )
+    # Their torch operators (a router's embedder) run on one thread each: torch's intra-op threads
+    # belong to the generation thread (runtime.threads says why).
+    helpers: ThreadPoolExecutor = field(default_factory=lambda: _serial_pool(4, "expertkit-helper"))
+    compilers: ThreadPoolExecutor = field(default_factory=lambda: _serial_pool(2, "expertkit-compile"))
 
     async def off_loop(self, function: Callable[..., T], *args: Any, pool: ThreadPoolExecutor | None = None) -> T:
         return await asyncio.get_running_loop().run_in_executor(pool or self.helpers, function, *args)
+
+
+def _serial_pool(workers: int, prefix: str) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(
+        max_workers=workers, thread_name_prefix=prefix, initializer=use_intra_op_threads, initargs=(1,)
+    )

@@ -24,6 +24,7 @@ from typing import Any
 from expertkit.runtime.batch import BatchScheduler
 from expertkit.runtime.engine import Engine
 from expertkit.runtime.prefix_cache import PrefixCache
+from expertkit.runtime.threads import intra_op_threads, use_intra_op_threads
 from expertkit.serve.errors import APIError
 
 
@@ -105,6 +106,8 @@ class GenerationWorker:
         self.draining = False
         self.in_flight = 0
         self.outbox = Outbox()
+        # Decoding keeps torch's intra-op threads; every other thread computes on its own (runtime.threads).
+        self.intra_op_threads = intra_op_threads()
         self.thread = threading.Thread(target=self._loop, name="expertkit-generation", daemon=True)
         self.outbox.thread = self.thread
         self.thread.start()
@@ -160,6 +163,7 @@ class GenerationWorker:
             job.fail(exc)
 
     def _loop(self) -> None:
+        use_intra_op_threads(self.intra_op_threads)
         try:
             while self._take():
                 self.outbox.flush()
