@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from expertkit.runtime.llama_decoder import LeanDecoder
     from expertkit.runtime.lora_deltas import ExpertDeltas
     from expertkit.runtime.model_files import DefaultRope
+    from expertkit.runtime.onnx_cache import OnnxModel
 
 
 class Engine:
@@ -204,15 +205,7 @@ class Engine:
 
     def _new_decoder(self, name: str | None) -> LeanDecoder | OnnxDecoder:
         if self.decoder_of(name)[0] == "onnx":
-            from expertkit.runtime.onnx_cache import cached_onnx_model
-
-            lora = self._lora.get(name) if name is not None else None
-            sha, quantize = self.fingerprint.weights_sha256, self.quantize_of(name)[0]
-            model = cached_onnx_model(sha, lora, quantize)
-            if model is None:  # built once (this imports torch); later answers open it as it is
-                from expertkit.runtime.onnx_build import onnx_model
-
-                model = onnx_model(self.base.path, sha, lora, quantize)
+            model = self._onnx_graph(name)
             assert self._tensors is not None  # decoder_of says onnx only on the fast start
             embeddings = self._tensors.float_rows("model.embed_tokens.weight")  # the graph computes in fp32
             return OnnxDecoder(model, embeddings, self._config)
@@ -224,12 +217,22 @@ class Engine:
         ``None`` when its decoder needs nothing built."""
         if self.decoder_of(name)[0] != "onnx":
             return None
-        from expertkit.runtime.onnx_build import onnx_model
-
-        quantize = self.quantize_of(name)[0]
-        model = onnx_model(self.base.path, self.fingerprint.weights_sha256, self._lora.get(name), quantize, log=False)
+        model = self._onnx_graph(name, log=False)
         done = f"built in {model.built_s:.1f} s" if model.built_s else "already built"
-        return f"ONNX Runtime decoder ({quantize}) {done}"
+        return f"ONNX Runtime decoder ({model.quantize}) {done}"
+
+    def _onnx_graph(self, name: str | None, log: bool = True) -> OnnxModel:
+        """Expert ``name``'s ONNX graph: opened from the cache without torch, else built (with torch)."""
+        from expertkit.runtime.onnx_cache import cached_onnx_model
+
+        lora = self._lora.get(name) if name is not None else None
+        sha, quantize = self.fingerprint.weights_sha256, self.quantize_of(name)[0]
+        model = cached_onnx_model(sha, lora, quantize)
+        if model is None:
+            from expertkit.runtime.onnx_build import onnx_model
+
+            model = onnx_model(self.base.path, sha, lora, quantize, log=log)
+        return model
 
     @property
     def _rope(self) -> DefaultRope:
