@@ -23,6 +23,7 @@ import numpy as np
 from expertkit.errors import ModelLoadError
 
 MAX_HEADER_BYTES = 100 << 20  # the safetensors format's own limit
+DAMAGED = "the file is damaged or not what it claims: restore it (re-install the expert, or pull the model again)"
 NUMPY_DTYPES = {"F32": "<f4", "F16": "<f2", "BF16": "<u2"}  # safetensors stores little-endian
 
 
@@ -46,13 +47,13 @@ def safetensors_index(path: Path) -> dict[str, TensorEntry]:
         head = handle.read(8)
         length = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
         if not 2 <= length <= min(MAX_HEADER_BYTES, size - 8):
-            raise ModelLoadError(f"{path} is not a safetensors file (header length {length})")
+            raise ModelLoadError(f"{path} is not a safetensors file (header length {length})", DAMAGED)
         try:
             header = json.loads(handle.read(length))
         except ValueError as exc:
-            raise ModelLoadError(f"{path}: its safetensors header is not JSON: {exc}") from exc
+            raise ModelLoadError(f"{path}: its safetensors header is not JSON: {exc}", DAMAGED) from exc
     if not isinstance(header, dict):
-        raise ModelLoadError(f"{path}: its safetensors header is not a JSON object")
+        raise ModelLoadError(f"{path}: its safetensors header is not a JSON object", DAMAGED)
     entries = {}
     for name, info in header.items():
         if name == "__metadata__":
@@ -61,9 +62,9 @@ def safetensors_index(path: Path) -> dict[str, TensorEntry]:
             start, end = (8 + length + int(o) for o in info["data_offsets"])
             entry = TensorEntry(path, str(info["dtype"]), tuple(int(d) for d in info["shape"]), start, end)
         except (KeyError, TypeError, ValueError) as exc:
-            raise ModelLoadError(f"{path}: tensor {name!r} has no valid dtype, shape and offsets") from exc
+            raise ModelLoadError(f"{path}: tensor {name!r} has no valid dtype, shape and offsets", DAMAGED) from exc
         if not 8 + length <= start <= end <= size:
-            raise ModelLoadError(f"{path}: tensor {name!r} lies outside the file")
+            raise ModelLoadError(f"{path}: tensor {name!r} lies outside the file", DAMAGED)
         entries[name] = entry
     return entries
 
@@ -75,10 +76,10 @@ class FloatRows:
 
     def __init__(self, entry: TensorEntry) -> None:
         if entry.dtype not in NUMPY_DTYPES:
-            raise ModelLoadError(f"{entry.path}: a {entry.dtype} tensor where a float tensor was expected")
+            raise ModelLoadError(f"{entry.path}: a {entry.dtype} tensor where a float tensor was expected", DAMAGED)
         kind = np.dtype(NUMPY_DTYPES[entry.dtype])
         if entry.end - entry.start != int(np.prod(entry.shape, dtype=np.int64)) * kind.itemsize:
-            raise ModelLoadError(f"{entry.path}: a tensor's byte range does not match its shape {entry.shape}")
+            raise ModelLoadError(f"{entry.path}: a tensor's byte range does not match its shape {entry.shape}", DAMAGED)
         self.entry, self.shape = entry, entry.shape
         self._stored = np.memmap(entry.path, dtype=kind, mode="r", offset=entry.start, shape=entry.shape)
 
