@@ -11,7 +11,12 @@ its router on other threads (and did so on the main thread at start-up), which w
 So the thread that decodes keeps the intra-op threads (:func:`use_intra_op_threads`), and every
 other thread that may compute with torch runs its operators on itself alone (:func:`serial_torch`,
 or ``use_intra_op_threads(1)`` for a helper thread's whole life): a single-threaded region starts
-no team. ``torch.set_num_threads`` sets the calling thread's OpenMP and MKL thread counts.
+no team. ``torch.set_num_threads`` sets the calling thread's OpenMP and MKL thread counts, and a
+process-wide count too: a thread's first parallel operator applies that process-wide count to it
+(ATen's lazy per-thread initialisation), whatever the thread set before. So a decoding thread that
+set 2 and then waited for its first request ran single-threaded once a helper thread had set 1 in
+the meantime (measured in ``serve``: a 16-row step 50 ms instead of 25). :func:`use_intra_op_threads`
+runs that initialisation first, so the count it sets is the thread's for good.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ def use_intra_op_threads(count: int) -> None:
     """Torch operators started on the calling thread use ``count`` threads from now on."""
     import torch
 
+    torch.get_num_threads()  # this thread's one-time initialisation now, not at its first operator
     torch.set_num_threads(max(1, count))
 
 

@@ -45,3 +45,29 @@ def test_serial_work_on_the_main_thread_starts_no_thread_team() -> None:
     )  # fmt: skip
     team = 1 if torch.get_num_threads() > 1 else 0  # the main thread's OpenMP worker(s) left behind
     assert int(parallel.stdout) == int(serial.stdout) + team
+
+
+KEPT = """
+import threading, torch
+from expertkit.runtime.threads import use_intra_op_threads
+set_, helper_done, seen = threading.Event(), threading.Event(), []
+def decoding():
+    use_intra_op_threads(2)  # as the generation thread starts, long before its first request
+    set_.set()
+    helper_done.wait()
+    torch.randn(300, 300) @ torch.randn(300, 300)  # its first operator
+    seen.append(torch.get_num_threads())
+thread = threading.Thread(target=decoding)
+thread.start()
+set_.wait()
+helper = threading.Thread(target=use_intra_op_threads, args=(1,))  # a helper pool's initializer
+helper.start(); helper.join(); helper_done.set(); thread.join()
+print(seen[0])
+"""
+
+
+def test_a_thread_keeps_its_count_when_another_thread_sets_its_own_before_its_first_operator() -> None:
+    """ATen applies the process-wide count to a thread at its first parallel operator: without the
+    early initialisation, the decoding thread took the helper's 1 (a server decoded on one core)."""
+    out = subprocess.run([sys.executable, "-c", KEPT], capture_output=True, text=True, timeout=120, check=True)
+    assert int(out.stdout) == 2
