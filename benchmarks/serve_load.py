@@ -1,6 +1,8 @@
 """Load test: the server on the embedded model with two experts, 200 requests from 16 concurrent
 clients, beside 200 requests sent one at a time (half before the concurrent load, half after, so
-drift in the machine's speed weighs on both); loopback only, bounded in time. The server
+drift in the machine's speed weighs on both), after an untimed warm-up (both experts' decoders
+built, the batch cache allocated), so neither phase pays the server's first requests; loopback
+only, bounded in time. The server
 runs in its own process (``expert-cli serve``, as deployed); ``--in-process`` runs it in this one,
 where the 16 client threads share its interpreter lock (what earlier figures measured).
 
@@ -149,6 +151,8 @@ def phases(url: str, args: argparse.Namespace, sequential: bool) -> dict:
     before it and half after (A-B-A), so a machine whose speed drifts during the run weighs on both
     alike. Phases use disjoint request numbers: no prompt repeats one the prefix cache has seen."""
     half = args.requests // 2
+    run_load(url, range(90_000, 90_000 + 2 * args.clients), args.clients)  # warm-up, not timed: decoders
+    run_load(url, range(95_000, 95_004), 1)  # built, caches allocated, in both modes, before any phase
     first = run_load(url, range(half), 1) if sequential else None
     out = {"concurrent": run_load(url, range(10_000, 10_000 + args.requests), args.clients)}
     if first is not None:

@@ -250,6 +250,17 @@ class LeanDecoder:
         return KVCache(keys, torch.zeros(shape, dtype=torch.float32))
 
     @staticmethod
+    def grown_batch_cache(batch: KVCache, capacity: int) -> KVCache:
+        """A batch cache of ``capacity`` positions holding what ``batch`` holds (every slot's positions
+        copied; the new ones zero, as a fresh cache's are: a masked position still multiplies a value)."""
+        layers, slots, kv, dims, old = batch.keys.shape
+        keys = torch.zeros(layers, slots, kv, dims, capacity, dtype=batch.keys.dtype)
+        values = torch.zeros(layers, slots, kv, capacity, dims, dtype=batch.values.dtype)
+        keys[..., :old] = batch.keys
+        values[:, :, :, :old] = batch.values
+        return KVCache(keys, values, batch.length)
+
+    @staticmethod
     def slot_view(batch: KVCache, slot: int) -> KVCache:
         """Slot ``slot`` of a batch cache as a single-sequence cache (a view: writes go through)."""
         return KVCache(batch.keys[:, slot], batch.values[:, slot])

@@ -5,8 +5,13 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import pytest
+import torch
+
+import expertkit.runtime.batch as batch_module
 from expertkit.runtime.batch import BatchScheduler
 from expertkit.runtime.engine import Engine
+from expertkit.runtime.llama_decoder import LeanDecoder
 from expertkit.runtime.options import LoadOptions
 from expertkit.runtime.settings import resolve_settings
 from unit.runtime.test_engine import renamed_expert, second_expert
@@ -130,3 +135,45 @@ def test_a_merged_batch_turns_mixed_when_another_expert_arrives(trained_source: 
     separate.submit(batch("expert-other", (5, 6, 4, 7))[0], lambda result: None)
     separate.step()
     assert not separate.mixed and [s.request.expert for s in separate.running] == ["expert-tiny"]
+
+
+def test_the_batch_cache_grows_while_sequences_run_and_they_decode_as_alone(
+    trained_source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cache starts small and doubles when a joining sequence needs more positions: the running
+    sequences' keys and values move with it (a 2,048-position cache of 16 slots was 1.5 GB, zeroed
+    before the first request)."""
+    monkeypatch.setattr(batch_module, "FIRST_POSITIONS", 8)
+    engine = Engine.for_experts([str(trained_source)], LoadOptions(dtype="float32"))
+    short = requests(engine, "expert-tiny", (2, 3, 2, 2))[3:]  # "hi": the shortest prompt
+    batch = short + requests(engine, "expert-tiny", (5, 12, 3, 40))
+    alone = [engine.execute(r).token_ids for r in batch]
+    scheduler = BatchScheduler(engine, max_batch=3, max_positions=256)
+    results: list = [None] * len(batch)
+    rebuilt = requests(engine, "expert-tiny", (2, 3, 2, 2))[3:] + requests(engine, "expert-tiny", (5, 12, 3, 40))
+    for index, request in enumerate(rebuilt):
+        scheduler.submit(request, lambda result, index=index: results.__setitem__(index, result))
+    capacities = []
+    while scheduler.busy:
+        scheduler.step()
+        assert scheduler.cache is not None
+        capacities.append(scheduler.cache.capacity)
+    assert [r.token_ids for r in results] == alone
+    assert capacities[0] < capacities[-1] <= 256 and len(set(capacities)) >= 2
+    assert capacities[-1] < 2 * max(len(r.prompt_ids) + r.settings.max_tokens for r in rebuilt)
+
+
+def test_a_grown_batch_cache_holds_every_slots_keys_and_values(trained_source: Path) -> None:
+    """Growing moves each slot's positions: a step on the grown cache gives the same logits, bit for bit."""
+    engine = Engine.for_experts([str(trained_source)], LoadOptions(dtype="float32"))
+    decoder = engine.activate("expert-tiny")
+    assert isinstance(decoder, LeanDecoder)
+    small = decoder.new_batch_cache(2, 16)
+    for slot, ids in enumerate(([5, 9, 14, 3, 7], [11, 2, 8])):
+        decoder.forward(LeanDecoder.slot_view(small, slot), torch.tensor(ids))
+    grown = LeanDecoder.grown_batch_cache(small, 64)
+    assert grown.capacity == 64 and torch.equal(grown.keys[..., :16], small.keys)
+    tokens, lengths = torch.tensor([4, 6]), torch.tensor([5, 3])
+    expected = decoder.step_batch(small, tokens, lengths)
+    assert torch.equal(decoder.step_batch(grown, tokens, lengths), expected)
+    assert not torch.equal(decoder.step_batch(decoder.new_batch_cache(2, 64), tokens, lengths), expected)
