@@ -48,6 +48,8 @@ def create_app(engine: Engine, router: Router | None, config: ServerConfig) -> F
         prefix_cache_bytes=config.prefix_cache_bytes,
     )
     metrics.watch_prefixes(worker.scheduler.prefixes)
+    cache = worker.scheduler
+    metrics.watch_decoding(lambda: worker.decode_threads, lambda: cache.cache.capacity if cache.cache else 0)
     state = ServerState(engine, router, config, worker, metrics, int(time.time()), TokenTexts(engine.tokenizer))
 
     @contextlib.asynccontextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -38,6 +39,10 @@ class ServerMetrics:
         """Report the prefix cache's reuse (read when scraped)."""
         self.registry.register(_PrefixCollector(prefixes))
 
+    def watch_decoding(self, threads: Callable[[], int], positions: Callable[[], int]) -> None:
+        """Report the generation thread's intra-op threads and the batch cache's positions (read when scraped)."""
+        self.registry.register(_DecodingCollector(threads, positions))
+
     def error(self, kind: str) -> None:
         self.errors.labels(kind=kind).inc()
 
@@ -58,3 +63,17 @@ class _PrefixCollector(Collector):
         )
         size = GaugeMetricFamily("expertkit_prefix_cache_bytes", "Keys and values kept for reuse", value=p.nbytes)
         return [hits, misses, tokens, size]
+
+
+class _DecodingCollector(Collector):
+    def __init__(self, threads: Callable[[], int], positions: Callable[[], int]) -> None:
+        self.threads, self.positions = threads, positions
+
+    def collect(self) -> list:
+        threads = GaugeMetricFamily(
+            "expertkit_decode_threads", "Intra-op threads of the generation thread's last step", value=self.threads()
+        )
+        positions = GaugeMetricFamily(
+            "expertkit_batch_cache_positions", "Positions per slot the batch cache holds now", value=self.positions()
+        )
+        return [threads, positions]

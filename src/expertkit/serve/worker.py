@@ -108,6 +108,7 @@ class GenerationWorker:
         self.outbox = Outbox()
         # Decoding keeps torch's intra-op threads; every other thread computes on its own (runtime.threads).
         self.intra_op_threads = intra_op_threads()
+        self.decode_threads = 0  # what the generation thread's last step ran with (/metrics)
         self.thread = threading.Thread(target=self._loop, name="expertkit-generation", daemon=True)
         self.outbox.thread = self.thread
         self.thread.start()
@@ -169,7 +170,10 @@ class GenerationWorker:
                 self.outbox.flush()
                 if self.draining and not self.scheduler.busy:
                     return
+                stepping = self.scheduler.busy
                 self._step()
+                if stepping:  # read after a step's operators only: reading sets up an idle thread's count
+                    self.decode_threads = intra_op_threads()
                 self.outbox.flush()
                 self.on_depth(self.depth())
         finally:

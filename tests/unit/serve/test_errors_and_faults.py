@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import torch
 
 CHAT = "/v1/chat/completions"
 
@@ -238,6 +239,12 @@ def test_sigterm_under_load_exits_cleanly(trained_source: Path, tmp_path: Path) 
     url = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(url, 60)
+        assert (
+            _status(url, {"model": "expert-tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+            == 200
+        )
+        # decoding kept torch's threads though the helper that tokenised this request set its own to 1 first
+        assert f"expertkit_decode_threads {float(torch.get_num_threads())}" in httpx.get(f"{url}/metrics").text
         body = {"model": "expert-tiny", "messages": [{"role": "user", "content": "go"}], "max_tokens": 50}
         results: list[int] = []
         workers = [threading.Thread(target=lambda: results.append(_status(url, body))) for _ in range(4)]
@@ -297,3 +304,14 @@ def test_serve_with_the_onnx_decoder_answers_concurrent_requests_as_lean_does(se
         return [out[i] for i in range(len(prompts))]
 
     assert answers(onnx) == answers(lean)
+
+
+def test_the_generation_thread_decodes_with_the_intra_op_threads_it_was_given(live) -> None:
+    """/metrics says how many threads the last step ran with: the count the worker was given, even
+    though helper threads (tokenising this request) set theirs to 1 before its first step."""
+    body = {"model": "expert-tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+    assert post(live, body).status_code == 200
+    metrics = httpx.get(f"{live.url}/metrics").text
+    assert f"expertkit_decode_threads {float(live.state.worker.intra_op_threads)}" in metrics
+    positions = float(live.state.worker.scheduler.cache.capacity)
+    assert positions >= 256 and f"expertkit_batch_cache_positions {positions}" in metrics
