@@ -103,6 +103,21 @@ class BatchScheduler:
         if self.running:
             self._advance(decoder)
 
+    def warm_up(self) -> None:
+        """Build what the first batches would wait for (3-6 s per expert of the embedded model, paid
+        by a first request before): the batch cache and the decoders. Experts that mix get the shared
+        base weights with every expert's deltas, and their merged decoders, which a batch of one
+        expert alone runs on (as many as the engine keeps); otherwise the first expert merged."""
+        names: list[str | None] = list(self.engine.experts) or [None]
+        mixed = self.mixing and len(names) > 1 and self.engine.mixable(names[0])
+        for name in names[: self.engine.options.cached_decoders - 1] if mixed else []:
+            self.engine.activate(name)
+        for name in names if mixed else []:
+            self.engine.deltas_of(name)
+        decoder = self.engine.activate(None if mixed else names[0])  # the most recent: kept last
+        if isinstance(decoder, LeanDecoder) and self.cache is None:
+            self.cache = decoder.new_batch_cache(self.max_batch, min(FIRST_POSITIONS, self.max_positions))
+
     def _switch(self, expert: str | None) -> None:
         experts = {s.request.expert for s in self.waiting}
         self.mixed = self.mixing and len(experts) > 1 and self.engine.mixable(expert)

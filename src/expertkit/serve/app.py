@@ -8,6 +8,7 @@ returns a traceback.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import time
@@ -54,6 +55,7 @@ def create_app(engine: Engine, router: Router | None, config: ServerConfig) -> F
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await asyncio.to_thread(worker.ready.wait)  # listen once the first batch's decoder is built
         yield
         worker.close()  # graceful shutdown: refuse new work, cancel the queue, finish the running job
         state.helpers.shutdown(wait=False, cancel_futures=True)

@@ -109,6 +109,8 @@ class GenerationWorker:
         # Decoding keeps torch's intra-op threads; every other thread computes on its own (runtime.threads).
         self.intra_op_threads = intra_op_threads()
         self.decode_threads = 0  # what the generation thread's last step ran with (/metrics)
+        self.ready = threading.Event()  # set once the generation thread has warmed up (or failed to)
+        self.warm_up_error: Exception | None = None
         self.thread = threading.Thread(target=self._loop, name="expertkit-generation", daemon=True)
         self.outbox.thread = self.thread
         self.thread.start()
@@ -165,6 +167,12 @@ class GenerationWorker:
 
     def _loop(self) -> None:
         use_intra_op_threads(self.intra_op_threads)
+        try:
+            self.scheduler.warm_up()  # here, on the thread that decodes: its torch threads build it
+        except Exception as exc:  # the first request meets it again and gets its own error
+            self.warm_up_error = exc
+        finally:
+            self.ready.set()
         try:
             while self._take():
                 self.outbox.flush()

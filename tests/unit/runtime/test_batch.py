@@ -177,3 +177,20 @@ def test_a_grown_batch_cache_holds_every_slots_keys_and_values(trained_source: P
     expected = decoder.step_batch(small, tokens, lengths)
     assert torch.equal(decoder.step_batch(grown, tokens, lengths), expected)
     assert not torch.equal(decoder.step_batch(decoder.new_batch_cache(2, 64), tokens, lengths), expected)
+
+
+def test_warming_up_builds_the_shared_decoder_for_mixing_experts_and_changes_no_token(
+    trained_source: Path, tmp_path: Path
+) -> None:
+    engine = Engine.for_experts(
+        [str(trained_source), str(second_expert(trained_source, tmp_path))], LoadOptions(dtype="float32")
+    )
+    batch = requests(engine, "expert-tiny", (5, 12, 3, 9)) + requests(engine, "expert-other", (7, 4, 10, 6))
+    alone = [engine.execute(r).token_ids for r in batch]
+    scheduler = BatchScheduler(engine, max_batch=3, max_positions=256)
+    scheduler.warm_up()
+    assert engine.active is None and scheduler.cache is not None  # the base model's weights, shared
+    assert set(engine._lean_decoders) == {"expert-tiny", "expert-other", None}  # and each merged
+    assert scheduler.cache.capacity == 256 and not scheduler.busy
+    rebuilt = requests(engine, "expert-tiny", (5, 12, 3, 9)) + requests(engine, "expert-other", (7, 4, 10, 6))
+    assert [r.token_ids for r in run(scheduler, rebuilt)] == alone

@@ -315,3 +315,13 @@ def test_the_generation_thread_decodes_with_the_intra_op_threads_it_was_given(li
     assert f"expertkit_decode_threads {float(live.state.worker.intra_op_threads)}" in metrics
     positions = float(live.state.worker.scheduler.cache.capacity)
     assert positions >= 256 and f"expertkit_batch_cache_positions {positions}" in metrics
+
+
+def test_the_server_listens_once_its_first_batch_decoder_is_built(live) -> None:
+    """The generation thread builds the decoder and the batch cache before the server listens: the
+    first request does not wait for them (it waited 10 s for a two-expert server of the embedded model)."""
+    worker = live.state.worker
+    assert worker.ready.is_set() and worker.warm_up_error is None
+    assert worker.scheduler.cache is not None and worker.scheduler.cache.capacity == 256
+    assert live.state.engine.active == "expert-tiny"  # one expert: merged, as its first batch runs
+    assert "expertkit_batch_cache_positions 256.0" in httpx.get(f"{live.url}/metrics").text
