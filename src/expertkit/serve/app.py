@@ -22,7 +22,7 @@ from expertkit.runtime.engine import Engine
 from expertkit.runtime.routing import Router
 from expertkit.serve import completions as comp
 from expertkit.serve import flow
-from expertkit.serve.access import AccessMiddleware
+from expertkit.serve.access import ACCESS_LOG, AccessMiddleware
 from expertkit.serve.errors import install_error_handlers
 from expertkit.serve.guards import RequestGuard
 from expertkit.serve.logprobs import TokenTexts
@@ -49,13 +49,15 @@ def create_app(engine: Engine, router: Router | None, config: ServerConfig) -> F
         prefix_cache_bytes=config.prefix_cache_bytes,
     )
     metrics.watch_prefixes(worker.scheduler.prefixes)
-    cache = worker.scheduler
-    metrics.watch_decoding(lambda: worker.decode_threads, lambda: cache.cache.capacity if cache.cache else 0)
+    scheduler = worker.scheduler
+    metrics.watch_decoding(lambda: worker.decode_threads, lambda: scheduler.cache.capacity if scheduler.cache else 0)
     state = ServerState(engine, router, config, worker, metrics, int(time.time()), TokenTexts(engine.tokenizer))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(worker.ready.wait)  # listen once the first batch's decoder is built
+        if worker.warm_up_error is not None:  # each request that needs it gets its own error
+            ACCESS_LOG.warning("warm-up failed: %s", worker.warm_up_error)
         yield
         worker.close()  # graceful shutdown: refuse new work, cancel the queue, finish the running job
         state.helpers.shutdown(wait=False, cancel_futures=True)

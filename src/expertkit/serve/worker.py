@@ -180,7 +180,7 @@ class GenerationWorker:
                     return
                 stepping = self.scheduler.busy
                 self._step()
-                if stepping:  # read after a step's operators only: reading sets up an idle thread's count
+                if stepping:  # the count this step's operators ran with (only then: see runtime.threads)
                     self.decode_threads = intra_op_threads()
                 self.outbox.flush()
                 self.on_depth(self.depth())

@@ -325,3 +325,20 @@ def test_the_server_listens_once_its_first_batch_decoder_is_built(live) -> None:
     assert worker.scheduler.cache is not None and worker.scheduler.cache.capacity == 256
     assert live.state.engine.active == "expert-tiny"  # one expert: merged, as its first batch runs
     assert "expertkit_batch_cache_positions 256.0" in httpx.get(f"{live.url}/metrics").text
+
+
+def test_a_warm_up_that_fails_leaves_the_server_up_and_says_why(
+    serve_app, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from expertkit.runtime.batch import BatchScheduler
+
+    def fail(self: BatchScheduler) -> None:
+        raise RuntimeError("no memory for the batch cache")
+
+    monkeypatch.setattr(BatchScheduler, "warm_up", fail)
+    with caplog.at_level("WARNING", logger="expertkit.serve.access"):
+        live = serve_app()
+    assert isinstance(live.state.worker.warm_up_error, RuntimeError)
+    assert "warm-up failed: no memory for the batch cache" in caplog.text
+    body = {"model": "expert-tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    assert post(live, body).status_code == 200  # the first batch builds what it needs, as before
