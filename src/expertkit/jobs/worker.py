@@ -269,7 +269,14 @@ def _wait(child: subprocess.Popen[bytes], seconds: float) -> int | None:
 
 
 def _die_with_parent() -> None:
-    """In the child, before exec: on Linux, SIGKILL it when the worker dies (however it dies)."""
+    """In the child, before exec: SIGINT and SIGTERM at their defaults and unblocked, and on Linux,
+    SIGKILL it when the worker dies (however it dies). An ignored signal stays ignored through exec,
+    and a shell cannot trap it. A worker run off the main thread installs no handlers, so its jobs
+    took the process's disposition: in a process started in the background by a script (whose shell
+    ignores SIGINT there) a cancel's SIGINT never reached them, and each job ran on until killed."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     if sys.platform.startswith("linux"):
         import ctypes
 

@@ -252,16 +252,33 @@ def test_concurrency_runs_jobs_side_by_side(tmp_path: Path, home: Path, queue_ur
 
 def test_a_stopping_worker_requeues_any_interrupted_job(tmp_path: Path, home: Path, queue_url: str) -> None:
     """click turns SIGINT into exit 1 ("Aborted!"): that is an interruption here, not a user error."""
+    _stop_a_running_job(tmp_path, queue_url)
+
+
+def test_a_worker_started_with_sigint_ignored_still_interrupts_its_job(
+    tmp_path: Path, home: Path, queue_url: str
+) -> None:
+    """A shell ignores SIGINT for what it starts in the background (``expert-cli worker &`` in a
+    script), exec keeps an ignored signal ignored, and a shell cannot trap it: the job would run on."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        _stop_a_running_job(tmp_path, queue_url)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _stop_a_running_job(tmp_path: Path, queue_url: str) -> None:
     import threading
 
     queue = JobQueue(queue_url)
     job = queue.submit("eval", tmp_path, [])
-    launcher = ["sh", "-c", 'trap "exit 1" INT; sleep 30 & wait', "sh"]
+    launcher = ["sh", "-c", 'trap "exit 1" INT; echo trapped; sleep 30 & wait', "sh"]
     worker = Worker(queue, WorkerConfig(name="w", once=True, launcher=launcher))
     thread = threading.Thread(target=worker.run)
     thread.start()
     wait_until(lambda: queue.get(job.id).state == "running", what="the job to start")
-    time.sleep(0.3)
+    log = Path(str(queue.get(job.id).log))
+    wait_until(lambda: log.exists() and "trapped" in log.read_text(), what="the job's trap")
     worker._stop(signal.SIGTERM, None)
     thread.join(timeout=30)
     requeued = queue.get(job.id)
