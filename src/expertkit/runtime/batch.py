@@ -114,15 +114,16 @@ class BatchScheduler:
             self.engine.activate(name)
         for name in names if mixed else []:
             self.engine.deltas_of(name)
-        decoder = self.engine.activate(None if mixed else names[0])  # the most recent: kept last
-        if isinstance(decoder, LeanDecoder) and self.cache is None:
-            self.cache = decoder.new_batch_cache(self.max_batch, min(FIRST_POSITIONS, self.max_positions))
+        self._allocate(self.engine.activate(None if mixed else names[0]))  # the most recent: kept last
 
     def _switch(self, expert: str | None) -> None:
         experts = {s.request.expert for s in self.waiting}
         self.mixed = self.mixing and len(experts) > 1 and self.engine.mixable(expert)
         self.active = expert
-        decoder = self.engine.activate(None if self.mixed else expert)
+        self._allocate(self.engine.activate(None if self.mixed else expert))
+
+    def _allocate(self, decoder: object) -> None:
+        """The batch cache, at ``FIRST_POSITIONS``, once a lean decoder first runs (it grows later)."""
         if isinstance(decoder, LeanDecoder) and self.cache is None:
             self.cache = decoder.new_batch_cache(self.max_batch, min(FIRST_POSITIONS, self.max_positions))
 
