@@ -39,11 +39,14 @@ integration: $(STAMP)
 quick: $(STAMP)
 	$(BIN)/pytest -q -m "not slow and not integration"
 
-# Servers the tests start themselves (a private PostgreSQL for SQL evaluation, a Redis server for the
+# A C compiler for the native decoder (compiled once per machine on first use), servers the tests
+# start themselves (a private PostgreSQL for SQL evaluation, a Redis server for the
 # job queue across hosts) and the browser the dashboard's tests drive (Debian's chromium and its
 # matching chromium-driver): installed here when missing, so a fresh machine fails loudly at set-up
 # rather than skipping what it cannot run.
 system-deps:
+	@command -v $${CC:-cc} >/dev/null 2>&1 || \
+		(echo "installing gcc for the native decoder (apt-get)"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc libc6-dev)
 	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || command -v pg_ctl >/dev/null 2>&1 || \
 		(echo "installing PostgreSQL (apt-get)"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql)
 	@command -v redis-server >/dev/null 2>&1 || command -v valkey-server >/dev/null 2>&1 || \

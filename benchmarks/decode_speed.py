@@ -1,7 +1,7 @@
-"""Single-stream greedy decode speed: expertkit's lean decoder (every dtype × quantisation) and its
+"""Single-stream greedy decode speed: expertkit's lean decoder (every dtype × quantisation), its
 ONNX Runtime decoder (every quantisation; the graph is built once and cached, its build time is not
-timed) against transformers' ``generate`` (every dtype) and llama.cpp on the same base model's GGUF,
-best against best.
+timed) and its native decoder (int8, int4: Q8_0/Q4_1 blocks, the library compiled once) against
+transformers' ``generate`` (every dtype) and llama.cpp on the same base model's GGUF, best against best.
 
 Same prompt (about 100 tokens), 128 new tokens, greedy, all measured in this run on this machine.
 The expert is a LoRA r=8 on every linear layer with random-but-nonzero weights (speed does not
@@ -124,8 +124,12 @@ def time_engine(
     start = time.perf_counter()
     options = LoadOptions(dtype=dtype, quantize=quantize, decoder=decoder)  # type: ignore[arg-type]
     engine = Engine.for_experts([str(expert)], options)
-    decoder = engine.activate(None if alone else "expert-bench")
+    name = None if alone else "expert-bench"
+    decoder = engine.activate(name)
     ready_s = time.perf_counter() - start
+    ran = engine.decoder_of(name)[0]
+    if ran != options.decoder:
+        raise SystemExit(f"asked for the {options.decoder} decoder, {ran} ran: {engine.decoder_notes()}")
     ids = engine.prompt_ids(prompt)
     settings = resolve_settings({"max_tokens": NEW_TOKENS, "temperature": 0.0}, None)
     generate(decoder, engine.tokenizer, GenerationRequest(ids, resolve_settings({"max_tokens": 4}, None), set()))
@@ -221,7 +225,9 @@ def main() -> None:
         "--build-llamacpp", action="store_true", help="build llama.cpp once into ~/.cache/expertkit-bench"
     )
     parser.add_argument("--quantize", default="none,int8,int4", help="expertkit quantisations to time")
-    parser.add_argument("--decoders", default="lean,onnx", help="expertkit decoders to time (lean, onnx)")
+    parser.add_argument(
+        "--decoders", default="lean,onnx,native", help="expertkit decoders to time (lean, onnx, native)"
+    )
     args = parser.parse_args()
     from rich.console import Console
 
@@ -253,6 +259,8 @@ def main() -> None:
         runs = [("lean", d, q) for d in dtypes for q in args.quantize.split(",") if "lean" in decoders]
         # The ONNX graph computes in fp32 whatever the dtype: one run per quantisation.
         runs += [("onnx", "float32", q) for q in args.quantize.split(",") if "onnx" in decoders]
+        # The native decoder runs 4- and 8-bit blocks only, with int8 activations.
+        runs += [("native", "float32", q) for q in args.quantize.split(",") if "native" in decoders and q != "none"]
         for decoder, dtype, quantize in runs:
             run = time_engine(expert, dtype, quantize, prompt, decoder)
             run["agreeing_tokens"] = agreement(run.pop("tokens"), reference)

@@ -60,8 +60,9 @@ def chat(
     decoder: str | None = typer.Option(
         None,
         "--decoder",
-        help="What runs decode steps: lean (PyTorch) or onnx (ONNX Runtime, built once per expert; default: "
-        "the manifest's runtime.decoder, else lean).",
+        help="What runs decode steps: lean (PyTorch), onnx (ONNX Runtime, built once per expert) or native "
+        "(expertkit's C decoder over 4/8-bit blocks; int4 unless --quantize says int8); default: the manifest's "
+        "runtime.decoder, else lean.",
     ),
 ) -> None:
     """Talk to one expert, or to several with routing; each expert's decoding contract is enforced."""

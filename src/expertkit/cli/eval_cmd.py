@@ -43,8 +43,9 @@ def eval_expert(
     decoder: str | None = typer.Option(
         None,
         "--decoder",
-        help="What runs decode steps: lean (PyTorch) or onnx (ONNX Runtime, built once per expert; default: "
-        "the manifest's runtime.decoder, else lean).",
+        help="What runs decode steps: lean (PyTorch), onnx (ONNX Runtime, built once per expert) or native "
+        "(expertkit's C decoder over 4/8-bit blocks; int4 unless --quantize says int8); default: the manifest's "
+        "runtime.decoder, else lean.",
     ),
     gate: bool = typer.Option(False, "--gate", help="Exit 1 when the manifest's evaluation.thresholds are missed."),
     plot: Path | None = typer.Option(None, "--plot", help="Save a bar chart per bucket (PNG) here."),

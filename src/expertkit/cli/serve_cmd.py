@@ -29,8 +29,9 @@ def serve(
     decoder: str | None = typer.Option(
         None,
         "--decoder",
-        help="What runs decode steps: lean (PyTorch) or onnx (ONNX Runtime, built once per expert; default: "
-        "the manifest's runtime.decoder, else lean).",
+        help="What runs decode steps: lean (PyTorch), onnx (ONNX Runtime, built once per expert) or native "
+        "(expertkit's C decoder over 4/8-bit blocks; int4 unless --quantize says int8); default: the manifest's "
+        "runtime.decoder, else lean.",
     ),
     max_queue: int = typer.Option(32, "--max-queue", min=1, help="Queued requests before answering 429."),
     max_batch: int = typer.Option(8, "--max-batch", min=1, help="Sequences decoded together (continuous batching)."),

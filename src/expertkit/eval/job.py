@@ -25,7 +25,7 @@ class EvalRequest:
     sample: int | None = None  # a seeded random sample of N items (in set order), instead of the first N
     batch: int = DEFAULT_BATCH  # items decoded together; 1: one at a time
     quantize: str | None = None  # --quantize none|int8|int4; given: results go to <set>.quantize-<q>.json
-    decoder: str | None = None  # --decoder lean|onnx; given: results go to <set>[.quantize-<q>].decoder-<d>.json
+    decoder: str | None = None  # --decoder lean|onnx|native; given: results go to <set>[.quantize-<q>].decoder-<d>.json
 
 
 EvalKind = Literal["base_only", "expert", "compared"]

@@ -489,11 +489,12 @@ class Runtime(Section):
     of 32). A --quantize flag wins; unset: expertkit's default (none). Check the quality first:
     expert-cli eval --quantize int8 against none on the expert's own sets."""
 
-    decoder: Literal["lean", "onnx"] | None = None
-    """What runs expertkit's decode steps on a CPU: lean (PyTorch) or onnx (ONNX Runtime, a graph
-    built once per expert and quantisation and cached; install builds it). A --decoder flag wins;
-    unset: lean. onnx covers LoRA and DoRA experts on Llama/Qwen bases read from their files; others
-    decode lean."""
+    decoder: Literal["lean", "onnx", "native"] | None = None
+    """What runs expertkit's decode steps on a CPU: lean (PyTorch), onnx (ONNX Runtime, a graph
+    built once per expert and quantisation and cached; install builds it) or native (expertkit's C
+    decoder over Q4_1/Q8_0 weight blocks, int4 unless quantize says int8; install compiles it). A
+    --decoder flag wins; unset: lean. onnx and native cover LoRA and DoRA experts on Llama/Qwen
+    bases read from their files; others decode lean."""
 
     candle_compatible: bool | None = None
     """Whether the adapter loads in candle (informational)."""

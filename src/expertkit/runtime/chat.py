@@ -28,7 +28,7 @@ class ChatRequest:
     base: str | None = None
     dtype: str = "auto"
     quantize: str | None = None  # none|int8|int4; None: each expert's manifest, else the default
-    decoder: str | None = None  # lean|onnx; None: each expert's manifest, else the default
+    decoder: str | None = None  # lean|onnx|native; None: each expert's manifest, else the default
     router_embedder: str = "minilm"
     one_answer: bool = False  # a one-shot answer: LoRA experts are not merged (see LoadOptions.merge_experts)
 

@@ -47,7 +47,12 @@ if TYPE_CHECKING:
     from expertkit.runtime.llama_decoder import LeanDecoder
     from expertkit.runtime.lora_deltas import ExpertDeltas
     from expertkit.runtime.model_files import DefaultRope
+    from expertkit.runtime.native_decoder import NativeDecoder, NativeWeights
     from expertkit.runtime.onnx_cache import OnnxModel
+
+
+DECODER_NAMES = {"onnx": "ONNX Runtime decoder", "native": "native decoder"}
+ACTIVATIONS = {"onnx": "float32 activations", "native": "int8 activations"}
 
 
 class Engine:
@@ -76,10 +81,11 @@ class Engine:
         self.active: str | None = None
         self._decoder: Decoder | None = None
         # Decoders kept for switching back without rebuilding (a merged one holds a weight copy).
-        self._lean_decoders: dict[str | None, LeanDecoder | OnnxDecoder] = {}
+        self._lean_decoders: dict[str | None, LeanDecoder | OnnxDecoder | NativeDecoder] = {}
         # Experts' LoRA factors for mixed-expert batches over the shared base decoder (None: must merge).
         self._deltas: dict[str, ExpertDeltas | None] = {}
         self._bases: dict[Quantize, LeanDecoder] = {}  # quantised base decoders under experts' deltas
+        self._native: dict[Quantize, NativeWeights] = {}  # the base packed for the native decoder
 
     @classmethod
     def for_experts(cls, references: list[str], options: LoadOptions | None = None) -> Engine:
@@ -183,6 +189,7 @@ class Engine:
         self._lora.clear()
         self._lean_decoders.clear()
         self._bases.clear()
+        self._native.clear()
         self._deltas.clear()
         self._decoder = None
 
@@ -203,7 +210,14 @@ class Engine:
         self.active = name
         return self._decoder
 
-    def _new_decoder(self, name: str | None) -> LeanDecoder | OnnxDecoder:
+    def _new_decoder(self, name: str | None) -> LeanDecoder | OnnxDecoder | NativeDecoder:
+        if self.decoder_of(name)[0] == "native":
+            from expertkit.runtime.native_experts import native_base, native_decoder
+
+            quantize = self.quantize_of(name)[0]
+            if quantize not in self._native:
+                self._native[quantize] = native_base(self._tensors, self._config, quantize)
+            return native_decoder(self._native[quantize], self._lora.get(name) if name else None, self._tensors)
         if self.decoder_of(name)[0] == "onnx":
             model = self._onnx_graph(name)
             assert self._tensors is not None  # decoder_of says onnx only on the fast start
@@ -214,7 +228,12 @@ class Engine:
     def prepare(self, name: str) -> str | None:
         """Build now what expert ``name``'s first answer would otherwise build: its ONNX Runtime graph
         when it decodes through that (once per expert and quantisation, cached). What was done, or
-        ``None`` when its decoder needs nothing built."""
+        ``None`` when its decoder needs nothing built. The native decoder's library is compiled
+        (once per machine and compiler)."""
+        if self.decoder_of(name)[0] == "native":
+            from expertkit.runtime.native_build import load_library
+
+            return f"native decoder compiled ({load_library()._name})"
         if self.decoder_of(name)[0] != "onnx":
             return None
         model = self._onnx_graph(name, log=False)
@@ -300,6 +319,8 @@ class Engine:
         runtime = expert.files.loaded.manifest.runtime if expert else None
         if runtime is not None and runtime.quantize is not None:
             return runtime.quantize, "manifest"
+        if self._asked_decoder(name)[0] == "native" and self.native_gap(name) is None:
+            return "int4", "default"  # the native decoder's own default: the embedded model's exact Q4_1
         return DEFAULT_QUANTIZE, "default"
 
     def decoder_of(self, name: str | None) -> tuple[DecoderKind, Source]:
@@ -308,7 +329,17 @@ class Engine:
         the expert: only a base model and LoRA/DoRA experts read from their files build as ONNX."""
         kind, source = self._asked_decoder(name)
         covered = self._tensors is not None and (name is None or name in self._lora)
+        if kind == "native":
+            covered = self.native_gap(name) is None and self.quantize_of(name)[0] != "none"
         return (kind if covered else "lean"), source
+
+    def native_gap(self, name: str | None) -> str | None:
+        """Why the native decoder cannot run expert ``name`` (``None``: it can, quantised)."""
+        if self._tensors is None or (name is not None and name not in self._lora):
+            return "it runs experts read from their files (a plain LoRA or DoRA) on Llama/Qwen2 bases"
+        from expertkit.runtime.native_experts import native_gap
+
+        return native_gap(self._config, self._tensors.shapes, self._lora.get(name) if name else None)
 
     def _asked_decoder(self, name: str | None) -> tuple[DecoderKind, Source]:
         expert = self.experts.get(name) if name else None
@@ -344,7 +375,7 @@ class Engine:
 
     def mixable(self, name: str | None) -> bool:
         """Whether ``name``'s sequences can share a batch with other experts' (the base model's can)."""
-        if self.decoder_of(name)[0] == "onnx":
+        if self.decoder_of(name)[0] in ("onnx", "native"):
             return False
         return self.lean and (name is None or self.deltas_of(name) is not None)
 
@@ -354,17 +385,18 @@ class Engine:
         for name in self.experts or [None]:
             quantize, source = self.quantize_of(name)
             decoder, chosen = self.decoder_of(name)
-            kind = (
-                "ONNX Runtime decoder" if decoder == "onnx" else "lean decoder" if self.lean else "transformers forward"
-            )
-            dtype = "float32 activations" if decoder == "onnx" else self.options.dtype
+            kind = DECODER_NAMES.get(decoder) or ("lean decoder" if self.lean else "transformers forward")
+            dtype = ACTIVATIONS.get(decoder, self.options.dtype)
             kind += f" ({chosen})" if chosen != "default" else ""
             note = f"{name or 'base'}: {kind}, {dtype}, quantize {quantize} ({source})"
             if decoder != "onnx" and self._asked_decoder(name)[0] == "onnx":
                 note += "; the ONNX decoder covers LoRA and DoRA experts read from their files, not this one"
-            if decoder != "onnx" and name and not self.options.merge_experts and self._expert_deltas(name):
+            if decoder != "native" and self._asked_decoder(name)[0] == "native":
+                gap = self.native_gap(name) or "it decodes int4 or int8 weights, not --quantize none"
+                note += f"; not the native decoder: {gap}"
+            if decoder == "lean" and name and not self.options.merge_experts and self._expert_deltas(name):
                 note += "; as deltas over the base weights (one answer: not merged)"
-            if decoder != "onnx" and name is not None and quantize != "none" and self._expert_deltas(name) is None:
+            if decoder == "lean" and name is not None and quantize != "none" and self._expert_deltas(name) is None:
                 note += "; merged, then quantised: a small adapter change can round away (check eval --quantize)"
             notes.append(note)
         return notes

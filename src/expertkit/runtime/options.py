@@ -14,7 +14,7 @@ from expertkit.package.signing import PublicKey
 Quantize = Literal["none", "int8", "int4"]
 QUANTIZE_CHOICES: tuple[str, ...] = get_args(Quantize)
 DEFAULT_QUANTIZE: Quantize = "none"  # see benchmarks/decode_speed.py and the eval tables before changing it
-DecoderKind = Literal["lean", "onnx"]
+DecoderKind = Literal["lean", "onnx", "native"]
 DECODER_CHOICES: tuple[str, ...] = get_args(DecoderKind)
 DEFAULT_DECODER: DecoderKind = "lean"  # see benchmarks/decode_speed.py and the eval tables before changing it
 
@@ -43,7 +43,8 @@ class LoadOptions:
     quantize: Quantize | None = None
     # What runs a decode step: "lean" (PyTorch, :mod:`expertkit.runtime.llama_decoder`) or "onnx"
     # (ONNX Runtime, :mod:`expertkit.runtime.onnx_build`); None: the manifest's runtime.decoder, else
-    # DEFAULT_DECODER. Experts the ONNX path does not cover decode lean (the engine says so).
+    # DEFAULT_DECODER. "native" (:mod:`expertkit.runtime.native_decoder`): one C call per step over
+    # Q4_1/Q8_0 blocks. Experts a path does not cover decode lean (the engine says so).
     decoder: DecoderKind | None = None
     # Read the model and plain-LoRA experts straight from their files when the lean decoder covers
     # them (no transformers model or PEFT until something needs them); False: always through them.

@@ -41,7 +41,7 @@ class ServeRequest:
     base: str | None = None
     dtype: str = "auto"
     quantize: str | None = None  # none|int8|int4; None: each expert's manifest, else the default
-    decoder: str | None = None  # lean|onnx; None: each expert's manifest, else the default
+    decoder: str | None = None  # lean|onnx|native; None: each expert's manifest, else the default
     max_queue: int = 32
     max_batch: int = 8
     mixed_batches: bool = True

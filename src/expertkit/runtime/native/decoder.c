@@ -1,0 +1,665 @@
+/* expertkit's native decoder: a Llama-architecture forward pass over 4-bit (Q4_1) and 8-bit (Q8_0)
+ * weight blocks, for one sequence, with a LoRA (or DoRA) expert kept as fp32 low-rank products.
+ *
+ * Why hand-written (see expertkit/runtime/native_decoder.py for the measurements): a decode step of
+ * a 135M model through PyTorch or ONNX Runtime is ~1,000 small operators, and on a 2-core CPU their
+ * fixed costs, not the weights' bytes, set the speed. No library on PyPI decodes 4-bit blocks with a
+ * float offset (the embedded model's own Q4_1 grid) and an unmerged low-rank expert in one call.
+ *
+ * Layout: a matrix's rows are taken 16 at a time (one AVX-512 lane per row). For row group g and
+ * block b of 32 inputs, Q4_1 stores 256 bytes: four 64-byte slices, slice L holding bytes 4L..4L+3 of
+ * each of the 16 rows' blocks (byte j: low nibble input j, high nibble input j+16). One
+ * VPDPBUSD then multiplies 4 inputs of 16 rows by the same 4 activations (a broadcast), so a row
+ * group's 16 dot products accumulate lane by lane with no horizontal sums. Q8_0 stores 512 bytes per
+ * (g, b): eight slices of 4 signed bytes per row. Scales, Q4_1 minimums and Q8_0 code sums are stored
+ * [g][b][16] as fp32 (int32 for the sums).
+ *
+ * Activations are quantised per block of 32 to int8 (a scale amax/127, round to nearest even), as
+ * llama.cpp does. A Q4_1 block is computed as d·(q - 8)·x + mid·sum(x): the centred codes meet the
+ * quantised activations (half the rounding error of uncentred 0..15 codes), and the block's
+ * midpoint multiplies the exact fp32 sum of its activations.
+ * Without AVX512-VNNI the same arithmetic runs as portable C (slower, same results up to float
+ * summation order).
+ */
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <sys/syscall.h>
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+#define EK_VNNI 1
+#include <immintrin.h>
+#else
+#define EK_VNNI 0
+#endif
+
+#define EK_MAX_THREADS 64
+#define EK_TOKENS 4 /* tokens that share one pass over the weights */
+
+typedef struct {
+    int32_t rows, cols, kind; /* kind: 4 (Q4_1) or 8 (Q8_0) */
+    const uint8_t *codes;
+    const float *scale; /* [g][b][16] */
+    const float *mid;   /* Q4_1: the block's value at code 8 (minimum + 8 steps), [g][b][16] */
+    const int32_t *sums; /* Q8_0: 128 x the block's code sum, [g][b][16] */
+    const float *bias;  /* [rows] or NULL */
+    int32_t rank;
+    const float *lora_a;  /* [rank][cols] */
+    const float *lora_bt; /* [rank][rows], the LoRA scale folded in */
+    const float *rescale; /* DoRA: [rows] or NULL */
+} ek_mat;
+
+typedef struct {
+    ek_mat q, k, v, o, gate, up, down;
+    const float *attn_norm, *ffn_norm;
+} ek_layer;
+
+typedef struct {
+    int32_t layers, hidden, heads, kv_heads, head_dim, inter, vocab, positions;
+    float eps;
+    const float *rope_cos, *rope_sin; /* [positions][head_dim / 2] */
+    ek_mat embed, head;
+    const float *final_norm;
+    const ek_layer *layer;
+} ek_model;
+
+int ek_vnni(void) { return EK_VNNI; }
+
+/* ------------------------------------------------------------------ thread pool */
+
+typedef void (*ek_task)(void *arg, int id, int n);
+
+static struct {
+    int n;
+    pid_t pid;
+    pthread_t threads[EK_MAX_THREADS];
+    _Atomic unsigned generation;
+    _Atomic int pending, sleepers, quit;
+    ek_task task;
+    void *arg;
+} pool;
+
+#define SPINS 200000
+
+static void pause_once(void) {
+#if defined(__x86_64__)
+    __builtin_ia32_pause();
+#endif
+}
+
+static void *worker(void *param) {
+    int id = (int)(intptr_t)param;
+    unsigned seen = atomic_load(&pool.generation);
+    for (;;) {
+        unsigned now;
+        int spins = 0;
+        while ((now = atomic_load(&pool.generation)) == seen) {
+            if (++spins < SPINS) {
+                pause_once();
+                continue;
+            }
+            atomic_fetch_add(&pool.sleepers, 1);
+            syscall(SYS_futex, &pool.generation, FUTEX_WAIT_PRIVATE, seen, NULL, NULL, 0);
+            atomic_fetch_sub(&pool.sleepers, 1);
+            spins = 0;
+        }
+        seen = now;
+        if (atomic_load(&pool.quit))
+            return NULL;
+        pool.task(pool.arg, id, pool.n);
+        atomic_fetch_sub(&pool.pending, 1);
+    }
+}
+
+static void wake_all(void) {
+    atomic_fetch_add(&pool.generation, 1);
+    if (atomic_load(&pool.sleepers) > 0)
+        syscall(SYS_futex, &pool.generation, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+}
+
+static void stop_pool(void) {
+    if (pool.n > 1 && pool.pid == getpid()) {
+        atomic_store(&pool.quit, 1);
+        wake_all();
+        for (int i = 1; i < pool.n; i++)
+            pthread_join(pool.threads[i], NULL);
+    }
+    atomic_store(&pool.quit, 0);
+    pool.n = 1;
+}
+
+/* Decode with n threads (the caller and n - 1 workers). Returns the count in use. */
+int ek_threads(int n) {
+    if (n < 1)
+        n = 1;
+    if (n > EK_MAX_THREADS)
+        n = EK_MAX_THREADS;
+    if (n == pool.n && pool.pid == getpid())
+        return n;
+    stop_pool();
+    pool.pid = getpid();
+    int started = 1;
+    for (int i = 1; i < n; i++) {
+        if (pthread_create(&pool.threads[i], NULL, worker, (void *)(intptr_t)i) != 0)
+            break;
+        started++;
+    }
+    pool.n = started;
+    return started;
+}
+
+static void run(ek_task task, void *arg) {
+    if (pool.pid != getpid() || pool.n < 1)
+        pool.n = 1; /* a forked child has no workers */
+    if (pool.n == 1) {
+        task(arg, 0, 1);
+        return;
+    }
+    pool.task = task;
+    pool.arg = arg;
+    atomic_store(&pool.pending, pool.n - 1);
+    wake_all();
+    task(arg, 0, pool.n);
+    while (atomic_load(&pool.pending) > 0)
+        pause_once();
+}
+
+/* ------------------------------------------------------------------ activations */
+
+/* x [cols] -> q [cols] int8, d [cols/32] scales, s [cols/32] exact block sums, c [cols/32] 8 x code sums. */
+static void quantize_row(const float *x, int cols, int8_t *q, float *d, float *s, int32_t *c) {
+    for (int b = 0; b < cols / 32; b++) {
+        const float *v = x + b * 32;
+        float amax = 0.f, sum = 0.f;
+        for (int j = 0; j < 32; j++) {
+            float a = fabsf(v[j]);
+            amax = a > amax ? a : amax;
+            sum += v[j];
+        }
+        float inv = amax > 0.f ? 127.f / amax : 0.f;
+        d[b] = amax / 127.f;
+        s[b] = sum;
+        int32_t codes = 0;
+        for (int j = 0; j < 32; j++) {
+            q[b * 32 + j] = (int8_t)nearbyintf(v[j] * inv);
+            codes += q[b * 32 + j];
+        }
+        c[b] = 8 * codes;
+    }
+}
+
+/* ------------------------------------------------------------------ block products */
+
+typedef struct {
+    const int8_t *q; /* [tokens][cols] */
+    const float *d, *s; /* [tokens][cols / 32] */
+    const int32_t *c;   /* [tokens][cols / 32]: 8 x the block's code sum (the centring of Q4_1 codes) */
+    const float *x; /* the unquantised rows, for the LoRA product */
+    int tokens;
+} ek_input;
+
+static inline int32_t word_at(const int8_t *p) {
+    int32_t w;
+    memcpy(&w, p, 4);
+    return w;
+}
+
+#if EK_VNNI
+static inline __attribute__((always_inline)) void q4_group(const ek_mat *w, int g, const ek_input *in, int t0,
+                                                           const int M, float *out /* [M][16] */) {
+    const int nb = w->cols / 32;
+    const uint8_t *p = w->codes + (size_t)g * nb * 256;
+    const float *ds = w->scale + (size_t)g * nb * 16, *ms = w->mid + (size_t)g * nb * 16;
+    const __m512i mask = _mm512_set1_epi8(0x0F);
+    __m512 acc[EK_TOKENS], offs[EK_TOKENS];
+    for (int t = 0; t < M; t++)
+        acc[t] = offs[t] = _mm512_setzero_ps();
+    for (int b = 0; b < nb; b++, p += 256) {
+        __m512i lo_sum[EK_TOKENS], hi_sum[EK_TOKENS];
+        for (int t = 0; t < M; t++)
+            lo_sum[t] = hi_sum[t] = _mm512_setzero_si512();
+        for (int L = 0; L < 4; L++) {
+            __m512i v = _mm512_loadu_si512((const void *)(p + L * 64));
+            __m512i lo = _mm512_and_si512(v, mask);
+            __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), mask);
+            for (int t = 0; t < M; t++) {
+                const int8_t *x = in->q + (size_t)(t0 + t) * w->cols + b * 32 + L * 4;
+                lo_sum[t] = _mm512_dpbusd_epi32(lo_sum[t], lo, _mm512_set1_epi32(word_at(x)));
+                hi_sum[t] = _mm512_dpbusd_epi32(hi_sum[t], hi, _mm512_set1_epi32(word_at(x + 16)));
+            }
+        }
+        __m512 dv = _mm512_loadu_ps(ds + b * 16), mv = _mm512_loadu_ps(ms + b * 16);
+        for (int t = 0; t < M; t++) {
+            size_t k = (size_t)(t0 + t) * nb + b;
+            __m512i centred = _mm512_sub_epi32(_mm512_add_epi32(lo_sum[t], hi_sum[t]), _mm512_set1_epi32(in->c[k]));
+            __m512 sum = _mm512_cvtepi32_ps(centred);
+            acc[t] = _mm512_fmadd_ps(sum, _mm512_mul_ps(dv, _mm512_set1_ps(in->d[k])), acc[t]);
+            offs[t] = _mm512_fmadd_ps(mv, _mm512_set1_ps(in->s[k]), offs[t]);
+        }
+    }
+    for (int t = 0; t < M; t++)
+        _mm512_storeu_ps(out + t * 16, _mm512_add_ps(acc[t], offs[t]));
+}
+
+static inline __attribute__((always_inline)) void q8_group(const ek_mat *w, int g, const ek_input *in, int t0,
+                                                           const int M, float *out) {
+    const int nb = w->cols / 32;
+    const uint8_t *p = w->codes + (size_t)g * nb * 512;
+    const float *ds = w->scale + (size_t)g * nb * 16;
+    const int32_t *ss = w->sums + (size_t)g * nb * 16;
+    __m512 acc[EK_TOKENS];
+    for (int t = 0; t < M; t++)
+        acc[t] = _mm512_setzero_ps();
+    for (int b = 0; b < nb; b++, p += 512) {
+        __m512i sum[EK_TOKENS];
+        for (int t = 0; t < M; t++)
+            sum[t] = _mm512_setzero_si512();
+        for (int L = 0; L < 8; L++) {
+            __m512i v = _mm512_loadu_si512((const void *)(p + L * 64));
+            for (int t = 0; t < M; t++) {
+                const int8_t *x = in->q + (size_t)(t0 + t) * w->cols + b * 32 + L * 4;
+                /* activations + 128 as unsigned bytes; 128 x the code sum comes off below */
+                __m512i xu = _mm512_set1_epi32(word_at(x) ^ (int32_t)0x80808080u);
+                sum[t] = _mm512_dpbusd_epi32(sum[t], xu, v);
+            }
+        }
+        __m512 dv = _mm512_loadu_ps(ds + b * 16);
+        __m512i sv = _mm512_loadu_si512((const void *)(ss + b * 16));
+        for (int t = 0; t < M; t++) {
+            size_t k = (size_t)(t0 + t) * nb + b;
+            __m512 exact = _mm512_cvtepi32_ps(_mm512_sub_epi32(sum[t], sv));
+            acc[t] = _mm512_fmadd_ps(exact, _mm512_mul_ps(dv, _mm512_set1_ps(in->d[k])), acc[t]);
+        }
+    }
+    for (int t = 0; t < M; t++)
+        _mm512_storeu_ps(out + t * 16, acc[t]);
+}
+
+static void group_product(const ek_mat *w, int g, const ek_input *in, int t0, int M, float *out) {
+    if (w->kind == 4) {
+        switch (M) {
+        case 1: q4_group(w, g, in, t0, 1, out); break;
+        case 2: q4_group(w, g, in, t0, 2, out); break;
+        case 3: q4_group(w, g, in, t0, 3, out); break;
+        default: q4_group(w, g, in, t0, 4, out); break;
+        }
+    } else {
+        switch (M) {
+        case 1: q8_group(w, g, in, t0, 1, out); break;
+        case 2: q8_group(w, g, in, t0, 2, out); break;
+        case 3: q8_group(w, g, in, t0, 3, out); break;
+        default: q8_group(w, g, in, t0, 4, out); break;
+        }
+    }
+}
+#else
+static void group_product(const ek_mat *w, int g, const ek_input *in, int t0, int M, float *out) {
+    const int nb = w->cols / 32, slices = w->kind == 4 ? 4 : 8, stride = w->kind == 4 ? 256 : 512;
+    for (int t = 0; t < M; t++) {
+        for (int lane = 0; lane < 16; lane++) {
+            float total = 0.f, offsets = 0.f;
+            for (int b = 0; b < nb; b++) {
+                const uint8_t *p = w->codes + ((size_t)g * nb + b) * stride;
+                const int8_t *x = in->q + (size_t)(t0 + t) * w->cols + b * 32;
+                size_t k = (size_t)(t0 + t) * nb + b, at = ((size_t)g * nb + b) * 16 + lane;
+                int32_t sum = 0;
+                for (int L = 0; L < slices; L++) {
+                    for (int j = 0; j < 4; j++) {
+                        uint8_t byte = p[L * 64 + lane * 4 + j];
+                        if (w->kind == 4)
+                            sum += (byte & 15) * x[L * 4 + j] + (byte >> 4) * x[16 + L * 4 + j];
+                        else
+                            sum += (int8_t)byte * x[L * 4 + j];
+                    }
+                }
+                if (w->kind == 4) {
+                    sum -= in->c[k];
+                    offsets += w->mid[at] * in->s[k];
+                }
+                total += (float)sum * (w->scale[at] * in->d[k]);
+            }
+            out[t * 16 + lane] = total + offsets;
+        }
+    }
+}
+#endif
+
+/* ------------------------------------------------------------------ matrix products */
+
+#define EK_MATS 3
+
+typedef struct {
+    const ek_mat *mats[EK_MATS];
+    float *outs[EK_MATS]; /* [tokens][rows] each */
+    float *lora[EK_MATS]; /* [tokens][rank]: A·x, computed before the split */
+    int count;
+    const ek_input *in;
+} ek_products;
+
+static void finish_group(const ek_mat *w, int g, int t, const float *lora, float *y) {
+    const int rows = w->rows;
+    for (int k = 0; k < w->rank; k++) {
+        const float a = lora[(size_t)t * w->rank + k], *bt = w->lora_bt + (size_t)k * rows + g * 16;
+        for (int lane = 0; lane < 16; lane++)
+            y[lane] += a * bt[lane];
+    }
+    if (w->rescale)
+        for (int lane = 0; lane < 16; lane++)
+            y[lane] *= w->rescale[g * 16 + lane];
+    if (w->bias)
+        for (int lane = 0; lane < 16; lane++)
+            y[lane] += w->bias[g * 16 + lane];
+}
+
+static void products_task(void *arg, int id, int n) {
+    const ek_products *job = arg;
+    int total = 0;
+    for (int i = 0; i < job->count; i++)
+        total += job->mats[i]->rows / 16;
+    int first = (int)((long)total * id / n), last = (int)((long)total * (id + 1) / n);
+    float block[EK_TOKENS * 16];
+    for (int flat = first; flat < last; flat++) {
+        int i = 0, g = flat;
+        while (g >= job->mats[i]->rows / 16)
+            g -= job->mats[i++]->rows / 16;
+        const ek_mat *w = job->mats[i];
+        for (int t0 = 0; t0 < job->in->tokens; t0 += EK_TOKENS) {
+            int M = job->in->tokens - t0 < EK_TOKENS ? job->in->tokens - t0 : EK_TOKENS;
+            group_product(w, g, job->in, t0, M, block);
+            for (int t = 0; t < M; t++) {
+                float *y = job->outs[i] + (size_t)(t0 + t) * w->rows + g * 16;
+                memcpy(y, block + t * 16, sizeof(float) * 16);
+                finish_group(w, g, t0 + t, job->lora[i], y);
+            }
+        }
+    }
+}
+
+static float dot(const float *a, const float *b, int n) {
+#if EK_VNNI
+    __m512 acc = _mm512_setzero_ps();
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc);
+    float total = _mm512_reduce_add_ps(acc);
+#else
+    float total = 0.f;
+    int i = 0;
+#endif
+    for (; i < n; i++)
+        total += a[i] * b[i];
+    return total;
+}
+
+/* outs[i] = mats[i]·x for up to three matrices sharing the input, split across the threads. */
+static void products(const ek_mat **mats, float **outs, float *lora_scratch, int count, const ek_input *in) {
+    ek_products job = {.count = count, .in = in};
+    float *lora = lora_scratch;
+    for (int i = 0; i < count; i++) {
+        const ek_mat *w = mats[i];
+        job.mats[i] = w;
+        job.outs[i] = outs[i];
+        job.lora[i] = lora;
+        for (int t = 0; t < in->tokens; t++)
+            for (int k = 0; k < w->rank; k++)
+                lora[t * w->rank + k] = dot(w->lora_a + (size_t)k * w->cols, in->x + (size_t)t * w->cols, w->cols);
+        lora += (size_t)in->tokens * w->rank;
+    }
+    run(products_task, &job);
+}
+
+/* ------------------------------------------------------------------ the forward pass */
+
+typedef struct {
+    int capacity;
+    float *x, *normed, *q, *k, *v, *att, *gate, *up, *scores, *lora;
+    int8_t *xq;
+    float *xd, *xs;
+    int32_t *xc;
+    int max_tokens;
+} ek_scratch;
+
+static void *zalloc(size_t n) {
+    void *p = NULL;
+    if (posix_memalign(&p, 64, n ? n : 64) != 0)
+        return NULL;
+    memset(p, 0, n ? n : 64);
+    return p;
+}
+
+void ek_scratch_free(ek_scratch *s) {
+    if (!s)
+        return;
+    free(s->x); free(s->normed); free(s->q); free(s->k); free(s->v); free(s->att); free(s->gate);
+    free(s->up); free(s->scores); free(s->lora); free(s->xq); free(s->xd); free(s->xs);
+    free(s->xc);
+    free(s);
+}
+
+static int max_rank(const ek_model *m) {
+    int r = m->head.rank;
+    for (int l = 0; l < m->layers; l++) {
+        const ek_mat *all[7] = {&m->layer[l].q, &m->layer[l].k, &m->layer[l].v, &m->layer[l].o,
+                                &m->layer[l].gate, &m->layer[l].up, &m->layer[l].down};
+        for (int i = 0; i < 7; i++)
+            r = all[i]->rank > r ? all[i]->rank : r;
+    }
+    return r;
+}
+
+/* Buffers for calls of up to max_tokens tokens on a cache of up to capacity positions. */
+ek_scratch *ek_scratch_new(const ek_model *m, int max_tokens, int capacity) {
+    ek_scratch *s = zalloc(sizeof(ek_scratch));
+    if (!s)
+        return NULL;
+    size_t T = (size_t)max_tokens, wide = m->inter > m->hidden ? m->inter : m->hidden;
+    s->max_tokens = max_tokens;
+    s->capacity = capacity;
+    s->x = zalloc(T * m->hidden * 4);
+    s->normed = zalloc(T * wide * 4);
+    s->q = zalloc(T * m->heads * m->head_dim * 4);
+    s->k = zalloc(T * m->kv_heads * m->head_dim * 4);
+    s->v = zalloc(T * m->kv_heads * m->head_dim * 4);
+    s->att = zalloc(T * m->heads * m->head_dim * 4);
+    s->gate = zalloc(T * m->inter * 4);
+    s->up = zalloc(T * m->inter * 4);
+    s->scores = zalloc((size_t)EK_MAX_THREADS * capacity * 4);
+    s->lora = zalloc(T * 3 * (size_t)(max_rank(m) + 1) * 4);
+    s->xq = zalloc(T * wide);
+    s->xd = zalloc(T * wide / 32 * 4);
+    s->xs = zalloc(T * wide / 32 * 4);
+    s->xc = zalloc(T * wide / 32 * 4);
+    if (!s->xc || !s->x || !s->normed || !s->q || !s->k || !s->v || !s->att || !s->gate || !s->up || !s->scores ||
+        !s->lora || !s->xq || !s->xd || !s->xs) {
+        ek_scratch_free(s);
+        return NULL;
+    }
+    return s;
+}
+
+static void rms_norm(const float *x, const float *w, float *out, int n, float eps) {
+    float ss = 0.f;
+    for (int i = 0; i < n; i++)
+        ss += x[i] * x[i];
+    float inv = 1.f / sqrtf(ss / n + eps);
+    for (int i = 0; i < n; i++)
+        out[i] = x[i] * inv * w[i];
+}
+
+static ek_input quantized(ek_scratch *s, const float *x, int tokens, int cols) {
+    for (int t = 0; t < tokens; t++)
+        quantize_row(x + (size_t)t * cols, cols, s->xq + (size_t)t * cols, s->xd + (size_t)t * (cols / 32),
+                     s->xs + (size_t)t * (cols / 32), s->xc + (size_t)t * (cols / 32));
+    ek_input in = {.q = s->xq, .d = s->xd, .s = s->xs, .c = s->xc, .x = x, .tokens = tokens};
+    return in;
+}
+
+static void rope(float *v, int heads, int dim, const float *cos, const float *sin) {
+    int half = dim / 2;
+    for (int h = 0; h < heads; h++) {
+        float *r = v + h * dim;
+        for (int i = 0; i < half; i++) {
+            float a = r[i], b = r[i + half];
+            r[i] = a * cos[i] - b * sin[i];
+            r[i + half] = b * cos[i] + a * sin[i];
+        }
+    }
+}
+
+typedef struct {
+    const ek_model *m;
+    ek_scratch *s;
+    const float *keys, *values; /* this layer's [kv_heads][capacity][head_dim] */
+    int capacity, start, tokens;
+} ek_attention;
+
+static void attention_task(void *arg, int id, int n) {
+    const ek_attention *job = arg;
+    const ek_model *m = job->m;
+    const int dim = m->head_dim, group = m->heads / m->kv_heads, units = job->tokens * m->heads;
+    const float scale = 1.f / sqrtf((float)dim);
+    float *scores = job->s->scores + (size_t)id * job->s->capacity;
+    for (int u = units * id / n; u < units * (id + 1) / n; u++) {
+        int t = u / m->heads, h = u % m->heads, kv = h / group, seen = job->start + t + 1;
+        const float *q = job->s->q + ((size_t)t * m->heads + h) * dim;
+        const float *keys = job->keys + (size_t)kv * job->capacity * dim;
+        const float *values = job->values + (size_t)kv * job->capacity * dim;
+        float top = -INFINITY, total = 0.f;
+        for (int p = 0; p < seen; p++) {
+            scores[p] = dot(q, keys + (size_t)p * dim, dim) * scale;
+            top = scores[p] > top ? scores[p] : top;
+        }
+        for (int p = 0; p < seen; p++) {
+            scores[p] = expf(scores[p] - top);
+            total += scores[p];
+        }
+        float *out = job->s->att + ((size_t)t * m->heads + h) * dim;
+        memset(out, 0, sizeof(float) * dim);
+        for (int p = 0; p < seen; p++) {
+            const float weight = scores[p] / total, *v = values + (size_t)p * dim;
+            for (int i = 0; i < dim; i++)
+                out[i] += weight * v[i];
+        }
+    }
+}
+
+static void attention_block(const ek_model *m, const ek_layer *ly, ek_scratch *s, float *keys, float *values,
+                            int capacity, int start, int tokens) {
+    const int dim = m->head_dim, half = dim / 2, hidden = m->hidden;
+    for (int t = 0; t < tokens; t++)
+        rms_norm(s->x + (size_t)t * hidden, ly->attn_norm, s->normed + (size_t)t * hidden, hidden, m->eps);
+    ek_input in = quantized(s, s->normed, tokens, hidden);
+    const ek_mat *qkv[3] = {&ly->q, &ly->k, &ly->v};
+    float *outs[3] = {s->q, s->k, s->v};
+    products(qkv, outs, s->lora, 3, &in);
+    for (int t = 0; t < tokens; t++) {
+        int pos = start + t;
+        const float *cos = m->rope_cos + (size_t)pos * half, *sin = m->rope_sin + (size_t)pos * half;
+        rope(s->q + (size_t)t * m->heads * dim, m->heads, dim, cos, sin);
+        rope(s->k + (size_t)t * m->kv_heads * dim, m->kv_heads, dim, cos, sin);
+        for (int h = 0; h < m->kv_heads; h++) {
+            size_t at = ((size_t)h * capacity + pos) * dim;
+            memcpy(keys + at, s->k + ((size_t)t * m->kv_heads + h) * dim, sizeof(float) * dim);
+            memcpy(values + at, s->v + ((size_t)t * m->kv_heads + h) * dim, sizeof(float) * dim);
+        }
+    }
+    ek_attention job = {m, s, keys, values, capacity, start, tokens};
+    run(attention_task, &job);
+    const int width = m->heads * dim;
+    in = quantized(s, s->att, tokens, width);
+    const ek_mat *o[1] = {&ly->o};
+    float *o_out[1] = {s->normed};
+    products(o, o_out, s->lora, 1, &in);
+    for (size_t i = 0; i < (size_t)tokens * hidden; i++)
+        s->x[i] += s->normed[i];
+}
+
+static void mlp_block(const ek_model *m, const ek_layer *ly, ek_scratch *s, int tokens) {
+    const int hidden = m->hidden, inter = m->inter;
+    for (int t = 0; t < tokens; t++)
+        rms_norm(s->x + (size_t)t * hidden, ly->ffn_norm, s->normed + (size_t)t * hidden, hidden, m->eps);
+    ek_input in = quantized(s, s->normed, tokens, hidden);
+    const ek_mat *gu[2] = {&ly->gate, &ly->up};
+    float *outs[2] = {s->gate, s->up};
+    products(gu, outs, s->lora, 2, &in);
+    for (size_t i = 0; i < (size_t)tokens * inter; i++) {
+        float g = s->gate[i];
+        s->gate[i] = g / (1.f + expf(-g)) * s->up[i];
+    }
+    in = quantized(s, s->gate, tokens, inter);
+    const ek_mat *down[1] = {&ly->down};
+    float *d_out[1] = {s->normed};
+    products(down, d_out, s->lora, 1, &in);
+    for (size_t i = 0; i < (size_t)tokens * hidden; i++)
+        s->x[i] += s->normed[i];
+}
+
+/* One embedding row of a Q8_0 matrix, dequantised. */
+static void embed_row(const ek_mat *e, int row, float *out) {
+    const int nb = e->cols / 32, g = row / 16, lane = row % 16;
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *p = e->codes + ((size_t)g * nb + b) * 512 + lane * 4;
+        const float d = e->scale[((size_t)g * nb + b) * 16 + lane];
+        for (int L = 0; L < 8; L++)
+            for (int j = 0; j < 4; j++)
+                out[b * 32 + L * 4 + j] = d * (float)(int8_t)p[L * 64 + j];
+    }
+}
+
+/* Run `tokens` tokens (ids, or embeddings when ids is NULL) at positions start.. through the model,
+ * writing their keys and values into the cache ([layers][kv_heads][capacity][head_dim] each) and
+ * the last token's logits into logits [vocab]. Returns 0, or -1 for arguments out of range. */
+int ek_forward(const ek_model *m, ek_scratch *s, float *keys, float *values, int capacity, int start, int tokens,
+               const int32_t *ids, const float *embeds, float *logits) {
+    if (tokens < 1 || tokens > s->max_tokens || start < 0 || start + tokens > capacity || capacity > s->capacity ||
+        start + tokens > m->positions)
+        return -1;
+    const int hidden = m->hidden;
+    for (int t = 0; t < tokens; t++) {
+        if (ids) {
+            if (ids[t] < 0 || ids[t] >= m->embed.rows)
+                return -1;
+            embed_row(&m->embed, ids[t], s->x + (size_t)t * hidden);
+        } else {
+            memcpy(s->x + (size_t)t * hidden, embeds + (size_t)t * hidden, sizeof(float) * hidden);
+        }
+    }
+    const size_t per_layer = (size_t)m->kv_heads * capacity * m->head_dim;
+    for (int l = 0; l < m->layers; l++) {
+        attention_block(m, &m->layer[l], s, keys + l * per_layer, values + l * per_layer, capacity, start, tokens);
+        mlp_block(m, &m->layer[l], s, tokens);
+    }
+    const float *last = s->x + (size_t)(tokens - 1) * hidden;
+    rms_norm(last, m->final_norm, s->normed, hidden, m->eps);
+    ek_input in = quantized(s, s->normed, 1, hidden);
+    const ek_mat *head[1] = {&m->head};
+    float *out[1] = {logits};
+    products(head, out, s->lora, 1, &in);
+    return 0;
+}
+
+/* out [tokens][rows] = w·x for x [tokens][cols]: one product alone (the tests' window on the kernels). */
+int ek_product(const ek_mat *w, const float *x, int tokens, float *out) {
+    ek_scratch s = {0};
+    s.xq = zalloc((size_t)tokens * w->cols);
+    s.xd = zalloc((size_t)tokens * w->cols / 32 * 4);
+    s.xs = zalloc((size_t)tokens * w->cols / 32 * 4);
+    s.xc = zalloc((size_t)tokens * w->cols / 32 * 4);
+    s.lora = zalloc((size_t)tokens * (w->rank + 1) * 4);
+    int status = -1;
+    if (s.xq && s.xd && s.xs && s.xc && s.lora) {
+        ek_input in = quantized(&s, x, tokens, w->cols);
+        const ek_mat *mats[1] = {w};
+        float *outs[1] = {out};
+        products(mats, outs, s.lora, 1, &in);
+        status = 0;
+    }
+    free(s.xq); free(s.xd); free(s.xs); free(s.xc); free(s.lora);
+    return status;
+}

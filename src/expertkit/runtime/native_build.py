@@ -1,0 +1,78 @@
+"""The native decoder's shared library: ``native/decoder.c`` compiled once per machine, cached.
+
+The library is built with the system C compiler (``$CC``, else ``cc``) for the CPU it runs on
+(``-march=native``: AVX512-VNNI where the CPU has it, portable C otherwise) into
+``$EXPERTKIT_HOME/native/<key>/``, where the key hashes the source, the compiler's version and the
+flags: a changed source or compiler builds anew. It is written to a temporary name and renamed, so
+a half-built library is never loaded. The source is expertkit's own; nothing from an expert,
+a request or a data file reaches the compiler.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from functools import cache
+from pathlib import Path
+
+from expertkit.errors import ExpertkitError
+from expertkit.home import expertkit_home
+
+SOURCE = Path(__file__).parent / "native" / "decoder.c"
+FLAGS = ("-O3", "-march=native", "-shared", "-fPIC", "-pthread", "-fno-strict-aliasing")
+BUILD_TIMEOUT_S = 300
+
+
+class NativeBuildError(ExpertkitError):
+    """The native decoder could not be compiled here."""
+
+
+def compiler() -> str:
+    return os.environ.get("CC") or "cc"
+
+
+def _compiler_version(cc: str) -> str:
+    try:
+        run = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise NativeBuildError(
+            f"the native decoder needs a C compiler and `{cc}` could not run: {exc}",
+            "install one (Debian: apt-get install gcc) or set CC, or decode with --decoder lean",
+        ) from exc
+    return run.stdout.splitlines()[0] if run.stdout else cc
+
+
+def library_path() -> Path:
+    """The compiled library, built now if this source, compiler and flags have none yet."""
+    cc = compiler()
+    key = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), _compiler_version(cc).encode(), " ".join(FLAGS).encode()):
+        key.update(part)
+    target = expertkit_home() / "native" / key.hexdigest()[:16] / "libexpertkit_decoder.so"
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".build-", dir=target.parent) as tmp:
+        built = Path(tmp) / target.name
+        command = [cc, *FLAGS, "-o", str(built), str(SOURCE), "-lm"]
+        try:
+            run = subprocess.run(command, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise NativeBuildError(f"compiling the native decoder failed: {exc}", "decode with --decoder lean") from exc
+        if run.returncode != 0:
+            raise NativeBuildError(
+                f"compiling the native decoder failed ({' '.join(command)}): {run.stderr.strip()[-600:]}",
+                "check the C compiler (set CC to another), or decode with --decoder lean",
+            )
+        shutil.move(str(built), target)  # same directory: a rename
+    return target
+
+
+@cache
+def load_library() -> ctypes.CDLL:
+    """The library, loaded once per process (compiled first when needed)."""
+    return ctypes.CDLL(str(library_path()))
