@@ -25,7 +25,8 @@ def install(
     prepare: bool = typer.Option(
         True,
         "--prepare/--no-prepare",
-        help="Build what the first answer needs now: the ONNX graph, when the manifest names the ONNX decoder.",
+        help="Build what the first answer needs now: the ONNX graph or the native decoder's library, when the "
+        "manifest names that decoder.",
     ),
 ) -> None:
     """Verify a package and install it into $EXPERTKIT_HOME/experts/<name>/<version>/."""

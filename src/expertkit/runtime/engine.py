@@ -233,7 +233,7 @@ class Engine:
         if self.decoder_of(name)[0] == "native":
             from expertkit.runtime.native_build import load_library
 
-            return f"native decoder compiled ({load_library()._name})"
+            return f"native decoder library ready ({load_library()._name})"
         if self.decoder_of(name)[0] != "onnx":
             return None
         model = self._onnx_graph(name, log=False)
@@ -320,7 +320,7 @@ class Engine:
         if runtime is not None and runtime.quantize is not None:
             return runtime.quantize, "manifest"
         if self._asked_decoder(name)[0] == "native" and self.native_gap(name) is None:
-            return "int4", "default"  # the native decoder's own default: the embedded model's exact Q4_1
+            return "int8", "default"  # the native decoder's own: int4 lost a BFCL item per set (README)
         return DEFAULT_QUANTIZE, "default"
 
     def decoder_of(self, name: str | None) -> tuple[DecoderKind, Source]:

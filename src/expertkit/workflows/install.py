@@ -18,6 +18,8 @@ from expertkit.package.store import InstalledExpert, install_package
 from expertkit.runtime.engine import Engine
 from expertkit.runtime.options import LoadOptions
 
+DISPLAY = {"onnx": "ONNX", "native": "native"}
+
 
 @dataclass(frozen=True)
 class InstallResult:
@@ -35,15 +37,16 @@ def install_expert(
     prepare: bool = True,
 ) -> InstallResult:
     """:func:`~expertkit.package.store.install_package`, then (``prepare``) the expert's ONNX graph
-    built when its manifest names the ONNX decoder. A graph that cannot be built now (the base model
-    not on this machine, a builder failure) leaves the install in place and says why.
+    built when its manifest names the ONNX decoder, or the native decoder's library compiled when it
+    names that one. What cannot be prepared now (the base model not on this machine, a builder or
+    compiler failure) leaves the install in place and says why.
 
     Raises:
         PackageError: as :func:`~expertkit.package.store.install_package`.
     """
     record, written = install_package(package, require_signature, trusted_keys_dir, force)
     runtime = load_manifest(Path(record.path)).manifest.runtime if prepare else None
-    if runtime is None or runtime.decoder != "onnx":
+    if runtime is None or runtime.decoder not in ("onnx", "native"):
         return InstallResult(record, written)
     try:
         engine = Engine.for_experts([f"{record.name}@{record.version}"], LoadOptions())
@@ -51,9 +54,12 @@ def install_expert(
     except (ExpertkitError, OSError) as exc:  # the install stands; the first answer builds it instead
         reason = exc.message if isinstance(exc, ExpertkitError) else str(exc)
         return InstallResult(
-            record, written, note=f"the ONNX decoder was not prepared ({reason}); the first answer builds it"
+            record,
+            written,
+            note=f"the {DISPLAY[runtime.decoder]} decoder was not prepared ({reason}); the first answer builds it",
         )
     if prepared is None:
-        note = "it decodes lean: the ONNX decoder covers LoRA and DoRA experts read from their files"
+        kind = DISPLAY[runtime.decoder]
+        note = f"it decodes lean: the {kind} decoder covers LoRA and DoRA experts read from their files"
         return InstallResult(record, written, note=note)
     return InstallResult(record, written, prepared)

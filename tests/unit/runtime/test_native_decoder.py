@@ -127,13 +127,15 @@ def test_the_native_decoder_decodes_as_the_lean_decoder_on_its_grid(
     monkeypatch.setattr("expertkit.runtime.engine.check_base_model", lambda *args: None)
     dora = trained_dora(trained_source, tmp_path, tiny_llama_dir)
     experts = [str(trained_source), str(dora)]
-    native = Engine.for_experts(experts, LoadOptions(dtype="float32", decoder="native", base=str(base)))
+    native = Engine.for_experts(
+        experts, LoadOptions(dtype="float32", decoder="native", quantize="int4", base=str(base))
+    )
     lean = Engine.for_experts(experts, LoadOptions(dtype="float32", decoder="lean", base=str(base)))
     assert native._model is None
     for name in ("expert-tiny", "expert-dora", None):
         a, b = native.activate(name), lean.activate(name)
         assert isinstance(a, nd.NativeDecoder) and not isinstance(b, nd.NativeDecoder), name
-        assert native.decoder_of(name) == ("native", "cli") and native.quantize_of(name) == ("int4", "default")
+        assert native.decoder_of(name) == ("native", "cli") and native.quantize_of(name) == ("int4", "cli")
         close(a.forward(a.new_cache(16), IDS), b.forward(b.new_cache(16), IDS))
         prefix = torch.randn(3, 64) * 0.02  # a soft prompt's virtual tokens, as embeddings in front
         close(a.forward(a.new_cache(16), IDS, prefix), b.forward(b.new_cache(16), IDS, prefix))
@@ -149,7 +151,9 @@ def test_the_native_decoder_decodes_as_the_lean_decoder_on_its_grid(
     # (measured 0.12: int8 activations' noise against this tiny expert's small change; dropped: 1.0)
     assert np.linalg.norm(expert_change - exact.numpy()) < 0.25 * np.linalg.norm(exact.numpy())
     assert not native.mixable("expert-tiny")
-    assert native.decoder_notes()[0].startswith("expert-tiny: native decoder (cli), int8 activations, quantize int4")
+    assert native.decoder_notes()[0].startswith(
+        "expert-tiny: native decoder (cli), int8 activations, quantize int4 (cli)"
+    )
     with pytest.raises(ValueError, match="exceeds the cache"):
         a.forward(a.new_cache(4), IDS)
 
@@ -160,8 +164,11 @@ def test_the_native_decoder_says_what_it_does_not_run(
     unquantised = Engine.for_experts([str(trained_source)], LoadOptions(decoder="native", quantize="none"))
     assert unquantised.decoder_of("expert-tiny") == ("lean", "cli")
     assert "not the native decoder: it decodes int4 or int8 weights" in unquantised.decoder_notes()[0]
-    int8 = Engine.for_experts([str(trained_source)], LoadOptions(decoder="native", quantize="int8"))
-    assert int8.decoder_of("expert-tiny") == ("native", "cli")
+    int8 = Engine.for_experts([str(trained_source)], LoadOptions(decoder="native"))
+    assert int8.decoder_of("expert-tiny") == ("native", "cli") and int8.quantize_of("expert-tiny") == (
+        "int8",
+        "default",
+    )
     assert isinstance(int8.activate("expert-tiny"), nd.NativeDecoder)
     monkeypatch.setattr("expertkit.runtime.engine.check_base_model", lambda *args: None)  # another base
     qwen3 = Engine.for_experts(
