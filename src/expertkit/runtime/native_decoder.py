@@ -182,6 +182,7 @@ class NativeDecoder:
                 matrix = packed[key]
                 if expert and (index, key) in expert:
                     a, b, rescale = expert[(index, key)]
+                    _check_factors(f"layer {index} {key}", matrix, a, b, rescale)
                     matrix = matrix.with_expert(a, np.ascontiguousarray(b.T), rescale)
                     self._keep.append(matrix)
                     self._expert_bytes += matrix.nbytes() - packed[key].nbytes()
@@ -246,6 +247,18 @@ class NativeDecoder:
         scratch, self._scratch = getattr(self, "_scratch", None), None
         if scratch:
             self.lib.ek_scratch_free(scratch)
+
+
+def _check_factors(where: str, matrix: PackedMatrix, a: Any, b: Any, rescale: Any) -> None:
+    """The C code reads ``rank x cols`` of A and ``rows x rank`` of B: shapes are checked here, whatever
+    checked them before (an expert's files are untrusted)."""
+    rank = a.shape[0] if getattr(a, "ndim", 0) == 2 else -1
+    if rank < 1 or a.shape[1] != matrix.cols or b.shape != (matrix.rows, rank) or (
+        rescale is not None and rescale.shape != (matrix.rows,)
+    ):  # fmt: skip
+        raise ValueError(
+            f"{where}: expert factors of shapes {a.shape}, {b.shape} do not fit {matrix.rows}x{matrix.cols}"
+        )
 
 
 def _cpu_count() -> int:

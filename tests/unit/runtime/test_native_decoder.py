@@ -176,3 +176,24 @@ def test_the_native_decoder_says_what_it_does_not_run(
     )
     assert qwen3.decoder_of("expert-tiny")[0] == "lean"
     assert "not the native decoder: a qwen3 model" in qwen3.decoder_notes()[0]
+
+
+def test_the_native_decoder_refuses_what_would_read_out_of_bounds(trained_source: Path) -> None:
+    engine = Engine.for_experts([str(trained_source)], LoadOptions(decoder="native"))
+    decoder = engine.activate(None)
+    assert isinstance(decoder, nd.NativeDecoder)
+    cache = decoder.new_cache(16)
+    with pytest.raises(ValueError, match="refused a step at position 0"):
+        decoder.forward(cache, [10**6])  # no such token
+    assert cache.length == 0
+    weights, cols = decoder.weights, decoder.weights.layers[0]["q"].cols
+    rows = decoder.weights.layers[0]["q"].rows
+    fits = (np.zeros((4, cols), np.float32), np.zeros((rows, 4), np.float32), None)
+    assert nd.NativeDecoder(weights, {(0, "q"): fits}).nbytes() > 0
+    for a, b, rescale in [
+        (np.zeros((4, cols + 32), np.float32), fits[1], None),
+        (fits[0], np.zeros((rows, 5), np.float32), None),
+        (fits[0], fits[1], np.ones(rows + 1, np.float32)),
+    ]:
+        with pytest.raises(ValueError, match="do not fit"):
+            nd.NativeDecoder(weights, {(0, "q"): (a, b, rescale)})

@@ -182,6 +182,27 @@ static void run(ek_task task, void *arg) {
     }
 }
 
+/* All n threads of the running task meet here (a step's phases that depend on each other). */
+static _Atomic int barrier_count;
+static _Atomic unsigned barrier_phase;
+
+static void barrier(int n) {
+    if (n == 1)
+        return;
+    unsigned phase = atomic_load(&barrier_phase);
+    if (atomic_fetch_add(&barrier_count, 1) == n - 1) {
+        atomic_store(&barrier_count, 0);
+        atomic_fetch_add(&barrier_phase, 1);
+        return;
+    }
+    for (int spins = 0; atomic_load(&barrier_phase) == phase; spins++) {
+        if (spins < SPINS)
+            pause_once();
+        else
+            sched_yield();
+    }
+}
+
 /* ------------------------------------------------------------------ activations */
 
 /* x [cols] -> q [cols] int8, d [cols/32] scales, s [cols/32] exact block sums, c [cols/32] 8 x code sums. */
@@ -374,6 +395,18 @@ typedef struct {
 
 static void finish_group(const ek_mat *w, int g, int t, const float *lora, float *y) {
     const int rows = w->rows;
+#if EK_VNNI
+    __m512 v = _mm512_loadu_ps(y);
+    for (int k = 0; k < w->rank; k++)
+        v = _mm512_fmadd_ps(_mm512_set1_ps(lora[(size_t)t * w->rank + k]),
+                            _mm512_loadu_ps(w->lora_bt + (size_t)k * rows + g * 16), v);
+    if (w->rescale)
+        v = _mm512_mul_ps(v, _mm512_loadu_ps(w->rescale + g * 16));
+    if (w->bias)
+        v = _mm512_add_ps(v, _mm512_loadu_ps(w->bias + g * 16));
+    _mm512_storeu_ps(y, v);
+    return;
+#endif
     for (int k = 0; k < w->rank; k++) {
         const float a = lora[(size_t)t * w->rank + k], *bt = w->lora_bt + (size_t)k * rows + g * 16;
         for (int lane = 0; lane < 16; lane++)
@@ -387,8 +420,29 @@ static void finish_group(const ek_mat *w, int g, int t, const float *lora, float
             y[lane] += w->bias[g * 16 + lane];
 }
 
+static float dot(const float *a, const float *b, int n);
+
+/* Each thread's share of the experts' A·x (every row needs all of them), then a barrier. */
+static void lora_share(const ek_products *job, int id, int n) {
+    int total = 0;
+    for (int i = 0; i < job->count; i++)
+        total += job->in->tokens * job->mats[i]->rank;
+    if (total == 0)
+        return;
+    for (int flat = total * id / n; flat < total * (id + 1) / n; flat++) {
+        int i = 0, item = flat;
+        while (item >= job->in->tokens * job->mats[i]->rank)
+            item -= job->in->tokens * job->mats[i++]->rank;
+        const ek_mat *w = job->mats[i];
+        int t = item / w->rank, k = item % w->rank;
+        job->lora[i][item] = dot(w->lora_a + (size_t)k * w->cols, job->in->x + (size_t)t * w->cols, w->cols);
+    }
+    barrier(n);
+}
+
 static void products_task(void *arg, int id, int n) {
     const ek_products *job = arg;
+    lora_share(job, id, n);
     int total = 0;
     for (int i = 0; i < job->count; i++)
         total += job->mats[i]->rows / 16;
@@ -413,11 +467,14 @@ static void products_task(void *arg, int id, int n) {
 
 static float dot(const float *a, const float *b, int n) {
 #if EK_VNNI
-    __m512 acc = _mm512_setzero_ps();
+    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
     int i = 0;
+    for (; i + 64 <= n; i += 64)
+        for (int j = 0; j < 4; j++)
+            acc[j] = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16 * j), _mm512_loadu_ps(b + i + 16 * j), acc[j]);
     for (; i + 16 <= n; i += 16)
-        acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc);
-    float total = _mm512_reduce_add_ps(acc);
+        acc[0] = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc[0]);
+    float total = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
 #else
     float total = 0.f;
     int i = 0;
@@ -435,10 +492,7 @@ static void products(const ek_mat **mats, float **outs, float *lora_scratch, int
         const ek_mat *w = mats[i];
         job.mats[i] = w;
         job.outs[i] = outs[i];
-        job.lora[i] = lora;
-        for (int t = 0; t < in->tokens; t++)
-            for (int k = 0; k < w->rank; k++)
-                lora[t * w->rank + k] = dot(w->lora_a + (size_t)k * w->cols, in->x + (size_t)t * w->cols, w->cols);
+        job.lora[i] = lora; /* [tokens][rank], filled by the threads before their rows */
         lora += (size_t)in->tokens * w->rank;
     }
     run(products_task, &job);
