@@ -216,7 +216,9 @@ class Engine:
 
             quantize = self.quantize_of(name)[0]
             if quantize not in self._native:
-                self._native[quantize] = native_base(self._tensors, self._config, quantize)
+                self._native[quantize] = native_base(
+                    self._tensors, self._config, quantize, self.fingerprint.weights_sha256
+                )
             return native_decoder(self._native[quantize], self._lora.get(name) if name else None, self._tensors)
         if self.decoder_of(name)[0] == "onnx":
             model = self._onnx_graph(name)

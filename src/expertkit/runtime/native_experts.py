@@ -4,12 +4,16 @@ Llama-family model's projections, read from its files (``A``, ``B·scale`` and D
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
+from expertkit.runtime.file_tensors import FloatRows
 from expertkit.runtime.lora_file import LoraFile
+from expertkit.runtime.native_cache import load_packed, packed_dir, save_packed
 from expertkit.runtime.native_decoder import NAMES, NativeDecoder, NativeWeights, native_unsupported, pack_model
 
 ExpertFactors = dict[tuple[int, str], tuple[np.ndarray, np.ndarray, np.ndarray | None]]
@@ -37,30 +41,34 @@ def native_gap(config: Any, shapes: Mapping[str, tuple[int, ...]], lora: LoraFil
 
 
 def expert_factors(lora: LoraFile, base: Any) -> ExpertFactors:
-    """``lora``'s factors as the native decoder adds them; ``base(name)`` gives a base weight in fp32
-    (numpy), read only for a DoRA's rescale."""
-    import torch
-
-    from expertkit.runtime.lora_deltas import dora_rescale
-
-    factors = lora.factors()
+    """``lora``'s factors as the native decoder adds them, read as fp32 numpy (no torch); ``base(name)``
+    gives a base weight in fp32 numpy, read only for a DoRA's rescale ``m / ‖W + B·A·scale‖`` per row."""
     out: ExpertFactors = {}
-    for name, (a, b) in factors.factors.items():
+    for name, (a_key, b_key, m_key) in lora.keys.items():
         where = _projection(name)
         assert where is not None  # native_gap checked every name
-        b_scaled = b.float() * factors.scale
+        a = FloatRows(lora.entries[a_key])[:]
+        b_scaled = FloatRows(lora.entries[b_key])[:] * np.float32(lora.scale)
         rescale = None
-        if name in factors.magnitudes:
-            with torch.no_grad():
-                weight = torch.from_numpy(base(name))
-                rescale = dora_rescale(weight, a.float(), b_scaled, factors.magnitudes[name]).numpy()
-        out[where] = (a.float().numpy(), b_scaled.numpy(), rescale)
+        if m_key is not None:
+            merged = base(name) + b_scaled @ a
+            rescale = (FloatRows(lora.entries[m_key])[:] / np.linalg.norm(merged, axis=1)).astype(np.float32)
+        out[where] = (a, b_scaled, rescale)
     return out
 
 
-def native_base(tensors: Any, config: Any, quantize: str) -> NativeWeights:
-    """The base model's weights packed for the native decoder, from the fast start's files."""
-    return pack_model(lambda name: tensors.float_rows(name)[:], set(tensors.shapes), config, quantize)
+def native_base(tensors: Any, config: Any, quantize: str, weights_sha256: str) -> NativeWeights:
+    """The base model's weights packed for the native decoder: mapped from the packed copy on disk,
+    else packed from the fast start's files (and that copy written for the next process)."""
+    target = packed_dir(weights_sha256, quantize)
+    shapes = dict(tensors.shapes)
+    if (cached := load_packed(target, config, shapes, quantize)) is not None:
+        return cached
+    weights = pack_model(lambda name: tensors.float_rows(name)[:], set(shapes), config, quantize)
+    with contextlib.suppress(OSError):  # a read-only home: packed again next time
+        shutil.rmtree(target, ignore_errors=True)  # a damaged or stale copy, if any
+        save_packed(weights, target)
+    return weights
 
 
 def native_decoder(weights: NativeWeights, lora: LoraFile | None, tensors: Any) -> NativeDecoder:

@@ -197,3 +197,28 @@ def test_the_native_decoder_refuses_what_would_read_out_of_bounds(trained_source
     ]:
         with pytest.raises(ValueError, match="do not fit"):
             nd.NativeDecoder(weights, {(0, "q"): (a, b, rescale)})
+
+
+def test_the_packed_base_is_kept_on_disk_and_mapped_back(trained_source: Path) -> None:
+    from expertkit.runtime.native_cache import load_packed, packed_dir
+
+    first = Engine.for_experts([str(trained_source)], LoadOptions(decoder="native", quantize="int4"))
+    decoder = first.activate("expert-tiny")
+    expected = decoder.forward(decoder.new_cache(16), IDS)
+    target = packed_dir(first.fingerprint.weights_sha256, "int4")
+    assert sorted(p.name for p in target.iterdir()) == ["arrays.bin", "index.json"]
+    assert not [p for p in target.parent.iterdir() if p.name.startswith(".pack-")]  # no temporary left
+    again = Engine.for_experts([str(trained_source)], LoadOptions(decoder="native", quantize="int4"))
+    mapped = again.activate("expert-tiny")
+    assert isinstance(mapped.weights.embed.codes, np.memmap)  # read from disk, not packed again
+    np.testing.assert_array_equal(mapped.forward(mapped.new_cache(16), IDS), expected)
+    config, shapes = again._config, dict(again._tensors.shapes)
+    # A damaged copy is never handed to the C code: it is ignored (and packed again).
+    with (target / "arrays.bin").open("r+b") as handle:
+        handle.truncate(1000)
+    assert load_packed(target, config, shapes, "int4") is None
+    assert load_packed(target, config, shapes, "int8") is None  # another quantisation's layout
+    repacked = Engine.for_experts([str(trained_source)], LoadOptions(decoder="native", quantize="int4"))
+    fresh = repacked.activate("expert-tiny")
+    assert not isinstance(fresh.weights.embed.codes, np.memmap)
+    np.testing.assert_array_equal(fresh.forward(fresh.new_cache(16), IDS), expected)
