@@ -9,8 +9,9 @@ would add a dependency for the same kernels behind a tensor subclass the lean de
 need, so the quantisation here is the few lines of round-to-nearest arithmetic those kernels
 expect. ``benchmarks/decode_speed.py`` measures how far these kernels get. A hand-written int4 x int8
 kernel (llama.cpp's Q4_1 x Q8 arithmetic with AVX512-VNNI dot products, loaded with ctypes) was
-tried: 1.1-1.5x PyTorch's int4 kernel on weights in cache, and no faster in a decode step, where both
-wait on memory; it is not shipped.
+tried here: 1.1-1.5x PyTorch's int4 kernel on weights in cache, and no faster in a decode step, whose
+cost is the fixed cost of PyTorch's ~1,000 operators around it. The native decoder
+(:mod:`expertkit.runtime.native_decoder`) runs the whole step in C instead.
 
 The engine quantises the base model once; a LoRA or DoRA expert keeps its change as fp32 deltas on
 top (rounded after a merge, a low-rank change smaller than the grid step disappears), and only
