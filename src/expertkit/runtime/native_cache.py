@@ -26,9 +26,9 @@ from expertkit.runtime import native_weights
 from expertkit.runtime.native_decoder import NAMES, PROJECTIONS, NativeWeights
 from expertkit.runtime.native_weights import BLOCK, LANES, PackedMatrix
 
-FIELDS = ("codes", "scale", "mid", "sums", "bias")
-DTYPES = {"codes": "uint8", "scale": "float32", "mid": "float32", "sums": "int32", "bias": "float32"}
-REQUIRED = {4: ("codes", "scale", "mid"), 8: ("codes", "scale", "sums")}
+FIELDS = ("codes", "scale", "low", "bias")
+DTYPES = {"codes": "uint8", "scale": "float16", "low": "float16", "bias": "float32"}
+REQUIRED = {4: ("codes", "scale", "low"), 8: ("codes", "scale")}
 MAX_INDEX_BYTES = 4 << 20
 
 
@@ -82,7 +82,7 @@ def save_packed(weights: NativeWeights, target: Path) -> None:
 def _expected(field: str, rows: int, cols: int, kind: int) -> int | None:
     blocks = rows // LANES * (cols // BLOCK) * LANES
     sizes = {"codes": rows * cols // (2 if kind == 4 else 1), "scale": blocks, "bias": rows}
-    sizes |= {"mid": blocks} if kind == 4 else {"sums": blocks}
+    sizes |= {"low": blocks} if kind == 4 else {}
     return sizes.get(field)
 
 
@@ -96,7 +96,10 @@ def load_packed(target: Path, config: Any, shapes: dict[str, tuple[int, ...]], q
         for name, entry in index["arrays"].items():
             dtype, shape = np.dtype(entry["dtype"]), tuple(int(d) for d in entry["shape"])
             start, count = int(entry["offset"]), int(np.prod(shape, dtype=np.int64))
-            if dtype.name not in ("uint8", "float32", "int32") or not 0 <= start <= data.size - count * dtype.itemsize:
+            if (
+                dtype.name not in ("uint8", "float16", "float32")
+                or not 0 <= start <= data.size - count * dtype.itemsize
+            ):
                 return None
             arrays[name] = data[start : start + count * dtype.itemsize].view(dtype).reshape(shape)
         return _assemble(index["matrices"], arrays, config, shapes, quantize)

@@ -40,8 +40,8 @@ F32 = ctypes.POINTER(ctypes.c_float)
 class Mat(ctypes.Structure):
     _fields_ = [
         ("rows", ctypes.c_int32), ("cols", ctypes.c_int32), ("kind", ctypes.c_int32),
-        ("codes", ctypes.c_void_p), ("scale", ctypes.c_void_p), ("mid", ctypes.c_void_p),
-        ("sums", ctypes.c_void_p), ("bias", ctypes.c_void_p), ("rank", ctypes.c_int32),
+        ("codes", ctypes.c_void_p), ("scale", ctypes.c_void_p), ("low", ctypes.c_void_p),
+        ("bias", ctypes.c_void_p), ("rank", ctypes.c_int32),
         ("lora_a", ctypes.c_void_p), ("lora_bt", ctypes.c_void_p), ("rescale", ctypes.c_void_p),
     ]  # fmt: skip
 
@@ -77,8 +77,8 @@ def _ptr(array: np.ndarray | None) -> int | None:
 
 def _mat(packed: PackedMatrix) -> Mat:
     rank = 0 if packed.lora_a is None else int(packed.lora_a.shape[0])
-    return Mat(packed.rows, packed.cols, packed.kind, _ptr(packed.codes), _ptr(packed.scale), _ptr(packed.mid),
-               _ptr(packed.sums), _ptr(packed.bias), rank, _ptr(packed.lora_a), _ptr(packed.lora_bt),
+    return Mat(packed.rows, packed.cols, packed.kind, _ptr(packed.codes), _ptr(packed.scale), _ptr(packed.low),
+               _ptr(packed.bias), rank, _ptr(packed.lora_a), _ptr(packed.lora_bt),
                _ptr(packed.rescale))  # fmt: skip
 
 

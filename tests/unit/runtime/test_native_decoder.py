@@ -45,12 +45,15 @@ def quantized_activations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def reference_product(packed, x: np.ndarray) -> np.ndarray:
-    """The documented arithmetic in float64: Q4_1 as d·(q - 8)·x̂ + mid·Σx, Q8_0 as d·q·x̂."""
+    """The documented arithmetic in float64: Q4_1 as d·(q - 8)·x̂ + (low + 8·d)·Σx, Q8_0 as d·q·x̂."""
     codes, scales = quantized_activations(x)
     x_hat = (codes * scales).reshape(x.shape).astype(np.float64)
     weight = dequantized(packed).astype(np.float64)
     if packed.kind == 4:
-        mid = packed.mid.transpose(0, 2, 1).reshape(packed.rows, -1)  # [rows, blocks]
+        step, low = (
+            v.astype(np.float64).transpose(0, 2, 1).reshape(packed.rows, -1) for v in (packed.scale, packed.low)
+        )
+        mid = low + 8 * step  # [rows, blocks]: the block's value at code 8
         centred = weight - np.repeat(mid, 32, axis=1)
         sums = x.reshape(x.shape[0], -1, 32).sum(axis=2).astype(np.float64)  # [tokens, blocks]
         out = x_hat @ centred.T + sums @ mid.T

@@ -11,13 +11,14 @@
  * each of the 16 rows' blocks (byte j: low nibble input j, high nibble input j+16). One
  * VPDPBUSD then multiplies 4 inputs of 16 rows by the same 4 activations (a broadcast), so a row
  * group's 16 dot products accumulate lane by lane with no horizontal sums. Q8_0 stores 512 bytes per
- * (g, b): eight slices of 4 signed bytes per row. Scales, Q4_1 minimums and Q8_0 code sums are stored
- * [g][b][16] as fp32 (int32 for the sums).
+ * (g, b): eight slices of 4 bytes per row, each code offset by 128 (unsigned). Scales and Q4_1
+ * minimums are stored [g][b][16] as fp16 (as GGUF stores them).
  *
  * Activations are quantised per block of 32 to int8 (a scale amax/127, round to nearest even), as
- * llama.cpp does. A Q4_1 block is computed as d·(q - 8)·x + mid·sum(x): the centred codes meet the
- * quantised activations (half the rounding error of uncentred 0..15 codes), and the block's
- * midpoint multiplies the exact fp32 sum of its activations.
+ * llama.cpp does. A Q4_1 block is computed as d·(q - 8)·x + (low + 8·d)·sum(x): the centred codes
+ * meet the quantised activations (half the rounding error of uncentred 0..15 codes), and the
+ * block's midpoint multiplies the exact fp32 sum of its activations. Q8_0's offset of 128 comes off
+ * as 128 x the block's sum of activation codes, once per block of activations.
  * Without AVX512-VNNI the same arithmetic runs as portable C (slower, same results up to float
  * summation order).
  */
@@ -46,9 +47,8 @@
 typedef struct {
     int32_t rows, cols, kind; /* kind: 4 (Q4_1) or 8 (Q8_0) */
     const uint8_t *codes;
-    const float *scale; /* [g][b][16] */
-    const float *mid;   /* Q4_1: the block's value at code 8 (minimum + 8 steps), [g][b][16] */
-    const int32_t *sums; /* Q8_0: 128 x the block's code sum, [g][b][16] */
+    const uint16_t *scale; /* fp16 [g][b][16] */
+    const uint16_t *low;   /* Q4_1: the block's minimum, fp16 [g][b][16] */
     const float *bias;  /* [rows] or NULL */
     int32_t rank;
     const float *lora_a;  /* [rank][cols] */
@@ -203,6 +203,22 @@ static void barrier(int n) {
     }
 }
 
+static float half_to_float(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exponent = (h >> 10) & 0x1f, mantissa = h & 0x3ff, bits;
+    if (exponent == 0) {
+        float tiny = (float)mantissa * (1.f / 16777216.f); /* subnormal: mantissa x 2^-24 */
+        memcpy(&bits, &tiny, 4);
+        bits |= sign;
+    } else if (exponent == 31) {
+        bits = sign | 0x7f800000u | (mantissa << 13);
+    } else {
+        bits = sign | ((exponent + 112) << 23) | (mantissa << 13);
+    }
+    float out;
+    memcpy(&out, &bits, 4);
+    return out;
+}
+
 /* ------------------------------------------------------------------ activations */
 
 /* x [cols] -> q [cols] int8, d [cols/32] scales, s [cols/32] exact block sums, c [cols/32] 8 x code sums. */
@@ -248,7 +264,7 @@ static inline __attribute__((always_inline)) void q4_group(const ek_mat *w, int 
                                                            const int M, float *out /* [M][16] */) {
     const int nb = w->cols / 32;
     const uint8_t *p = w->codes + (size_t)g * nb * 256;
-    const float *ds = w->scale + (size_t)g * nb * 16, *ms = w->mid + (size_t)g * nb * 16;
+    const uint16_t *ds = w->scale + (size_t)g * nb * 16, *ls = w->low + (size_t)g * nb * 16;
     const __m512i mask = _mm512_set1_epi8(0x0F);
     __m512 acc[EK_TOKENS], offs[EK_TOKENS];
     for (int t = 0; t < M; t++)
@@ -267,7 +283,9 @@ static inline __attribute__((always_inline)) void q4_group(const ek_mat *w, int 
                 hi_sum[t] = _mm512_dpbusd_epi32(hi_sum[t], hi, _mm512_set1_epi32(word_at(x + 16)));
             }
         }
-        __m512 dv = _mm512_loadu_ps(ds + b * 16), mv = _mm512_loadu_ps(ms + b * 16);
+        __m512 dv = _mm512_cvtph_ps(_mm256_loadu_si256((const void *)(ds + b * 16)));
+        __m512 lv = _mm512_cvtph_ps(_mm256_loadu_si256((const void *)(ls + b * 16)));
+        __m512 mv = _mm512_fmadd_ps(_mm512_set1_ps(8.f), dv, lv);
         for (int t = 0; t < M; t++) {
             size_t k = (size_t)(t0 + t) * nb + b;
             __m512i centred = _mm512_sub_epi32(_mm512_add_epi32(lo_sum[t], hi_sum[t]), _mm512_set1_epi32(in->c[k]));
@@ -284,8 +302,7 @@ static inline __attribute__((always_inline)) void q8_group(const ek_mat *w, int 
                                                            const int M, float *out) {
     const int nb = w->cols / 32;
     const uint8_t *p = w->codes + (size_t)g * nb * 512;
-    const float *ds = w->scale + (size_t)g * nb * 16;
-    const int32_t *ss = w->sums + (size_t)g * nb * 16;
+    const uint16_t *ds = w->scale + (size_t)g * nb * 16;
     __m512 acc[EK_TOKENS];
     for (int t = 0; t < M; t++)
         acc[t] = _mm512_setzero_ps();
@@ -297,16 +314,14 @@ static inline __attribute__((always_inline)) void q8_group(const ek_mat *w, int 
             __m512i v = _mm512_loadu_si512((const void *)(p + L * 64));
             for (int t = 0; t < M; t++) {
                 const int8_t *x = in->q + (size_t)(t0 + t) * w->cols + b * 32 + L * 4;
-                /* activations + 128 as unsigned bytes; 128 x the code sum comes off below */
-                __m512i xu = _mm512_set1_epi32(word_at(x) ^ (int32_t)0x80808080u);
-                sum[t] = _mm512_dpbusd_epi32(sum[t], xu, v);
+                /* codes + 128 (unsigned) x activations; 128 x the activations' code sum comes off below */
+                sum[t] = _mm512_dpbusd_epi32(sum[t], v, _mm512_set1_epi32(word_at(x)));
             }
         }
-        __m512 dv = _mm512_loadu_ps(ds + b * 16);
-        __m512i sv = _mm512_loadu_si512((const void *)(ss + b * 16));
+        __m512 dv = _mm512_cvtph_ps(_mm256_loadu_si256((const void *)(ds + b * 16)));
         for (int t = 0; t < M; t++) {
             size_t k = (size_t)(t0 + t) * nb + b;
-            __m512 exact = _mm512_cvtepi32_ps(_mm512_sub_epi32(sum[t], sv));
+            __m512 exact = _mm512_cvtepi32_ps(_mm512_sub_epi32(sum[t], _mm512_set1_epi32(16 * in->c[k])));
             acc[t] = _mm512_fmadd_ps(exact, _mm512_mul_ps(dv, _mm512_set1_ps(in->d[k])), acc[t]);
         }
     }
@@ -366,14 +381,15 @@ static void group_product(const ek_mat *w, int g, const ek_input *in, int t0, in
                         if (w->kind == 4)
                             sum += (byte & 15) * x[L * 4 + j] + (byte >> 4) * x[16 + L * 4 + j];
                         else
-                            sum += (int8_t)byte * x[L * 4 + j];
+                            sum += ((int32_t)byte - 128) * x[L * 4 + j];
                     }
                 }
+                const float d = half_to_float(w->scale[at]);
                 if (w->kind == 4) {
                     sum -= in->c[k];
-                    offsets += w->mid[at] * in->s[k];
+                    offsets += (half_to_float(w->low[at]) + 8.f * d) * in->s[k];
                 }
-                total += (float)sum * (w->scale[at] * in->d[k]);
+                total += (float)sum * (d * in->d[k]);
             }
             out[t * 16 + lane] = total + offsets;
         }
@@ -707,10 +723,10 @@ static void embed_row(const ek_mat *e, int row, float *out) {
     const int nb = e->cols / 32, g = row / 16, lane = row % 16;
     for (int b = 0; b < nb; b++) {
         const uint8_t *p = e->codes + ((size_t)g * nb + b) * 512 + lane * 4;
-        const float d = e->scale[((size_t)g * nb + b) * 16 + lane];
+        const float d = half_to_float(e->scale[((size_t)g * nb + b) * 16 + lane]);
         for (int L = 0; L < 8; L++)
             for (int j = 0; j < 4; j++)
-                out[b * 32 + L * 4 + j] = d * (float)(int8_t)p[L * 64 + j];
+                out[b * 32 + L * 4 + j] = d * (float)((int32_t)p[L * 64 + j] - 128);
     }
 }
 
