@@ -225,3 +225,22 @@ def test_the_packed_base_is_kept_on_disk_and_mapped_back(trained_source: Path) -
     fresh = repacked.activate("expert-tiny")
     assert not isinstance(fresh.weights.embed.codes, np.memmap)
     np.testing.assert_array_equal(fresh.forward(fresh.new_cache(16), IDS), expected)
+
+
+def test_decoders_used_from_several_threads_take_turns(trained_source: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    engine = Engine.for_experts([str(trained_source)], LoadOptions(decoder="native", quantize="int4"))
+    decoders = [engine.activate("expert-tiny"), engine.activate(None)]
+    alone = [d.forward(d.new_cache(64), IDS * 4) for d in decoders]
+
+    def decode(decoder: nd.NativeDecoder) -> np.ndarray:
+        cache = decoder.new_cache(64)
+        for token in IDS * 4:  # one call per token: many calls interleave across the two threads
+            logits = decoder.forward(cache, [token])
+        return logits
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(decode, decoders * 4))
+    for index, logits in enumerate(results):
+        np.testing.assert_allclose(logits, alone[index % 2], rtol=1e-5, atol=1e-5)

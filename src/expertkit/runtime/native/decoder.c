@@ -76,6 +76,9 @@ int ek_vnni(void) { return EK_VNNI; }
 
 typedef void (*ek_task)(void *arg, int id, int n);
 
+/* One forward pass (or product) at a time: the pool and its barrier serve one caller. */
+static pthread_mutex_t calls = PTHREAD_MUTEX_INITIALIZER;
+
 static struct {
     int n;
     pid_t pid;
@@ -148,8 +151,11 @@ int ek_threads(int n) {
         n = 1;
     if (n > EK_MAX_THREADS)
         n = EK_MAX_THREADS;
-    if (n == pool.n && pool.pid == getpid())
+    pthread_mutex_lock(&calls);
+    if (n == pool.n && pool.pid == getpid()) {
+        pthread_mutex_unlock(&calls);
         return n;
+    }
     stop_pool();
     pool.pid = getpid();
     int started = 1;
@@ -159,6 +165,7 @@ int ek_threads(int n) {
         started++;
     }
     pool.n = started;
+    pthread_mutex_unlock(&calls);
     return started;
 }
 
@@ -733,8 +740,8 @@ static void embed_row(const ek_mat *e, int row, float *out) {
 /* Run `tokens` tokens (ids, or embeddings when ids is NULL) at positions start.. through the model,
  * writing their keys and values into the cache ([layers][kv_heads][capacity][head_dim] each) and
  * the last token's logits into logits [vocab]. Returns 0, or -1 for arguments out of range. */
-int ek_forward(const ek_model *m, ek_scratch *s, float *keys, float *values, int capacity, int start, int tokens,
-               const int32_t *ids, const float *embeds, float *logits) {
+static int forward(const ek_model *m, ek_scratch *s, float *keys, float *values, int capacity, int start, int tokens,
+                   const int32_t *ids, const float *embeds, float *logits) {
     if (tokens < 1 || tokens > s->max_tokens || start < 0 || start + tokens > capacity || capacity > s->capacity ||
         start + tokens > m->positions)
         return -1;
@@ -762,6 +769,15 @@ int ek_forward(const ek_model *m, ek_scratch *s, float *keys, float *values, int
     return 0;
 }
 
+/* forward(), one caller at a time (decoders used from several threads take turns). */
+int ek_forward(const ek_model *m, ek_scratch *s, float *keys, float *values, int capacity, int start, int tokens,
+               const int32_t *ids, const float *embeds, float *logits) {
+    pthread_mutex_lock(&calls);
+    int status = forward(m, s, keys, values, capacity, start, tokens, ids, embeds, logits);
+    pthread_mutex_unlock(&calls);
+    return status;
+}
+
 /* out [tokens][rows] = w·x for x [tokens][cols]: one product alone (the tests' window on the kernels). */
 int ek_product(const ek_mat *w, const float *x, int tokens, float *out) {
     ek_scratch s = {0};
@@ -775,7 +791,9 @@ int ek_product(const ek_mat *w, const float *x, int tokens, float *out) {
         ek_input in = quantized(&s, x, tokens, w->cols);
         const ek_mat *mats[1] = {w};
         float *outs[1] = {out};
+        pthread_mutex_lock(&calls);
         products(mats, outs, s.lora, 1, &in);
+        pthread_mutex_unlock(&calls);
         status = 0;
     }
     free(s.xq); free(s.xd); free(s.xs); free(s.xc); free(s.lora);
