@@ -61,7 +61,7 @@ def chat(
         None,
         "--decoder",
         help="What runs decode steps: lean (PyTorch), onnx (ONNX Runtime, built once per expert) or native "
-        "(expertkit's C decoder over 8/4-bit blocks; int8 unless --quantize says int4); default: the manifest's "
+        "(expertkit's C decoder over 4/8-bit blocks; int4 unless --quantize says int8); default: the manifest's "
         "runtime.decoder, else lean.",
     ),
 ) -> None:

@@ -44,7 +44,7 @@ def eval_expert(
         None,
         "--decoder",
         help="What runs decode steps: lean (PyTorch), onnx (ONNX Runtime, built once per expert) or native "
-        "(expertkit's C decoder over 8/4-bit blocks; int8 unless --quantize says int4); default: the manifest's "
+        "(expertkit's C decoder over 4/8-bit blocks; int4 unless --quantize says int8); default: the manifest's "
         "runtime.decoder, else lean.",
     ),
     gate: bool = typer.Option(False, "--gate", help="Exit 1 when the manifest's evaluation.thresholds are missed."),

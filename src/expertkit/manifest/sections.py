@@ -492,7 +492,7 @@ class Runtime(Section):
     decoder: Literal["lean", "onnx", "native"] | None = None
     """What runs expertkit's decode steps on a CPU: lean (PyTorch), onnx (ONNX Runtime, a graph
     built once per expert and quantisation and cached; install builds it) or native (expertkit's C
-    decoder over Q8_0/Q4_1 weight blocks, int8 unless quantize says int4; install compiles it). A
+    decoder over Q4_1/Q8_0 weight blocks, int4 unless quantize says int8; install compiles it). A
     --decoder flag wins; unset: lean. onnx and native cover LoRA and DoRA experts on Llama/Qwen
     bases read from their files; others decode lean."""
 

@@ -322,7 +322,7 @@ class Engine:
         if runtime is not None and runtime.quantize is not None:
             return runtime.quantize, "manifest"
         if self._asked_decoder(name)[0] == "native" and self.native_gap(name) is None:
-            return "int8", "default"  # the native decoder's own: int4 lost a BFCL item per set (README)
+            return "int4", "default"  # the native decoder's own: the embedded model's exact grid (README)
         return DEFAULT_QUANTIZE, "default"
 
     def decoder_of(self, name: str | None) -> tuple[DecoderKind, Source]:

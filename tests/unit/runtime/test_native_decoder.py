@@ -167,11 +167,10 @@ def test_the_native_decoder_says_what_it_does_not_run(
     unquantised = Engine.for_experts([str(trained_source)], LoadOptions(decoder="native", quantize="none"))
     assert unquantised.decoder_of("expert-tiny") == ("lean", "cli")
     assert "not the native decoder: it decodes int4 or int8 weights" in unquantised.decoder_notes()[0]
-    int8 = Engine.for_experts([str(trained_source)], LoadOptions(decoder="native"))
-    assert int8.decoder_of("expert-tiny") == ("native", "cli") and int8.quantize_of("expert-tiny") == (
-        "int8",
-        "default",
-    )
+    plain = Engine.for_experts([str(trained_source)], LoadOptions(decoder="native"))
+    assert plain.quantize_of("expert-tiny") == ("int4", "default")
+    int8 = Engine.for_experts([str(trained_source)], LoadOptions(decoder="native", quantize="int8"))
+    assert int8.decoder_of("expert-tiny") == ("native", "cli")
     assert isinstance(int8.activate("expert-tiny"), nd.NativeDecoder)
     monkeypatch.setattr("expertkit.runtime.engine.check_base_model", lambda *args: None)  # another base
     qwen3 = Engine.for_experts(
