@@ -619,6 +619,16 @@ static void rope(float *v, int heads, int dim, const float *cos, const float *si
     }
 }
 
+/* The residual stream x += w·rows (rows [tokens][w->cols]): an attention or MLP block's output. */
+static void add_product(const ek_model *m, ek_scratch *s, const ek_mat *w, const float *rows, int tokens) {
+    ek_input in = quantized(s, rows, tokens, w->cols);
+    const ek_mat *mats[1] = {w};
+    float *outs[1] = {s->normed};
+    products(mats, outs, s->lora, 1, &in);
+    for (size_t i = 0; i < (size_t)tokens * m->hidden; i++)
+        s->x[i] += s->normed[i];
+}
+
 typedef struct {
     const ek_model *m;
     ek_scratch *s;
@@ -688,13 +698,7 @@ static void attention_block(const ek_model *m, const ek_layer *ly, ek_scratch *s
     }
     ek_attention job = {m, s, keys, values, capacity, start, tokens};
     run(attention_task, &job);
-    const int width = m->heads * dim;
-    in = quantized(s, s->att, tokens, width);
-    const ek_mat *o[1] = {&ly->o};
-    float *o_out[1] = {s->normed};
-    products(o, o_out, s->lora, 1, &in);
-    for (size_t i = 0; i < (size_t)tokens * hidden; i++)
-        s->x[i] += s->normed[i];
+    add_product(m, s, &ly->o, s->att, tokens);
 }
 
 static void mlp_block(const ek_model *m, const ek_layer *ly, ek_scratch *s, int tokens) {
@@ -717,12 +721,7 @@ static void mlp_block(const ek_model *m, const ek_layer *ly, ek_scratch *s, int 
         float g = s->gate[i];
         s->gate[i] = g / (1.f + expf(-g)) * s->up[i];
     }
-    in = quantized(s, s->gate, tokens, inter);
-    const ek_mat *down[1] = {&ly->down};
-    float *d_out[1] = {s->normed};
-    products(down, d_out, s->lora, 1, &in);
-    for (size_t i = 0; i < (size_t)tokens * hidden; i++)
-        s->x[i] += s->normed[i];
+    add_product(m, s, &ly->down, s->gate, tokens);
 }
 
 /* One embedding row of a Q8_0 matrix, dequantised. */
