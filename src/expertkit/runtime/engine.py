@@ -86,6 +86,7 @@ class Engine:
         self._deltas: dict[str, ExpertDeltas | None] = {}
         self._bases: dict[Quantize, LeanDecoder] = {}  # quantised base decoders under experts' deltas
         self._native: dict[Quantize, NativeWeights] = {}  # the base packed for the native decoder
+        self._native_gaps: dict[str | None, str | None] = {}  # why the native decoder cannot run each
 
     @classmethod
     def for_experts(cls, references: list[str], options: LoadOptions | None = None) -> Engine:
@@ -165,6 +166,7 @@ class Engine:
         self._decoder = None
         self._lean_decoders.clear()
         self._bases.clear()
+        self._native_gaps.clear()
         self._deltas.clear()
         return expert
 
@@ -190,6 +192,7 @@ class Engine:
         self._lean_decoders.clear()
         self._bases.clear()
         self._native.clear()
+        self._native_gaps.clear()
         self._deltas.clear()
         self._decoder = None
 
@@ -336,12 +339,16 @@ class Engine:
         return (kind if covered else "lean"), source
 
     def native_gap(self, name: str | None) -> str | None:
-        """Why the native decoder cannot run expert ``name`` (``None``: it can, quantised)."""
-        if self._tensors is None or (name is not None and name not in self._lora):
-            return "it runs experts read from their files (a plain LoRA or DoRA) on Llama/Qwen2 bases"
-        from expertkit.runtime.native_experts import native_gap
+        """Why the native decoder cannot run expert ``name`` (``None``: it can, quantised); decided once."""
+        if name not in self._native_gaps:
+            from expertkit.runtime.native_experts import native_gap
 
-        return native_gap(self._config, self._tensors.shapes, self._lora.get(name) if name else None)
+            if self._tensors is None or (name is not None and name not in self._lora):
+                gap: str | None = "it runs experts read from their files (a plain LoRA or DoRA) on Llama/Qwen2 bases"
+            else:
+                gap = native_gap(self._config, self._tensors.shapes, self._lora.get(name) if name else None)
+            self._native_gaps[name] = gap
+        return self._native_gaps[name]
 
     def _asked_decoder(self, name: str | None) -> tuple[DecoderKind, Source]:
         expert = self.experts.get(name) if name else None

@@ -18,6 +18,7 @@ stops work unchanged; nothing here imports torch.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -137,14 +138,23 @@ def pack_model(tensors: Callable[[str], np.ndarray], names: set[str], config: An
 
 
 def rope_tables(config: Any) -> tuple[np.ndarray, np.ndarray]:
-    """cos and sin ``[positions, head_dim / 2]`` as transformers' default rotary embedding makes them."""
+    """cos and sin ``[positions, head_dim / 2]`` as transformers' default rotary embedding makes them
+    (made once per model shape: every expert's decoder reads the same tables)."""
     heads = int(config.num_attention_heads)
     dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
+    return _rope(float(config.rope_theta_value), dim, int(config.max_position_embeddings))
+
+
+@functools.lru_cache(maxsize=4)
+def _rope(theta: float, dim: int, positions_count: int) -> tuple[np.ndarray, np.ndarray]:
     exponents = np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / np.float32(dim)
-    inv = (np.float32(1.0) / (np.float32(config.rope_theta_value) ** exponents)).astype(np.float32)
-    positions = np.arange(int(config.max_position_embeddings), dtype=np.float32)
+    inv = (np.float32(1.0) / (np.float32(theta) ** exponents)).astype(np.float32)
+    positions = np.arange(positions_count, dtype=np.float32)
     freqs = positions[:, None] * inv[None, :]
-    return np.ascontiguousarray(np.cos(freqs), np.float32), np.ascontiguousarray(np.sin(freqs), np.float32)
+    tables = np.ascontiguousarray(np.cos(freqs), np.float32), np.ascontiguousarray(np.sin(freqs), np.float32)
+    for table in tables:
+        table.flags.writeable = False  # shared between decoders
+    return tables
 
 
 @dataclass
