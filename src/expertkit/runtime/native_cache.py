@@ -127,13 +127,16 @@ def _assemble(meta: dict[str, Any], arrays: dict[str, np.ndarray], config: Any, 
             expected = _expected(field, padded, cols, want_kind)
             if value is None and field in REQUIRED[want_kind]:
                 return None
+            if field == "bias" and (value is not None) != (tensor.removesuffix("weight") + "bias" in shapes):
+                return None
             if value is not None and (expected is None or value.dtype.name != DTYPES[field] or value.size != expected):
                 return None
             parts[field] = value
         matrices[name] = PackedMatrix(padded, cols, want_kind, **parts)
     hidden = int(config.hidden_size)
     norms = [(arrays[f"norms.{i}.attn"], arrays[f"norms.{i}.ffn"]) for i in range(int(config.num_hidden_layers))]
-    if any(a.shape != (hidden,) or f.shape != (hidden,) for a, f in norms) or arrays["final_norm"].shape != (hidden,):
+    vectors = [v for pair in norms for v in pair] + [arrays["final_norm"]]
+    if any(v.shape != (hidden,) or v.dtype != np.float32 for v in vectors):
         return None
     layers = [{key: matrices[f"layers.{i}.{key}"] for key in PROJECTIONS} for i in range(len(norms))]
     head = matrices.get("head", matrices["embed"])

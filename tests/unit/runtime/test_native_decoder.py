@@ -5,6 +5,7 @@ the same (grid) weights, for the base model, a LoRA and a DoRA, with a soft prom
 from __future__ import annotations
 
 import ctypes
+import json
 import platform
 import shutil
 import subprocess
@@ -216,6 +217,10 @@ def test_the_packed_base_is_kept_on_disk_and_mapped_back(trained_source: Path) -
     np.testing.assert_array_equal(mapped.forward(mapped.new_cache(16), IDS), expected)
     config, shapes = again._config, dict(again._tensors.shapes)
     # A damaged copy is never handed to the C code: it is ignored (and packed again).
+    index = json.loads((target / "index.json").read_text())
+    index["arrays"]["final_norm"]["dtype"] = "float16"  # half the bytes C would read as fp32
+    (target / "index.json").write_text(json.dumps(index))
+    assert load_packed(target, config, shapes, "int4") is None
     with (target / "arrays.bin").open("r+b") as handle:
         handle.truncate(1000)
     assert load_packed(target, config, shapes, "int4") is None
