@@ -566,6 +566,8 @@ ek_scratch *ek_scratch_new(const ek_model *m, int max_tokens, int capacity) {
     if (!s)
         return NULL;
     size_t T = (size_t)max_tokens, wide = m->inter > m->hidden ? m->inter : m->hidden;
+    if ((size_t)m->heads * m->head_dim > wide) /* attention's width (a head_dim set apart from hidden / heads) */
+        wide = (size_t)m->heads * m->head_dim;
     s->max_tokens = max_tokens;
     s->capacity = capacity;
     s->x = zalloc(T * m->hidden * 4);
