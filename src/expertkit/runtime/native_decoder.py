@@ -20,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -207,6 +208,7 @@ class NativeDecoder:
         )  # fmt: skip
         self._keep.append(layers)
         self._scratch: int | None = None
+        self._lock = threading.Lock()
         self._scratch_capacity = 0
         self._logits = np.zeros(int(weights.head.rows), dtype=np.float32)  # padded rows past the vocabulary
         self.vocab = int(config.vocab_size)
@@ -240,6 +242,10 @@ class NativeDecoder:
         tokens = sum(len(rows) for _, rows in pieces)
         if cache.length + tokens > cache.capacity:
             raise ValueError(f"context of {cache.length + tokens} tokens exceeds the cache ({cache.capacity})")
+        with self._lock:  # one scratch and one logits row per decoder: a second thread waits
+            return self._run(cache, pieces)
+
+    def _run(self, cache: NativeCache, pieces: list[tuple[bool, np.ndarray]]) -> np.ndarray:
         scratch = self._scratch_for(cache.capacity)
         keys, values = cache.keys.ctypes.data_as(F32), cache.values.ctypes.data_as(F32)
         for are_ids, rows in pieces:
