@@ -170,6 +170,8 @@ def test_the_native_decoder_says_what_it_does_not_run(
     assert "not the native decoder: it decodes int4 or int8 weights" in unquantised.decoder_notes()[0]
     plain = Engine.for_experts([str(trained_source)], LoadOptions(decoder="native"))
     assert plain.quantize_of("expert-tiny") == ("int4", "default")
+    assert (plain.prepare("expert-tiny") or "").startswith("native decoder library ready (")  # what install runs
+    assert unquantised.prepare("expert-tiny") is None  # it decodes lean: nothing to build
     int8 = Engine.for_experts([str(trained_source)], LoadOptions(decoder="native", quantize="int8"))
     assert int8.decoder_of("expert-tiny") == ("native", "cli")
     assert isinstance(int8.activate("expert-tiny"), nd.NativeDecoder)
