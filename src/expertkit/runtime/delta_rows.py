@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from expertkit.runtime.delta_kernel import delta_kernel
 from expertkit.runtime.lora_deltas import Delta, ExpertDeltas, RowGroup
 
 
@@ -33,6 +34,7 @@ class Stacked:
     b_t: torch.Tensor
     owner: torch.Tensor  # [ranks]
     layout: tuple[tuple[int, int], ...]  # (expert position, rank) per expert present, in column order
+    a: torch.Tensor  # a_t transposed, contiguous [ranks, in]: the C kernel's rows
 
 
 class StackedSet:
@@ -54,7 +56,8 @@ def _stack(present: list[tuple[int, Delta]]) -> Stacked:
     a_t = torch.cat([d.a_t for _, d in present], dim=1).contiguous()
     b_t = torch.cat([d.b_t for _, d in present], dim=0).contiguous()
     owner = torch.cat([torch.full((d.a_t.shape[1],), m) for m, d in present])
-    return Stacked(a_t, b_t, owner, tuple((m, int(d.a_t.shape[1])) for m, d in present))
+    layout = tuple((m, int(d.a_t.shape[1])) for m, d in present)
+    return Stacked(a_t, b_t, owner, layout, a_t.T.contiguous())
 
 
 class DeltaStacks:
@@ -90,6 +93,8 @@ class RowDeltas:
         for position, group in enumerate(plain):
             self.member[group.rows] = position
         self._masks: dict[tuple[tuple[int, int], ...], torch.Tensor] = {}
+        self._spans: dict[tuple[tuple[int, int], ...], torch.Tensor] = {}
+        self._kernel = delta_kernel()
 
     def _mask(self, stacked: Stacked) -> torch.Tensor:
         """``[rows, ranks]``: 1 where a rank column belongs to the row's expert."""
@@ -97,14 +102,28 @@ class RowDeltas:
             self._masks[stacked.layout] = (self.member[:, None] == stacked.owner[None, :]).float()
         return self._masks[stacked.layout]
 
+    def _span(self, stacked: Stacked) -> torch.Tensor:
+        """``[2, rows]`` int32: each row's expert's first rank column in the stack, and its rank (0: none)."""
+        if stacked.layout not in self._spans:
+            table = torch.zeros(2, len(self.stacks.members if self.stacks else ()) + 1, dtype=torch.int32)
+            start = 0
+            for member, rank in stacked.layout:
+                table[:, member] = torch.tensor([start, rank], dtype=torch.int32)
+                start += rank
+            self._spans[stacked.layout] = table[:, self.member].contiguous()  # member -1: the last, zero, column
+        return self._spans[stacked.layout]
+
     def add(self, y: torch.Tensor, x: torch.Tensor, index: int, name: str) -> torch.Tensor:
         """``y = x · Wᵀ`` (the shared weight) made each row's expert's: plus its delta (fp32 then)."""
         for group in self.whole:
             if (delta := group.deltas.layers[index].get(name)) is not None:
                 y = delta.apply(y, x)
         if self.stacks is not None and (stacked := self.stacks.stacked(index, name)) is not None:
-            low = torch.mm(x.float(), stacked.a_t).mul_(self._mask(stacked))
-            y = torch.addmm(y.float(), low, stacked.b_t)
+            if self._kernel is not None and self._kernel.fits(y, x):
+                y = self._kernel(y, x, (stacked.a, stacked.b_t), self._span(stacked))
+            else:
+                low = torch.mm(x.float(), stacked.a_t).mul_(self._mask(stacked))
+                y = torch.addmm(y.float(), low, stacked.b_t)
         for group in self.dora:  # DoRA rescales its rows: they are replaced
             if (delta := group.deltas.layers[index].get(name)) is not None:
                 y, rows = y.float(), group.rows

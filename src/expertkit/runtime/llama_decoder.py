@@ -27,6 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as nnf
 
+from expertkit.runtime.batch_attention import BatchAttention, batch_attention
 from expertkit.runtime.delta_rows import DeltaStacks, RowDeltas
 from expertkit.runtime.llama_weights import (
     AnyLinear,
@@ -139,16 +140,20 @@ class LeanDecoder:
         keys = torch.zeros(shape[:2] + shape[:1:-1], dtype=torch.float32)
         return KVCache(keys, torch.zeros(shape, dtype=torch.float32))
 
-    def _rotations(self, positions: torch.Tensor) -> torch.Tensor:
-        """RoPE at each of ``positions`` as ``[n, head_dim, head_dim]`` fp32 matrices R (``x·R = x·cos +
-        rotate_half(x)·sin``), from the model's own rotary module (so its scaling is the model's)."""
-        needed = int(positions.max()) + 1
+    def _rope_tables(self, needed: int) -> None:
+        """The model's cos and sin tables (fp32, ``[positions, head_dim]``) for at least ``needed``
+        positions, from its own rotary module (so its scaling is the model's)."""
         if self._cos32.shape[0] < needed:
             size = min(max(needed, 2 * self._cos32.shape[0], 256), self.max_positions)
             cos, sin = self.rotary(torch.zeros(1, dtype=torch.float32), torch.arange(size)[None])
-            self._cos32, self._sin32 = cos[0].float(), sin[0].float()
+            self._cos32, self._sin32 = cos[0].float().contiguous(), sin[0].float().contiguous()
             half, eye = self.head_dim // 2, torch.eye(self.head_dim)
             self._eye, self._swap = eye, torch.cat([-eye[half:], eye[:half]]).T.contiguous()
+
+    def _rotations(self, positions: torch.Tensor) -> torch.Tensor:
+        """RoPE at each of ``positions`` as ``[n, head_dim, head_dim]`` fp32 matrices R (``x·R = x·cos +
+        rotate_half(x)·sin``)."""
+        self._rope_tables(int(positions.max()) + 1)
         return self._eye * self._cos32[positions][:, None, :] + self._swap * self._sin32[positions][:, None, :]
 
     def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -351,10 +356,28 @@ class LeanDecoder:
         if not groups and self.deltas is not None:
             groups = [RowGroup(torch.arange(x.shape[0]), self.deltas)]
         deltas = self._row_deltas(groups or [], x.shape[0])
-        rotations, norms = self._rotations(positions), self._norms32
-        beyond = (torch.arange(span)[None, :] > lengths[:, None])[:, None, None, :]
-        joining = (self._cache_writes(batch, slots, positions), [(p, ~p.causal()[:, None, :]) for p in prompts])
-        for index, layer in enumerate(self.layers):
-            step = (batch, rotations, norms[index], lengths, beyond, joining)
-            x = self._batch_block(layer, index, x, step, deltas)
+        kernel = batch_attention() if batch.keys.dtype == torch.float32 else None
+        if kernel is not None:
+            self._rope_tables(int(positions.max()) + 1)
+            for index, layer in enumerate(self.layers):
+                x = self._native_batch_block(layer, index, x, (batch, kernel, slots, positions), deltas)
+        else:
+            rotations, norms = self._rotations(positions), self._norms32
+            beyond = (torch.arange(span)[None, :] > lengths[:, None])[:, None, None, :]
+            joining = (self._cache_writes(batch, slots, positions), [(p, ~p.causal()[:, None, :]) for p in prompts])
+            for index, layer in enumerate(self.layers):
+                step = (batch, rotations, norms[index], lengths, beyond, joining)
+                x = self._batch_block(layer, index, x, step, deltas)
         return self.head.mm(self._norm(x[:rows], self._final_norm32).to(self.dtype)).float()
+
+    def _native_batch_block(
+        self, layer: Layer, index: int, x: torch.Tensor, step: tuple[KVCache, BatchAttention, Any, Any], groups: Any
+    ) -> torch.Tensor:
+        """:meth:`_batch_block` with its attention in one C call (:mod:`expertkit.runtime.batch_attention`):
+        every row, a sequence's or a joining prompt's, attends to its slot's positions up to its own."""
+        batch, kernel, slots, positions = step
+        norms = self._norms32[index]
+        qk, v = self._qkv(layer, index, x, norms, groups)
+        cache = (batch.keys[index], batch.values[index])
+        attended = kernel(qk, v.float(), (self._cos32, self._sin32), (slots, positions), cache, self.scale)
+        return self._rest(layer, index, x, attended, norms[1], groups)

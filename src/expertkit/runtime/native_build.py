@@ -1,6 +1,8 @@
-"""The native decoder's shared library: ``native/decoder.c`` compiled once per machine, cached.
+"""expertkit's native libraries, each compiled once per machine and cached: ``native/decoder.c`` (the
+native decoder), ``native/batch_attention.c`` and ``native/delta_rows.c`` (the lean decoder's batch
+steps: attention, and experts' deltas in a mixed batch).
 
-The library is built with the system C compiler (``$CC``, else ``cc``) for the CPU it runs on
+A library is built with the system C compiler (``$CC``, else ``cc``) for the CPU it runs on
 (``-march=native``: AVX512-VNNI where the CPU has it, portable C otherwise) into
 ``$EXPERTKIT_HOME/native/<key>/``, where the key hashes the source, the compiler's version and the
 flags: a changed source or compiler builds anew. It is written to a temporary name and renamed, so
@@ -23,12 +25,14 @@ from expertkit.errors import ExpertkitError
 from expertkit.home import expertkit_home
 
 SOURCE = Path(__file__).parent / "native" / "decoder.c"
+BATCH_ATTENTION = Path(__file__).parent / "native" / "batch_attention.c"
+DELTA_ROWS = Path(__file__).parent / "native" / "delta_rows.c"
 FLAGS = ("-O3", "-march=native", "-shared", "-fPIC", "-pthread", "-fno-strict-aliasing")
 BUILD_TIMEOUT_S = 300
 
 
 class NativeBuildError(ExpertkitError):
-    """The native decoder could not be compiled here."""
+    """A native library could not be compiled here."""
 
 
 def compiler() -> str:
@@ -40,32 +44,32 @@ def _compiler_version(cc: str) -> str:
         run = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise NativeBuildError(
-            f"the native decoder needs a C compiler and `{cc}` could not run: {exc}",
+            f"expertkit's native code needs a C compiler and `{cc}` could not run: {exc}",
             "install one (Debian: apt-get install gcc) or set CC, or decode with --decoder lean",
         ) from exc
     return run.stdout.splitlines()[0] if run.stdout else cc
 
 
-def library_path() -> Path:
-    """The compiled library, built now if this source, compiler and flags have none yet."""
+def library_path(source: Path = SOURCE) -> Path:
+    """``source`` compiled, built now if this source, compiler and flags have no library yet."""
     cc = compiler()
     key = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), _compiler_version(cc).encode(), " ".join(FLAGS).encode()):
+    for part in (source.read_bytes(), _compiler_version(cc).encode(), " ".join(FLAGS).encode()):
         key.update(part)
-    target = expertkit_home() / "native" / key.hexdigest()[:16] / "libexpertkit_decoder.so"
+    target = expertkit_home() / "native" / key.hexdigest()[:16] / f"libexpertkit_{source.stem}.so"
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".build-", dir=target.parent) as tmp:
         built = Path(tmp) / target.name
-        command = [cc, *FLAGS, "-o", str(built), str(SOURCE), "-lm"]
+        command = [cc, *FLAGS, "-o", str(built), str(source), "-lm"]
         try:
             run = subprocess.run(command, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S, check=False)
         except (OSError, subprocess.TimeoutExpired) as exc:
-            raise NativeBuildError(f"compiling the native decoder failed: {exc}", "decode with --decoder lean") from exc
+            raise NativeBuildError(f"compiling {source.name} failed: {exc}", "decode with --decoder lean") from exc
         if run.returncode != 0:
             raise NativeBuildError(
-                f"compiling the native decoder failed ({' '.join(command)}): {run.stderr.strip()[-600:]}",
+                f"compiling {source.name} failed ({' '.join(command)}): {run.stderr.strip()[-600:]}",
                 "check the C compiler (set CC to another), or decode with --decoder lean",
             )
         shutil.move(str(built), target)  # same directory: a rename
@@ -73,6 +77,6 @@ def library_path() -> Path:
 
 
 @cache
-def load_library() -> ctypes.CDLL:
-    """The library, loaded once per process (compiled first when needed)."""
-    return ctypes.CDLL(str(library_path()))
+def load_library(source: Path = SOURCE) -> ctypes.CDLL:
+    """``source``'s library, loaded once per process (compiled first when needed)."""
+    return ctypes.CDLL(str(library_path(source)))

@@ -1,0 +1,90 @@
+"""Mixed batches' expert deltas in C: each row gets its own expert's low-rank delta, and nothing else."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from expertkit.runtime.delta_kernel import DeltaKernel, delta_kernel
+from expertkit.runtime.delta_rows import DeltaStacks, RowDeltas
+from expertkit.runtime.engine import Engine
+from expertkit.runtime.lora_deltas import RowGroup
+from expertkit.runtime.options import LoadOptions
+from unit.runtime.test_engine import second_expert
+
+RANKS = (3, 5)  # two experts' ranks, stacked side by side
+MEMBERS = [0, 1, -1, 0, 1, 1]  # each row's expert (-1: the base model's row, no delta)
+
+
+def kernel() -> DeltaKernel:
+    found = delta_kernel()
+    assert found is not None, "make test installs a C compiler: the kernel must build here"
+    return found
+
+
+def factors(width: int = 40, out: int = 24) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(3)
+    a = torch.randn(sum(RANKS), width, generator=generator)
+    b_t = torch.randn(sum(RANKS), out, generator=generator)
+    starts = {0: (0, RANKS[0]), 1: (RANKS[0], RANKS[1])}
+    spans = torch.tensor([list(starts.get(m, (0, 0))) for m in MEMBERS], dtype=torch.int32).T.contiguous()
+    return a, b_t, spans
+
+
+def reference(y: torch.Tensor, x: torch.Tensor, a: torch.Tensor, b_t: torch.Tensor) -> torch.Tensor:
+    out = y.double().clone()
+    for row, member in enumerate(MEMBERS):
+        if member >= 0:
+            columns = slice(0, RANKS[0]) if member == 0 else slice(RANKS[0], sum(RANKS))
+            out[row] += (x[row].double() @ a[columns].double().T) @ b_t[columns].double()
+    return out
+
+
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("y_dtype", [torch.float32, torch.bfloat16])
+def test_each_row_gets_its_own_experts_delta(x_dtype: torch.dtype, y_dtype: torch.dtype) -> None:
+    a, b_t, spans = factors()
+    wide = torch.randn(len(MEMBERS), 64).to(x_dtype)
+    x = wide[:, 8:48]  # rows read through their stride, as a slice of a fused projection's output
+    y = torch.randn(len(MEMBERS), 24).to(y_dtype)
+    expected = reference(y, x, a, b_t)
+    got = kernel()(y, x, (a, b_t), spans)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), expected, atol=1e-4, rtol=1e-5)
+    assert torch.equal(got[2], y[2].float())  # the base model's row: unchanged
+    assert (got is y) == (y_dtype == torch.float32)  # an fp32 output is added to in place
+
+
+def test_rank_columns_outside_the_stack_are_refused_and_nothing_is_written() -> None:
+    a, b_t, spans = factors()
+    y, x = torch.randn(len(MEMBERS), 24), torch.randn(len(MEMBERS), 40)
+    before = y.clone()
+    spans[1, 4] = 7  # expert 1 starts at column 3: 3 + 7 > 8 ranks
+    with pytest.raises(ValueError, match="outside the stacked factors"):
+        kernel()(y, x, (a, b_t), spans)
+    assert torch.equal(y, before)
+    with pytest.raises(ValueError, match="unexpected"):
+        kernel()(y, x.double(), (a, b_t), factors()[2])
+    with pytest.raises(ValueError, match="unexpected"):
+        kernel()(y, x, (a.T, b_t), factors()[2])
+
+
+def test_row_deltas_through_the_kernel_equal_the_stacked_products(trained_source: Path, tmp_path: Path) -> None:
+    """Two experts' deltas on a mixed pass: the C call gives the PyTorch products' rows."""
+    engine = Engine.for_experts([str(trained_source), str(second_expert(trained_source, tmp_path))], LoadOptions())
+    tiny, other = engine.deltas_of("expert-tiny"), engine.deltas_of("expert-other")
+    assert tiny is not None and other is not None
+    groups = [RowGroup(torch.tensor([0, 2, 3]), tiny), RowGroup(torch.tensor([1, 4]), other)]
+    native, plain = RowDeltas(groups, 6, DeltaStacks()), RowDeltas(groups, 6, DeltaStacks())
+    assert native._kernel is not None
+    plain._kernel = None
+    compared = 0
+    for index, name, delta in [(i, n, d) for i, layer in enumerate(tiny.layers) for n, d in layer.items()]:
+        x, y = torch.randn(6, delta.a_t.shape[0]), torch.randn(6, delta.b_t.shape[1])
+        got, expected = native.add(y.clone(), x, index, name), plain.add(y.clone(), x, index, name)
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+        assert torch.equal(got[5], y[5])  # row 5 belongs to no expert
+        compared += 1
+    assert compared >= 2
