@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from expertkit.runtime.batch_attention import batch_attention
+from expertkit.runtime.delta_kernel import delta_kernel
 from expertkit.runtime.engine import Engine
 from expertkit.runtime.generate import GenerationRequest, GenerationResult, SequenceState
 from expertkit.runtime.llama_decoder import KVCache, LeanDecoder, PromptRows
@@ -105,9 +107,11 @@ class BatchScheduler:
 
     def warm_up(self) -> None:
         """Build what the first batches would wait for (3-6 s per expert of the embedded model, paid
-        by a first request before): the batch cache and the decoders. Experts that mix get the shared
-        base weights with every expert's deltas, and their merged decoders, which a batch of one
-        expert alone runs on (as many as the engine keeps); otherwise the first expert merged."""
+        by a first request before): the batch-step kernels, the batch cache and the decoders. Experts
+        that mix get the shared base weights with every expert's deltas, and their merged decoders,
+        which a batch of one expert alone runs on (as many as the engine keeps); otherwise the first
+        expert merged."""
+        batch_attention(), delta_kernel()  # compiled now (once per machine, about 1 s), not in a first step
         names: list[str | None] = list(self.engine.experts) or [None]
         mixed = self.mixing and len(names) > 1 and self.engine.mixable(names[0])
         for name in names[: self.engine.options.cached_decoders - 1] if mixed else []:

@@ -10,6 +10,8 @@ import torch
 
 import expertkit.runtime.batch as batch_module
 from expertkit.runtime.batch import BatchScheduler
+from expertkit.runtime.batch_attention import batch_attention
+from expertkit.runtime.delta_kernel import delta_kernel
 from expertkit.runtime.engine import Engine
 from expertkit.runtime.llama_decoder import LeanDecoder
 from expertkit.runtime.options import LoadOptions
@@ -188,7 +190,10 @@ def test_warming_up_builds_the_shared_decoder_for_mixing_experts_and_changes_no_
     batch = requests(engine, "expert-tiny", (5, 12, 3, 9)) + requests(engine, "expert-other", (7, 4, 10, 6))
     alone = [engine.execute(r).token_ids for r in batch]
     scheduler = BatchScheduler(engine, max_batch=3, max_positions=256)
+    batch_attention.cache_clear()
+    delta_kernel.cache_clear()
     scheduler.warm_up()
+    assert batch_attention.cache_info().currsize == delta_kernel.cache_info().currsize == 1  # built now
     assert engine.active is None and scheduler.cache is not None  # the base model's weights, shared
     assert set(engine._lean_decoders) == {"expert-tiny", "expert-other", None}  # and each merged
     assert scheduler.cache.capacity == 256 and not scheduler.busy
