@@ -6,7 +6,7 @@ requests (the batch draining) are not timed. ``serve_load.py`` measures the same
 the gap between the two is what HTTP, streaming and the event loop cost.
 
 Last line: {"ratio", "batched_req_per_s", "sequential_req_per_s", "batched_ms_per_step",
-"sequential_ms_per_step", "prefix_cache_hits", "dtype"}
+"sequential_ms_per_step", "prefix_cache_hits", "dtype", "batch_kernels"}
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from serve_load import PROMPTS, make_expert
+from serve_load import PROMPTS, batch_kernels, make_expert
 
 
 def steady(engine: object, slots: int, requests: int, warm_steps: int = 30) -> dict:
@@ -92,6 +92,7 @@ def main() -> None:
         "prefix_cache_hits": batched["hits"],
         "slots": args.slots,
         "dtype": dtype,
+        "batch_kernels": batch_kernels(),
     }
     print(json.dumps(result))
 

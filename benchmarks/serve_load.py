@@ -15,7 +15,7 @@ one run: with mixed-expert batches (the default: both experts' sequences in one 
 its LoRA delta to the shared weights) and with one expert per batch (``--no-mixed-batches``, the
 previous behaviour). Last line:
 {"ratio": …, "ratio_one_expert_per_batch": …, "errors": …, "rejected_429": …, "p50_s": …, "p99_s": …,
- "ttft_p50_s": …, "ttft_p99_s": …, "requests": …}
+ "ttft_p50_s": …, "ttft_p99_s": …, "requests": …, "batch_kernels": …}
 (ratio: concurrent throughput over sequential, mixed batches; errors: anything but 200 and
 deliberate 429s).
 """
@@ -78,6 +78,15 @@ def make_expert(base_dir: Path, work: Path, name: str, seed: int) -> Path:
         json.dumps({"base_model": base, "chat_template_sha256": fp.chat_template_sha256})
     )
     return work / name
+
+
+def batch_kernels() -> bool:
+    """Whether batch steps run their attention and experts' deltas in C (``EXPERTKIT_BATCH_KERNELS=0``
+    or no C compiler: the PyTorch operators)."""
+    from expertkit.runtime.batch_attention import batch_attention
+    from expertkit.runtime.delta_kernel import delta_kernel
+
+    return batch_attention() is not None and delta_kernel() is not None
 
 
 def _has_text(line: str) -> bool:
@@ -252,6 +261,7 @@ def main() -> None:
         "sequential_req_per_s": round(sequential_throughput, 3),
         "concurrent_req_per_s": round(best["throughput"], 3),
         "server": "in-process" if args.in_process else "own process",
+        "batch_kernels": batch_kernels(),  # the server's machine and environment are this process's
     }
     print(json.dumps(result))
 
