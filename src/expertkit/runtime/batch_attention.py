@@ -17,16 +17,12 @@ the decoder's PyTorch attention runs: the same arithmetic, summed in another ord
 from __future__ import annotations
 
 import ctypes
-import logging
-import os
 from functools import cache
 from typing import Any
 
 import torch
 
-from expertkit.runtime.native_build import BATCH_ATTENTION, NativeBuildError, load_library
-
-log = logging.getLogger(__name__)
+from expertkit.runtime.native_build import BATCH_ATTENTION, batch_kernel_library
 
 _P = ctypes.c_void_p
 _I = ctypes.c_int
@@ -92,10 +88,5 @@ def _check(qk, v, cos, sin, slots, positions, keys, values) -> None:  # type: ig
 @cache
 def batch_attention() -> BatchAttention | None:
     """The compiled kernel (built on first use, once per machine), or ``None`` where it cannot be."""
-    if os.environ.get("EXPERTKIT_BATCH_KERNELS", "1") == "0":
-        return None
-    try:
-        return BatchAttention(load_library(BATCH_ATTENTION))
-    except (NativeBuildError, OSError) as exc:
-        log.warning("batch steps attend through PyTorch: %s", exc)
-        return None
+    lib = batch_kernel_library(BATCH_ATTENTION, "batch steps attend through PyTorch")
+    return None if lib is None else BatchAttention(lib)

@@ -16,16 +16,12 @@ is ``None`` and the PyTorch operators run.
 from __future__ import annotations
 
 import ctypes
-import logging
-import os
 from functools import cache
 from typing import Any
 
 import torch
 
-from expertkit.runtime.native_build import DELTA_ROWS, NativeBuildError, load_library
-
-log = logging.getLogger(__name__)
+from expertkit.runtime.native_build import DELTA_ROWS, batch_kernel_library
 
 _P, _I = ctypes.c_void_p, ctypes.c_int
 _KINDS = {torch.float32: 0, torch.bfloat16: 1}
@@ -74,10 +70,5 @@ class DeltaKernel:
 @cache
 def delta_kernel() -> DeltaKernel | None:
     """The compiled kernel (built on first use, once per machine), or ``None`` where it cannot be."""
-    if os.environ.get("EXPERTKIT_BATCH_KERNELS", "1") == "0":
-        return None
-    try:
-        return DeltaKernel(load_library(DELTA_ROWS))
-    except (NativeBuildError, OSError) as exc:
-        log.warning("mixed batch steps add experts' deltas through PyTorch: %s", exc)
-        return None
+    lib = batch_kernel_library(DELTA_ROWS, "mixed batch steps add experts' deltas through PyTorch")
+    return None if lib is None else DeltaKernel(lib)

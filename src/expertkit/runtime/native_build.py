@@ -4,16 +4,17 @@ steps: attention, and experts' deltas in a mixed batch).
 
 A library is built with the system C compiler (``$CC``, else ``cc``) for the CPU it runs on
 (``-march=native``: AVX512-VNNI where the CPU has it, portable C otherwise) into
-``$EXPERTKIT_HOME/native/<key>/``, where the key hashes the source, the compiler's version and the
-flags: a changed source or compiler builds anew. It is written to a temporary name and renamed, so
-a half-built library is never loaded. The source is expertkit's own; nothing from an expert,
-a request or a data file reaches the compiler.
+``$EXPERTKIT_HOME/native/<key>/``, where the key hashes the source and the headers beside it, the
+compiler's version and the flags: a changed source or compiler builds anew. It is written to a
+temporary name and renamed, so a half-built library is never loaded. The sources are expertkit's
+own; nothing from an expert, a request or a data file reaches the compiler.
 """
 
 from __future__ import annotations
 
 import ctypes
 import hashlib
+import logging
 import os
 import shutil
 import subprocess
@@ -29,6 +30,7 @@ BATCH_ATTENTION = Path(__file__).parent / "native" / "batch_attention.c"
 DELTA_ROWS = Path(__file__).parent / "native" / "delta_rows.c"
 FLAGS = ("-O3", "-march=native", "-shared", "-fPIC", "-pthread", "-fno-strict-aliasing")
 BUILD_TIMEOUT_S = 300
+log = logging.getLogger(__name__)
 
 
 class NativeBuildError(ExpertkitError):
@@ -54,7 +56,8 @@ def library_path(source: Path = SOURCE) -> Path:
     """``source`` compiled, built now if this source, compiler and flags have no library yet."""
     cc = compiler()
     key = hashlib.sha256()
-    for part in (source.read_bytes(), _compiler_version(cc).encode(), " ".join(FLAGS).encode()):
+    headers = [h.read_bytes() for h in sorted(source.parent.glob("*.h"))]  # what the sources include
+    for part in (source.read_bytes(), *headers, _compiler_version(cc).encode(), " ".join(FLAGS).encode()):
         key.update(part)
     target = expertkit_home() / "native" / key.hexdigest()[:16] / f"libexpertkit_{source.stem}.so"
     if target.is_file():
@@ -80,3 +83,15 @@ def library_path(source: Path = SOURCE) -> Path:
 def load_library(source: Path = SOURCE) -> ctypes.CDLL:
     """``source``'s library, loaded once per process (compiled first when needed)."""
     return ctypes.CDLL(str(library_path(source)))
+
+
+def batch_kernel_library(source: Path, instead: str) -> ctypes.CDLL | None:
+    """``source``'s library for a batch-step kernel of the lean decoder, or ``None`` with
+    ``EXPERTKIT_BATCH_KERNELS=0`` or where it cannot be built (logged: ``instead`` says what runs)."""
+    if os.environ.get("EXPERTKIT_BATCH_KERNELS", "1") == "0":
+        return None
+    try:
+        return load_library(source)
+    except (NativeBuildError, OSError) as exc:
+        log.warning("%s: %s", instead, exc)
+        return None

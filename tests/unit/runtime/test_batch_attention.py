@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import expertkit.runtime.llama_decoder as llama_decoder
-from expertkit.runtime import batch_attention as module
+from expertkit.runtime import native_build
 from expertkit.runtime.batch_attention import BatchAttention, batch_attention
 from expertkit.runtime.engine import Engine
 from expertkit.runtime.llama_decoder import LeanDecoder, PromptRows
@@ -151,7 +151,7 @@ def test_without_a_compiler_batch_steps_attend_through_pytorch(
     batch_attention.cache_clear()
     load_library.cache_clear()
     try:
-        with caplog.at_level(logging.WARNING, logger=module.__name__):
+        with caplog.at_level(logging.WARNING, logger=native_build.__name__):
             assert batch_attention() is None
         assert "attend through PyTorch" in caplog.text and "C compiler" in caplog.text
         batch_attention.cache_clear()

@@ -19,26 +19,25 @@
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #define EK_AVX512 1
-static inline __m512 exp16(__m512 x) {
-    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3f)), _mm512_set1_ps(88.3f));
-    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    x = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    x = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), x);
-    __m512 y = _mm512_set1_ps(1.9875691500e-4f);
-    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(1.3981999507e-3f));
-    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(8.3334519073e-3f));
-    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(4.1665795894e-2f));
-    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(1.6666665459e-1f));
-    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(5.0000001201e-1f));
-    y = _mm512_fmadd_ps(y, _mm512_mul_ps(x, x), _mm512_add_ps(x, _mm512_set1_ps(1.f)));
-    return _mm512_scalef_ps(y, n);
-}
 #else
 #define EK_AVX512 0
 #endif
+#include "simd.h"
 
 #define AHEAD 8 /* rows of keys, or positions of values, fetched ahead of their use */
+
+#if EK_AVX512
+static inline void zero_sums(__m512 acc[4][4]) {
+    for (int g = 0; g < 4; g++)
+        for (int c = 0; c < 4; c++)
+            acc[g][c] = _mm512_setzero_ps();
+}
+
+static inline void prefetch_64(const float *at) { /* 64 floats: four cache lines */
+    for (int c = 0; c < 4; c++)
+        _mm_prefetch((const char *)(at + 16 * c), _MM_HINT_T0);
+}
+#endif
 
 static void rotate(float *x, int heads, int dim, const float *cos, const float *sin) {
     const int half = dim / 2;
@@ -97,14 +96,11 @@ static void head_scores(const float *q, int n, const float *kt, int capacity, in
             m[c] = left >= 16 ? 0xFFFF : left <= 0 ? 0 : (__mmask16)((1u << left) - 1);
         }
         __m512 acc[4][4];
-        for (int g = 0; g < 4; g++)
-            for (int c = 0; c < 4; c++)
-                acc[g][c] = _mm512_setzero_ps();
+        zero_sums(acc);
         for (int d = 0; d < dim; d++) {
             const float *row = kt + (size_t)d * capacity + p;
             if (d + AHEAD < dim)
-                for (int c = 0; c < 4; c++)
-                    _mm_prefetch((const char *)(row + AHEAD * (size_t)capacity + 16 * c), _MM_HINT_T0);
+                prefetch_64(row + AHEAD * (size_t)capacity);
             __m512 k[4];
             for (int c = 0; c < 4; c++)
                 k[c] = _mm512_maskz_loadu_ps(m[c], row + 16 * c);
@@ -143,14 +139,11 @@ static void weighted_values(const float *weights, int capacity, int n, const flo
 #if EK_AVX512
     for (; i + 64 <= dim; i += 64) {
         __m512 acc[4][4];
-        for (int g = 0; g < 4; g++)
-            for (int j = 0; j < 4; j++)
-                acc[g][j] = _mm512_setzero_ps();
+        zero_sums(acc);
         for (int p = 0; p < span; p++) {
             const float *v = vs + (size_t)p * dim + i;
             if (p + AHEAD < span)
-                for (int j = 0; j < 4; j++)
-                    _mm_prefetch((const char *)(v + AHEAD * (size_t)dim + 16 * j), _MM_HINT_T0);
+                prefetch_64(v + AHEAD * (size_t)dim);
             const __m512 v0 = _mm512_loadu_ps(v), v1 = _mm512_loadu_ps(v + 16), v2 = _mm512_loadu_ps(v + 32),
                          v3 = _mm512_loadu_ps(v + 48);
             for (int g = 0; g < n; g++) {
