@@ -2,8 +2,9 @@
 
 Why by hand: in PyTorch a batch step's attention is about ten small operators per layer, plus a
 loop per joining prompt. Profiled in ``expert-cli serve`` under 16 clients (py-spy), they were a
-quarter of every step; alone on 16 rows at position 60 they took 7.6 ms of a 25.7 ms step, the
-single call per layer about 4 ms (reading the fp32 keys and values of 16 sequences is most of it).
+quarter of every step; alone on 16 rows at position 60 they took 7.6 ms of a 25.7 ms step, and
+this call, once per layer, about 4 ms a step (reading the fp32 keys and values of 16 sequences is
+most of it: the reads wait on memory latency, short strided runs of each slot's keys).
 No library on PyPI attends rows of one step to different cache slots at different lengths with
 their own causal prompt rows in one call; PyTorch's SDPA with a mask measured slower than the
 operators it would replace (113 against 88 us for scores, softmax and weighted values alone, 16 rows
