@@ -93,5 +93,7 @@ def batch_kernel_library(source: Path, instead: str) -> ctypes.CDLL | None:
     try:
         return load_library(source)
     except (NativeBuildError, OSError) as exc:
-        log.warning("%s: %s", instead, exc)
+        why = exc.message if isinstance(exc, NativeBuildError) else str(exc)
+        hint = "install a C compiler (Debian: apt-get install gcc) or set CC"
+        log.warning("%s (slower): %s\n  hint: %s", instead, why, hint)
         return None
