@@ -66,7 +66,7 @@ int ek_delta_rows(const void *x, int x_bf16, int x_stride, int in, const void *y
     if (in < 1 || out < 1 || x_stride < in || y_stride < out)
         return -1;
     for (int r = 0; r < rows; r++)
-        if (count[r] < 0 || (count[r] > 0 && (first[r] < 0 || first[r] + count[r] > ranks)))
+        if (count[r] < 0 || (count[r] > 0 && (first[r] < 0 || first[r] > ranks || count[r] > ranks - first[r])))
             return -1;
     const size_t x_size = x_bf16 ? 2 : 4, y_size = y_bf16 ? 2 : 4;
     for (int r = 0; r < rows; r++) {
