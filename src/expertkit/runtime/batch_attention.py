@@ -27,6 +27,7 @@ from expertkit.runtime.native_build import BATCH_ATTENTION, batch_kernel_library
 
 _P = ctypes.c_void_p
 _I = ctypes.c_int
+T = torch.Tensor
 
 
 class BatchAttention:
@@ -71,7 +72,7 @@ class BatchAttention:
         return out
 
 
-def _check(qk, v, cos, sin, slots, positions, keys, values) -> None:  # type: ignore[no-untyped-def]
+def _check(qk: T, v: T, cos: T, sin: T, slots: T, positions: T, keys: T, values: T) -> None:
     """The layouts the C code reads through raw pointers: anything else would read out of bounds."""
     rows, kv_heads, dim = v.shape
     fp32 = all(t.dtype == torch.float32 for t in (qk, v, cos, sin, keys, values))

@@ -56,7 +56,7 @@ class DeltaKernel:
         if not ok:
             raise ValueError("row deltas got tensors of unexpected shapes, dtypes or layouts")
         result = y if y.dtype == torch.float32 and y.is_contiguous() else torch.empty(rows, out)
-        scratch = torch.empty(width)
+        scratch = torch.empty(width if x.dtype == torch.bfloat16 else 0)  # bf16 rows are widened into it
         code = self._call(
             x.data_ptr(), _KINDS[x.dtype], x.stride(0), width, y.data_ptr(), _KINDS[y.dtype], y.stride(0), out,
             a.data_ptr(), b_t.data_ptr(), a.shape[0], spans[0].data_ptr(), spans[1].data_ptr(), rows,

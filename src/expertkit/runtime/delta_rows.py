@@ -105,7 +105,8 @@ class RowDeltas:
     def _span(self, stacked: Stacked) -> torch.Tensor:
         """``[2, rows]`` int32: each row's expert's first rank column in the stack, and its rank (0: none)."""
         if stacked.layout not in self._spans:
-            table = torch.zeros(2, len(self.stacks.members if self.stacks else ()) + 1, dtype=torch.int32)
+            assert self.stacks is not None  # only stacked factors have spans
+            table = torch.zeros(2, len(self.stacks.members) + 1, dtype=torch.int32)  # one per expert, and none
             start = 0
             for member, rank in stacked.layout:
                 table[:, member] = torch.tensor([start, rank], dtype=torch.int32)
