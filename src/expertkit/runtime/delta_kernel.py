@@ -16,6 +16,7 @@ is ``None`` and the PyTorch operators run.
 from __future__ import annotations
 
 import ctypes
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
@@ -27,6 +28,29 @@ _P, _I = ctypes.c_void_p, ctypes.c_int
 _KINDS = {torch.float32: 0, torch.bfloat16: 1}
 
 
+@dataclass(frozen=True)
+class KernelFactors:
+    """One projection's stacked factors as the C call reads them, checked once when built: ``a``
+    ``[ranks, in]`` and ``b_t`` ``[ranks, out]`` (fp32, contiguous) and ``columns`` ``[ranks, 2]`` int32,
+    the output columns ``[lo, hi)`` outside which a rank's row of ``b_t`` is zero (a fused projection's
+    q ranks change only q's columns)."""
+
+    a: torch.Tensor
+    b_t: torch.Tensor
+    columns: torch.Tensor
+
+    @classmethod
+    def of(cls, a: torch.Tensor, b_t: torch.Tensor) -> KernelFactors:
+        if a.dim() != 2 or b_t.dim() != 2 or a.shape[0] != b_t.shape[0]:
+            raise ValueError("row deltas got factors of unexpected shapes")
+        a, b_t = a.float().contiguous(), b_t.float().contiguous()
+        nonzero = b_t != 0
+        last = b_t.shape[1] - nonzero.flip(1).int().argmax(1)
+        lo = torch.where(nonzero.any(1), nonzero.int().argmax(1), 0)
+        hi = torch.where(nonzero.any(1), last, 0)
+        return cls(a, b_t, torch.stack([lo, hi], 1).to(torch.int32).contiguous())
+
+
 class DeltaKernel:
     """``y + (x·Aᵀ ⊙ own ranks)·Bᵀ`` per row, fp32 out."""
 
@@ -34,33 +58,42 @@ class DeltaKernel:
         self._call = lib.ek_delta_rows
         self._call.restype = _I
         types: list[Any] = [_P, _I, _I, _I, _P, _I, _I, _I]  # x, is bf16, row stride, in; y, is bf16, row stride, out
-        types += [_P, _P, _I, _P, _P, _I, _P, _P]  # a, b_t, ranks, first, count, rows, y_out, scratch
+        types += [_P, _P, _P, _I, _P, _P, _I, _P, _P]  # a, b_t, columns, ranks, first, count, rows, residual, y_out
         self._call.argtypes = types
 
     def fits(self, y: torch.Tensor, x: torch.Tensor) -> bool:
         """Whether the C code can read these rows (2-D, rows contiguous, fp32 or bf16)."""
-        return all(t.dim() == 2 and t.dtype in _KINDS and t.stride(1) == 1 for t in (x, y))
+        return x.dim() == 2 == y.dim() and x.dtype in _KINDS and y.dtype in _KINDS and x.stride(1) == 1 == y.stride(1)
+
+    def fits_residual(self, residual: torch.Tensor, y: torch.Tensor) -> bool:
+        """Whether ``residual`` can be added in the call (fp32, contiguous, ``y``'s shape)."""
+        return residual.dtype == torch.float32 and residual.is_contiguous() and residual.shape == y.shape
 
     def __call__(
-        self, y: torch.Tensor, x: torch.Tensor, factors: tuple[torch.Tensor, torch.Tensor], spans: torch.Tensor
+        self,
+        y: torch.Tensor,
+        x: torch.Tensor,
+        factors: KernelFactors,
+        spans: torch.Tensor,
+        residual: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``y`` ``[rows, out]`` (the shared weight's output) plus each row's delta, from ``x`` ``[rows, in]``;
-        ``factors``: ``A`` ``[ranks, in]`` and ``Bᵀ`` ``[ranks, out]`` (fp32, contiguous); ``spans``:
-        ``[2, rows]`` int32, each row's first rank column and count (0: no delta)."""
-        a, b_t = factors
+        ``spans``: ``[2, rows]`` int32, each row's first rank column and count (0: no delta). With
+        ``residual`` (see :meth:`fits_residual`): ``residual + (y + delta)``, in a new tensor."""
         rows, width = x.shape
-        out = y.shape[1]
-        ok = self.fits(y, x) and y.shape[0] == rows and a.shape[1] == width and b_t.shape == (a.shape[0], out)
-        ok = ok and all(t.dtype == torch.float32 and t.is_contiguous() for t in (a, b_t))
-        ok = ok and spans.dtype == torch.int32 and spans.shape == (2, rows) and spans.is_contiguous()
-        if not ok:
+        a, b_t = factors.a, factors.b_t
+        out, ranks = y.shape[1], a.shape[0]
+        ok = self.fits(y, x) and y.shape[0] == rows and a.shape[1] == width and b_t.shape[1] == out
+        ok = ok and (residual is None or self.fits_residual(residual, y))
+        if not (ok and spans.dtype == torch.int32 and spans.shape == (2, rows) and spans.is_contiguous()):
             raise ValueError("row deltas got tensors of unexpected shapes, dtypes or layouts")
-        result = y if y.dtype == torch.float32 and y.is_contiguous() else torch.empty(rows, out)
-        scratch = torch.empty(width if x.dtype == torch.bfloat16 else 0)  # bf16 rows are widened into it
+        in_place = residual is None and y.dtype == torch.float32 and y.is_contiguous()
+        result = y if in_place else torch.empty(rows, out)
+        first = spans.data_ptr()
         code = self._call(
             x.data_ptr(), _KINDS[x.dtype], x.stride(0), width, y.data_ptr(), _KINDS[y.dtype], y.stride(0), out,
-            a.data_ptr(), b_t.data_ptr(), a.shape[0], spans[0].data_ptr(), spans[1].data_ptr(), rows,
-            result.data_ptr(), scratch.data_ptr(),
+            a.data_ptr(), b_t.data_ptr(), factors.columns.data_ptr(), ranks, first, first + 4 * rows, rows,
+            None if residual is None else residual.data_ptr(), result.data_ptr(),
         )  # fmt: skip
         if code != 0:
             raise ValueError("a row's rank columns are outside the stacked factors")

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from expertkit.runtime.delta_kernel import delta_kernel
+from expertkit.runtime.delta_kernel import KernelFactors, delta_kernel
 from expertkit.runtime.lora_deltas import Delta, ExpertDeltas, RowGroup
 
 
@@ -34,7 +34,7 @@ class Stacked:
     b_t: torch.Tensor
     owner: torch.Tensor  # [ranks]
     layout: tuple[tuple[int, int], ...]  # (expert position, rank) per expert present, in column order
-    a: torch.Tensor  # a_t transposed, contiguous [ranks, in]: the C kernel's rows
+    factors: KernelFactors  # what the C kernel reads: a_t transposed (contiguous rows), b_t, its columns
 
 
 class StackedSet:
@@ -57,7 +57,7 @@ def _stack(present: list[tuple[int, Delta]]) -> Stacked:
     b_t = torch.cat([d.b_t for _, d in present], dim=0).contiguous()
     owner = torch.cat([torch.full((d.a_t.shape[1],), m) for m, d in present])
     layout = tuple((m, int(d.a_t.shape[1])) for m, d in present)
-    return Stacked(a_t, b_t, owner, layout, a_t.T.contiguous())
+    return Stacked(a_t, b_t, owner, layout, KernelFactors.of(a_t.T, b_t))
 
 
 class DeltaStacks:
@@ -114,14 +114,20 @@ class RowDeltas:
             self._spans[stacked.layout] = table[:, self.member].contiguous()  # member -1: the last, zero, column
         return self._spans[stacked.layout]
 
-    def add(self, y: torch.Tensor, x: torch.Tensor, index: int, name: str) -> torch.Tensor:
-        """``y = x · Wᵀ`` (the shared weight) made each row's expert's: plus its delta (fp32 then)."""
+    def add(
+        self, y: torch.Tensor, x: torch.Tensor, index: int, name: str, residual: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``y = x · Wᵀ`` (the shared weight) made each row's expert's: plus its delta (fp32 then); with
+        ``residual``, ``residual + (y + delta)`` (a block's skip connection, in the kernel's call when it can)."""
         for group in self.whole:
             if (delta := group.deltas.layers[index].get(name)) is not None:
                 y = delta.apply(y, x)
         if self.stacks is not None and (stacked := self.stacks.stacked(index, name)) is not None:
             if self._kernel is not None and self._kernel.fits(y, x):
-                y = self._kernel(y, x, (stacked.a, stacked.b_t), self._span(stacked))
+                fused = residual is not None and not self.dora and self._kernel.fits_residual(residual, y)
+                skip = residual if fused else None
+                y = self._kernel(y, x, stacked.factors, self._span(stacked), skip)
+                residual = None if skip is not None else residual
             else:
                 low = torch.mm(x.float(), stacked.a_t).mul_(self._mask(stacked))
                 y = torch.addmm(y.float(), low, stacked.b_t)
@@ -129,7 +135,7 @@ class RowDeltas:
             if (delta := group.deltas.layers[index].get(name)) is not None:
                 y, rows = y.float(), group.rows
                 y = y.index_copy_(0, rows, delta.apply(y.index_select(0, rows), x.index_select(0, rows)))
-        return y
+        return y if residual is None else residual + y
 
 
 def _has_dora(deltas: ExpertDeltas) -> bool:

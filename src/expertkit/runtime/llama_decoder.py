@@ -159,17 +159,27 @@ class LeanDecoder:
     def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return nnf.rms_norm(x, (x.shape[-1],), weight, self.eps)
 
-    def _rows(self, linear: AnyLinear, x: torch.Tensor, deltas: RowDeltas | None, index: int, name: str) -> Any:
+    def _rows(
+        self,
+        linear: AnyLinear,
+        x: torch.Tensor,
+        deltas: RowDeltas | None,
+        at: tuple[int, str],
+        residual: torch.Tensor | None = None,
+    ) -> Any:
         """``x @ W.T`` with ``x`` in the decode dtype for the kernel, plus each row's expert's fp32 delta
-        (the sum is then fp32), rescaled per channel for a DoRA expert."""
+        (the sum is then fp32), rescaled per channel for a DoRA expert; then ``residual +`` that, when
+        given (in the deltas' own pass in a mixed batch: one call fewer per block)."""
         y = linear.mm(x if x.dtype == self.dtype else x.to(self.dtype))
-        return y if deltas is None else deltas.add(y, x, index, name)
+        if deltas is not None:
+            return deltas.add(y, x, *at, residual)
+        return y if residual is None else residual + y
 
     def _qkv(self, layer: Layer, index: int, x: torch.Tensor, norms: Any, groups: RowDeltas | None) -> Any:
         """q and k (``[rows, heads + kv_heads, head_dim]``, fp32, not yet rotated) and v (``[rows,
         kv_heads, head_dim]``) of the rows ``x``."""
         h, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
-        qkv = self._rows(layer.qkv, self._norm(x, norms[0]), groups, index, "qkv")
+        qkv = self._rows(layer.qkv, self._norm(x, norms[0]), groups, (index, "qkv"))
         qk = qkv[:, : h + kv].float().view(x.shape[0], self.heads + self.kv_heads, self.head_dim)
         if norms[2] is not None and norms[3] is not None:  # Qwen3: q and k normalised per head
             qk = torch.cat([self._norm(qk[:, : self.heads], norms[2]), self._norm(qk[:, self.heads :], norms[3])], 1)
@@ -177,10 +187,10 @@ class LeanDecoder:
 
     def _rest(self, layer: Layer, index: int, x: torch.Tensor, attended: torch.Tensor, norm: Any, groups: Any) -> Any:
         """The attention output projected and added, then the MLP block."""
-        x = x + self._rows(layer.out, attended.reshape(x.shape[0], -1), groups, index, "out")
-        gate_up = self._rows(layer.gate_up, self._norm(x, norm), groups, index, "gate_up")
+        x = self._rows(layer.out, attended.reshape(x.shape[0], -1), groups, (index, "out"), x)
+        gate_up = self._rows(layer.gate_up, self._norm(x, norm), groups, (index, "gate_up"))
         gate, up = gate_up.split(self.intermediate, dim=-1)
-        return x + self._rows(layer.down, nnf.silu(gate) * up, groups, index, "down")
+        return self._rows(layer.down, nnf.silu(gate) * up, groups, (index, "down"), x)
 
     @torch.inference_mode()
     def forward(self, cache: KVCache, ids: Any, prefix: Any = None, deltas: ExpertDeltas | None = None) -> torch.Tensor:

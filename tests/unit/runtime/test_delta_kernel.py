@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import ctypes
+import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 
-from expertkit.runtime.delta_kernel import DeltaKernel, delta_kernel
+from expertkit.runtime.delta_kernel import DeltaKernel, KernelFactors, delta_kernel
 from expertkit.runtime.delta_rows import DeltaStacks, RowDeltas
 from expertkit.runtime.engine import Engine
 from expertkit.runtime.lora_deltas import RowGroup
+from expertkit.runtime.native_build import DELTA_ROWS, compiler
 from expertkit.runtime.options import LoadOptions
 from unit.runtime.test_engine import second_expert
 
@@ -50,11 +53,54 @@ def test_each_row_gets_its_own_experts_delta(x_dtype: torch.dtype, y_dtype: torc
     x = wide[:, 8:48]  # rows read through their stride, as a slice of a fused projection's output
     y = torch.randn(len(MEMBERS), 24).to(y_dtype)
     expected = reference(y, x, a, b_t)
-    got = kernel()(y, x, (a, b_t), spans)
+    got = kernel()(y, x, KernelFactors.of(a, b_t), spans)
     assert got.dtype == torch.float32
     torch.testing.assert_close(got.double(), expected, atol=1e-4, rtol=1e-5)
     assert torch.equal(got[2], y[2].float())  # the base model's row: unchanged
     assert (got is y) == (y_dtype == torch.float32)  # an fp32 output is added to in place
+
+
+def portable(tmp_path: Path) -> DeltaKernel:
+    """The same source built for a CPU without AVX-512: the portable C path."""
+    target = tmp_path / "portable.so"
+    command = [compiler(), "-O2", "-march=x86-64", "-shared", "-fPIC", "-o", str(target), str(DELTA_ROWS)]
+    subprocess.run([*command, "-lm"], check=True)
+    return DeltaKernel(ctypes.CDLL(str(target)))
+
+
+@pytest.mark.parametrize("build", ["native", "portable"])
+def test_ranks_write_only_their_columns_of_a_fused_projection(build: str, tmp_path: Path) -> None:
+    """A fused projection's factors (q, k, v as one): the first expert's 11 ranks change only "q"'s
+    columns (a run longer than one pass of 8), the next 3 only "v"'s, one rank nothing; the second
+    expert's 5 ranks every column. Widths off the 16-lane grid; bf16 rows; both builds."""
+    generator = torch.Generator().manual_seed(5)
+    width, out = 37, 45
+    a = torch.randn(20, width, generator=generator)
+    b_t = torch.randn(20, out, generator=generator)
+    b_t[:11, 19:] = 0  # "q": columns 0-18
+    b_t[11:14, :30] = 0  # "v": columns 30-44
+    b_t[14] = 0  # a rank with no effect
+    b_t[11, 35] = 0  # zeros inside a rank's columns are still multiplied
+    factors = KernelFactors.of(a, b_t)
+    assert factors.columns[:15].tolist() == [[0, 19]] * 11 + [[30, 45]] * 3 + [[0, 0]]
+    members = [0, 1, -1, 1, 0]
+    starts = {0: (0, 15), 1: (15, 5)}
+    spans = torch.tensor([list(starts.get(m, (0, 0))) for m in members], dtype=torch.int32).T.contiguous()
+    x, y = torch.randn(5, width).bfloat16(), torch.randn(5, out)
+    expected = y.double().clone()
+    for row, member in enumerate(members):
+        if member >= 0:
+            first, count = starts[member]
+            ranks = slice(first, first + count)
+            expected[row] += (x[row].double() @ a[ranks].double().T) @ b_t[ranks].double()
+    built = kernel() if build == "native" else portable(tmp_path)
+    got = built(y.clone(), x, factors, spans)
+    torch.testing.assert_close(got.double(), expected, atol=1e-4, rtol=1e-5)
+    assert torch.equal(got[2], y[2])
+    residual = torch.randn(5, out)  # a block's skip connection, added in the same call, last
+    summed = built(y, x, factors, spans, residual)
+    assert summed is not y and summed is not residual
+    assert torch.equal(summed, residual + got)  # the order PyTorch adds them in: residual + (y + delta)
 
 
 def test_rank_columns_outside_the_stack_are_refused_and_nothing_is_written() -> None:
@@ -63,12 +109,14 @@ def test_rank_columns_outside_the_stack_are_refused_and_nothing_is_written() -> 
     before = y.clone()
     spans[1, 4] = 7  # expert 1 starts at column 3: 3 + 7 > 8 ranks
     with pytest.raises(ValueError, match="outside the stacked factors"):
-        kernel()(y, x, (a, b_t), spans)
+        kernel()(y, x, KernelFactors.of(a, b_t), spans)
     assert torch.equal(y, before)
     with pytest.raises(ValueError, match="unexpected"):
-        kernel()(y, x.double(), (a, b_t), factors()[2])
+        kernel()(y, x.double(), KernelFactors.of(a, b_t), factors()[2])
     with pytest.raises(ValueError, match="unexpected"):
-        kernel()(y, x, (a.T, b_t), factors()[2])
+        kernel()(y, x, KernelFactors.of(a[:, :-1], b_t), factors()[2])
+    with pytest.raises(ValueError, match="unexpected"):
+        KernelFactors.of(a.T, b_t)
 
 
 def test_row_deltas_through_the_kernel_equal_the_stacked_products(trained_source: Path, tmp_path: Path) -> None:
@@ -86,5 +134,9 @@ def test_row_deltas_through_the_kernel_equal_the_stacked_products(trained_source
         got, expected = native.add(y.clone(), x, index, name), plain.add(y.clone(), x, index, name)
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
         assert torch.equal(got[5], y[5])  # row 5 belongs to no expert
+        residual = torch.randn_like(y)
+        summed = native.add(y.clone(), x, index, name, residual)
+        torch.testing.assert_close(summed, plain.add(y.clone(), x, index, name, residual), atol=1e-5, rtol=1e-5)
+        assert torch.equal(summed, residual + got)
         compared += 1
     assert compared >= 2
