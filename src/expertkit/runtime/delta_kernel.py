@@ -39,8 +39,16 @@ class KernelFactors:
     b_t: torch.Tensor
     columns: torch.Tensor
 
+    def __post_init__(self) -> None:
+        ranks = self.a.shape[0] if self.a.dim() == 2 else -1
+        ok = self.b_t.dim() == 2 and self.b_t.shape[0] == ranks and self.columns.shape == (ranks, 2)
+        ok = ok and all(t.dtype == torch.float32 and t.is_contiguous() for t in (self.a, self.b_t))
+        if not (ok and self.columns.dtype == torch.int32 and self.columns.is_contiguous()):
+            raise ValueError("row deltas got factors of unexpected shapes, dtypes or layouts")
+
     @classmethod
     def of(cls, a: torch.Tensor, b_t: torch.Tensor) -> KernelFactors:
+        """``a`` ``[ranks, in]`` and ``b_t`` ``[ranks, out]``, with each rank's nonzero columns found."""
         if a.dim() != 2 or b_t.dim() != 2 or a.shape[0] != b_t.shape[0]:
             raise ValueError("row deltas got factors of unexpected shapes")
         a, b_t = a.float().contiguous(), b_t.float().contiguous()

@@ -117,6 +117,8 @@ def test_rank_columns_outside_the_stack_are_refused_and_nothing_is_written() -> 
         kernel()(y, x, KernelFactors.of(a[:, :-1], b_t), factors()[2])
     with pytest.raises(ValueError, match="unexpected"):
         KernelFactors.of(a.T, b_t)
+    with pytest.raises(ValueError, match="unexpected"):  # built by hand: columns for fewer ranks
+        KernelFactors(a, b_t, torch.zeros(2, 2, dtype=torch.int32))
 
 
 def test_row_deltas_through_the_kernel_equal_the_stacked_products(trained_source: Path, tmp_path: Path) -> None:
