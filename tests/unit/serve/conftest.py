@@ -39,11 +39,13 @@ def start(app) -> tuple[object, threading.Thread, str]:
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
-    wait_healthy(url, 10)
+    wait_healthy(url, 180)  # the server listens after its warm-up (an ONNX decoder is built then)
     return server, thread, url
 
 
 def wait_healthy(url: str, seconds: float) -> None:
+    """Until ``/health`` answers 200; a server that does not within ``seconds`` fails the test here,
+    not later as a refused connection."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:
@@ -51,6 +53,7 @@ def wait_healthy(url: str, seconds: float) -> None:
                 return
         except httpx.HTTPError:
             time.sleep(0.05)
+    raise AssertionError(f"{url}/health did not answer 200 within {seconds:.0f} s")
 
 
 @pytest.fixture
