@@ -104,7 +104,7 @@ class DeltaKernel:
             None if residual is None else residual.data_ptr(), result.data_ptr(),
         )  # fmt: skip
         if code != 0:
-            raise ValueError("a row's rank columns are outside the stacked factors")
+            raise ValueError("a row's rank columns or a rank's output columns are outside the stacked factors")
         return result
 
 

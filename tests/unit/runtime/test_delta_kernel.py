@@ -119,6 +119,11 @@ def test_rank_columns_outside_the_stack_are_refused_and_nothing_is_written() -> 
         KernelFactors.of(a.T, b_t)
     with pytest.raises(ValueError, match="unexpected"):  # built by hand: columns for fewer ranks
         KernelFactors(a, b_t, torch.zeros(2, 2, dtype=torch.int32))
+    columns = KernelFactors.of(a, b_t).columns.clone()
+    columns[3, 1] = 25  # one past the output's 24 columns
+    with pytest.raises(ValueError, match="output columns are outside"):
+        kernel()(y, x, KernelFactors(a, b_t, columns), factors()[2])
+    assert torch.equal(y, before)
 
 
 def test_row_deltas_through_the_kernel_equal_the_stacked_products(trained_source: Path, tmp_path: Path) -> None:
