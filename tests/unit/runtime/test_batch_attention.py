@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import ctypes
 import logging
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -16,9 +14,10 @@ from expertkit.runtime.batch_attention import BatchAttention, batch_attention
 from expertkit.runtime.engine import Engine
 from expertkit.runtime.llama_decoder import LeanDecoder, PromptRows
 from expertkit.runtime.lora_deltas import RowGroup
-from expertkit.runtime.native_build import BATCH_ATTENTION, compiler, load_library
+from expertkit.runtime.native_build import BATCH_ATTENTION, load_library
 from expertkit.runtime.options import LoadOptions
 from unit.runtime.test_engine import second_expert
+from unit.runtime.test_native_decoder import portable_library
 
 
 def kernel() -> BatchAttention:
@@ -29,10 +28,7 @@ def kernel() -> BatchAttention:
 
 def portable(tmp_path: Path) -> BatchAttention:
     """The same source built for a CPU without AVX-512: the portable C path."""
-    target = tmp_path / "portable.so"
-    command = [compiler(), "-O2", "-march=x86-64", "-shared", "-fPIC", "-o", str(target), str(BATCH_ATTENTION)]
-    subprocess.run([*command, "-lm"], check=True)
-    return BatchAttention(ctypes.CDLL(str(target)))
+    return BatchAttention(portable_library(tmp_path, BATCH_ATTENTION))
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,9 +11,10 @@ from expertkit.runtime.delta_kernel import DeltaKernel, KernelFactors, delta_ker
 from expertkit.runtime.delta_rows import DeltaStacks, RowDeltas
 from expertkit.runtime.engine import Engine
 from expertkit.runtime.lora_deltas import RowGroup
-from expertkit.runtime.native_build import DELTA_ROWS, compiler
+from expertkit.runtime.native_build import DELTA_ROWS
 from expertkit.runtime.options import LoadOptions
 from unit.runtime.test_engine import second_expert
+from unit.runtime.test_native_decoder import portable_library
 
 RANKS = (3, 5)  # two experts' ranks, stacked side by side
 MEMBERS = [0, 1, -1, 0, 1, 1]  # each row's expert (-1: the base model's row, no delta)
@@ -60,14 +59,6 @@ def test_each_row_gets_its_own_experts_delta(x_dtype: torch.dtype, y_dtype: torc
     assert (got is y) == (y_dtype == torch.float32)  # an fp32 output is added to in place
 
 
-def portable(tmp_path: Path) -> DeltaKernel:
-    """The same source built for a CPU without AVX-512: the portable C path."""
-    target = tmp_path / "portable.so"
-    command = [compiler(), "-O2", "-march=x86-64", "-shared", "-fPIC", "-o", str(target), str(DELTA_ROWS)]
-    subprocess.run([*command, "-lm"], check=True)
-    return DeltaKernel(ctypes.CDLL(str(target)))
-
-
 @pytest.mark.parametrize("build", ["native", "portable"])
 def test_ranks_write_only_their_columns_of_a_fused_projection(build: str, tmp_path: Path) -> None:
     """A fused projection's factors (q, k, v as one): the first expert's 11 ranks change only "q"'s
@@ -93,7 +84,7 @@ def test_ranks_write_only_their_columns_of_a_fused_projection(build: str, tmp_pa
             first, count = starts[member]
             ranks = slice(first, first + count)
             expected[row] += (x[row].double() @ a[ranks].double().T) @ b_t[ranks].double()
-    built = kernel() if build == "native" else portable(tmp_path)
+    built = kernel() if build == "native" else DeltaKernel(portable_library(tmp_path, DELTA_ROWS))
     got = built(y.clone(), x, factors, spans)
     torch.testing.assert_close(got.double(), expected, atol=1e-4, rtol=1e-5)
     assert torch.equal(got[2], y[2])

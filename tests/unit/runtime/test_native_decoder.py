@@ -69,10 +69,11 @@ def reference_product(packed, x: np.ndarray) -> np.ndarray:
     return out
 
 
-def portable_library(tmp_path: Path) -> ctypes.CDLL:
-    """The same source built for a CPU without AVX-512: the portable C path."""
-    target = tmp_path / "portable.so"
-    command = [compiler(), "-O2", "-march=x86-64", "-shared", "-fPIC", "-pthread", "-o", str(target), str(SOURCE)]
+def portable_library(tmp_path: Path, source: Path = SOURCE) -> ctypes.CDLL:
+    """``source`` (the decoder's, or a batch-step kernel's) built for a CPU without AVX-512: the
+    portable C path."""
+    target = tmp_path / f"portable_{source.stem}.so"
+    command = [compiler(), "-O2", "-march=x86-64", "-shared", "-fPIC", "-pthread", "-o", str(target), str(source)]
     subprocess.run([*command, "-lm"], check=True)
     return ctypes.CDLL(str(target))
 
