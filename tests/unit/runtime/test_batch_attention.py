@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import expertkit.runtime.llama_decoder as llama_decoder
-from expertkit.runtime import native_build
+from expertkit.runtime import native_build, openmp
 from expertkit.runtime.batch_attention import BatchAttention, batch_attention
 from expertkit.runtime.engine import Engine
 from expertkit.runtime.llama_decoder import LeanDecoder, PromptRows
@@ -82,6 +82,57 @@ def test_the_kernel_is_transformers_attention(heads: int, kv_heads: int, dim: in
     torch.testing.assert_close(got.double(), expected, atol=2e-5, rtol=1e-5)
     torch.testing.assert_close(keys.double(), expected_keys, atol=2e-5, rtol=1e-5)
     torch.testing.assert_close(values.double(), expected_values, atol=0, rtol=0)
+
+
+def full_case(seed: int = 1):  # type: ignore[no-untyped-def]
+    """Sixteen rows in sixteen slots at positions from 0 to 150, as a full batch step holds them."""
+    generator = torch.Generator().manual_seed(seed)
+    slots, capacity, heads, kv_heads, dim = 16, 160, 9, 3, 64
+    keys = torch.randn(slots, kv_heads, dim, capacity, generator=generator)
+    values = torch.randn(slots, kv_heads, capacity, dim, generator=generator)
+    where = (torch.arange(16), torch.arange(16) * 10)
+    angles = torch.rand(capacity, dim, generator=generator) * 6
+    qk = torch.randn(16, heads + kv_heads, dim, generator=generator)
+    v = torch.randn(16, kv_heads, dim, generator=generator)
+    return qk, v, (angles.cos(), angles.sin()), where, (keys, values)
+
+
+@pytest.mark.parametrize("build", ["native", "portable"])
+def test_attention_split_over_torchs_openmp_threads_is_one_threads_bit_for_bit(build: str, tmp_path: Path) -> None:
+    """Each (row, key head) pair is summed whole by one thread, so any team gives the same bits."""
+    assert openmp.openmp_entry_points() is not None, "torch's Linux wheels run on libgomp: it must be found here"
+    attend = kernel() if build == "native" else portable(tmp_path)
+    results = []
+    try:
+        for threads in (1, 2, 3):
+            qk, v, rope, where, cache = full_case()
+            attend.threads = threads
+            results.append((attend(qk, v, rope, where, cache, 0.125), *cache, attend.team))
+    finally:
+        attend.threads = 0
+    assert [r[3] for r in results] == [1, 2, 3]  # the team that attended
+    for got in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(got[:3], results[0][:3], strict=True))
+    qk, v, rope, where, cache = full_case()
+    expected, _, _ = reference(qk, v, rope, where, cache, 0.125)
+    torch.testing.assert_close(results[0][0].double(), expected, atol=2e-5, rtol=1e-5)
+
+
+def test_without_torchs_openmp_runtime_attention_runs_on_the_calling_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two OpenMP runtimes mapped, neither in torch's directory: neither is used (a wrong one would
+    start a second team of threads beside torch's)."""
+    monkeypatch.setattr(openmp, "_mapped_runtimes", lambda: ["/opt/a/libgomp.so.1", "/opt/b/libiomp5.so"])
+    openmp.openmp_entry_points.cache_clear()
+    try:
+        assert openmp.openmp_entry_points() is None
+        attend = BatchAttention(load_library(BATCH_ATTENTION))
+        qk, v, rope, where, cache = full_case()
+        expected, _, _ = reference(qk, v, rope, where, (cache[0].clone(), cache[1].clone()), 0.125)
+        got = attend(qk, v, rope, where, cache, 0.125)
+        assert attend.team == 1
+        torch.testing.assert_close(got.double(), expected, atol=2e-5, rtol=1e-5)
+    finally:
+        openmp.openmp_entry_points.cache_clear()
 
 
 def test_a_strided_query_and_value_are_read_through_their_row_stride() -> None:

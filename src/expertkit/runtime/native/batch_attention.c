@@ -1,7 +1,8 @@
 /* The lean decoder's attention for a batch step (expertkit/runtime/batch_attention.py): every row (a
  * decoding sequence's new token, or a joining prompt's token) is rotated by its position's RoPE,
  * written into its cache slot at that position, and attends to its slot's positions up to its own
- * (for a prompt's rows, that is causal attention). One call per layer, on the calling thread.
+ * (for a prompt's rows, that is causal attention). One call per layer; the rows' writes on the calling
+ * thread, their attention split over PyTorch's OpenMP threads when it is given them.
  *
  * Why hand-written: in PyTorch the same work is about ten small operators per layer (a batched
  * product per row and head, masks, an indexed write per tensor, and a loop per joining prompt); on
@@ -13,6 +14,7 @@
  * The arithmetic is transformers' (q and k rotated as x·cos + rotate_half(x)·sin with the model's own
  * tables, scores scaled, softmax, weighted values) in fp32, summed in another order than PyTorch's. */
 #include <math.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -171,17 +173,75 @@ static void weighted_values(const float *weights, int capacity, int n, const flo
     }
 }
 
+/* The OpenMP runtime PyTorch already runs on (libgomp's GOMP_parallel and omp_get_thread_num, looked
+ * up in the process by expertkit/runtime/openmp.py), so a step's attention splits over the threads
+ * that run its matrix products: they wait, spinning, between PyTorch's operators; a pool of its own
+ * would compete with them for the same cores. Unset: everything runs on the calling thread. */
+typedef void (*parallel_fn)(void (*)(void *), void *, unsigned, unsigned);
+static struct {
+    parallel_fn parallel;
+    int (*thread_num)(void);
+} openmp;
+
+void ek_batch_attention_openmp(void *parallel, void *thread_num) {
+    openmp.parallel = (parallel_fn)parallel;
+    openmp.thread_num = (int (*)(void))thread_num;
+}
+
+struct attend {
+    const float *qk;
+    int qk_stride, rows, heads, kv_heads, group, dim;
+    const float *keys, *values;
+    int capacity;
+    float scale;
+    float *out, *scores;
+    const int64_t *slot, *pos;
+    int threads;
+    atomic_int next; /* the next (row, key head) pair to attend */
+    atomic_int team; /* threads that took part */
+};
+
+/* (row, key head) pairs taken in turn from the job's counter until none is left: thread t's part,
+ * with its own 4 x capacity scores. A pair's sums are the same whichever thread takes it. */
+static void attend_pairs(struct attend *j, int t) {
+    float *scores = j->scores + (size_t)t * 4 * j->capacity;
+    for (int pair; (pair = atomic_fetch_add(&j->next, 1)) < j->rows * j->kv_heads;) {
+        const int r = pair / j->kv_heads, h = pair % j->kv_heads, span = (int)j->pos[r] + 1;
+        const float *q = j->qk + (size_t)r * j->qk_stride;
+        const float *kt = j->keys + ((size_t)j->slot[r] * j->kv_heads + h) * j->dim * j->capacity;
+        const float *vs = j->values + ((size_t)j->slot[r] * j->kv_heads + h) * j->capacity * j->dim;
+        for (int g0 = 0; g0 < j->group; g0 += 4) {
+            const int n = j->group - g0 < 4 ? j->group - g0 : 4;
+            float *o = j->out + ((size_t)r * j->heads + h * j->group + g0) * j->dim;
+            head_scores(q + (size_t)(h * j->group + g0) * j->dim, n, kt, j->capacity, span, j->dim, j->scale, scores);
+            for (int g = 0; g < n; g++)
+                softmax(scores + (size_t)g * j->capacity, span);
+            weighted_values(scores, j->capacity, n, vs, span, j->dim, o);
+        }
+    }
+}
+
+static void attend_part(void *job) {
+    struct attend *j = job;
+    const int t = openmp.thread_num();
+    if (t >= 0 && t < j->threads) { /* a team never exceeds what was asked; its scores are sized so */
+        atomic_fetch_add(&j->team, 1);
+        attend_pairs(j, t);
+    }
+}
+
 /* qk: [rows][qk_stride] fp32, heads + kv_heads vectors of dim each, not yet rotated (rotated here, in
  * place); v: [rows][v_stride], kv_heads vectors of dim each; cos, sin: [positions][dim] (the model's
  * own tables); keys: one layer's [slots][kv_heads][dim][capacity] (transposed), values
- * [slots][kv_heads][capacity][dim]; out: [rows][heads][dim]; scores: scratch of 4 x capacity floats.
- * Returns 0, or -1 when the shapes do not fit or a row's slot or position is out of range (then
- * nothing is written). */
+ * [slots][kv_heads][capacity][dim]; out: [rows][heads][dim]; scores: scratch of threads x 4 x capacity
+ * floats; threads: how many of the OpenMP runtime's threads attend (1: the calling thread alone).
+ * Returns how many threads attended (1 or more), or -1 when the shapes do not fit or a row's slot or
+ * position is out of range (then nothing is written). */
 int ek_batch_attention(float *qk, int qk_stride, const float *v, int v_stride, const float *cos, const float *sin,
                        int positions,
                        const int64_t *slot, const int64_t *pos, int rows, int heads, int kv_heads, int dim,
                        float *keys, float *values, int slots, int capacity, float scale, float *out,
-                       float *scores) {
+                       float *scores, int threads) {
     const int group = kv_heads > 0 ? heads / kv_heads : 0;
     if (group < 1 || group * kv_heads != heads || dim < 2 || dim % 2 || qk_stride < (heads + kv_heads) * dim ||
         v_stride < kv_heads * dim)
@@ -202,21 +262,13 @@ int ek_batch_attention(float *qk, int qk_stride, const float *v, int v_stride, c
                    v + (size_t)r * v_stride + (size_t)h * dim, sizeof(float) * dim);
         }
     }
-    for (int r = 0; r < rows; r++) {
-        const int span = (int)pos[r] + 1;
-        const float *q = qk + (size_t)r * qk_stride;
-        for (int h = 0; h < kv_heads; h++) {
-            const float *kt = keys + ((size_t)slot[r] * kv_heads + h) * dim * capacity;
-            const float *vs = values + ((size_t)slot[r] * kv_heads + h) * capacity * dim;
-            for (int g0 = 0; g0 < group; g0 += 4) {
-                const int n = group - g0 < 4 ? group - g0 : 4;
-                float *o = out + ((size_t)r * heads + h * group + g0) * dim;
-                head_scores(q + (size_t)(h * group + g0) * dim, n, kt, capacity, span, dim, scale, scores);
-                for (int g = 0; g < n; g++)
-                    softmax(scores + (size_t)g * capacity, span);
-                weighted_values(scores, capacity, n, vs, span, dim, o);
-            }
-        }
+    threads = threads < 1 ? 1 : threads > rows * kv_heads ? rows * kv_heads : threads;
+    struct attend job = {qk, qk_stride, rows, heads, kv_heads, group, dim, keys, values, capacity, scale, out,
+                          scores, slot, pos, threads, 0, 0};
+    if (openmp.parallel != NULL && openmp.thread_num != NULL && threads > 1) {
+        openmp.parallel(attend_part, &job, (unsigned)threads, 0);
+        return atomic_load(&job.team);
     }
-    return 0;
+    attend_pairs(&job, 0);
+    return 1;
 }
