@@ -8,9 +8,10 @@ were 12.7 % of every step, nearly all fixed costs of small operators; the C call
 own expert's ranks only. No library does a grouped low-rank product over rows on CPU (Punica and
 S-LoRA's kernels are CUDA).
 
-Built like the batch attention (:mod:`expertkit.runtime.batch_attention`): where it cannot be, or
-with ``EXPERTKIT_BATCH_KERNELS=0`` (one switch for both batch-step kernels), :func:`delta_kernel`
-is ``None`` and the PyTorch operators run.
+Built like the batch attention (:mod:`expertkit.runtime.batch_attention`), its rows split over
+torch's own OpenMP threads the same way (each row summed by one thread: the same bits). Where it
+cannot be, or with ``EXPERTKIT_BATCH_KERNELS=0`` (one switch for both batch-step kernels),
+:func:`delta_kernel` is ``None`` and the PyTorch operators run.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 import torch
 
 from expertkit.runtime.native_build import DELTA_ROWS, batch_kernel_library
+from expertkit.runtime.openmp import openmp_entry_points
 
 _P, _I = ctypes.c_void_p, ctypes.c_int
 _KINDS = {torch.float32: 0, torch.bfloat16: 1}
@@ -66,8 +68,14 @@ class DeltaKernel:
         self._call = lib.ek_delta_rows
         self._call.restype = _I
         types: list[Any] = [_P, _I, _I, _I, _P, _I, _I, _I]  # x, is bf16, row stride, in; y, is bf16, row stride, out
-        types += [_P, _P, _P, _I, _P, _P, _I, _P, _P]  # a, b_t, columns, ranks, first, count, rows, residual, y_out
-        self._call.argtypes = types
+        types += [_P, _P, _P, _I, _P, _P, _I, _P, _P, _I]  # a, b_t, columns, ranks, first, count, rows, residual,
+        self._call.argtypes = types  # y_out, threads
+        entry = openmp_entry_points()
+        if entry is not None:  # rows then split over torch's own OpenMP threads
+            lib.ek_delta_rows_openmp.argtypes = [_P, _P]
+            lib.ek_delta_rows_openmp(*entry)
+        self.threads = 1 if entry is None else 0  # 0: the calling thread's torch count, per call
+        self.team = 0
 
     def fits(self, y: torch.Tensor, x: torch.Tensor) -> bool:
         """Whether the C code can read these rows (2-D, rows contiguous, fp32 or bf16)."""
@@ -97,14 +105,15 @@ class DeltaKernel:
             raise ValueError("row deltas got tensors of unexpected shapes, dtypes or layouts")
         in_place = residual is None and y.dtype == torch.float32 and y.is_contiguous()
         result = y if in_place else torch.empty(rows, out)
-        first = spans.data_ptr()
+        first, threads = spans.data_ptr(), self.threads or torch.get_num_threads()
         code = self._call(
             x.data_ptr(), _KINDS[x.dtype], x.stride(0), width, y.data_ptr(), _KINDS[y.dtype], y.stride(0), out,
             a.data_ptr(), b_t.data_ptr(), factors.columns.data_ptr(), ranks, first, first + 4 * rows, rows,
-            None if residual is None else residual.data_ptr(), result.data_ptr(),
+            None if residual is None else residual.data_ptr(), result.data_ptr(), threads,
         )  # fmt: skip
-        if code != 0:
+        if code < 1:
             raise ValueError("a row's rank columns or a rank's output columns are outside the stacked factors")
+        self.team = code  # how many threads took rows in the last call (for tests and profiles)
         return result
 
 

@@ -94,6 +94,26 @@ def test_ranks_write_only_their_columns_of_a_fused_projection(build: str, tmp_pa
     assert torch.equal(summed, residual + got)  # the order PyTorch adds them in: residual + (y + delta)
 
 
+@pytest.mark.parametrize("build", ["native", "portable"])
+def test_rows_split_over_torchs_openmp_threads_are_one_threads_bit_for_bit(build: str, tmp_path: Path) -> None:
+    """Each row is summed whole by one thread: any team gives the same bits, in place or not."""
+    a, b_t, spans = factors()
+    x, y, residual = torch.randn(len(MEMBERS), 40), torch.randn(len(MEMBERS), 24), torch.randn(len(MEMBERS), 24)
+    built = kernel() if build == "native" else DeltaKernel(portable_library(tmp_path, DELTA_ROWS))
+    results, teams = [], []
+    try:
+        for threads in (1, 2, 3):
+            built.threads = threads
+            results.append((built(y.clone(), x.bfloat16(), KernelFactors.of(a, b_t), spans),))
+            teams.append(built.team)
+            results[-1] += (built(y.bfloat16(), x, KernelFactors.of(a, b_t), spans, residual),)
+    finally:
+        built.threads = 0
+    assert teams == [1, 2, 3]
+    assert all(torch.equal(got[i], results[0][i]) for got in results[1:] for i in range(2))
+    torch.testing.assert_close(results[0][0].double(), reference(y, x.bfloat16(), a, b_t), atol=1e-4, rtol=1e-5)
+
+
 def test_rank_columns_outside_the_stack_are_refused_and_nothing_is_written() -> None:
     a, b_t, spans = factors()
     y, x = torch.randn(len(MEMBERS), 24), torch.randn(len(MEMBERS), 40)

@@ -1,6 +1,7 @@
 /* Each row's expert's LoRA delta added to a shared projection's output, for a batch step that mixes
  * experts (expertkit/runtime/delta_rows.py): y[r] + (x[r]·A_eᵀ)·B_eᵀ over the ranks of row r's expert e
- * alone, in fp32, reading bf16 or fp32 rows. One call per projection, on the calling thread.
+ * alone, in fp32, reading bf16 or fp32 rows. One call per projection, its rows split over PyTorch's
+ * OpenMP threads when it is given them.
  *
  * Why hand-written: in PyTorch this is five operators per projection (casts, the stacked A product,
  * a mask that zeroes the other experts' ranks, the B product); at 16 rows of two rank-8 experts
@@ -9,6 +10,7 @@
  * projection (q, k and v as one) q's ranks write q's columns and v's ranks v's. Four ranks' dot
  * products share each load of x; ranks with the same columns add to an output block loaded and
  * stored once. Without AVX-512 the same arithmetic runs as portable C. */
+#include <stdatomic.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -116,16 +118,69 @@ static void row_delta(const void *xr, int bf16, int in, float *o, int out, const
     }
 }
 
+/* The OpenMP runtime PyTorch runs on (see batch_attention.c): rows split over its threads. */
+typedef void (*parallel_fn)(void (*)(void *), void *, unsigned, unsigned);
+static struct {
+    parallel_fn parallel;
+    int (*thread_num)(void);
+} openmp;
+
+void ek_delta_rows_openmp(void *parallel, void *thread_num) {
+    openmp.parallel = (parallel_fn)parallel;
+    openmp.thread_num = (int (*)(void))thread_num;
+}
+
+struct job {
+    const void *x;
+    int x_bf16, x_stride, in;
+    const void *y;
+    int y_bf16, y_stride, out;
+    const float *a, *b_t;
+    const int32_t *columns, *first, *count;
+    int rows;
+    const float *residual;
+    float *y_out;
+    int threads;
+    atomic_int next; /* the next row */
+    atomic_int team; /* threads that took part */
+};
+
+/* Rows taken in turn from the job's counter until none is left. */
+static void rows_from(struct job *j) {
+    const size_t x_size = j->x_bf16 ? 2 : 4, y_size = j->y_bf16 ? 2 : 4;
+    for (int r; (r = atomic_fetch_add(&j->next, 1)) < j->rows;) {
+        float *o = j->y_out + (size_t)r * j->out;
+        const char *yr = (const char *)j->y + (size_t)r * j->y_stride * y_size;
+        if ((const void *)o != (const void *)yr)
+            load_row(yr, j->y_bf16, j->out, o);
+        if (j->count[r] > 0)
+            row_delta((const char *)j->x + (size_t)r * j->x_stride * x_size, j->x_bf16, j->in, o, j->out, j->a,
+                      j->b_t, j->columns, j->first[r], j->count[r]);
+        if (j->residual)
+            add_row(o, j->residual + (size_t)r * j->out, j->out);
+    }
+}
+
+static void part(void *job) {
+    struct job *j = job;
+    const int t = openmp.thread_num();
+    if (t >= 0 && t < j->threads) {
+        atomic_fetch_add(&j->team, 1);
+        rows_from(j);
+    }
+}
+
 /* x: [rows][x_stride] (fp32, or bf16 when x_bf16), in values each; y: [rows][y_stride] likewise with
  * out values; a: [ranks][in] and b_t: [ranks][out] (fp32, the scale folded into b); columns: [ranks][2],
  * the output columns [lo, hi) outside which a rank's row of b_t is zero; first, count: each row's
  * expert's rank columns (count 0: no delta). residual: NULL, or [rows][out] fp32 added last (a block's
  * skip connection: residual + (y + delta), the order PyTorch adds them in). y_out: [rows][out] fp32,
- * which may be y itself when y is fp32 with stride out (never residual). Returns 0, or -1 when a row's
- * ranks or a rank's columns are out of range (then nothing is written). */
+ * which may be y itself when y is fp32 with stride out (never residual). threads: how many of the OpenMP
+ * runtime's threads take rows (1: the calling thread alone). Returns how many did (1 or more), or -1
+ * when a row's ranks or a rank's columns are out of range (then nothing is written). */
 int ek_delta_rows(const void *x, int x_bf16, int x_stride, int in, const void *y, int y_bf16, int y_stride, int out,
                   const float *a, const float *b_t, const int32_t *columns, int ranks, const int32_t *first,
-                  const int32_t *count, int rows, const float *residual, float *y_out) {
+                  const int32_t *count, int rows, const float *residual, float *y_out, int threads) {
     if (in < 1 || out < 1 || x_stride < in || y_stride < out || ranks < 0)
         return -1;
     for (int k = 0; k < ranks; k++)
@@ -134,17 +189,13 @@ int ek_delta_rows(const void *x, int x_bf16, int x_stride, int in, const void *y
     for (int r = 0; r < rows; r++)
         if (count[r] < 0 || (count[r] > 0 && (first[r] < 0 || first[r] > ranks || count[r] > ranks - first[r])))
             return -1;
-    const size_t x_size = x_bf16 ? 2 : 4, y_size = y_bf16 ? 2 : 4;
-    for (int r = 0; r < rows; r++) {
-        float *o = y_out + (size_t)r * out;
-        const char *yr = (const char *)y + (size_t)r * y_stride * y_size;
-        if ((const void *)o != (const void *)yr)
-            load_row(yr, y_bf16, out, o);
-        if (count[r] > 0)
-            row_delta((const char *)x + (size_t)r * x_stride * x_size, x_bf16, in, o, out, a, b_t, columns, first[r],
-                      count[r]);
-        if (residual)
-            add_row(o, residual + (size_t)r * out, out);
+    threads = threads < 1 ? 1 : threads > rows ? rows : threads;
+    struct job j = {x, x_bf16, x_stride, in, y, y_bf16, y_stride, out, a, b_t, columns, first, count, rows,
+                    residual, y_out, threads, 0, 0};
+    if (openmp.parallel != NULL && openmp.thread_num != NULL && threads > 1) {
+        openmp.parallel(part, &j, (unsigned)threads, 0);
+        return atomic_load(&j.team);
     }
-    return 0;
+    rows_from(&j);
+    return 1;
 }
