@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from expertkit.runtime.native_build import BATCH_ATTENTION, batch_kernel_library
-from expertkit.runtime.openmp import openmp_entry_points
+from expertkit.runtime.openmp import give_openmp
 
 _P = ctypes.c_void_p
 _I = ctypes.c_int
@@ -43,11 +43,8 @@ class BatchAttention:
         types += [_P, _P, _I, _I, _I, _I]  # each row's slot and position, rows, heads, kv heads, head dim
         types += [_P, _P, _I, _I, ctypes.c_float, _P, _P, _I]  # keys, values, slots, capacity, scale, out,
         self._call.argtypes = types  # scratch, threads
-        entry = openmp_entry_points()
-        if entry is not None:  # attention then splits over torch's own OpenMP threads
-            lib.ek_batch_attention_openmp.argtypes = [_P, _P]
-            lib.ek_batch_attention_openmp(*entry)
-        self.threads = 1 if entry is None else 0  # 0: the calling thread's torch count, per call
+        # 0: the calling thread's torch count per call, when its OpenMP threads can be used (else 1)
+        self.threads = 0 if give_openmp(lib) else 1
         self.team = 0
 
     def __call__(

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from expertkit.runtime.native_build import DELTA_ROWS, batch_kernel_library
-from expertkit.runtime.openmp import openmp_entry_points
+from expertkit.runtime.openmp import give_openmp
 
 _P, _I = ctypes.c_void_p, ctypes.c_int
 _KINDS = {torch.float32: 0, torch.bfloat16: 1}
@@ -70,11 +70,8 @@ class DeltaKernel:
         types: list[Any] = [_P, _I, _I, _I, _P, _I, _I, _I]  # x, is bf16, row stride, in; y, is bf16, row stride, out
         types += [_P, _P, _P, _I, _P, _P, _I, _P, _P, _I]  # a, b_t, columns, ranks, first, count, rows, residual,
         self._call.argtypes = types  # y_out, threads
-        entry = openmp_entry_points()
-        if entry is not None:  # rows then split over torch's own OpenMP threads
-            lib.ek_delta_rows_openmp.argtypes = [_P, _P]
-            lib.ek_delta_rows_openmp(*entry)
-        self.threads = 1 if entry is None else 0  # 0: the calling thread's torch count, per call
+        # 0: the calling thread's torch count per call, when its OpenMP threads can be used (else 1)
+        self.threads = 0 if give_openmp(lib) else 1
         self.team = 0
 
     def fits(self, y: torch.Tensor, x: torch.Tensor) -> bool:

@@ -59,3 +59,14 @@ def openmp_entry_points() -> tuple[int, int] | None:
         return None
     addresses = (ctypes.cast(parallel, ctypes.c_void_p).value, ctypes.cast(thread_num, ctypes.c_void_p).value)
     return (addresses[0], addresses[1]) if addresses[0] and addresses[1] else None
+
+
+def give_openmp(library: ctypes.CDLL) -> bool:
+    """Hand torch's OpenMP entry points to a kernel library (its ``ek_set_openmp``, ``native/openmp.h``);
+    whether there were any (else the library's work stays on the calling thread)."""
+    entry = openmp_entry_points()
+    if entry is None:
+        return False
+    library.ek_set_openmp.argtypes, library.ek_set_openmp.restype = [ctypes.c_void_p, ctypes.c_void_p], None
+    library.ek_set_openmp(*entry)
+    return True

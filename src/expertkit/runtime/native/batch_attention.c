@@ -2,7 +2,7 @@
  * decoding sequence's new token, or a joining prompt's token) is rotated by its position's RoPE,
  * written into its cache slot at that position, and attends to its slot's positions up to its own
  * (for a prompt's rows, that is causal attention). One call per layer; the rows' writes on the calling
- * thread, their attention split over PyTorch's OpenMP threads when it is given them.
+ * thread, their attention split over PyTorch's OpenMP threads when it is given them (openmp.h).
  *
  * Why hand-written: in PyTorch the same work is about ten small operators per layer (a batched
  * product per row and head, masks, an indexed write per tensor, and a loop per joining prompt); on
@@ -24,6 +24,7 @@
 #else
 #define EK_AVX512 0
 #endif
+#include "openmp.h"
 #include "simd.h"
 
 #define AHEAD 8 /* rows of keys, or positions of values, fetched ahead of their use */
@@ -173,21 +174,6 @@ static void weighted_values(const float *weights, int capacity, int n, const flo
     }
 }
 
-/* The OpenMP runtime PyTorch already runs on (libgomp's GOMP_parallel and omp_get_thread_num, looked
- * up in the process by expertkit/runtime/openmp.py), so a step's attention splits over the threads
- * that run its matrix products: they wait, spinning, between PyTorch's operators; a pool of its own
- * would compete with them for the same cores. Unset: everything runs on the calling thread. */
-typedef void (*parallel_fn)(void (*)(void *), void *, unsigned, unsigned);
-static struct {
-    parallel_fn parallel;
-    int (*thread_num)(void);
-} openmp;
-
-void ek_batch_attention_openmp(void *parallel, void *thread_num) {
-    openmp.parallel = (parallel_fn)parallel;
-    openmp.thread_num = (int (*)(void))thread_num;
-}
-
 struct attend {
     const float *qk;
     int qk_stride, rows, heads, kv_heads, group, dim;
@@ -265,7 +251,7 @@ int ek_batch_attention(float *qk, int qk_stride, const float *v, int v_stride, c
     threads = threads < 1 ? 1 : threads > rows * kv_heads ? rows * kv_heads : threads;
     struct attend job = {qk, qk_stride, rows, heads, kv_heads, group, dim, keys, values, capacity, scale, out,
                           scores, slot, pos, threads, 0, 0};
-    if (openmp.parallel != NULL && openmp.thread_num != NULL && threads > 1) {
+    if (ek_openmp_splits(threads)) {
         openmp.parallel(attend_part, &job, (unsigned)threads, 0);
         return atomic_load(&job.team);
     }

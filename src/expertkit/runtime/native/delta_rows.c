@@ -1,7 +1,7 @@
 /* Each row's expert's LoRA delta added to a shared projection's output, for a batch step that mixes
  * experts (expertkit/runtime/delta_rows.py): y[r] + (x[r]·A_eᵀ)·B_eᵀ over the ranks of row r's expert e
  * alone, in fp32, reading bf16 or fp32 rows. One call per projection, its rows split over PyTorch's
- * OpenMP threads when it is given them.
+ * OpenMP threads when it is given them (openmp.h).
  *
  * Why hand-written: in PyTorch this is five operators per projection (casts, the stacked A product,
  * a mask that zeroes the other experts' ranks, the B product); at 16 rows of two rank-8 experts
@@ -20,6 +20,7 @@
 #else
 #define EK_AVX512 0
 #endif
+#include "openmp.h"
 
 #define GROUP 8 /* ranks with the same columns added per pass over an output block */
 
@@ -118,18 +119,6 @@ static void row_delta(const void *xr, int bf16, int in, float *o, int out, const
     }
 }
 
-/* The OpenMP runtime PyTorch runs on (see batch_attention.c): rows split over its threads. */
-typedef void (*parallel_fn)(void (*)(void *), void *, unsigned, unsigned);
-static struct {
-    parallel_fn parallel;
-    int (*thread_num)(void);
-} openmp;
-
-void ek_delta_rows_openmp(void *parallel, void *thread_num) {
-    openmp.parallel = (parallel_fn)parallel;
-    openmp.thread_num = (int (*)(void))thread_num;
-}
-
 struct job {
     const void *x;
     int x_bf16, x_stride, in;
@@ -192,7 +181,7 @@ int ek_delta_rows(const void *x, int x_bf16, int x_stride, int in, const void *y
     threads = threads < 1 ? 1 : threads > rows ? rows : threads;
     struct job j = {x, x_bf16, x_stride, in, y, y_bf16, y_stride, out, a, b_t, columns, first, count, rows,
                     residual, y_out, threads, 0, 0};
-    if (openmp.parallel != NULL && openmp.thread_num != NULL && threads > 1) {
+    if (ek_openmp_splits(threads)) {
         openmp.parallel(part, &j, (unsigned)threads, 0);
         return atomic_load(&j.team);
     }
