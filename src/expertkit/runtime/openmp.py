@@ -44,8 +44,8 @@ def openmp_entry_points() -> tuple[int, int] | None:
     or ``None`` where it runs on none this can find (looked up once per process)."""
     import torch
 
-    if "OpenMP" not in torch.__config__.parallel_info():
-        return None
+    if "ATen parallel backend: OpenMP" not in torch.__config__.parallel_info():
+        return None  # torch's operators run on its own thread pool: an OpenMP team would be a second one
     paths = _mapped_runtimes()
     torch_dir = str(Path(torch.__file__).resolve().parent)
     own = [p for p in paths if p.startswith(torch_dir)]

@@ -135,6 +135,17 @@ def test_without_torchs_openmp_runtime_attention_runs_on_the_calling_thread(monk
         openmp.openmp_entry_points.cache_clear()
 
 
+def test_torch_on_its_own_thread_pool_gives_the_kernels_no_openmp_team(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Built with OpenMP but running ATen on its native pool, torch's threads are not an OpenMP team."""
+    info = "ATen parallel backend: native thread pool\nOpenMP 201511 (a.k.a. OpenMP 4.5)\n"
+    monkeypatch.setattr(torch.__config__, "parallel_info", lambda: info)
+    openmp.openmp_entry_points.cache_clear()
+    try:
+        assert openmp.openmp_entry_points() is None
+    finally:
+        openmp.openmp_entry_points.cache_clear()
+
+
 def test_a_strided_query_and_value_are_read_through_their_row_stride() -> None:
     """Slices of one projection's output, as the decoder passes them (no copy)."""
     qk, v, rope, where, cache = case(9, 3, 64)
