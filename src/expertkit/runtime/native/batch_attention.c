@@ -14,7 +14,6 @@
  * The arithmetic is transformers' (q and k rotated as x·cos + rotate_half(x)·sin with the model's own
  * tables, scores scaled, softmax, weighted values) in fp32, summed in another order than PyTorch's. */
 #include <math.h>
-#include <stdatomic.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -182,14 +181,13 @@ struct attend {
     float scale;
     float *out, *scores;
     const int64_t *slot, *pos;
-    int threads;
     atomic_int next; /* the next (row, key head) pair to attend */
-    atomic_int team; /* threads that took part */
 };
 
 /* (row, key head) pairs taken in turn from the job's counter until none is left: thread t's part,
  * with its own 4 x capacity scores. A pair's sums are the same whichever thread takes it. */
-static void attend_pairs(struct attend *j, int t) {
+static void attend_pairs(void *job, int t) {
+    struct attend *j = job;
     float *scores = j->scores + (size_t)t * 4 * j->capacity;
     for (int pair; (pair = atomic_fetch_add(&j->next, 1)) < j->rows * j->kv_heads;) {
         const int r = pair / j->kv_heads, h = pair % j->kv_heads, span = (int)j->pos[r] + 1;
@@ -204,15 +202,6 @@ static void attend_pairs(struct attend *j, int t) {
                 softmax(scores + (size_t)g * j->capacity, span);
             weighted_values(scores, j->capacity, n, vs, span, j->dim, o);
         }
-    }
-}
-
-static void attend_part(void *job) {
-    struct attend *j = job;
-    const int t = openmp.thread_num();
-    if (t >= 0 && t < j->threads) { /* a team never exceeds what was asked; its scores are sized so */
-        atomic_fetch_add(&j->team, 1);
-        attend_pairs(j, t);
     }
 }
 
@@ -250,11 +239,6 @@ int ek_batch_attention(float *qk, int qk_stride, const float *v, int v_stride, c
     }
     threads = threads < 1 ? 1 : threads > rows * kv_heads ? rows * kv_heads : threads;
     struct attend job = {qk, qk_stride, rows, heads, kv_heads, group, dim, keys, values, capacity, scale, out,
-                          scores, slot, pos, threads, 0, 0};
-    if (ek_openmp_splits(threads)) {
-        openmp.parallel(attend_part, &job, (unsigned)threads, 0);
-        return atomic_load(&job.team);
-    }
-    attend_pairs(&job, 0);
-    return 1;
+                          scores, slot, pos, 0};
+    return ek_split_run(attend_pairs, &job, threads);
 }

@@ -10,7 +10,6 @@
  * projection (q, k and v as one) q's ranks write q's columns and v's ranks v's. Four ranks' dot
  * products share each load of x; ranks with the same columns add to an output block loaded and
  * stored once. Without AVX-512 the same arithmetic runs as portable C. */
-#include <stdatomic.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -129,13 +128,13 @@ struct job {
     int rows;
     const float *residual;
     float *y_out;
-    int threads;
     atomic_int next; /* the next row */
-    atomic_int team; /* threads that took part */
 };
 
-/* Rows taken in turn from the job's counter until none is left. */
-static void rows_from(struct job *j) {
+/* Rows taken in turn from the job's counter until none is left (by any thread t: no per-thread buffer). */
+static void rows_from(void *job, int t) {
+    (void)t;
+    struct job *j = job;
     const size_t x_size = j->x_bf16 ? 2 : 4, y_size = j->y_bf16 ? 2 : 4;
     for (int r; (r = atomic_fetch_add(&j->next, 1)) < j->rows;) {
         float *o = j->y_out + (size_t)r * j->out;
@@ -147,15 +146,6 @@ static void rows_from(struct job *j) {
                       j->b_t, j->columns, j->first[r], j->count[r]);
         if (j->residual)
             add_row(o, j->residual + (size_t)r * j->out, j->out);
-    }
-}
-
-static void part(void *job) {
-    struct job *j = job;
-    const int t = openmp.thread_num();
-    if (t >= 0 && t < j->threads) {
-        atomic_fetch_add(&j->team, 1);
-        rows_from(j);
     }
 }
 
@@ -180,11 +170,6 @@ int ek_delta_rows(const void *x, int x_bf16, int x_stride, int in, const void *y
             return -1;
     threads = threads < 1 ? 1 : threads > rows ? rows : threads;
     struct job j = {x, x_bf16, x_stride, in, y, y_bf16, y_stride, out, a, b_t, columns, first, count, rows,
-                    residual, y_out, threads, 0, 0};
-    if (ek_openmp_splits(threads)) {
-        openmp.parallel(part, &j, (unsigned)threads, 0);
-        return atomic_load(&j.team);
-    }
-    rows_from(&j);
-    return 1;
+                    residual, y_out, 0};
+    return ek_split_run(rows_from, &j, threads);
 }
