@@ -9,6 +9,7 @@ import json
 import platform
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from expertkit.runtime import native_decoder as nd
 from expertkit.runtime.engine import Engine
-from expertkit.runtime.native_build import SOURCE, compiler, load_library
+from expertkit.runtime.native_build import SOURCE, compiler, library_path, load_library
 from expertkit.runtime.native_weights import dequantized, pack_q4_1, pack_q8_0
 from expertkit.runtime.options import LoadOptions
 from unit.runtime.test_fast_start import IDS, tokens
@@ -101,6 +102,32 @@ def test_a_product_is_the_block_arithmetic(pack, build: str, tmp_path: Path) -> 
             assert lib.ek_product(ctypes.byref(mat), x.ctypes.data_as(nd.F32), tokens_, out.ctypes.data_as(nd.F32)) == 0
             expected = reference_product(matrix, x)
             np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
+RESTARTS = """
+import ctypes, sys
+import numpy as np
+from expertkit.runtime import native_decoder as nd
+from expertkit.runtime.native_weights import pack_q4_1
+lib = nd._bind(ctypes.CDLL(sys.argv[1]))
+lib.ek_product.argtypes = [ctypes.POINTER(nd.Mat), nd.F32, ctypes.c_int, nd.F32]
+packed = pack_q4_1(np.ones((64, 64), np.float32))  # kept: the structure points into it
+mat = nd._mat(packed)
+x, out = np.ones((1, 64), np.float32), np.zeros((1, 64), np.float32)
+for i in range(2000):
+    assert lib.ek_threads(1 + i % 2 * 2) == 1 + i % 2 * 2
+    assert lib.ek_product(ctypes.byref(mat), x.ctypes.data_as(nd.F32), 1, out.ctypes.data_as(nd.F32)) == 0
+    assert np.allclose(out, 64.0)
+"""
+
+
+def test_a_product_right_after_new_workers_does_not_wait_for_them_forever() -> None:
+    """A worker that first runs after the call that needs it has already woken the pool: it must still
+    take part (it once waited for the next call, and the caller waited for it, for ever)."""
+    run = subprocess.run(
+        [sys.executable, "-c", RESTARTS, str(library_path())], capture_output=True, text=True, timeout=120
+    )  # the old pool hung within a few hundred restarts, every time
+    assert run.returncode == 0, run.stderr
 
 
 def on_the_grid(model_dir: Path, target: Path) -> Path:

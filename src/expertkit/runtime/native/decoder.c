@@ -85,6 +85,7 @@ static struct {
     pid_t pid;
     pthread_t threads[EK_MAX_THREADS];
     _Atomic unsigned generation;
+    unsigned born; /* the generation when the workers were started: the first they wait past */
     _Atomic int pending, sleepers, quit;
     ek_task task;
     void *arg;
@@ -103,7 +104,8 @@ static void pause_once(void) {
 
 static void *worker(void *param) {
     int id = (int)(intptr_t)param;
-    unsigned seen = atomic_load(&pool.generation);
+    /* Not the generation now: a call may have bumped it before this thread first ran. */
+    unsigned seen = pool.born;
     for (;;) {
         unsigned now;
         int spins = 0;
@@ -159,6 +161,7 @@ int ek_threads(int n) {
     }
     stop_pool();
     pool.pid = getpid();
+    pool.born = atomic_load(&pool.generation); /* unchanged until `calls` is released */
     int started = 1;
     for (int i = 1; i < n; i++) {
         if (pthread_create(&pool.threads[i], NULL, worker, (void *)(intptr_t)i) != 0)
