@@ -271,6 +271,23 @@ static inline int32_t word_at(const int8_t *p) {
 }
 
 #if EK_VNNI
+/* Software prefetch, EK_AHEAD bytes down the code stream (and as many blocks down the scales):
+ * the hardware prefetchers alone kept a decode step at about 28 GB/s where this CPU streams 48 from
+ * its cache; with this it reaches about 41 (a step of the base model alone, 2 threads: 270-295 ->
+ * 420-430 tokens/s, the same logits). A group's blocks and consecutive groups lie end to end, so
+ * the lines ahead are the ones read next; past a matrix's end a prefetch is only a hint. */
+#define EK_AHEAD 8192
+static inline __attribute__((always_inline)) void ahead(const uint8_t *p, int stride, const uint16_t *scales,
+                                                        const uint16_t *lows, int b) {
+    for (int L = 0; L < stride; L += 64)
+        _mm_prefetch((const char *)(p + EK_AHEAD + L), _MM_HINT_T0);
+    if ((b & 1) == 0) { /* 16 fp16 scales per block: a cache line holds two blocks' */
+        _mm_prefetch((const char *)(scales + EK_AHEAD / stride * 16), _MM_HINT_T0);
+        if (lows)
+            _mm_prefetch((const char *)(lows + EK_AHEAD / stride * 16), _MM_HINT_T0);
+    }
+}
+
 static inline __attribute__((always_inline)) void q4_group(const ek_mat *w, int g, const ek_input *in, int t0,
                                                            const int M, float *out /* [M][16] */) {
     const int nb = w->cols / 32;
@@ -284,6 +301,7 @@ static inline __attribute__((always_inline)) void q4_group(const ek_mat *w, int 
         __m512i lo_sum[EK_TOKENS], hi_sum[EK_TOKENS];
         for (int t = 0; t < M; t++)
             lo_sum[t] = hi_sum[t] = _mm512_setzero_si512();
+        ahead(p, 256, ds + b * 16, ls + b * 16, b);
         for (int L = 0; L < 4; L++) {
             __m512i v = _mm512_loadu_si512((const void *)(p + L * 64));
             __m512i lo = _mm512_and_si512(v, mask);
@@ -321,6 +339,7 @@ static inline __attribute__((always_inline)) void q8_group(const ek_mat *w, int 
         __m512i sum[EK_TOKENS];
         for (int t = 0; t < M; t++)
             sum[t] = _mm512_setzero_si512();
+        ahead(p, 512, ds + b * 16, NULL, b);
         for (int L = 0; L < 8; L++) {
             __m512i v = _mm512_loadu_si512((const void *)(p + L * 64));
             for (int t = 0; t < M; t++) {
