@@ -44,7 +44,7 @@ class Mat(ctypes.Structure):
         ("rows", ctypes.c_int32), ("cols", ctypes.c_int32), ("kind", ctypes.c_int32),
         ("codes", ctypes.c_void_p), ("scale", ctypes.c_void_p), ("low", ctypes.c_void_p),
         ("bias", ctypes.c_void_p), ("rank", ctypes.c_int32),
-        ("lora_a", ctypes.c_void_p), ("lora_bt", ctypes.c_void_p), ("rescale", ctypes.c_void_p),
+        ("lora_a", ctypes.c_void_p), ("lora_b", ctypes.c_void_p), ("rescale", ctypes.c_void_p),
     ]  # fmt: skip
 
 
@@ -80,7 +80,7 @@ def _ptr(array: np.ndarray | None) -> int | None:
 def _mat(packed: PackedMatrix) -> Mat:
     rank = 0 if packed.lora_a is None else int(packed.lora_a.shape[0])
     return Mat(packed.rows, packed.cols, packed.kind, _ptr(packed.codes), _ptr(packed.scale), _ptr(packed.low),
-               _ptr(packed.bias), rank, _ptr(packed.lora_a), _ptr(packed.lora_bt),
+               _ptr(packed.bias), rank, _ptr(packed.lora_a), _ptr(packed.lora_b),
                _ptr(packed.rescale))  # fmt: skip
 
 
@@ -194,7 +194,7 @@ class NativeDecoder:
                 if expert and (index, key) in expert:
                     a, b, rescale = expert[(index, key)]
                     _check_factors(f"layer {index} {key}", matrix, a, b, rescale)
-                    matrix = matrix.with_expert(a, np.ascontiguousarray(b.T), rescale)
+                    matrix = matrix.with_expert(a, b, rescale)
                     self._keep.append(matrix)
                     self._expert_bytes += matrix.nbytes() - packed[key].nbytes()
                 mats[key] = _mat(matrix)

@@ -62,7 +62,8 @@ def reference_product(packed, x: np.ndarray) -> np.ndarray:
     else:
         out = x_hat @ weight.T
     if packed.lora_a is not None:
-        out += (x.astype(np.float64) @ packed.lora_a.T) @ packed.lora_bt
+        b = packed.lora_b.transpose(0, 2, 1).reshape(packed.rows, -1)  # [rows, rank] from its groups
+        out += (x.astype(np.float64) @ packed.lora_a.T) @ b.T
     if packed.rescale is not None:
         out *= packed.rescale
     if packed.bias is not None:
@@ -91,7 +92,7 @@ def test_a_product_is_the_block_arithmetic(pack, build: str, tmp_path: Path) -> 
     rows, cols = 64, 160
     packed = pack(RNG.standard_normal((rows, cols)).astype(np.float32), RNG.standard_normal(rows).astype(np.float32))
     with_expert = packed.with_expert(
-        RNG.standard_normal((4, cols)), RNG.standard_normal((4, rows)) * 0.1, 1 + 0.1 * RNG.standard_normal(rows)
+        RNG.standard_normal((4, cols)), RNG.standard_normal((rows, 4)) * 0.1, 1 + 0.1 * RNG.standard_normal(rows)
     )
     for matrix in (packed, with_expert):
         for tokens_ in (1, 2, 5):  # one pass per token, several sharing a pass, and a remainder

@@ -53,7 +53,7 @@ typedef struct {
     const float *bias;  /* [rows] or NULL */
     int32_t rank;
     const float *lora_a;  /* [rank][cols] */
-    const float *lora_bt; /* [rank][rows], the LoRA scale folded in */
+    const float *lora_b;  /* [rows / 16][rank][16]: B by row group, the LoRA scale folded in */
     const float *rescale; /* DoRA: [rows] or NULL */
 } ek_mat;
 
@@ -421,13 +421,18 @@ typedef struct {
     const ek_input *in;
 } ek_products;
 
+#define EK_B_AHEAD 2 /* row groups */
+
+/* y (a group's 16 outputs for token t) += B's group · (A·x), then DoRA's factor and the bias. */
 static void finish_group(const ek_mat *w, int g, int t, const float *lora, float *y) {
-    const int rows = w->rows;
+    const float *b = w->lora_b + (size_t)g * w->rank * 16;
 #if EK_VNNI
     __m512 v = _mm512_loadu_ps(y);
+    if (g + EK_B_AHEAD < w->rows / 16) /* the stream of B beside the blocks' */
+        for (int k = 0; k < w->rank; k++)
+            _mm_prefetch((const char *)(b + (EK_B_AHEAD * w->rank + k) * 16), _MM_HINT_T0);
     for (int k = 0; k < w->rank; k++)
-        v = _mm512_fmadd_ps(_mm512_set1_ps(lora[(size_t)t * w->rank + k]),
-                            _mm512_loadu_ps(w->lora_bt + (size_t)k * rows + g * 16), v);
+        v = _mm512_fmadd_ps(_mm512_set1_ps(lora[(size_t)t * w->rank + k]), _mm512_loadu_ps(b + k * 16), v);
     if (w->rescale)
         v = _mm512_mul_ps(v, _mm512_loadu_ps(w->rescale + g * 16));
     if (w->bias)
@@ -435,11 +440,9 @@ static void finish_group(const ek_mat *w, int g, int t, const float *lora, float
     _mm512_storeu_ps(y, v);
     return;
 #endif
-    for (int k = 0; k < w->rank; k++) {
-        const float a = lora[(size_t)t * w->rank + k], *bt = w->lora_bt + (size_t)k * rows + g * 16;
+    for (int k = 0; k < w->rank; k++)
         for (int lane = 0; lane < 16; lane++)
-            y[lane] += a * bt[lane];
-    }
+            y[lane] += lora[(size_t)t * w->rank + k] * b[k * 16 + lane];
     if (w->rescale)
         for (int lane = 0; lane < 16; lane++)
             y[lane] *= w->rescale[g * 16 + lane];
