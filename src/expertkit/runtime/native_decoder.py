@@ -37,6 +37,7 @@ NAMES = {
 }  # fmt: skip
 CHUNK = 64  # prompt tokens per call (the scratch's size)
 F32 = ctypes.POINTER(ctypes.c_float)
+HALF = ctypes.POINTER(ctypes.c_uint16)  # fp16 bits: the cache's keys and values
 
 
 class Mat(ctypes.Structure):
@@ -68,7 +69,7 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.ek_scratch_new.restype = ctypes.c_void_p
     lib.ek_scratch_free.argtypes, lib.ek_scratch_free.restype = [ctypes.c_void_p], None
     lib.ek_forward.restype = ctypes.c_int
-    lib.ek_forward.argtypes = [ctypes.POINTER(Model), ctypes.c_void_p, F32, F32, ctypes.c_int, ctypes.c_int,
+    lib.ek_forward.argtypes = [ctypes.POINTER(Model), ctypes.c_void_p, HALF, HALF, ctypes.c_int, ctypes.c_int,
                                ctypes.c_int, ctypes.POINTER(ctypes.c_int32), F32, F32]  # fmt: skip
     return lib
 
@@ -161,7 +162,7 @@ def _rope(theta: float, dim: int, positions_count: int) -> tuple[np.ndarray, np.
 @dataclass
 class NativeCache:
     capacity: int
-    keys: np.ndarray  # [layers, kv_heads, capacity, head_dim]
+    keys: np.ndarray  # float16 [layers, kv_heads, capacity, head_dim], as llama.cpp keeps its cache
     values: np.ndarray
     length: int = 0
 
@@ -219,7 +220,7 @@ class NativeDecoder:
     def new_cache(self, capacity: int) -> NativeCache:
         capacity = min(capacity, self.max_positions)
         shape = (int(self.weights.config.num_hidden_layers), self.kv_heads, capacity, self.head_dim)
-        return NativeCache(capacity, np.zeros(shape, np.float32), np.zeros(shape, np.float32))
+        return NativeCache(capacity, np.zeros(shape, np.float16), np.zeros(shape, np.float16))
 
     def _scratch_for(self, capacity: int) -> int:
         if self._scratch is None or capacity > self._scratch_capacity:
@@ -247,7 +248,9 @@ class NativeDecoder:
 
     def _run(self, cache: NativeCache, pieces: list[tuple[bool, np.ndarray]]) -> np.ndarray:
         scratch = self._scratch_for(cache.capacity)
-        keys, values = cache.keys.ctypes.data_as(F32), cache.values.ctypes.data_as(F32)
+        if cache.keys.dtype != np.float16 or cache.values.dtype != np.float16:  # the C code reads fp16 bits
+            raise ValueError("a native decoder's cache holds float16 keys and values (made by new_cache)")
+        keys, values = cache.keys.ctypes.data_as(HALF), cache.values.ctypes.data_as(HALF)
         for are_ids, rows in pieces:
             status = self.lib.ek_forward(
                 ctypes.byref(self.model), scratch, keys, values, cache.capacity, cache.length, len(rows),

@@ -131,6 +131,25 @@ def test_a_product_right_after_new_workers_does_not_wait_for_them_forever() -> N
     assert run.returncode == 0, run.stderr
 
 
+@pytest.mark.parametrize("build", ["native", "portable"])
+def test_the_cache_rounds_keys_and_values_to_fp16_as_numpy_does(build: str, tmp_path: Path) -> None:
+    """Keys and values are kept in fp16: F16C's rounding in the native build, C's in the portable one,
+    both numpy's bit for bit (ties to even, subnormals, overflow to infinity, NaN kept)."""
+    lib = load_library() if build == "native" else portable_library(tmp_path)
+    special = [0.0, -0.0, 1.00048828125, 1.000732421875, 65504.0, 65519.99, 65520.0, 1e6, -np.inf, np.nan,
+               6.1e-5, 5.96e-8, 2.9802322e-08, 2.9802326e-08, 1e-9, 4.4703484e-08]  # fmt: skip
+    scaled = RNG.standard_normal(20_000) * 10.0 ** RNG.integers(-9, 6, 20_000)
+    bits = RNG.integers(0, 2**32, 20_000, dtype=np.uint64).astype(np.uint32).view(np.float32)  # any float
+    x = np.concatenate([np.array(special, np.float32), scaled.astype(np.float32), bits, np.float32([3.0])])
+    out = np.zeros(len(x), np.uint16)
+    lib.ek_round_half(x.ctypes.data_as(nd.F32), out.ctypes.data_as(nd.HALF), ctypes.c_int(len(x)))
+    with np.errstate(over="ignore"):
+        want = x.astype(np.float16)
+    nan = np.isnan(x)
+    assert np.isnan(out.view(np.float16)[nan]).all()
+    np.testing.assert_array_equal(out[~nan], want.view(np.uint16)[~nan])
+
+
 def on_the_grid(model_dir: Path, target: Path) -> Path:
     """A copy of a model whose projections sit on the Q4_1 grid and embeddings on the Q8_0 grid: the
     native decoder holds it exactly, so it differs from the lean decoder only by its int8 activations."""
