@@ -8,7 +8,8 @@ against llama.cpp's 231 (Q4_0). ONNX Runtime's 4-bit blocks have an integer zero
 embedded model's own Q4_1 grid (a float offset per 32 weights) does not fit it, and rounding to it
 dropped the SQL expert from 27.5 % to 3.3 %. Its float zero points are exact but ran 50x slower.
 Here the base model's blocks are exactly its GGUF's (Q4_1 projections, a Q8_0 embedding table),
-products use AVX512-VNNI on int8 activations, and the expert's change is never rounded.
+products use AVX512-VNNI on int8 activations, and the expert's change is never rounded. The cache
+keeps keys and values in fp16, as llama.cpp's does.
 
 The decoder follows :class:`~expertkit.runtime.onnx_decoder.OnnxDecoder`'s interface (``new_cache``,
 ``forward`` returning the last position's logits as numpy), so the shared decode loop, grammars and
