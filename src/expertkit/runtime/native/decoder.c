@@ -787,10 +787,11 @@ static void attend(const float *q, const ek_half *keys, const ek_half *values, i
 
 /* Work is split by (token, key head, range of positions): each thread reads its keys and values once
  * for all the query heads that share them, and a single token's positions are shared out across the
- * threads. The cache is 18 MB a token at 400 positions for this model. Split by query head, as before,
- * with 9 query heads on 3 key heads, both threads read the middle key head and one of them took five
- * heads to the other's four. Decoding at positions 384-480: 231-248 -> 277-295 tokens/s (base model
- * alone, 2 threads). Then the ranges' parts are merged per (token, query head). */
+ * threads. The cache was 18 MB a token at 400 positions for this model in fp32 (9 MB in fp16 now).
+ * Split by query head, as before, with 9 query heads on 3 key heads, both threads read the middle key
+ * head and one of them took five heads to the other's four. Decoding at positions 384-480, fp32 cache:
+ * 231-248 -> 277-295 tokens/s (base model alone, 2 threads). Then the ranges' parts are merged per
+ * (token, query head). */
 static void attention_task(void *arg, int id, int n) {
     const ek_attention *job = arg;
     const ek_model *m = job->m;
