@@ -174,10 +174,15 @@ int ek_threads(int n) {
     return started;
 }
 
-static void run(ek_task task, void *arg) {
+/* The threads a task runs on in this process (a forked child has no workers: 1). */
+static int pool_size(void) {
     if (pool.pid != getpid() || pool.n < 1)
-        pool.n = 1; /* a forked child has no workers */
-    if (pool.n == 1) {
+        pool.n = 1;
+    return pool.n;
+}
+
+static void run(ek_task task, void *arg) {
+    if (pool_size() == 1) {
         task(arg, 0, 1);
         return;
     }
@@ -852,7 +857,7 @@ static void attention_block(const ek_model *m, const ek_layer *ly, ek_scratch *s
         }
     }
     /* Enough (token, key head, range) units for two per thread, ranges of at least 32 positions. */
-    int units = tokens * m->kv_heads, threads = pool.pid == getpid() ? pool.n : 1;
+    int units = tokens * m->kv_heads, threads = pool_size();
     int ranges = units >= 2 * threads ? 1 : (2 * threads + units - 1) / units;
     if (ranges > (start + 1) / 32)
         ranges = (start + 1) / 32 > 1 ? (start + 1) / 32 : 1;
